@@ -1,0 +1,50 @@
+# Quick start: `make demo` (build the demo index and serve it), `make test` (run the suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_INDEX ?= demo.duckdb
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Nothing in tests or the demo may wait on the (unreachable) Hugging Face Hub.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo bench clean
+
+# Heavy dependencies are installed once per pyproject change; torch first, pinned,
+# so no other requirement can pull a CUDA build.
+$(BIN)/.deps-stamp: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q ".[test]"
+	touch $@
+
+# Front-end files come from the npm registry, never from the repository.
+static/vendor/htmx.min.js: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	mkdir -p static/vendor
+	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
+
+# Our own code is installed as a regular (non-editable) package so tests exercise
+# exactly what a user gets, including package data.
+install: $(BIN)/.deps-stamp static/vendor/htmx.min.js
+	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
+
+test: install
+	bash tests/ensure_chromium.sh
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/actscope demo --out $(DEMO_INDEX) --host $(HOST) --port $(PORT)
+
+bench: install
+	$(BIN)/python bench/indexer.py
+
+clean:
+	rm -rf $(VENV) node_modules static/vendor build *.egg-info

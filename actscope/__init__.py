@@ -1,0 +1,1 @@
+"""actscope: explore what language-model neurons and SAE features respond to."""

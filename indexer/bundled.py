@@ -1,0 +1,39 @@
+"""The bundled default model and SAE, shipped as package data under indexer/default/.
+
+`--model toy-2l` and `--sae toy-2l/<sae-name>` resolve here before anything else.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+DEFAULT_MODEL = "toy-2l"
+
+
+def _default_root() -> Path:
+    return Path(str(files("indexer") / "default"))
+
+
+def model_dir(name: str) -> Path | None:
+    """The bundled model directory for `name`, or None if `name` is not bundled."""
+    if name != DEFAULT_MODEL:
+        return None
+    path = _default_root() / "model"
+    return path if path.is_dir() else None
+
+
+def sae_dir(name: str) -> Path | None:
+    """The bundled SAE directory for `toy-2l/<sae>`, or None if not bundled."""
+    model, _, sae = name.partition("/")
+    if model != DEFAULT_MODEL or not sae:
+        return None
+    path = _default_root() / "saes" / sae
+    return path if path.is_dir() else None
+
+
+def bundled_sae_names() -> list[str]:
+    root = _default_root() / "saes"
+    if not root.is_dir():
+        return []
+    return sorted(f"{DEFAULT_MODEL}/{p.name}" for p in root.iterdir() if (p / "cfg.json").is_file())

@@ -1,0 +1,244 @@
+"""Loading TransformerLens models: official names, local HF directories, native dirs.
+
+A model spec is plain data (`ModelSpec`) that the index records, so the app can load
+exactly the same model again for live inference.
+
+Native format (what `save_native` writes and the bundled model uses), one directory:
+  actscope_model.json   {"format": "actscope-native", "version": 1, "name": ...,
+                         "config": HookedTransformerConfig.to_dict(), "bos_token": ...,
+                         "eos_token": ...}
+  model.safetensors     the HookedTransformer state dict, used as is (no processing)
+  tokenizer.json        a `tokenizers` tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ActscopeError
+
+NATIVE_CONFIG = "actscope_model.json"
+NATIVE_WEIGHTS = "model.safetensors"
+NATIVE_TOKENIZER = "tokenizer.json"
+
+# TransformerLens' own defaults for from_pretrained; SAEs may override some of them
+# (SAELens configs carry model_from_pretrained_kwargs).
+DEFAULT_PROCESSING = {
+    "fold_ln": True,
+    "center_writing_weights": True,
+    "center_unembed": True,
+    "fold_value_biases": True,
+}
+
+
+@dataclass
+class ModelSpec:
+    """How to load a model: kind is 'official', 'hf_dir' or 'native'."""
+
+    kind: str
+    name: str  # official name, or the directory path for local kinds
+    slug: str  # the model's name in URLs
+    processing: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("official", "hf_dir", "native"):
+            raise ValueError(f"unknown model kind {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(**data)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with the facts the indexer and the app need."""
+
+    spec: ModelSpec
+    model: Any  # transformer_lens.HookedTransformer
+    tokenizer: Any  # a transformers tokenizer
+    bos_token_id: int
+    eos_token_id: int
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.model.cfg.n_ctx)
+
+    @property
+    def device(self):
+        return self.model.cfg.device
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.").lower()
+    return slug or "model"
+
+
+def resolve_model_spec(text: str) -> ModelSpec:
+    """Turn the --model argument into a spec, checking what can be checked offline."""
+    from . import bundled
+
+    bundled_dir = bundled.model_dir(text)
+    if bundled_dir is not None:
+        return ModelSpec("native", str(bundled_dir), slugify(text))
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ActscopeError(f"--model {text}: is a file; expected a model directory or a model name")
+        if (path / NATIVE_CONFIG).is_file():
+            return ModelSpec("native", str(path.resolve()), slugify(path.resolve().name))
+        if (path / "config.json").is_file():
+            return ModelSpec("hf_dir", str(path.resolve()), slugify(path.resolve().name))
+        raise ActscopeError(
+            f"--model {text}: directory holds neither {NATIVE_CONFIG} (actscope native) "
+            "nor config.json (Hugging Face format)"
+        )
+    if text.startswith((".", "/", "~")) or "/" in text and not _is_official(text):
+        raise ActscopeError(f"--model {text}: no such directory, and not a TransformerLens model name")
+    if not _is_official(text):
+        raise ActscopeError(
+            f"--model {text}: unknown model; give a TransformerLens official name "
+            "(e.g. gelu-1l, gpt2-small), a Hugging Face model directory or an actscope native directory"
+        )
+    return ModelSpec("official", text, slugify(text))
+
+
+def _is_official(name: str) -> bool:
+    import transformer_lens.loading_from_pretrained as loading
+
+    try:
+        loading.get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ActscopeError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ActscopeError(f"--device {device}: expected auto, cpu or cuda")
+    return device
+
+
+def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
+    """Load the model of `spec` on `device`, in eval mode with gradients off."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    if spec.kind == "native":
+        model, tokenizer = _load_native(Path(spec.name), device)
+        spec.processing = {"native": True}
+    elif spec.kind == "hf_dir":
+        processing = {**DEFAULT_PROCESSING, **spec.processing}
+        model, tokenizer = _load_hf_dir(Path(spec.name), device, processing)
+        spec.processing = processing
+    else:
+        processing = {**DEFAULT_PROCESSING, **spec.processing}
+        model, tokenizer = _load_official(spec.name, device, processing)
+        spec.processing = processing
+    model.eval()
+    bos = tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id
+    if bos is None and eos is None:
+        raise ActscopeError(f"model {spec.name}: its tokenizer has neither a BOS nor an EOS token")
+    bos = eos if bos is None else bos
+    eos = bos if eos is None else eos
+    return LoadedModel(spec, model, tokenizer, int(bos), int(eos))
+
+
+def _load_official(name: str, device: str, processing: dict[str, Any]):
+    from transformer_lens import HookedTransformer
+
+    try:
+        model = HookedTransformer.from_pretrained(name, device=device, **processing)
+    except Exception as exc:  # network, Hub or conversion failures
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ActscopeError(
+            f"--model {name}: could not load it from the Hugging Face Hub ({first_line[:200]})"
+        ) from exc
+    return model, model.tokenizer
+
+
+def _load_hf_dir(path: Path, device: str, processing: dict[str, Any]):
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path))
+        cfg = loading.get_pretrained_model_config(
+            str(path), fold_ln=processing["fold_ln"], device=device
+        )
+        state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ActscopeError(f"--model {path}: cannot read it as a Hugging Face model ({first_line[:200]})") from exc
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.load_and_process_state_dict(state_dict, **processing)
+    return model.to(device), tokenizer
+
+
+def _load_native(path: Path, device: str):
+    import torch
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        meta = json.loads((path / NATIVE_CONFIG).read_text())
+        config = dict(meta["config"])
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(path / NATIVE_TOKENIZER),
+            bos_token=meta.get("bos_token"),
+            eos_token=meta.get("eos_token"),
+        )
+        state_dict = load_file(str(path / NATIVE_WEIGHTS))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ActscopeError(f"--model {path}: unreadable actscope model directory ({exc})") from exc
+    # to_dict() stores dtype as a string such as "torch.float32".
+    dtype = config.get("dtype", "torch.float32")
+    config["dtype"] = getattr(torch, str(dtype).replace("torch.", ""))
+    config["device"] = device
+    config.pop("n_params", None)
+    config = {k: v for k, v in config.items() if k in HookedTransformerConfig.__dataclass_fields__}
+    cfg = HookedTransformerConfig.from_dict(config)
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.load_state_dict(state_dict, strict=False)
+    return model.to(device), tokenizer
+
+
+def save_native(model, tokenizer_json: str | Path, out_dir: str | Path, name: str,
+                bos_token: str, eos_token: str) -> Path:
+    """Write a HookedTransformer and its `tokenizers` JSON in actscope's native format."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "actscope-native",
+        "version": 1,
+        "name": name,
+        "config": json.loads(json.dumps(model.cfg.to_dict(), default=str)),
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+    }
+    (out / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / NATIVE_WEIGHTS))
+    if Path(tokenizer_json).resolve() != (out / NATIVE_TOKENIZER).resolve():
+        shutil.copyfile(tokenizer_json, out / NATIVE_TOKENIZER)
+    return out
