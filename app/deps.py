@@ -1,0 +1,29 @@
+"""Request dependencies as Annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from indexer.store_reader import Store
+
+from .live_service import LiveService
+from .settings import Settings
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_live(request: Request) -> LiveService:
+    return request.app.state.live
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LiveDep = Annotated[LiveService, Depends(get_live)]

@@ -1,0 +1,97 @@
+"""One error shape for the whole app.
+
+JSON (any path under /api): {"error": {"status": 404, "message": "..."}}.
+HTML: a friendly page with the message and a way back. Never a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from indexer.errors import ActscopeError
+
+log = logging.getLogger("actscope.app")
+
+
+class AppError(Exception):
+    """An error to show to the visitor, with its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def not_found(message: str) -> AppError:
+    return AppError(404, message)
+
+
+def bad_input(message: str) -> AppError:
+    return AppError(422, message)
+
+
+def unavailable(message: str) -> AppError:
+    return AppError(503, message)
+
+
+def error_body(status: int, message: str) -> dict:
+    return {"error": {"status": status, "message": message}}
+
+
+def _wants_json(request: Request) -> bool:
+    path = request.url.path
+    return path == "/api" or path.startswith("/api/") or path.endswith(".json")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("path", "query", "body")]
+        where = ".".join(loc) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def respond(request: Request, status: int, message: str, headers: dict | None = None):
+    if _wants_json(request):
+        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+    templates = request.app.state.templates
+    path = request.url.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0] or "/"
+    context = {"status": status, "message": message, "title": f"{status} · actscope",
+               "json_url": "/api" + path, "parent": parent if parent != path else "/"}
+    return templates.TemplateResponse(
+        request, "error.html", context,
+        status_code=status, headers=headers,
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(request: Request, exc: AppError):
+        return respond(request, exc.status, exc.message)
+
+    @app.exception_handler(ActscopeError)
+    async def actscope_error(request: Request, exc: ActscopeError):
+        return respond(request, 422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return respond(request, 422, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"No page at {request.url.path}."
+        return respond(request, exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return respond(request, 500, "Internal error: this is a bug in actscope, please report it.")

@@ -1,0 +1,38 @@
+"""Geometry of a unit's activation histogram, drawn as SVG by the unit template."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+WIDTH, HEIGHT, PAD_X, PAD_TOP, PAD_BOTTOM = 600, 150, 8, 10, 22
+
+
+def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bars (log-scaled counts) and band edge markers in SVG user units."""
+    if len(edges) < 2 or not counts:
+        return {"width": WIDTH, "height": HEIGHT, "bars": [], "marks": [], "ticks": []}
+    lo, hi = edges[0], edges[-1]
+    span = (hi - lo) or 1.0
+    plot_w = WIDTH - 2 * PAD_X
+    plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
+    top = max(math.log1p(c) for c in counts) or 1.0
+
+    def x(v: float) -> float:
+        return PAD_X + (v - lo) / span * plot_w
+
+    bars = []
+    for i, c in enumerate(counts):
+        h = math.log1p(c) / top * plot_h
+        x0, x1 = x(edges[i]), x(edges[i + 1])
+        bars.append({"x": round(x0, 2), "y": round(PAD_TOP + plot_h - h, 2),
+                     "w": round(max(x1 - x0 - 0.5, 0.5), 2), "h": round(h, 2),
+                     "lo": edges[i], "hi": edges[i + 1], "count": c})
+    marks = []
+    for b in bands:
+        v = b["lo"]
+        if lo < v < hi:
+            marks.append({"x": round(x(v), 2), "band": b["band"], "value": v})
+    ticks = [{"x": round(x(v), 2), "label": f"{v:.3g}"} for v in (lo, 0.0, hi) if lo <= v <= hi]
+    return {"width": WIDTH, "height": HEIGHT, "bars": bars, "marks": marks, "ticks": ticks,
+            "baseline": PAD_TOP + plot_h}

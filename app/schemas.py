@@ -1,0 +1,204 @@
+"""Shapes of the JSON API, for the OpenAPI schema at /docs (and checked by the tests).
+
+The routes return the page data directly (fast); these models document it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class SourceOut(BaseModel):
+    slug: str
+    hook_name: str = Field(description="TransformerLens hook name, e.g. blocks.1.mlp.hook_post")
+    kind: Literal["neuron", "sae"]
+    layer: int
+    n_units: int
+    band_basis: str
+
+
+class ModelOut(BaseModel):
+    model: str
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    ctx: int = Field(description="Sequence length of the index, BOS included")
+    n_sequences: int
+    n_tokens: int = Field(description="Indexed tokens, BOS excluded")
+    sources: list[SourceOut]
+
+
+class HomeOut(BaseModel):
+    models: list[ModelOut]
+    n_tokens: int
+    n_sequences: int
+    meta: dict[str, Any]
+
+
+class UnitRowOut(BaseModel):
+    index: int
+    max: float
+    mean: float
+    density: float
+    cos_in_out: float | None
+    top_token_id: int | None
+    top_token: str | None
+
+
+class SourceTableOut(BaseModel):
+    model: str
+    source: SourceOut
+    sort: str
+    order: str
+    q: str
+    page: int
+    per_page: int
+    n_pages: int
+    total: int
+    units: list[UnitRowOut]
+    prev_page: str | None
+    next_page: str | None
+
+
+class ExampleOut(BaseModel):
+    seq: int
+    pos: int = Field(description="Focus position in its sequence (0 is BOS)")
+    act: float = Field(description="Activation at the focus token")
+    start: int = Field(description="Sequence position of tokens[0]")
+    tokens: list[str]
+    token_ids: list[int]
+    acts: list[float] = Field(description="One activation per token")
+    focus: int = Field(description="Index of the focus token in tokens")
+
+
+class HistogramOut(BaseModel):
+    edges: list[float]
+    counts: list[int]
+
+
+class StatsOut(BaseModel):
+    max: float
+    min: float
+    mean: float
+    std: float
+    density: float = Field(description="Share of indexed tokens with activation > 0")
+    n_tokens: int
+    n_fired: int
+    histogram: HistogramOut
+
+
+class BandOut(BaseModel):
+    band: int
+    q_lo: float
+    q_hi: float
+    lo: float
+    hi: float
+    count: int
+    share: float = Field(description="Share of all indexed tokens inside the band")
+    examples: list[ExampleOut]
+
+
+class LogitOut(BaseModel):
+    token: str
+    token_id: int
+    value: float
+
+
+class LogitsOut(BaseModel):
+    top: list[LogitOut]
+    bottom: list[LogitOut]
+
+
+class UnitOut(BaseModel):
+    model: str
+    source: SourceOut
+    index: int
+    stats: StatsOut
+    cos_in_out: float | None = Field(description="cos(w_in, w_out), neurons only")
+    scale: float
+    top: list[ExampleOut]
+    bands: list[BandOut]
+    logits: LogitsOut | None
+    links: dict[str, str]
+    live: "LiveUnitOut | None" = None
+
+
+class SequenceOut(BaseModel):
+    model: str
+    seq: int
+    token_ids: list[int] = Field(description="Exactly what was fed to the model, BOS first")
+    tokens: list[str]
+
+
+class ActivationsIn(BaseModel):
+    text: str = Field(description="Text to run the model on (BOS is prepended)")
+    source: str = Field(description="Source slug, e.g. 1-mlp")
+    index: int | None = Field(None, description="A unit: its activation on every token")
+    k: int = Field(5, ge=1, le=100, description="Without index: units per token")
+
+
+class LiveUnitOut(BaseModel):
+    model: str
+    source: str
+    index: int
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    acts: list[float]
+    truncated: bool
+    max: float
+    ctx: int
+
+
+class UnitAct(BaseModel):
+    index: int
+    act: float
+    url: str
+    pos: int | None = None
+
+
+class LiveTopOut(BaseModel):
+    model: str
+    source: str
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    truncated: bool
+    k: int
+    top: list[list[UnitAct]] = Field(description="Per token: the k units firing most")
+    overall: list[UnitAct] = Field(description="Units with the largest activation over the text")
+    pos: int | None
+    max_per_token: list[float]
+    ctx: int
+
+
+class SearchHit(BaseModel):
+    source: str
+    index: int
+    n_top_examples: int
+    best_act: float
+    url: str
+
+
+class SearchOut(BaseModel):
+    model: str
+    token: str | None = None
+    token_ids: list[int] = []
+    source: str | None = None
+    units: list[SearchHit] = []
+    live: LiveTopOut | None = None
+
+
+UnitOut.model_rebuild()

@@ -1,0 +1,79 @@
+"""The app factory and `actscope serve`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from indexer.errors import ActscopeError
+from indexer.store_reader import Store
+
+from . import errors, routes_api, routes_html
+from .live_service import LiveService
+from .render import make_templates
+from .settings import Settings
+
+log = logging.getLogger("actscope.app")
+
+DESCRIPTION = """Browse what the MLP neurons and SAE features of a language model respond to.
+
+Every page has a JSON twin under `/api` with the same data. Errors always have the shape
+`{"error": {"status": 404, "message": "..."}}`."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app over one index file (opened read-only, schema version checked)."""
+    store = Store(settings.index_file)
+    models = store.models()
+    if not models:
+        raise ActscopeError(f"{settings.index_file}: the index holds no model")
+    # One file holds one model; live inference runs that model.
+    first = models[0]
+    live = LiveService(first, store.sources(first.model), device=settings.device,
+                       max_waiting=settings.live_max_waiting, timeout_s=settings.live_timeout_s,
+                       max_chars=settings.max_text_chars, cache_size=settings.live_cache_size,
+                       enabled=settings.live)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.live and settings.preload_live:
+            # Load in the background: pages answer at once, live requests wait for it.
+            threading.Thread(target=_preload, args=(live,), daemon=True).start()
+        yield
+        store.close()
+
+    app = FastAPI(title="actscope", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
+                  redoc_url=None)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.live = live
+    app.state.templates = make_templates()
+    errors.install(app)
+    static_dir = Path(str(files("app") / "static"))
+    app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+    app.include_router(routes_api.router)
+    app.include_router(routes_html.router)
+    return app
+
+
+def _preload(live: LiveService) -> None:
+    try:
+        live.load()
+    except Exception as exc:  # the error is kept and shown on live requests
+        log.warning("live inference unavailable: %s", getattr(exc, "message", exc))
+
+
+def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
+    """Run the explorer with uvicorn until interrupted."""
+    import uvicorn
+
+    settings = Settings(index_file=Path(index_file), device=device, preload_live=True)
+    app = create_app(settings)
+    print(f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,29 @@
+"""Server settings (pydantic-settings): from arguments, or ACTSCOPE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACTSCOPE_")
+
+    index_file: Path
+    device: str = "cpu"
+    # Live inference (text typed by visitors). Off: the pages and API still work, the
+    # live features answer 503.
+    live: bool = True
+    # Load the model when the app starts instead of on the first live request.
+    preload_live: bool = False
+    # At most this many live requests wait for the model; more get 503 at once.
+    live_max_waiting: int = 64
+    # A live request that cannot start within this many seconds gets 503.
+    live_timeout_s: float = 20.0
+    # Text longer than this (characters) is cut before tokenizing; the visitor is told.
+    max_text_chars: int = 20_000
+    # Cached live results (text, source) -> activations.
+    live_cache_size: int = 256
+    # Rows per page of a source's unit table (the visitor may ask for up to 500).
+    page_size: int = 50

@@ -1,0 +1,61 @@
+"""Every URL the app links to is built here (one place, like Datasette's url_builder)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+
+def _q(part: object) -> str:
+    return quote(str(part), safe="")
+
+
+def _with_query(path: str, params: dict[str, object] | None) -> str:
+    if not params:
+        return path
+    clean = {k: v for k, v in params.items() if v is not None and v != ""}
+    return f"{path}?{urlencode(clean)}" if clean else path
+
+
+def home() -> str:
+    return "/"
+
+
+def model(model: str) -> str:
+    return f"/{_q(model)}"
+
+
+def source(model: str, source: str, **params: object) -> str:
+    return _with_query(f"/{_q(model)}/{_q(source)}", params)
+
+
+def unit(model: str, source: str, index: int, **params: object) -> str:
+    return _with_query(f"/{_q(model)}/{_q(source)}/{int(index)}", params)
+
+
+def unit_live(model: str, source: str, index: int, **params: object) -> str:
+    return _with_query(f"/{_q(model)}/{_q(source)}/{int(index)}/live", params)
+
+
+def random_unit(model: str, source: str) -> str:
+    return f"/{_q(model)}/{_q(source)}/random"
+
+
+def sequence(model: str, seq: int, **params: object) -> str:
+    return _with_query(f"/{_q(model)}/sequences/{int(seq)}", params)
+
+
+def try_page(model: str, **params: object) -> str:
+    return _with_query(f"/{_q(model)}/try", params)
+
+
+def search(model: str, **params: object) -> str:
+    return _with_query(f"/{_q(model)}/search", params)
+
+
+def export(model: str, source: str, fmt: str) -> str:
+    return f"/api/{_q(model)}/{_q(source)}/export.{fmt}"
+
+
+def api(html_url: str) -> str:
+    """The JSON twin of a page URL: the same path and query under /api."""
+    return "/api" if html_url in ("", "/") else "/api" + html_url

@@ -1,0 +1,388 @@
+"""Read an actscope index (a DuckDB file) for the app: plain-data records, bound SQL.
+
+The file is opened read-only. Each thread gets its own cursor (DuckDB connections are
+not shared between threads). Records hold numbers and strings only: no tensors, no
+HTML, no connections. The index never changes while it is open, so small derived
+tables (the vocabulary, a source's unit table) are cached in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ActscopeError
+from .schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    spec: dict[str, Any]
+    processing: dict[str, Any]
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    ctx: int
+    bos_token_id: int
+    eos_token_id: int
+    n_sequences: int
+    n_tokens: int
+    row: dict[str, Any]  # the raw `models` row, as the live model loader wants it
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    model: str
+    slug: str
+    hook_name: str
+    kind: str  # 'neuron' | 'sae'
+    layer: int
+    n_units: int
+    spec: dict[str, Any]
+    band_levels: list[float]
+    band_basis: str
+    row: dict[str, Any]  # the raw `sources` row
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    max: float
+    min: float
+    mean: float
+    std: float
+    density: float
+    n_tokens: int
+    n_fired: int
+    cos_in_out: float | None
+    hist_edges: list[float]
+    hist_counts: list[int]
+
+
+@dataclass(frozen=True)
+class Example:
+    """A window of one sequence; `acts[i]` is the activation on `token_ids[i]`."""
+
+    seq: int
+    pos: int  # focus position in the sequence
+    act: float
+    start: int  # sequence position of token_ids[0]
+    token_ids: list[int]
+    acts: list[float]
+
+    @property
+    def focus(self) -> int:
+        return self.pos - self.start
+
+
+@dataclass(frozen=True)
+class Band:
+    band: int
+    q_lo: float
+    q_hi: float
+    lo: float
+    hi: float
+    count: int
+    share: float
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Logits:
+    top_ids: list[int]
+    top_values: list[float]
+    bottom_ids: list[int]
+    bottom_values: list[float]
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    model: str
+    source: str
+    unit: int
+    stats: UnitStats
+    top: list[Example]
+    bands: list[Band]
+    logits: Logits | None
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """One row of a source's unit table."""
+
+    unit: int
+    max: float
+    mean: float
+    density: float
+    cos_in_out: float | None
+    top_token_id: int | None  # the focus token of the unit's strongest example
+
+
+class Store:
+    """A read-only actscope index. Safe to use from many threads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ActscopeError(f"{path}: no such index file (build one with `actscope index`)")
+        import duckdb
+
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=True)
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ActscopeError(f"{path}: cannot open it as a DuckDB index ({first})") from exc
+        self._local = threading.local()
+        self._check_version()
+        self._vocab: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self.meta = self._read_meta()
+        self._models = {m.model: m for m in self._read_models()}
+        self._sources = {(s.model, s.slug): s for s in self._read_sources()}
+        self._unit_tables: dict[tuple[str, str], list[UnitSummary]] = {}
+
+    # -- plumbing --------------------------------------------------------------------
+    def _cur(self):
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cur = cur
+        return cur
+
+    def _all(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        return self._cur().execute(sql, params or []).fetchall()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _check_version(self) -> None:
+        import duckdb
+
+        try:
+            rows = self._all("SELECT value FROM meta WHERE key = 'schema_version'")
+        except duckdb.Error:
+            raise ActscopeError(f"{self.path}: not an actscope index (no meta table)") from None
+        if not rows:
+            raise ActscopeError(f"{self.path}: not an actscope index (no schema_version)")
+        found = rows[0][0]
+        if str(found) != str(SCHEMA_VERSION):
+            raise ActscopeError(
+                f"{self.path}: index schema version {found}, this actscope reads version "
+                f"{SCHEMA_VERSION}; rebuild it with `actscope index`"
+            )
+
+    def _read_meta(self) -> dict[str, Any]:
+        meta = {}
+        for key, value in self._all("SELECT key, value FROM meta ORDER BY key"):
+            try:
+                meta[key] = json.loads(value)
+            except (TypeError, ValueError):
+                meta[key] = value
+        return meta
+
+    def _read_models(self) -> list[ModelInfo]:
+        cur = self._cur().execute("SELECT * FROM models ORDER BY model")
+        names = [d[0] for d in cur.description]
+        out = []
+        for values in cur.fetchall():
+            row = dict(zip(names, values))
+            out.append(ModelInfo(
+                model=row["model"], spec=_json(row["spec"]), processing=_json(row["processing"]),
+                n_layers=row["n_layers"], d_model=row["d_model"], d_vocab=row["d_vocab"],
+                n_ctx=row["n_ctx"], ctx=row["ctx"], bos_token_id=row["bos_token_id"],
+                eos_token_id=row["eos_token_id"], n_sequences=row["n_sequences"],
+                n_tokens=row["n_tokens"], row=row,
+            ))
+        return out
+
+    def _read_sources(self) -> list[SourceInfo]:
+        cur = self._cur().execute("SELECT * FROM sources ORDER BY model, layer, kind, slug")
+        names = [d[0] for d in cur.description]
+        out = []
+        for values in cur.fetchall():
+            row = dict(zip(names, values))
+            out.append(SourceInfo(
+                model=row["model"], slug=row["slug"], hook_name=row["hook_name"], kind=row["kind"],
+                layer=row["layer"], n_units=row["n_units"], spec=_json(row["spec"]),
+                band_levels=list(row["band_levels"]), band_basis=row["band_basis"], row=row,
+            ))
+        return out
+
+    # -- models, sources, vocabulary -------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return list(self._models.values())
+
+    def model(self, model: str) -> ModelInfo | None:
+        return self._models.get(model)
+
+    def sources(self, model: str) -> list[SourceInfo]:
+        return [s for (m, _), s in self._sources.items() if m == model]
+
+    def source(self, model: str, slug: str) -> SourceInfo | None:
+        return self._sources.get((model, slug))
+
+    def vocab(self, model: str) -> list[str]:
+        """Token strings indexed by token id (loaded once)."""
+        vocab = self._vocab.get(model)
+        if vocab is None:
+            with self._lock:
+                vocab = self._vocab.get(model)
+                if vocab is None:
+                    info = self._models.get(model)
+                    size = info.d_vocab if info else 0
+                    rows = self._all("SELECT token_id, token FROM vocab WHERE model = ?", [model])
+                    size = max([size] + [tid + 1 for tid, _ in rows])
+                    vocab = [""] * size
+                    for tid, tok in rows:
+                        vocab[tid] = tok
+                    self._vocab[model] = vocab
+        return vocab
+
+    def token_strings(self, model: str, ids: list[int]) -> list[str]:
+        vocab = self.vocab(model)
+        return [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids]
+
+    def token_ids_for(self, model: str, token: str) -> list[int]:
+        """Ids of the tokens whose text is exactly `token`."""
+        return [i for i, t in enumerate(self.vocab(model)) if t == token]
+
+    # -- units -----------------------------------------------------------------------
+    def unit(self, model: str, source: str, unit: int) -> UnitRecord | None:
+        rows = self._all(
+            "SELECT max, min, mean, std, density, n_tokens, n_fired, cos_in_out, hist_edges, "
+            "hist_counts FROM unit_stats WHERE model = ? AND source = ? AND unit = ?",
+            [model, source, unit],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        stats = UnitStats(float(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+                          int(r[5]), int(r[6]), None if r[7] is None else float(r[7]),
+                          [float(x) for x in r[8]], [int(x) for x in r[9]])
+        top: list[Example] = []
+        by_band: dict[int, list[Example]] = {}
+        for band, seq, pos, act, start, acts, ids in self._all(
+            "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
+            "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+            "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+            "WHERE e.model = ? AND e.source = ? AND e.unit = ? "
+            "ORDER BY e.band NULLS FIRST, e.rank",
+            [model, source, unit],
+        ):
+            ex = Example(int(seq), int(pos), float(act), int(start), list(ids), [float(a) for a in acts])
+            (top if band is None else by_band.setdefault(int(band), [])).append(ex)
+        bands = [
+            Band(int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh), by_band.get(int(b), []))
+            for b, ql, qh, lo, hi, c, sh in self._all(
+                "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
+                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band",
+                [model, source, unit],
+            )
+        ]
+        logit_rows = self._all(
+            "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
+            "WHERE model = ? AND source = ? AND unit = ?",
+            [model, source, unit],
+        )
+        logits = None
+        if logit_rows:
+            t_ids, t_vals, b_ids, b_vals = logit_rows[0]
+            logits = Logits(list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
+        return UnitRecord(model, source, unit, stats, top, bands, logits)
+
+    def unit_table(self, model: str, source: str) -> list[UnitSummary]:
+        """Every unit of a source with its headline numbers, in unit order (cached)."""
+        key = (model, source)
+        table = self._unit_tables.get(key)
+        if table is not None:
+            return table
+        rows = self._all(
+            "WITH top AS ("
+            "  SELECT e.unit, s.token_ids[e.pos + 1] AS tok FROM examples e "
+            "  JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+            "  WHERE e.model = ? AND e.source = ? AND e.band IS NULL AND e.rank = 0) "
+            "SELECT u.unit, u.max, u.mean, u.density, u.cos_in_out, top.tok "
+            "FROM unit_stats u LEFT JOIN top ON top.unit = u.unit "
+            "WHERE u.model = ? AND u.source = ? ORDER BY u.unit",
+            [model, source, model, source],
+        )
+        table = [
+            UnitSummary(int(u), float(mx), float(mean), float(d), None if c is None else float(c),
+                        None if tok is None else int(tok))
+            for u, mx, mean, d, c, tok in rows
+        ]
+        with self._lock:
+            self._unit_tables[key] = table
+        return table
+
+    def sequence(self, model: str, seq: int) -> list[int] | None:
+        rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
+        return list(rows[0][0]) if rows else None
+
+    def units_focusing_on(self, model: str, token_ids: list[int], source: str | None = None,
+                          limit: int = 50) -> list[tuple[str, int, int, float]]:
+        """Units whose top examples focus on one of `token_ids`.
+
+        Returns (source, unit, number of top examples on those tokens, best activation),
+        most such examples first.
+        """
+        if not token_ids:
+            return []
+        where_source = "AND e.source = ? " if source else ""
+        params: list[Any] = [model, token_ids]
+        if source:
+            params.append(source)
+        params.append(limit)
+        rows = self._all(
+            "SELECT e.source, e.unit, count(*) AS n, max(e.act) AS best FROM examples e "
+            "JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+            "WHERE e.model = ? AND e.band IS NULL AND list_contains(?, s.token_ids[e.pos + 1]) "
+            + where_source +
+            "GROUP BY e.source, e.unit ORDER BY n DESC, best DESC, e.source, e.unit LIMIT ?",
+            params,
+        )
+        return [(s, int(u), int(n), float(b)) for s, u, n, b in rows]
+
+    def export_source(self, model: str, source: str, fmt: str, out_path: str | Path) -> None:
+        """Write every unit of a source (stats, bands, examples, logits) as Parquet or JSON lines."""
+        if fmt not in ("parquet", "jsonl"):
+            raise ActscopeError(f"unknown export format {fmt!r}: expected parquet or jsonl")
+        query = (
+            "WITH ex AS ("
+            "  SELECT unit, list({'band': band, 'rank': rank, 'seq': seq, 'pos': pos, 'act': act, "
+            "    'start': start, 'acts': acts} ORDER BY band NULLS FIRST, rank) AS examples "
+            "  FROM examples WHERE model = $model AND source = $source GROUP BY unit), "
+            "bd AS ("
+            "  SELECT unit, list({'band': band, 'q_lo': q_lo, 'q_hi': q_hi, 'lo': lo, 'hi': hi, "
+            "    'count': count, 'share': share} ORDER BY band) AS bands "
+            "  FROM bands WHERE model = $model AND source = $source GROUP BY unit) "
+            "SELECT u.model, u.source, u.unit, u.max, u.min, u.mean, u.std, u.density, u.n_tokens, "
+            "  u.n_fired, u.cos_in_out, u.hist_edges, u.hist_counts, bd.bands, ex.examples, "
+            "  l.top_ids, l.top_values, l.bottom_ids, l.bottom_values "
+            "FROM unit_stats u LEFT JOIN bd USING (unit) LEFT JOIN ex USING (unit) "
+            "LEFT JOIN logits l ON l.model = u.model AND l.source = u.source AND l.unit = u.unit "
+            "WHERE u.model = $model AND u.source = $source ORDER BY u.unit"
+        )
+        table = self._cur().sql(query, params={"model": model, "source": source}).to_arrow_table()
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, str(out_path))
+        else:
+            with open(out_path, "w", encoding="utf-8") as fh:
+                for row in table.to_pylist():
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _json(text: Any) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {"value": value}
