@@ -1,0 +1,137 @@
+"""The `actscope` command: index, serve, demo, train-default.
+
+Heavy libraries (torch, transformer_lens, sae_lens) are imported inside the commands so
+`actscope --help` stays instant. Errors caused by user input are printed as one line
+and exit with status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import wraps
+
+import click
+
+# Nothing here may block on the Hugging Face Hub when it is unreachable; users with
+# Hub access can still set these to 0 explicitly.
+for _var in ("WANDB_MODE",):
+    os.environ.setdefault(_var, "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def user_errors(func):
+    """Print ActscopeError (and other input errors) as `error: ...` and exit 2."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        from indexer.errors import ActscopeError
+
+        try:
+            return func(*args, **kwargs)
+        except ActscopeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def parse_window(_ctx, _param, value: str) -> tuple[int, int]:
+    try:
+        before, after = (int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter("expected BEFORE,AFTER, e.g. 24,8") from None
+    if before < 0 or after < 0:
+        raise click.BadParameter("token counts must be >= 0")
+    return before, after
+
+
+@click.group()
+@click.version_option(package_name="actscope")
+def main() -> None:
+    """Explore what language-model neurons and SAE features respond to."""
+
+
+@main.command("index")
+@click.option("--model", "model", required=True,
+              help="TransformerLens model name, Hugging Face model directory, or actscope native directory.")
+@click.option("--dataset", required=True,
+              help="Hugging Face dataset name (streamed), local .txt/.jsonl/.parquet files (globs allowed), or a built-in corpus.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The DuckDB file to write.")
+@click.option("--text-column", default="text", show_default=True, help="Column holding the text (jsonl, parquet, hub).")
+@click.option("--split", default="train", show_default=True, help="Dataset split (hub datasets).")
+@click.option("--sae", "saes", multiple=True,
+              help="SAELens SAE directory or RELEASE/SAE_ID (repeatable). The hook comes from the SAE config.")
+@click.option("--neurons", "neuron_hooks", multiple=True,
+              help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.")
+@click.option("--no-neurons", is_flag=True, help="Index SAE features only.")
+@click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
+@click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--top-k", type=int, default=20, show_default=True, help="Top examples kept per unit.")
+@click.option("--band-size", type=int, default=8, show_default=True, help="Random examples kept per quantile band.")
+@click.option("--window", default="24,8", show_default=True, callback=parse_window,
+              help="Tokens kept before,after the focus token of each example.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for band sampling.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True,
+              help="Batches between checkpoints (0: never).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def index_command(**options) -> None:
+    """Index every neuron and SAE feature of a model over a corpus into a DuckDB file."""
+    from indexer.config import IndexConfig
+    from indexer.run import run_index
+
+    config = IndexConfig.from_cli(options)
+    summary = run_index(config)
+    click.echo(summary)
+
+
+@main.command("serve")
+@click.argument("index_file", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Device for live inference.")
+@user_errors
+def serve_command(index_file: str, host: str, port: int, device: str) -> None:
+    """Serve an index built by `actscope index` in the browser and as a JSON API."""
+    from app.server import serve
+
+    serve(index_file, host=host, port=port, device=device)
+
+
+@main.command("demo")
+@click.option("--out", default="demo.duckdb", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--rebuild", is_flag=True, help="Rebuild the index even if it is up to date.")
+@user_errors
+def demo_command(out: str, host: str, port: int, rebuild: bool) -> None:
+    """Build the demo index of the bundled model (if needed) and serve it."""
+    from indexer.demo import build_demo_index
+
+    build_demo_index(out, rebuild=rebuild)
+    from app.server import serve
+
+    serve(out, host=host, port=port, device="cpu")
+
+
+@main.command("train-default")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Where to write the model and SAE (default: the package's bundled folder).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def train_default_command(out: str | None, seed: int) -> None:
+    """Re-train the bundled toy model, its tokenizer and its SAE from the built-in corpora."""
+    from indexer.train_default import train_default
+
+    train_default(out_dir=out, seed=seed)
+
+
+if __name__ == "__main__":
+    main()

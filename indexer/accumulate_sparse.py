@@ -1,0 +1,70 @@
+"""Accumulator for a sparse source (SAE features): most values are exactly zero.
+
+The batch is reduced once to its firing entries (activation > 0); statistics, the
+histogram of firing values, top-k and band sampling all work on those entries only.
+Non-firing tokens are accounted for by counts: they add zeros to the sums and fill the
+histogram's first bin. Bands are quantiles of the firing values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .grid import Grid
+from .sampling import RunningStats, add_examples, new_examples
+
+
+class SparseAccumulator:
+    def __init__(self, n_units: int, grid: Grid, *, top_k: int, band_size: int,
+                 window: tuple[int, int], device) -> None:
+        self.n_units = n_units
+        self.grid = grid.to(device)
+        self.window = window
+        width = window[0] + 1 + window[1]
+        self.stats = RunningStats(n_units, grid.n_bins, device)  # hist of firing values only
+        self.top = new_examples(n_units, top_k, True, width, device)
+        self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
+
+    def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+        """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys."""
+        body = acts[:, 1:, :]
+        b, p, units = (body > 0).nonzero(as_tuple=True)
+        values = body[b, p, units]
+        p = p + 1
+        stats, grid = self.stats, self.grid
+        stats.n_tokens += body.shape[0] * body.shape[1]
+        doubles = values.double()
+        stats.sum.index_add_(0, units, doubles)
+        stats.sum_sq.index_add_(0, units, doubles * doubles)
+        stats.n_fired += torch.bincount(units, minlength=self.n_units).double()
+        stats.max.scatter_reduce_(0, units, values, reduce="amax")
+        stats.min.scatter_reduce_(0, units, values, reduce="amin")
+        bins = grid.bins_of(values, units)
+        stats.hist += torch.bincount(units * grid.n_bins + bins,
+                                     minlength=self.n_units * grid.n_bins).view(self.n_units, grid.n_bins)
+        self._update_top(acts, b, p, units, values, first_seq)
+        bands = grid.band_of_bin.view(-1)[units * grid.n_bins + bins]
+        group = units * grid.n_bands + bands
+        entry_keys = keys[b, p]
+        keep = entry_keys < self.samples.threshold()[group]
+        add_examples(self.samples, group[keep], entry_keys[keep], acts, b[keep], p[keep],
+                  units[keep], first_seq, self.window)
+
+    def _update_top(self, acts, b, p, units, values, first_seq) -> None:
+        keep = values > self.top.threshold()[units]
+        add_examples(self.top, units[keep], values[keep].double(), acts, b[keep], p[keep],
+                  units[keep], first_seq, self.window)
+
+    def merge(self, other: "SparseAccumulator") -> None:
+        self.stats.merge(other.stats)
+        self.top.merge(other.top)
+        self.samples.merge(other.samples)
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(),
+                "samples": self.samples.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["stats"])
+        self.top.load_state_dict(state["top"])
+        self.samples.load_state_dict(state["samples"])

@@ -1,0 +1,71 @@
+"""Calibration: estimate each unit's range and band quantiles from the first tokens.
+
+The estimates only place the bins and band edges; all counts reported in the index come
+from the full pass, so a calibration that is off makes bands uneven, never wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .config import NEURON_BAND_LEVELS, SAE_BAND_LEVELS
+from .grid import Grid, build_grid, dense_quantiles, sparse_quantiles
+from .sources import Source
+
+
+def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
+              hist_bins: int) -> dict[str, tuple[Grid, torch.Tensor]]:
+    """{slug: (grid, shift)} from the first `n_tokens` indexed tokens of the stream."""
+    dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
+    sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
+        s.slug: [] for s in sources if s.kind == "sae"}
+    seen = 0
+    for batch in batches:
+        acts = runner(batch.tokens)
+        for slug in dense:
+            body = acts[slug][:, 1:, :]
+            dense[slug].append(body.reshape(-1, body.shape[-1]).cpu())
+        for slug in sparse:
+            body = acts[slug][:, 1:, :].cpu()
+            _, _, units = (body > 0).nonzero(as_tuple=True)
+            sparse[slug].append((units, body[body > 0]))
+        seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
+        if seen >= n_tokens:
+            break
+    grids = {}
+    for source in sources:
+        if source.kind == "neuron":
+            values = torch.cat(dense[source.slug]) if dense[source.slug] else torch.zeros(1, source.n_units)
+            grids[source.slug] = _dense_grid(values, hist_bins)
+        else:
+            grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
+    return grids
+
+
+def _dense_grid(values: torch.Tensor, hist_bins: int) -> tuple[Grid, torch.Tensor]:
+    lo, hi = values.amin(0), values.amax(0)
+    quantiles = dense_quantiles(values, NEURON_BAND_LEVELS)
+    return build_grid(lo, hi, quantiles, NEURON_BAND_LEVELS, hist_bins), values.mean(0)
+
+
+def _sparse_grid(parts, n_units: int, hist_bins: int) -> tuple[Grid, torch.Tensor]:
+    units = torch.cat([u for u, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    values = torch.cat([v for _, v in parts]) if parts else torch.zeros(0)
+    quantiles, counts = sparse_quantiles(units, values, n_units, SAE_BAND_LEVELS)
+    lo = torch.full((n_units,), float("inf")).scatter_reduce(0, units, values, "amin")
+    hi = torch.zeros(n_units).scatter_reduce(0, units, values, "amax")
+    silent = counts == 0
+    # Features silent during calibration get the source's pooled range and quantiles:
+    # their counts stay exact, only their band edges are less tailored.
+    pooled_hi = float(values.max()) if values.numel() else 1.0
+    if values.numel():
+        pooled, _ = sparse_quantiles(torch.zeros_like(units), values, 1, SAE_BAND_LEVELS)
+    else:
+        inner = torch.tensor(SAE_BAND_LEVELS[1:-1], dtype=torch.float64)
+        pooled = (inner * pooled_hi)[None, :]
+    lo[silent] = 0.0
+    hi[silent] = pooled_hi
+    quantiles[silent] = pooled.expand(int(silent.sum()), -1)
+    return build_grid(lo, hi, quantiles, SAE_BAND_LEVELS, hist_bins), torch.zeros(n_units)

@@ -1,0 +1,52 @@
+"""Checkpoints: the accumulator state of a run, saved atomically next to the output.
+
+A checkpoint records the options that determine the index; a resumed run must use the
+same ones, and then produces exactly the index an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ActscopeError
+from .grid import Grid
+
+
+def _normalise(identity: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(identity, default=str))
+
+
+def save_checkpoint(path: Path, identity: dict[str, Any], batches_done: int, n_sequences: int,
+                    grids: dict[str, tuple[Grid, torch.Tensor]], accumulators: dict) -> None:
+    state = {
+        "identity": _normalise(identity),
+        "batches_done": batches_done,
+        "n_sequences": n_sequences,
+        "grids": {slug: (grid.state_dict(), shift) for slug, (grid, shift) in grids.items()},
+        "accumulators": {slug: acc.state_dict() for slug, acc in accumulators.items()},
+    }
+    partial = Path(str(path) + ".part")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: Path, identity: dict[str, Any], device) -> dict[str, Any] | None:
+    """The saved state, or None if there is no checkpoint; errors if options differ."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise ActscopeError(f"--resume: checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
+    saved, current = state["identity"], _normalise(identity)
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        details = ", ".join(f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now" for k in changed[:3])
+        raise ActscopeError(f"--resume: the checkpoint {path} was made with other options ({details})")
+    state["grids"] = {slug: (Grid.from_state_dict(g), shift) for slug, (g, shift) in state["grids"].items()}
+    return state

@@ -1,0 +1,160 @@
+"""Turn accumulator state into the rows of the index: stats, histograms, bands, examples.
+
+Runs once at the end of a run, on the host. Histograms are stored at display resolution
+(about DISPLAY_BINS bins, each an exact sum of fine bins); band counts come from the fine
+bins, so they are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .accumulate_dense import DenseAccumulator
+from .accumulate_sparse import SparseAccumulator
+
+DISPLAY_BINS = 64
+
+
+def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.Table, pa.Table]:
+    """(unit_stats, bands) tables of one source."""
+    sparse = isinstance(acc, SparseAccumulator)
+    stats, grid = acc.stats, acc.grid
+    n = max(stats.n_tokens, 1)
+    n_fired = stats.n_fired.cpu()
+    if sparse:
+        mean = (stats.sum / n).cpu()
+        var = (stats.sum_sq / n).cpu() - mean**2
+        fired_min = stats.min.cpu().where(n_fired > 0, torch.zeros(()))
+        fired_max = stats.max.cpu().where(n_fired > 0, torch.zeros(()))
+        unit_min = torch.where(n_fired < stats.n_tokens, torch.zeros(()), fired_min)
+        unit_max = fired_max
+        grid_lo, grid_hi = fired_min, fired_max
+    else:
+        assert isinstance(acc, DenseAccumulator)
+        centred = (stats.sum / n).cpu()
+        mean = acc.shift.cpu().double() + centred
+        var = (stats.sum_sq / n).cpu() - centred**2
+        unit_min, unit_max = stats.min.cpu(), stats.max.cpu()
+        grid_lo, grid_hi = unit_min, unit_max
+    hist = stats.hist.cpu()
+    grid = grid.to("cpu")
+    units = torch.arange(acc.n_units)
+    first_bin = grid.bins_of(grid_lo, units)
+    last_bin = grid.bins_of(grid_hi, units)
+    edges_list, counts_list = _display_histograms(hist, grid, first_bin, last_bin, grid_lo, grid_hi,
+                                                  stats.n_tokens - n_fired.long() if sparse else None)
+    stats_table = pa.table({
+        "model": pa.array([model] * acc.n_units),
+        "source": pa.array([slug] * acc.n_units),
+        "unit": pa.array(units.numpy().astype(np.int32)),
+        "max": pa.array(unit_max.float().numpy()),
+        "min": pa.array(unit_min.float().numpy()),
+        "mean": pa.array(mean.numpy()),
+        "std": pa.array(var.clamp(min=0).sqrt().numpy()),
+        "density": pa.array((n_fired / n).numpy()),
+        "n_tokens": pa.array(np.full(acc.n_units, stats.n_tokens, dtype=np.int64)),
+        "n_fired": pa.array(n_fired.long().numpy()),
+        "cos_in_out": pa.array(cos.numpy() if cos is not None else [None] * acc.n_units, type=pa.float32()),
+        "hist_edges": pa.array(edges_list, type=pa.list_(pa.float64())),
+        "hist_counts": pa.array(counts_list, type=pa.list_(pa.int64())),
+    })
+    return stats_table, _band_rows(model, slug, acc, hist, grid, grid_lo, grid_hi)
+
+
+def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros):
+    width = grid.width
+    edges_list, counts_list = [], []
+    hist_np = hist.numpy()
+    for unit in range(hist.shape[0]):
+        f0, f1 = int(first_bin[unit]), int(last_bin[unit])
+        group = max(1, -(-(f1 - f0 + 1) // DISPLAY_BINS))
+        fine = hist_np[unit, f0:f1 + 1]
+        padded = np.zeros(-(-fine.size // group) * group, dtype=np.int64)
+        padded[:fine.size] = fine
+        counts = padded.reshape(-1, group).sum(1)
+        inner = (float(grid.base[unit]) + f0 + group * np.arange(1, counts.size)) * float(width[unit])
+        edges = [float(lo[unit]), *inner.tolist(), float(hi[unit])]
+        counts = counts.tolist()
+        if zeros is not None:  # SAE: the first bin holds the tokens where the feature is silent
+            if float(hi[unit]) == 0.0 and sum(counts) == 0:
+                edges, counts = [0.0, 0.0], []
+            else:
+                edges = [0.0, *edges]
+            counts = [int(zeros[unit]), *counts]
+        edges_list.append(edges)
+        counts_list.append(counts)
+    return edges_list, counts_list
+
+
+def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
+    n_units, n_bands = acc.n_units, grid.n_bands
+    cumulative = torch.cat([torch.zeros(n_units, 1, dtype=torch.long), hist.cumsum(1)], 1)
+    start = grid.band_start
+    counts = cumulative.gather(1, start[:, 1:]) - cumulative.gather(1, start[:, :-1])
+    edges = grid.bin_edge(start)
+    edges[:, 0] = lo.double()
+    edges[:, -1] = hi.double()
+    edges = torch.maximum(torch.minimum(edges, hi.double()[:, None]), lo.double()[:, None])
+    levels = torch.tensor(grid.levels, dtype=torch.float64)
+    n = max(acc.stats.n_tokens, 1)
+    return pa.table({
+        "model": pa.array([model] * (n_units * n_bands)),
+        "source": pa.array([slug] * (n_units * n_bands)),
+        "unit": pa.array(np.repeat(np.arange(n_units, dtype=np.int32), n_bands)),
+        "band": pa.array(np.tile(np.arange(n_bands, dtype=np.int32), n_units)),
+        "q_lo": pa.array(levels[:-1].repeat(n_units).numpy()),
+        "q_hi": pa.array(levels[1:].repeat(n_units).numpy()),
+        "lo": pa.array(edges[:, :-1].reshape(-1).numpy()),
+        "hi": pa.array(edges[:, 1:].reshape(-1).numpy()),
+        "count": pa.array(counts.reshape(-1).numpy()),
+        "share": pa.array((counts.double() / n).reshape(-1).numpy()),
+    })
+
+
+def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
+    """Top-k and band-sample examples of one source, windows trimmed to the sequence."""
+    n_bands = acc.grid.n_bands
+    parts = [_examples(acc.top, ctx, acc.window, lambda g: (g, None))]
+    parts.append(_examples(acc.samples, ctx, acc.window, lambda g: (g // n_bands, g % n_bands)))
+    columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "acts"}
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate([p["lengths"] for p in parts]))]).astype(np.int32)
+    values = np.concatenate([p["acts"] for p in parts]).astype(np.float32)
+    n_rows = columns["unit"].size
+    band = columns["band"]
+    return pa.table({
+        "model": pa.array([model] * n_rows),
+        "source": pa.array([slug] * n_rows),
+        "unit": pa.array(columns["unit"].astype(np.int32)),
+        "band": pa.array(band.astype(np.int32), mask=band < 0),
+        "rank": pa.array(columns["rank"].astype(np.int32)),
+        "seq": pa.array(columns["seq"].astype(np.int32)),
+        "pos": pa.array(columns["pos"].astype(np.int32)),
+        "act": pa.array(columns["act"].astype(np.float32)),
+        "start": pa.array(columns["start"].astype(np.int32)),
+        "acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+    })
+
+
+def _examples(examples, ctx: int, window: tuple[int, int], split_group) -> dict[str, np.ndarray]:
+    before, after = window
+    token = examples.token.cpu().numpy()
+    real = token >= 0
+    groups, rank = np.nonzero(real)
+    token = token[real]
+    unit, band = split_group(groups)
+    band = np.full(groups.size, -1) if band is None else band
+    seq, pos = token // ctx, token % ctx
+    windows = examples.payload["win"].cpu().numpy()[real]
+    lead = np.maximum(0, before - pos)  # window positions before BOS
+    trail = np.maximum(0, pos + after - (ctx - 1))  # positions past the sequence end
+    width = before + 1 + after
+    keep = (np.arange(width)[None, :] >= lead[:, None]) & (np.arange(width)[None, :] < width - trail[:, None])
+    return {
+        "unit": unit, "band": band, "rank": rank, "seq": seq, "pos": pos,
+        "act": examples.payload["act"].cpu().numpy()[real],
+        "start": pos - before + lead,
+        "lengths": keep.sum(1),
+        "acts": windows[keep],
+    }

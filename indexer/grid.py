@@ -1,0 +1,123 @@
+"""Per-unit fine histogram grids and the quantile bands snapped onto them.
+
+Each unit gets a uniform grid of bins of width w = 2**e over its calibrated range. The
+bin of a value is floor(x * 2**-e) - base: a power-of-two scale and integer offsets make
+that computation exact in float32, so the indexer, the tests' float64 reference and the
+band samples all agree on every token's bin. The first and last bins are open-ended, so
+every value has a bin. Bands are runs of consecutive bins whose edges are the grid edges
+nearest to the calibrated quantiles: band counts are then exact sums of bin counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Grid:
+    scale: torch.Tensor  # [U] float32, 1/w, a power of two
+    base: torch.Tensor  # [U] float32, integer-valued: grid origin is base * w
+    band_start: torch.Tensor  # [U, n_bands + 1] int64: first bin of each band; last = n_bins
+    band_of_bin: torch.Tensor  # [U, n_bins] int64
+    levels: tuple[float, ...]  # nominal quantile levels of the band edges
+    n_bins: int
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.levels) - 1
+
+    @property
+    def width(self) -> torch.Tensor:
+        return 1.0 / self.scale.double()
+
+    def bin_edge(self, unit_bins: torch.Tensor) -> torch.Tensor:
+        """Activation value (float64) where bin `unit_bins` [U, ...] starts."""
+        return (self.base.double()[:, None] + unit_bins.double()) * self.width[:, None]
+
+    def bins_of(self, values: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Bin (int64) of each value; `units` gives the unit of each value (broadcastable)."""
+        raw = torch.floor(values * self.scale[units])
+        base = self.base[units]
+        return (torch.minimum(torch.maximum(raw, base), base + (self.n_bins - 1)) - base).long()
+
+    def to(self, device) -> "Grid":
+        return Grid(self.scale.to(device), self.base.to(device), self.band_start.to(device),
+                    self.band_of_bin.to(device), self.levels, self.n_bins)
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "base": self.base, "band_start": self.band_start,
+                "band_of_bin": self.band_of_bin, "levels": list(self.levels), "n_bins": self.n_bins}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Grid":
+        return cls(state["scale"], state["base"], state["band_start"], state["band_of_bin"],
+                   tuple(state["levels"]), int(state["n_bins"]))
+
+
+def build_grid(lo: torch.Tensor, hi: torch.Tensor, quantiles: torch.Tensor,
+               levels: tuple[float, ...], hist_bins: int) -> Grid:
+    """Grid per unit from its calibrated range [lo, hi] and inner band quantiles [U, n_bands-1]."""
+    lo = lo.double()
+    hi = hi.double()
+    span = (hi - lo).clamp(min=1e-6)
+    # Bins never narrower than 2**-20 of the magnitude keep floor(x * scale) exact.
+    magnitude = torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-6)
+    width = torch.maximum(span / hist_bins, magnitude * 2.0**-20)
+    exponent = torch.ceil(torch.log2(width))
+    width = torch.pow(2.0, exponent)
+    base = torch.floor(lo / width)
+    n_bins = hist_bins + 2  # ceil(hi / w) - base <= hist_bins + 1, plus the open top bin
+    inner = torch.round(quantiles.double() / width[:, None]) - base[:, None]
+    inner = inner.clamp(1, n_bins - 1).long()
+    inner = torch.cummax(inner, dim=1).values  # quantile ties must not reverse bands
+    n_units = lo.numel()
+    band_start = torch.cat([
+        torch.zeros(n_units, 1, dtype=torch.long),
+        inner,
+        torch.full((n_units, 1), n_bins, dtype=torch.long),
+    ], dim=1)
+    bins = torch.arange(n_bins)
+    band_of_bin = (bins[None, :, None] >= band_start[:, None, 1:-1]).sum(-1)
+    return Grid(
+        scale=(1.0 / width).float(),
+        base=base.float(),
+        band_start=band_start,
+        band_of_bin=band_of_bin,
+        levels=tuple(levels),
+        n_bins=n_bins,
+    )
+
+
+def dense_quantiles(values: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """Inner quantiles [U, len(levels)-2] of calibration values [N, U] (nearest rank)."""
+    n = values.shape[0]
+    inner = torch.tensor(levels[1:-1], dtype=torch.float64)
+    ranks = torch.clamp(torch.round(inner * (n - 1)).long(), 0, n - 1)
+    out = []
+    for chunk in values.split(512, dim=1):  # sorting all units at once needs N*U*12 bytes
+        ordered = torch.sort(chunk, dim=0).values
+        out.append(ordered[ranks].T)
+    return torch.cat(out, dim=0)
+
+
+def sparse_quantiles(units: torch.Tensor, values: torch.Tensor, n_units: int,
+                     levels: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner quantiles [U, len(levels)-2] of per-unit value lists given as (unit, value) pairs.
+
+    Returns (quantiles, counts); units without values get NaN quantiles.
+    """
+    inner = torch.tensor(levels[1:-1], dtype=torch.float64)
+    order = torch.argsort(values, stable=True)
+    order = order[torch.argsort(units[order], stable=True)]
+    sorted_values = values[order]
+    counts = torch.bincount(units, minlength=n_units)
+    starts = torch.cumsum(counts, 0) - counts
+    ranks = torch.round(inner[None, :] * (counts[:, None] - 1).clamp(min=0).double()).long()
+    index = (starts[:, None] + ranks).clamp(max=max(sorted_values.numel() - 1, 0))
+    if sorted_values.numel() == 0:
+        return torch.full((n_units, inner.numel()), float("nan")), counts
+    quantiles = sorted_values[index].double()
+    quantiles[counts == 0] = float("nan")
+    return quantiles, counts

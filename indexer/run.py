@@ -1,0 +1,169 @@
+"""One indexing run: load, calibrate, stream every batch through all accumulators, write."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .config import IndexConfig
+from .errors import ActscopeError
+
+
+def run_index(config: IndexConfig) -> str:
+    import torch
+    from tqdm import tqdm
+
+    from .accumulate_dense import DenseAccumulator
+    from .accumulate_sparse import SparseAccumulator
+    from .activations import ActivationRunner
+    from .calibrate import calibrate
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .corpus import iter_batches, iter_documents
+    from .model import load_model, pick_device, resolve_model_spec
+    from .sampling import token_keys
+    from .sources import load_sae, neuron_sources, resolve_sae_spec, sae_processing, sae_sources
+    from .store_writer import StoreWriter
+
+    started = time.perf_counter()
+    device = pick_device(config.device)
+    model_spec = resolve_model_spec(config.model)
+    sae_specs = [resolve_sae_spec(text) for text in config.saes]
+    saes = [load_sae(spec, "cpu") for spec in sae_specs]
+    model_spec.processing = sae_processing(saes)
+    loaded = load_model(model_spec, device)
+    model = loaded.model
+    if config.ctx > loaded.n_ctx:
+        raise ActscopeError(f"--ctx {config.ctx} is larger than the model's context of {loaded.n_ctx} tokens")
+    sources = [] if config.no_neurons else neuron_sources(model, config.neuron_hooks)
+    sources += sae_sources(model, saes, sae_specs, {s.slug for s in sources})
+    runner = ActivationRunner(model, sources)
+    max_sequences = config.max_tokens // config.ctx if config.max_tokens else None
+
+    def batches():
+        documents = iter_documents(config.dataset, config.text_column, config.split)
+        return iter_batches(documents, loaded.tokenizer, bos_token_id=loaded.bos_token_id,
+                            eos_token_id=loaded.eos_token_id, ctx=config.ctx,
+                            batch_size=config.batch_size, max_sequences=max_sequences)
+
+    identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
+    state = None
+    if config.resume:
+        state = load_checkpoint(config.checkpoint_path, identity, device)
+        if state is None:
+            print(f"no checkpoint at {config.checkpoint_path}: starting from the beginning", file=sys.stderr)
+    if state is not None:
+        grids = state["grids"]
+    else:
+        grids = calibrate(runner, batches(), sources, config.calibration_tokens, config.hist_bins)
+        if not grids and not sources:
+            raise ActscopeError("nothing to index")
+    accumulators = {}
+    for source in sources:
+        grid, shift = grids[source.slug]
+        common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
+        accumulators[source.slug] = (DenseAccumulator(source.n_units, grid, shift, **common)
+                                     if source.kind == "neuron" else SparseAccumulator(source.n_units, grid, **common))
+    batches_done, n_sequences = 0, 0
+    if state is not None:
+        for slug, acc in accumulators.items():
+            acc.load_state_dict(state["accumulators"][slug])
+        batches_done, n_sequences = state["batches_done"], state["n_sequences"]
+    else:
+        config.checkpoint_path.unlink(missing_ok=True)
+    writer = StoreWriter(config.tmp_path, model_spec.slug, fresh=state is None)
+    if state is not None:
+        writer.truncate_sequences(n_sequences)
+
+    total = max_sequences * config.ctx if max_sequences else None
+    progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
+                    disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
+    positions = torch.arange(config.ctx, device=device)
+    with torch.inference_mode():
+        for batch in batches():
+            if batch.index < batches_done:
+                continue  # already in the checkpoint
+            tokens = batch.tokens.to(device)
+            acts = runner(tokens)
+            seq_ids = batch.first_seq + torch.arange(tokens.shape[0], device=device)
+            keys = token_keys(seq_ids[:, None] * config.ctx + positions[None, :], config.seed)
+            for source in sources:
+                accumulators[source.slug].update(acts[source.slug], batch.first_seq, keys)
+            writer.add_sequences(batch.first_seq, batch.tokens.numpy())
+            batches_done = batch.index + 1
+            n_sequences = batch.first_seq + tokens.shape[0]
+            progress.update(tokens.numel())
+            if config.checkpoint_every and batches_done % config.checkpoint_every == 0:
+                writer.flush()
+                save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
+    progress.close()
+    if n_sequences == 0:
+        writer.close()
+        config.tmp_path.unlink(missing_ok=True)
+        raise ActscopeError(
+            f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
+        )
+    _write_results(writer, config, loaded, sources, accumulators, n_sequences, started)
+    writer.finish(Path(config.out))
+    config.checkpoint_path.unlink(missing_ok=True)
+    n_tokens = n_sequences * (config.ctx - 1)
+    units = sum(s.n_units for s in sources)
+    return (f"indexed {units} units ({', '.join(s.slug for s in sources)}) over {n_tokens:,} tokens "
+            f"in {time.perf_counter() - started:.1f}s -> {config.out}")
+
+
+def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,
+                   started: float) -> None:
+    import pyarrow as pa
+
+    from .finalize import example_rows, unit_rows
+    from .weights import cos_in_out, logit_table
+
+    model, slug = loaded.model, loaded.spec.slug
+    for source in sources:
+        acc = accumulators[source.slug]
+        stats, bands = unit_rows(slug, source.slug, acc, cos_in_out(model, source))
+        writer.write_table("unit_stats", stats)
+        writer.write_table("bands", bands)
+        writer.write_table("examples", example_rows(slug, source.slug, acc, config.ctx))
+        table = logit_table(model, source)
+        if table is not None:
+            writer.write_table("logits", pa.table({
+                "model": pa.array([slug] * source.n_units),
+                "source": pa.array([source.slug] * source.n_units),
+                "unit": pa.array(list(range(source.n_units)), type=pa.int32()),
+                "top_ids": pa.array(table.top_ids.int().tolist(), type=pa.list_(pa.int32())),
+                "top_values": pa.array(table.top_values.float().tolist(), type=pa.list_(pa.float32())),
+                "bottom_ids": pa.array(table.bottom_ids.int().tolist(), type=pa.list_(pa.int32())),
+                "bottom_values": pa.array(table.bottom_values.float().tolist(), type=pa.list_(pa.float32())),
+            }))
+        writer.write_rows("sources", [{
+            **source.row(), "model": slug,
+            "band_levels": list(acc.grid.levels),
+            "band_basis": "firing" if source.kind == "sae" else "all",
+        }])
+    vocab_size = int(model.cfg.d_vocab)
+    tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
+    writer.write_table("vocab", pa.table({
+        "model": pa.array([slug] * vocab_size),
+        "token_id": pa.array(list(range(vocab_size)), type=pa.int32()),
+        "token": pa.array(tokens),
+    }))
+    cfg = model.cfg
+    writer.write_rows("models", [{
+        "model": slug,
+        "spec": json.dumps(loaded.spec.to_dict()),
+        "processing": json.dumps(loaded.spec.processing),
+        "n_layers": int(cfg.n_layers), "d_model": int(cfg.d_model), "d_vocab": vocab_size,
+        "n_ctx": int(cfg.n_ctx), "ctx": config.ctx,
+        "bos_token_id": loaded.bos_token_id, "eos_token_id": loaded.eos_token_id,
+        "n_sequences": n_sequences, "n_tokens": n_sequences * (config.ctx - 1),
+    }])
+    writer.set_meta("package_version", __version__)
+    writer.set_meta("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    writer.set_meta("run_config", config.to_dict())
+    writer.set_meta("dataset", config.dataset)
+    writer.set_meta("elapsed_seconds", round(time.perf_counter() - started, 2))

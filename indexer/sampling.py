@@ -1,0 +1,97 @@
+"""What the dense and sparse accumulators share: sampling keys, windows, example state.
+
+Band samples use priority sampling: every token gets a random key and each
+(unit, band) keeps the tokens with the smallest keys. A key is a hash of the run seed
+and the token's global id (seq * ctx + pos), so it does not depend on batch size,
+resumption or sharding, and merged shards keep exactly the samples one run would.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .grouped_topk import GroupedTopK
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    # torch's >> is arithmetic on int64; mask to get the logical shift splitmix64 needs.
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def token_keys(token_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """Uniform [0, 1) float64 key per global token id (splitmix64 finaliser)."""
+    z = token_ids.to(torch.int64) * _GOLDEN + _signed(seed * 0x2545F4914F6CDD1D + 1)
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 11).double() * 2.0**-53
+
+
+def gather_windows(acts: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor,
+                   before: int, after: int) -> torch.Tensor:
+    """[C, before+1+after] activations of unit u around (b, p); NaN outside the sequence."""
+    ctx = acts.shape[1]
+    offsets = torch.arange(-before, after + 1, device=acts.device)
+    positions = p[:, None] + offsets[None, :]
+    valid = (positions >= 0) & (positions < ctx)
+    window = acts[b[:, None], positions.clamp(0, ctx - 1), u[:, None]].float()
+    return window.masked_fill(~valid, float("nan"))
+
+
+def new_examples(n_groups: int, n: int, descending: bool, window_len: int, device) -> GroupedTopK:
+    return GroupedTopK(
+        n_groups, n, descending,
+        payload_shapes={"act": (), "win": (window_len,)},
+        payload_dtypes={"act": torch.float32, "win": torch.float32},
+        device=device,
+    )
+
+
+class RunningStats:
+    """Sums for mean/std, extremes, firing counts and bin counts of one source."""
+
+    def __init__(self, n_units: int, n_bins: int, device) -> None:
+        self.n_tokens = 0
+        self.sum = torch.zeros(n_units, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros(n_units, dtype=torch.float64, device=device)
+        self.max = torch.full((n_units,), float("-inf"), device=device)
+        self.min = torch.full((n_units,), float("inf"), device=device)
+        self.n_fired = torch.zeros(n_units, dtype=torch.float64, device=device)
+        self.hist = torch.zeros(n_units, n_bins, dtype=torch.int64, device=device)
+
+    def merge(self, other: "RunningStats") -> None:
+        self.n_tokens += other.n_tokens
+        self.sum += other.sum
+        self.sum_sq += other.sum_sq
+        self.max = torch.maximum(self.max, other.max)
+        self.min = torch.minimum(self.min, other.min)
+        self.n_fired += other.n_fired
+        self.hist += other.hist
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("n_tokens", "sum", "sum_sq", "max", "min", "n_fired", "hist")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_seq: int,
+                 window: tuple[int, int]) -> None:
+    """Merge candidate tokens (b, p) of `units` into `examples`, with their windows."""
+    ctx = acts.shape[1]
+    token = (first_seq + b) * ctx + p
+    windows = gather_windows(acts, b, p, units, *window)
+    examples.add(group, score, token, {"act": acts[b, p, units], "win": windows})

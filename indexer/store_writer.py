@@ -1,0 +1,89 @@
+"""Writing an index: a temporary DuckDB file, renamed into place only when complete.
+
+Sequences are appended while the corpus streams (so memory does not grow with corpus
+length); everything else is written once at the end from Arrow tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import schema
+from .errors import ActscopeError
+
+
+class StoreWriter:
+    def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
+        import duckdb
+
+        self.tmp_path = Path(tmp_path)
+        self.model = model
+        if fresh:
+            for path in (self.tmp_path, Path(str(self.tmp_path) + ".wal")):
+                path.unlink(missing_ok=True)
+        elif not self.tmp_path.exists():
+            raise ActscopeError(f"--resume: the partial index {self.tmp_path} is missing; rerun without --resume")
+        try:
+            self.con = duckdb.connect(str(self.tmp_path))
+        except duckdb.Error as exc:
+            raise ActscopeError(f"cannot open {self.tmp_path} for writing: {exc}") from exc
+        if fresh:
+            schema.create_all(self.con)
+        self._pending: list[tuple[int, np.ndarray]] = []
+
+    def truncate_sequences(self, n_sequences: int) -> None:
+        """Drop sequences written after the checkpoint a resumed run starts from."""
+        self.con.execute("DELETE FROM sequences WHERE model = ? AND seq >= ?", [self.model, n_sequences])
+
+    def add_sequences(self, first_seq: int, tokens: np.ndarray) -> None:
+        self._pending.append((first_seq, tokens.astype(np.int32, copy=False)))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        seqs = np.concatenate([first + np.arange(len(rows)) for first, rows in self._pending])
+        rows = np.concatenate([rows for _, rows in self._pending])
+        ctx = rows.shape[1]
+        token_lists = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, rows.size + 1, ctx, dtype=np.int32)), pa.array(rows.reshape(-1)))
+        self.write_table("sequences", pa.table({
+            "model": pa.array([self.model] * len(seqs)),
+            "seq": pa.array(seqs.astype(np.int32)),
+            "token_ids": token_lists,
+        }))
+        self._pending.clear()
+        self.con.execute("CHECKPOINT")
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        if name not in schema.TABLES:
+            raise ValueError(f"unknown table {name}")
+        self.con.register("incoming", table)
+        try:
+            self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+        finally:
+            self.con.unregister("incoming")
+
+    def write_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.write_table(name, pa.Table.from_pylist(rows))
+
+    def set_meta(self, key: str, value: Any) -> None:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, text])
+
+    def finish(self, out_path: Path) -> None:
+        """Index, checkpoint and close the file, then atomically move it to `out_path`."""
+        self.flush()
+        schema.create_indexes(self.con)
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        os.replace(self.tmp_path, out_path)
+
+    def close(self) -> None:
+        self.con.close()

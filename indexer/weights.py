@@ -1,0 +1,59 @@
+"""Facts read off the weights: the output tokens a unit boosts, and cos(w_in, w_out).
+
+A neuron writes W_out[n] into the residual stream, an SAE feature W_dec[f]; multiplied
+by the unembedding W_U that gives the unit's direct effect on each token's logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sources import Source
+
+N_LOGIT_TOKENS = 10
+RESIDUAL_WIDTH_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out",
+                        "hook_attn_out")
+
+
+@dataclass
+class LogitTable:
+    top_ids: torch.Tensor  # [U, n] int64
+    top_values: torch.Tensor  # [U, n] float32
+    bottom_ids: torch.Tensor
+    bottom_values: torch.Tensor
+
+
+def output_directions(model, source: Source) -> torch.Tensor | None:
+    """[U, d_model] direction each unit writes to the residual stream, if it has one."""
+    if source.kind == "neuron":
+        return model.blocks[source.layer].mlp.W_out.detach()
+    if source.hook_name.endswith(RESIDUAL_WIDTH_HOOKS):
+        return source.sae.W_dec.detach()
+    return None
+
+
+def logit_table(model, source: Source, n: int = N_LOGIT_TOKENS, chunk: int = 512) -> LogitTable | None:
+    directions = output_directions(model, source)
+    if directions is None:
+        return None
+    unembed = model.W_U.detach()
+    n = min(n, unembed.shape[1])
+    parts: list[tuple] = []
+    for block in directions.split(chunk):  # [chunk, vocab] at a time bounds memory
+        effect = block.to(unembed.dtype) @ unembed
+        top = effect.topk(n, dim=1)
+        bottom = effect.topk(n, dim=1, largest=False)
+        parts.append((top.indices, top.values, bottom.indices, bottom.values))
+    return LogitTable(*(torch.cat([p[i] for p in parts]).cpu() for i in range(4)))
+
+
+def cos_in_out(model, source: Source) -> torch.Tensor | None:
+    """[U] cosine between each neuron's input and output weights."""
+    if source.kind != "neuron":
+        return None
+    mlp = model.blocks[source.layer].mlp
+    w_in = mlp.W_in.detach().T  # [d_mlp, d_model]
+    w_out = mlp.W_out.detach()  # [d_mlp, d_model]
+    return torch.nn.functional.cosine_similarity(w_in, w_out, dim=1).float().cpu()

@@ -1,0 +1,95 @@
+"""A tiny random model, SAE and corpus, and a real index built from them.
+
+Everything is built offline from a config and fixed seeds: a byte-level BPE tokenizer
+trained on a few standard-library modules, a 2-layer GELU HookedTransformer, a standard
+SAE on blocks.1.hook_resid_post, and an index built by the real indexer.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+TINY_CTX = 32
+CORPUS_MODULES = ["textwrap.py", "string.py", "bisect.py", "heapq.py", "json/decoder.py",
+                  "json/encoder.py", "colorsys.py", "keyword.py"]
+# A document that must come out escaped on every page.
+HOSTILE_DOC = "<script>alert('actscope')</script> & <b>bold</b> \"quoted\"\n" * 3
+TINY_INDEX_OPTIONS = dict(ctx=TINY_CTX, batch_size=8, max_tokens=TINY_CTX * 8 * 12, top_k=5,
+                          band_size=3, window=(6, 3), calibration_tokens=600, hist_bins=128,
+                          quiet=True, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory) -> Path:
+    """Text files: standard-library modules plus one hostile HTML document."""
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in CORPUS_MODULES:
+        (root / (name.replace("/", "_") + ".txt")).write_text((stdlib / name).read_text())
+    (root / "00_hostile.txt").write_text(HOSTILE_DOC)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_corpus_dir) -> Path:
+    """An actscope-native 2-layer model named 'tiny' with random weights."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from indexer.model import save_native
+
+    work = tmp_path_factory.mktemp("tokenizer")
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train([str(p) for p in sorted(tiny_corpus_dir.iterdir())], vocab_size=400,
+                    min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer_json = work / "tokenizer.json"
+    tokenizer.save(str(tokenizer_json))
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=64,
+                                  d_vocab=tokenizer.get_vocab_size(), act_fn="gelu",
+                                  normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg)
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    return save_native(model, tokenizer_json, out, "tiny", "<|endoftext|>", "<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory) -> Path:
+    """A SAELens standard SAE (d_in 32, 128 features) on blocks.1.hook_resid_post."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(1)
+    cfg = StandardSAEConfig(d_in=32, d_sae=128,
+                            metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+        sae.b_enc.fill_(-1.2)  # most features silent on most tokens, as in a real SAE
+    out = tmp_path_factory.mktemp("saes") / "tiny-res"
+    sae.save_model(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir) -> Path:
+    """A real index of the tiny model: sources 0-mlp, 1-mlp and 1-res-sae."""
+    from indexer.config import IndexConfig
+    from indexer.run import run_index
+
+    out = tmp_path_factory.mktemp("index") / "tiny.duckdb"
+    run_index(IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out=str(out),
+                          saes=[str(tiny_sae_dir)], **TINY_INDEX_OPTIONS))
+    return out
