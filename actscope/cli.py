@@ -110,12 +110,15 @@ def serve_command(index_file: str, host: str, port: int, device: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if it is up to date.")
+@click.option("--build-only", is_flag=True, help="Build the index if needed, then exit without serving.")
 @user_errors
-def demo_command(out: str, host: str, port: int, rebuild: bool) -> None:
+def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool) -> None:
     """Build the demo index of the bundled model (if needed) and serve it."""
     from indexer.demo import build_demo_index
 
     build_demo_index(out, rebuild=rebuild)
+    if build_only:
+        return
     from app.server import serve
 
     serve(out, host=host, port=port, device="cpu")

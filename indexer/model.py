@@ -203,6 +203,10 @@ def _load_native(path: Path, device: str):
             tokenizer_file=str(path / NATIVE_TOKENIZER),
             bos_token=meta.get("bos_token"),
             eos_token=meta.get("eos_token"),
+            # TransformerLens re-creates a tokenizer from name_or_path unless it already
+            # adds BOS; both keep it from failing (KeyError) or searching the Hub.
+            name_or_path=str(path),
+            add_bos_token=meta.get("bos_token") is not None,
         )
         state_dict = load_file(str(path / NATIVE_WEIGHTS))
     except (OSError, KeyError, ValueError) as exc:
