@@ -33,6 +33,11 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
         v = b["lo"]
         if lo < v < hi:
             marks.append({"x": round(x(v), 2), "band": b["band"], "value": v})
-    ticks = [{"x": round(x(v), 2), "label": f"{v:.3g}"} for v in (lo, 0.0, hi) if lo <= v <= hi]
+    ticks = [{"x": round(x(v), 2), "label": f"{v:.3g}", "anchor": anchor}
+             for v, anchor in ((lo, "start"), (0.0, "middle"), (hi, "end"))
+             if lo <= v <= hi and (v == 0.0 or abs(v) > 0.08 * span or v in (lo, hi))]
+    # Keep 0 only when it is not crowding an end label.
+    if len(ticks) == 3 and min(abs(ticks[1]["x"] - ticks[0]["x"]), abs(ticks[2]["x"] - ticks[1]["x"])) < 40:
+        ticks.pop(1)
     return {"width": WIDTH, "height": HEIGHT, "bars": bars, "marks": marks, "ticks": ticks,
             "baseline": PAD_TOP + plot_h}

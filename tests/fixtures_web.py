@@ -90,3 +90,105 @@ def web_index(tmp_path_factory):
     path = tmp_path_factory.mktemp("webindex") / "fake.duckdb"
     build_fake_index(path)
     return path
+
+
+# -- app, server and browser ---------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def make_client(index_path, **settings):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(index_file=index_path, **settings))
+    return TestClient(app)
+
+
+@pytest.fixture(scope="session")
+def client(web_index):
+    """An in-process client over the test index (live inference on, loaded lazily)."""
+    with make_client(web_index) as c:
+        yield c
+
+
+@pytest.fixture
+def xss_index(web_index, tmp_path):
+    """A copy of the test index where the focus token of 0-mlp/0's top example reads
+    `<script>alert(1)</script>`. Returns (path, source, unit)."""
+    import shutil
+
+    import duckdb
+
+    path = tmp_path / "xss.duckdb"
+    shutil.copyfile(web_index, path)
+    con = duckdb.connect(str(path))
+    source = con.execute("SELECT slug FROM sources ORDER BY layer, kind, slug LIMIT 1").fetchone()[0]
+    tok = con.execute(
+        "SELECT s.token_ids[e.pos + 1] FROM examples e JOIN sequences s USING (model, seq) "
+        "WHERE e.source = ? AND e.unit = 0 AND e.band IS NULL ORDER BY e.rank LIMIT 1", [source]
+    ).fetchone()[0]
+    con.execute("UPDATE vocab SET token = ? WHERE token_id = ?", [XSS_TOKEN, tok])
+    con.close()
+    return path, source, 0
+
+
+class ServerThread:
+    """uvicorn serving an app on 127.0.0.1:<free port> in a thread of the test process."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(web_index):
+    from app.server import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(index_file=web_index, preload_live=True))
+    with ServerThread(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser():
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (tests/ensure_chromium.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

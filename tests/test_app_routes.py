@@ -1,0 +1,211 @@
+"""Every route of the app, HTML and JSON, with its status; the one error shape; escaping."""
+
+from __future__ import annotations
+
+import pytest
+from bs4 import BeautifulSoup
+
+M, S, SAE = "tiny", "0-mlp", "1-res-sae"
+
+ROUTES = [
+    # (path, status, kind)
+    ("/", 200, "html"),
+    ("/api", 200, "json"),
+    (f"/{M}", 200, "html"),
+    (f"/api/{M}", 200, "json"),
+    (f"/{M}/{S}", 200, "html"),
+    (f"/api/{M}/{S}", 200, "json"),
+    (f"/{M}/{S}?sort=density&order=asc&page=1&per_page=2", 200, "html"),
+    (f"/api/{M}/{S}?sort=cos_in_out&order=desc", 200, "json"),
+    (f"/{M}/{S}?q=zzzz-no-such-token", 200, "html"),
+    (f"/{M}/{S}/0", 200, "html"),
+    (f"/api/{M}/{S}/0", 200, "json"),
+    (f"/{M}/{SAE}/1", 200, "html"),
+    (f"/api/{M}/{SAE}/1", 200, "json"),
+    (f"/{M}/{S}/0?band=0", 200, "html"),
+    (f"/api/{M}/{S}/0?band=top", 200, "json"),
+    (f"/{M}/sequences/0", 200, "html"),
+    (f"/api/{M}/sequences/0", 200, "json"),
+    (f"/{M}/search", 200, "html"),
+    (f"/{M}/search?token=the", 200, "html"),
+    (f"/api/{M}/search?token=the", 200, "json"),
+    (f"/{M}/try", 200, "html"),
+    ("/docs", 200, "html"),
+    ("/openapi.json", 200, "json"),
+    ("/static/style.css", 200, "css"),
+    ("/static/app.js", 200, "js"),
+    # bad input: 404 / 422, never 500
+    ("/no-such-model", 404, "html"),
+    ("/api/no-such-model", 404, "json"),
+    (f"/{M}/no-such-source", 404, "html"),
+    (f"/api/{M}/no-such-source", 404, "json"),
+    (f"/{M}/{S}/100000", 404, "html"),
+    (f"/api/{M}/{S}/100000", 404, "json"),
+    (f"/{M}/{S}/-1", 404, "html"),
+    (f"/api/{M}/{S}/-1", 404, "json"),
+    (f"/{M}/{S}/abc", 422, "html"),
+    (f"/api/{M}/{S}/abc", 422, "json"),
+    (f"/{M}/{S}/1.5", 422, "html"),
+    (f"/api/{M}/{S}/0?band=99", 422, "json"),
+    (f"/{M}/{S}/0?band=x", 422, "html"),
+    (f"/api/{M}/{S}?sort=bogus", 422, "json"),
+    (f"/{M}/{S}?order=sideways", 422, "html"),
+    (f"/api/{M}/{S}?page=0", 422, "json"),
+    (f"/api/{M}/{S}?page=9999", 422, "json"),
+    (f"/{M}/{S}?page=abc", 422, "html"),
+    (f"/api/{M}/{S}?min_density=lots", 422, "json"),
+    (f"/api/{M}/sequences/999999", 404, "json"),
+    (f"/{M}/sequences/x", 422, "html"),
+    (f"/api/{M}/{S}/export.csv", 404, "json"),
+    (f"/{M}/{S}/0/extra/parts", 404, "html"),
+    ("/api/no-such-model/x/1", 404, "json"),
+]
+
+
+@pytest.mark.parametrize("path,status,kind", ROUTES)
+def test_route(client, path, status, kind):
+    r = client.get(path, follow_redirects=False)
+    assert r.status_code == status, (path, r.text[:300])
+    ctype = r.headers["content-type"]
+    if kind == "html":
+        assert ctype.startswith("text/html")
+        soup = BeautifulSoup(r.text, "html.parser")
+        assert soup.find("title") is not None
+        if status >= 400:
+            # A friendly page with the message and a way back.
+            assert soup.select_one(".error-message").get_text(strip=True)
+            assert soup.select_one(".way-back a[href='/']") is not None
+    elif kind == "json":
+        assert ctype.startswith("application/json")
+        body = r.json()
+        if status >= 400:
+            assert body == {"error": {"status": status, "message": body["error"]["message"]}}
+            assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    elif kind == "css":
+        assert "prefers-color-scheme: dark" in r.text
+    elif kind == "js":
+        assert "keydown" in r.text
+
+
+def test_error_shape_on_post(client):
+    # Malformed body, missing fields and wrong types all give the same shape.
+    for body in [None, {}, {"text": "hi"}, {"text": 3, "source": S}, {"text": "x", "source": S, "index": "a"}]:
+        r = client.post(f"/api/{M}/activations", json=body)
+        assert r.status_code == 422
+        assert set(r.json()) == {"error"} and r.json()["error"]["status"] == 422
+    r = client.post(f"/api/{M}/activations", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["status"] == 422
+
+
+def test_random_redirects_to_a_unit(client):
+    for prefix in ("", "/api"):
+        r = client.get(f"{prefix}/{M}/{S}/random", follow_redirects=False)
+        assert r.status_code == 302
+        loc = r.headers["location"]
+        assert loc.startswith(f"{prefix}/{M}/{S}/")
+        assert client.get(loc).status_code == 200
+
+
+def test_every_page_announces_its_json_twin(client):
+    for path in ["/", f"/{M}", f"/{M}/{S}", f"/{M}/{S}/0", f"/{M}/sequences/0", f"/{M}/search?token=the"]:
+        soup = BeautifulSoup(client.get(path).text, "html.parser")
+        link = soup.find("link", rel="alternate", type="application/json")
+        assert link is not None, path
+        twin = client.get(link["href"])
+        assert twin.status_code == 200 and twin.headers["content-type"].startswith("application/json"), path
+
+
+def test_home_lists_models_and_sources(client):
+    soup = BeautifulSoup(client.get("/").text, "html.parser")
+    api = client.get("/api").json()
+    slugs = [a.get_text() for a in soup.select("a.source-link")]
+    assert slugs == [s["slug"] for m in api["models"] for s in m["sources"]]
+    hooks = [c.get_text() for c in soup.select("table.sources td code")]
+    assert hooks == [s["hook_name"] for m in api["models"] for s in m["sources"]]
+    assert soup.select_one(".n-tokens").get_text() == f"{api['models'][0]['n_tokens']:,}"
+    assert soup.select_one("form.search input[name=token]") is not None
+
+
+def test_source_table_sort_and_pages(client):
+    data = client.get(f"/api/{M}/{S}?sort=max&order=desc&per_page=2").json()
+    maxes = [u["max"] for u in data["units"]]
+    assert maxes == sorted(maxes, reverse=True) and len(maxes) == 2
+    assert data["next_page"] is not None and data["page"] == 1
+    page2 = client.get("/api" + data["next_page"]).json()
+    assert page2["page"] == 2 and page2["units"][0]["max"] <= maxes[-1]
+    soup = BeautifulSoup(client.get(f"/{M}/{S}?sort=max&order=desc&per_page=2").text, "html.parser")
+    rows = soup.select("table.units tbody tr")
+    assert [int(r.select_one("a.unit-link").get_text()) for r in rows] == [u["index"] for u in data["units"]]
+    header = soup.select_one("th[aria-sort]")
+    assert header["aria-sort"] == "descending" and "max" in header.get_text()
+
+
+def test_unit_page_html(client):
+    data = client.get(f"/api/{M}/{S}/0").json()
+    soup = BeautifulSoup(client.get(f"/{M}/{S}/0").text, "html.parser")
+    examples = soup.select("#examples li.example")
+    assert len(examples) == len(data["top"])
+    first = examples[0]
+    toks = first.select(".toks .t")
+    assert [t.get_text() for t in toks] == [t.replace("\n", "\u21b5\n").replace("\t", "\u21e5\t")
+                                            for t in data["top"][0]["tokens"]]
+    assert [float(t["data-act"]) for t in toks] == pytest.approx(data["top"][0]["acts"], abs=1e-4)
+    focus = first.select(".t.focus")
+    assert len(focus) == 1 and toks.index(focus[0]) == data["top"][0]["focus"]
+    # Band tabs, labelled with their range and share.
+    tabs = soup.select("nav.tabs a.band-tab")
+    assert len(tabs) == len(data["bands"])
+    for tab, band in zip(tabs, reversed(data["bands"])):
+        assert "of tokens" in tab.get_text() and f"B{band['band']}" in tab.get_text()
+    # Histogram with band marks, stats, logits, navigation and shortcuts.
+    assert len(soup.select(".hist svg rect.bar")) == len(data["stats"]["histogram"]["counts"])
+    assert soup.select(".hist svg line.band-mark")
+    assert soup.select_one("a#next-unit")["href"] == data["links"]["next"]
+    assert soup.select_one("a#prev-unit")["href"] == data["links"]["prev"]
+    assert soup.select_one("a#random-unit") is not None
+    assert "j" in soup.select_one(".shortcuts").get_text() and "/" in soup.select_one(".shortcuts").get_text()
+    assert len(soup.select(".top-logits tr")) == len(data["logits"]["top"])
+    assert soup.select_one("form#live-form textarea[name=text]") is not None
+    assert soup.select("a.full-link")
+
+
+def test_band_tab_shows_band_examples(client):
+    data = client.get(f"/api/{M}/{S}/0").json()
+    band = data["bands"][-1]
+    soup = BeautifulSoup(client.get(f"/{M}/{S}/0?band={band['band']}").text, "html.parser")
+    assert len(soup.select("#examples li.example")) == len(band["examples"])
+    assert soup.select_one("nav.tabs a.active").get_text().strip().startswith(f"B{band['band']}")
+
+
+def test_htmx_band_request_gets_only_the_examples_block(client):
+    r = client.get(f"/{M}/{S}/0?band=0", headers={"HX-Request": "true", "HX-Target": "examples"})
+    assert r.status_code == 200
+    assert "<html" not in r.text and r.text.lstrip().startswith('<section id="examples"')
+
+
+def test_corpus_tokens_are_escaped(xss_index):
+    from fixtures_web import XSS_TOKEN, make_client
+
+    path, source, unit = xss_index
+    with make_client(path, live=False) as c:
+        html = c.get(f"/{M}/{source}/{unit}").text
+        assert XSS_TOKEN not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        soup = BeautifulSoup(html, "html.parser")
+        assert not [s for s in soup.find_all("script") if "alert" in (s.string or "")]
+        assert XSS_TOKEN in [t.get_text() for t in soup.select(".toks .t")]
+        # JSON carries the raw text; the source table and search escape it too.
+        assert XSS_TOKEN in c.get(f"/api/{M}/{source}/{unit}").json()["top"][0]["tokens"]
+        for page in [f"/{M}/{source}?per_page=500", f"/{M}/search?token=%3Cscript%3Ealert(1)%3C/script%3E"]:
+            assert XSS_TOKEN not in c.get(page).text
+
+
+def test_openapi_documents_the_api(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for p in ["/api", "/api/{model}/{source}/{index}", "/api/{model}/sequences/{seq}",
+              "/api/{model}/activations", "/api/{model}/{source}/export.{fmt}", "/api/{model}/search"]:
+        assert p in paths, p
+    unit = paths["/api/{model}/{source}/{index}"]["get"]["responses"]
+    assert "404" in unit and "422" in unit
+    assert not [p for p in paths if not p.startswith("/api")]
