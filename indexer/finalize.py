@@ -96,7 +96,13 @@ def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
     edges = grid.bin_edge(start)
     edges[:, 0] = lo.double()
     edges[:, -1] = hi.double()
-    edges = torch.maximum(torch.minimum(edges, hi.double()[:, None]), lo.double()[:, None])
+    lower = torch.maximum(edges[:, :-1], lo.double()[:, None])  # values are >= min anyway
+    upper = edges[:, 1:].clone()  # never clamped: the unit's max may sit just below it
+    # Empty bands get a zero-width interval at the nearest point of the unit's range.
+    empty = counts == 0
+    point = torch.minimum(lower, hi.double()[:, None])
+    lower = torch.where(empty, point, lower)
+    upper = torch.where(empty, point, torch.minimum(upper, torch.maximum(hi.double()[:, None], lower)))
     levels = torch.tensor(grid.levels, dtype=torch.float64)
     n = max(acc.stats.n_tokens, 1)
     return pa.table({
@@ -106,8 +112,8 @@ def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
         "band": pa.array(np.tile(np.arange(n_bands, dtype=np.int32), n_units)),
         "q_lo": pa.array(levels[:-1].repeat(n_units).numpy()),
         "q_hi": pa.array(levels[1:].repeat(n_units).numpy()),
-        "lo": pa.array(edges[:, :-1].reshape(-1).numpy()),
-        "hi": pa.array(edges[:, 1:].reshape(-1).numpy()),
+        "lo": pa.array(lower.reshape(-1).numpy()),
+        "hi": pa.array(upper.reshape(-1).numpy()),
         "count": pa.array(counts.reshape(-1).numpy()),
         "share": pa.array((counts.double() / n).reshape(-1).numpy()),
     })

@@ -91,8 +91,8 @@ TABLES = {
             band INTEGER NOT NULL,
             q_lo DOUBLE NOT NULL,           -- nominal quantile levels that defined the band
             q_hi DOUBLE NOT NULL,
-            lo DOUBLE NOT NULL,             -- activation edges: lo <= act < hi (last band: <= hi)
-            hi DOUBLE NOT NULL,
+            lo DOUBLE NOT NULL,             -- activation edges: lo <= act < hi, and the highest
+            hi DOUBLE NOT NULL,             --   non-empty band also holds act == hi (the unit's max)
             count BIGINT NOT NULL,          -- exact number of indexed tokens inside
             share DOUBLE NOT NULL,          -- count / n_tokens (all indexed tokens)
             PRIMARY KEY (model, source, unit, band)

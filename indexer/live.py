@@ -1,0 +1,65 @@
+"""Live inference for the app: the indexed model and SAEs, reloaded from the index's specs.
+
+Activations go through the same `ActivationRunner` as the indexer, with the same BOS
+handling, so a visitor's text is measured exactly as the corpus was. Not thread-safe:
+callers serialise access.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .activations import ActivationRunner
+from .errors import ActscopeError
+from .model import LoadedModel, ModelSpec, load_model
+from .sources import Source, load_sae
+
+
+class LiveModel:
+    def __init__(self, loaded: LoadedModel, sources: list[Source], ctx: int, model_slug: str) -> None:
+        self.loaded = loaded
+        self.ctx = ctx
+        self.model_slug = model_slug
+        self.sources = {source.slug: source for source in sources}
+        # One runner per source: a visitor asks about one source at a time, and each
+        # runner stops at its own hook's layer.
+        self._runners = {source.slug: ActivationRunner(loaded.model, [source]) for source in sources}
+
+    def tokenize(self, text: str) -> tuple[list[int], bool]:
+        """(BOS + token ids of `text`, truncated?) with at most ctx tokens in all."""
+        ids = self.loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        truncated = len(ids) > self.ctx - 1
+        return [self.loaded.bos_token_id] + list(ids[: self.ctx - 1]), truncated
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        return self.loaded.tokenizer.batch_decode([[i] for i in ids])
+
+    def activations(self, token_ids: list[int], slug: str) -> np.ndarray:
+        """[len(token_ids), n_units] float32 activations of source `slug`."""
+        import torch
+
+        if slug not in self._runners:
+            raise ActscopeError(f"unknown source {slug!r} (known: {', '.join(self._runners)})")
+        if not token_ids or len(token_ids) > self.ctx:
+            raise ActscopeError(f"expected 1 to {self.ctx} tokens, got {len(token_ids)}")
+        tokens = torch.tensor([token_ids], dtype=torch.long)
+        acts = self._runners[slug](tokens)[slug][0]
+        return acts.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load_live(model_row: dict[str, Any], source_rows: list[dict[str, Any]], device: str = "cpu") -> LiveModel:
+    """Load the model and SAEs an index was built with (rows of its models/sources tables)."""
+    spec = ModelSpec.from_dict(json.loads(model_row["spec"]))
+    loaded = load_model(spec, device)
+    sources = []
+    for row in source_rows:
+        source_spec = json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"]
+        sae = load_sae(source_spec, device) if row["kind"] == "sae" else None
+        if sae is not None:
+            sae.eval()
+        sources.append(Source(row["slug"], row["hook_name"], row["kind"], int(row["layer"]),
+                              int(row["n_units"]), source_spec, sae))
+    return LiveModel(loaded, sources, int(model_row["ctx"]), model_row["model"])
