@@ -84,7 +84,7 @@ def source_data(store: Store, model: str, source: str, sort: str = "max", order:
         raise bad_input("page must be >= 1 and per_page between 1 and 500.")
     vocab = store.vocab(model)
     rows = store.unit_table(model, source)
-    needle = q.strip().lower()
+    needle = q.lower() if q.strip() else ""
     if needle or min_density is not None or max_density is not None:
         def keep(r) -> bool:
             if min_density is not None and r.density < min_density:
@@ -93,7 +93,7 @@ def source_data(store: Store, model: str, source: str, sort: str = "max", order:
                 return False
             if needle:
                 tok = vocab[r.top_token_id] if r.top_token_id is not None else ""
-                return needle == str(r.unit) or needle in tok.lower()
+                return needle.strip() == str(r.unit) or needle in tok.lower()
             return True
 
         rows = [r for r in rows if keep(r)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from bs4 import BeautifulSoup
 
+from fixtures_web import token_of
+
 M, S, SAE = "tiny", "0-mlp", "1-res-sae"
 
 ROUTES = [
@@ -147,8 +149,7 @@ def test_unit_page_html(client):
     assert len(examples) == len(data["top"])
     first = examples[0]
     toks = first.select(".toks .t")
-    assert [t.get_text() for t in toks] == [t.replace("\n", "\u21b5\n").replace("\t", "\u21e5\t")
-                                            for t in data["top"][0]["tokens"]]
+    assert [token_of(t) for t in toks] == data["top"][0]["tokens"]
     assert [float(t["data-act"]) for t in toks] == pytest.approx(data["top"][0]["acts"], abs=1e-4)
     focus = first.select(".t.focus")
     assert len(focus) == 1 and toks.index(focus[0]) == data["top"][0]["focus"]
@@ -194,6 +195,7 @@ def test_corpus_tokens_are_escaped(xss_index):
         soup = BeautifulSoup(html, "html.parser")
         assert not [s for s in soup.find_all("script") if "alert" in (s.string or "")]
         assert XSS_TOKEN in [t.get_text() for t in soup.select(".toks .t")]
+        assert XSS_TOKEN in [token_of(t) for t in soup.select(".toks .t")]
         # JSON carries the raw text; the source table and search escape it too.
         assert XSS_TOKEN in c.get(f"/api/{M}/{source}/{unit}").json()["top"][0]["tokens"]
         for page in [f"/{M}/{source}?per_page=500", f"/{M}/search?token=%3Cscript%3Ealert(1)%3C/script%3E"]:
