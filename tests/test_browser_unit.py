@@ -1,0 +1,179 @@
+"""End-to-end in headless Chromium (Debian's, driven by Playwright): the unit page flows."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+TEXT = "def wrap(text, width):\n    return text"
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    yield pg
+    context.close()
+
+
+def _unit_index(url: str) -> int:
+    return int(re.search(r"/(\d+)(?:\?|$)", url).group(1))
+
+
+def test_home_to_source_to_unit(page, live_server):
+    page.goto(live_server.url + "/")
+    page.click("a.source-link >> text=0-mlp")
+    page.wait_for_url(re.compile(r"/tiny/0-mlp$"))
+    assert page.locator("table.units tbody tr").count() > 0
+    page.locator("a.unit-link").first.click()
+    page.wait_for_url(re.compile(r"/tiny/0-mlp/\d+$"))
+    # Tinted tokens: the focus token of the top example is strongly coloured.
+    focus = page.locator("#examples li.example").first.locator(".t.focus")
+    assert focus.is_visible()
+    bg = focus.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert bg not in ("rgba(0, 0, 0, 0)", "transparent"), bg
+    plain = page.locator("#examples .t").last.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert plain != bg
+    # Band tabs with their activation range and share.
+    tabs = page.locator("nav.tabs a.tab")
+    assert tabs.count() >= 2 and tabs.first.is_visible()
+    assert "of tokens" in tabs.nth(1).inner_text()
+
+
+def test_hover_shows_token_and_activation(page, live_server):
+    page.goto(live_server.url + "/tiny/1-mlp/3")
+    tok = page.locator("#examples li.example").first.locator(".t.focus")
+    act = tok.get_attribute("data-act")
+    tok.hover()
+    tip = page.locator("#tip")
+    tip.wait_for(state="visible")
+    assert act in tip.inner_text()
+    assert tip.inner_text().startswith('"')  # the token, quoted
+    # Keyboard focus shows it too.
+    page.mouse.move(0, 0)
+    other = page.locator("#examples li.example").nth(1).locator(".t.focus")
+    other.focus()
+    assert other.get_attribute("data-act") in tip.inner_text()
+
+
+def test_band_tab_switches_examples_and_url(page, live_server):
+    page.goto(live_server.url + "/tiny/0-mlp/2")
+    band_tab = page.locator("nav.tabs a.band-tab").first
+    label = band_tab.inner_text().split()[0]
+    band_tab.click()
+    page.wait_for_url(re.compile(r"band=\d+"))
+    assert page.locator("nav.tabs a.active").inner_text().split()[0] == label
+    # Reloading the URL gives the same view.
+    url = page.url
+    page.goto(url)
+    assert page.locator("nav.tabs a.active").inner_text().split()[0] == label
+
+
+def test_live_text_is_tinted_and_shareable(page, live_server, browser):
+    page.goto(live_server.url + "/tiny/0-mlp/4")
+    page.fill("#live-text", TEXT)
+    page.click("#live-form button")
+    page.wait_for_url(re.compile(r"text="))
+    toks = page.locator("#live-result .live-tokens .t")
+    toks.first.wait_for()
+    n = toks.count()
+    assert n > 5
+    acts = [toks.nth(i).get_attribute("data-act") for i in range(n)]
+    assert any(float(a) != 0 for a in acts)
+    # Copy the URL into a new page (another browser context): same view.
+    other = browser.new_context().new_page()
+    other.goto(page.url)
+    toks2 = other.locator("#live-result .live-tokens .t")
+    assert [toks2.nth(i).get_attribute("data-act") for i in range(toks2.count())] == acts
+    assert other.locator("#live-text").input_value() == TEXT
+    other.context.close()
+
+
+def test_typing_updates_live_result(page, live_server):
+    page.goto(live_server.url + "/tiny/1-res-sae/1")
+    page.locator("#live-text").press_sequentially("return the text", delay=20)
+    page.locator("#live-result .live-tokens .t").first.wait_for()
+    assert page.locator("#live-result .live-tokens .t").count() >= 3
+
+
+def test_empty_live_text_shows_an_error(page, live_server):
+    page.goto(live_server.url + "/tiny/0-mlp/4")
+    page.fill("#live-text", "   ")
+    page.click("#live-form button")
+    err = page.locator("#live-result .live-error")
+    err.wait_for()
+    assert "empty" in err.inner_text().lower()
+
+
+def test_keyboard_navigation(page, live_server):
+    page.goto(live_server.url + "/tiny/1-mlp/5")
+    assert "j" in page.locator(".shortcuts").inner_text()
+    page.keyboard.press("j")
+    page.wait_for_url(re.compile(r"/tiny/1-mlp/6$"))
+    page.keyboard.press("k")
+    page.wait_for_url(re.compile(r"/tiny/1-mlp/5$"))
+    page.keyboard.press("k")
+    page.wait_for_url(re.compile(r"/tiny/1-mlp/4$"))
+    with page.expect_navigation():
+        page.keyboard.press("r")
+    page.wait_for_load_state()
+    assert re.search(r"/tiny/1-mlp/\d+$", page.url)
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "search-input"
+    # Typing in a text box does not navigate.
+    page.keyboard.type("jk")
+    assert page.locator("#search-input").input_value() == "jk"
+
+
+def test_show_full_sequence_inline(page, live_server):
+    page.goto(live_server.url + "/tiny/0-mlp/1")
+    first = page.locator("#examples li.example").first
+    first.locator("a.full-link").click()
+    full = first.locator(".full .full-seq .t")
+    full.first.wait_for()
+    assert full.count() > first.locator(".toks").first.locator(".t").count()
+    assert page.url.endswith("/tiny/0-mlp/1")
+
+
+def test_pages_work_without_javascript(browser, live_server):
+    context = browser.new_context(java_script_enabled=False)
+    pg = context.new_page()
+    pg.goto(live_server.url + "/tiny/0-mlp/3")
+    pg.fill("#live-text", TEXT)
+    pg.click("#live-form button")
+    pg.wait_for_url(re.compile(r"/tiny/0-mlp/3\?text="))
+    assert pg.locator("#live-result .live-tokens .t").count() > 5
+    pg.click("nav.tabs a.band-tab >> nth=0")
+    pg.wait_for_url(re.compile(r"band=\d+"))
+    assert "text=" in pg.url  # the live text is kept
+    pg.goto(live_server.url + "/tiny/0-mlp?sort=density&order=asc")
+    pg.click("table.units th a >> text=max")
+    pg.wait_for_url(re.compile(r"sort=max"))
+    context.close()
+
+
+def test_screenshots_light_and_dark(browser, live_server, tmp_path):
+    """Screenshots of a unit page. ACTSCOPE_SCREENSHOTS_DIR=docs/screenshots keeps them
+    (the README's come from the demo index: see bench/README or the report)."""
+    out = Path(os.environ.get("ACTSCOPE_SCREENSHOTS_DIR") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    base = os.environ.get("ACTSCOPE_SCREENSHOT_URL") or live_server.url + "/tiny/1-mlp/3"
+    shots = {}
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        pg = context.new_page()
+        pg.goto(base)
+        pg.locator("#examples .t").first.wait_for()
+        png = pg.screenshot(path=str(out / f"unit-{scheme}.png"), full_page=True)
+        bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+        shots[scheme] = (png, [int(x) for x in re.findall(r"\d+", bg)[:3]])
+        context.close()
+    (light, light_bg), (dark, dark_bg) = shots["light"], shots["dark"]
+    assert light[:8] == dark[:8] == b"\x89PNG\r\n\x1a\n" and light != dark
+    assert sum(light_bg) > 600 and sum(dark_bg) < 150  # the page follows the system theme
