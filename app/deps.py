@@ -1,4 +1,4 @@
-"""Request dependencies as Annotated aliases."""
+"""Request dependencies as Annotated aliases (async: no threadpool hop to read app.state)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from .live_service import LiveService
 from .settings import Settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_live(request: Request) -> LiveService:
+async def get_live(request: Request) -> LiveService:
     return request.app.state.live
 
 

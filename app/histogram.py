@@ -41,3 +41,28 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
         ticks.pop(1)
     return {"width": WIDTH, "height": HEIGHT, "bars": bars, "marks": marks, "ticks": ticks,
             "baseline": PAD_TOP + plot_h}
+
+
+def histogram_markup(edges: list[float], counts: list[int], bands: list[dict[str, Any]]):
+    """The histogram as an SVG element (escaped here: only numbers go in)."""
+    from markupsafe import Markup
+
+    from .render import fmt
+
+    h = histogram_svg(edges, counts, bands)
+    out = [f'<svg viewBox="0 0 {h["width"]} {h["height"]}" role="img" '
+           'aria-label="Histogram of activations (log count), band edges marked">']
+    for b in h["bars"]:
+        out.append(f'<rect class="bar" x="{b["x"]}" y="{b["y"]}" width="{b["w"]}" height="{b["h"]}">'
+                   f'<title>{fmt(b["lo"])} to {fmt(b["hi"])}: {b["count"]:,} tokens</title></rect>')
+    for m in h["marks"]:
+        out.append(f'<line class="band-mark" x1="{m["x"]}" x2="{m["x"]}" y1="4" y2="{h["baseline"]}">'
+                   f'<title>band {m["band"]} starts at {fmt(m["value"])}</title></line>'
+                   f'<text class="band-label" x="{m["x"] + 2}" y="12">B{m["band"]}</text>')
+    if "baseline" in h:
+        out.append(f'<line class="axis" x1="0" x2="{h["width"]}" y1="{h["baseline"]}" y2="{h["baseline"]}"/>')
+    for t in h["ticks"]:
+        out.append(f'<text class="tick" x="{t["x"]}" y="{h["height"] - 6}" text-anchor="{t["anchor"]}">'
+                   f'{t["label"]}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))

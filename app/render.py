@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import json
-from importlib.resources import files
 from typing import Any
 
 from jinja2_fragments.fastapi import Jinja2Blocks
+from markupsafe import Markup, escape
 
 from . import urls
-from .histogram import histogram_svg
+from .histogram import histogram_markup
+from .resources import resource_dir
 
 
 def tint(act: float, scale: float) -> str:
     """Inline style for a token: --a is the strength 0..1 of the unit's colour."""
     a = min(abs(act) / scale, 1.0) if scale > 0 else 0.0
     return f"--a:{a:.3f}"
+
+
+def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | None = None) -> Markup:
+    """Tinted token spans (the hot loop of every page, so built here, escaped here).
+
+    Each span: class t (+ neg for negative values, + focus), --a = |act| / scale,
+    title `"<token>": <act>` for hover without JS, data-act for the tooltip and tests.
+    """
+    inv = 1.0 / scale if scale > 0 else 0.0
+    parts = ['<span class="toks">']
+    append = parts.append
+    for i, (tok, act) in enumerate(zip(toks, acts)):
+        a = abs(act) * inv
+        cls = "t neg" if act < 0 else "t"
+        if i == focus:
+            cls += " focus"
+        shown = escape(show_token(tok))
+        label = escape(json.dumps(tok, ensure_ascii=False))
+        append(f'<span class="{cls}" style="--a:{a if a < 1.0 else 1.0:.3f}" tabindex="0" '
+               f'title="{label}: {act:.4f}" data-act="{act:.4f}">{shown}</span>')
+    append("</span>")
+    return Markup("".join(parts))
 
 
 def show_token(tok: str) -> str:
@@ -43,10 +66,10 @@ def pct(value: float | None, digits: int = 2) -> str:
 
 
 def make_templates() -> Jinja2Blocks:
-    directory = str(files("app") / "templates")
+    directory = str(resource_dir("templates"))
     templates = Jinja2Blocks(directory=directory)
     env = templates.env
-    env.globals.update(urls=urls, histogram_svg=histogram_svg, tint=tint)
+    env.globals.update(urls=urls, histogram_markup=histogram_markup, tint=tint, tokens_html=tokens_html)
     env.filters.update(fmt=fmt, pct=pct, show_token=show_token,
                        repr_token=lambda t: json.dumps(t, ensure_ascii=False))
     env.trim_blocks = True

@@ -7,9 +7,10 @@ import os
 import tempfile
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from . import pages, schemas, urls, views
 from .deps import LiveDep, StoreDep
@@ -116,7 +117,18 @@ def api_export(store: StoreDep, model: str, source: str, fmt: str):
 
 @router.get("/{model}/{source}/{index}", summary="A unit: statistics, examples, bands, logits",
             **_doc(schemas.UnitOut, LIVE_ERRORS))
-def api_unit(store: StoreDep, live: LiveDep, model: str, source: str, index: int,
-             text: str | None = None, band: str | None = None):
+async def api_unit(request: Request, store: StoreDep, live: LiveDep, model: str, source: str, index: int,
+                   text: str | None = None, band: str | None = None):
     """`text` adds `live`: the unit's activation on every token of that text."""
-    return JSON(views.unit_view(store, live, model, source, index, text=text, band=band))
+    if store.resident and text is None:  # from memory: pure CPU, no hop to the threadpool
+        return _api_unit(request, store, live, model, source, index, text, band)
+    return await run_in_threadpool(_api_unit, request, store, live, model, source, index, text, band)
+
+
+def _api_unit(request, store, live, model, source, index, text, band):
+    cache = request.app.state.response_cache
+    key = cache.key(request)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    return cache.put(key, JSON(views.unit_view(store, live, model, source, index, text=text, band=band)))

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from . import pages, urls, views
 from .deps import LiveDep, StoreDep
@@ -121,8 +122,21 @@ def random_unit(store: StoreDep, model: str, source: str):
 
 
 @router.get("/{model}/{source}/{index}", response_class=HTMLResponse)
-def unit_page(request: Request, store: StoreDep, live: LiveDep, model: str, source: str,
-              index: int, band: str | None = None, text: str | None = None):
+async def unit_page(request: Request, store: StoreDep, live: LiveDep, model: str, source: str,
+                    index: int, band: str | None = None, text: str | None = None):
+    # From memory, a unit page is pure CPU work: render it on the loop. Anything that
+    # may query DuckDB or wait for the model goes to the threadpool.
+    if store.resident and text is None:
+        return _unit_page(request, store, live, model, source, index, band, text)
+    return await run_in_threadpool(_unit_page, request, store, live, model, source, index, band, text)
+
+
+def _unit_page(request, store, live, model, source, index, band, text):
+    cache = request.app.state.response_cache
+    key = cache.key(request)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
     status, live_error = 200, None
     try:
         data = views.unit_view(store, live, model, source, index, text=text, band=band)
@@ -133,9 +147,9 @@ def unit_page(request: Request, store: StoreDep, live: LiveDep, model: str, sour
         data["text"] = text
         status, live_error = exc.status, exc.message
     data["live_error"] = live_error
-    return render(request, "unit.html", data, html_url=_path(request),
-                title=f"{source}/{index} · {model}", status=status,
-                blocks={"examples": "examples", "live-result": "live"})
+    return cache.put(key, render(request, "unit.html", data, html_url=_path(request),
+                                 title=f"{source}/{index} · {model}", status=status,
+                                 blocks={"examples": "examples", "live-result": "live"}))
 
 
 @router.get("/{model}/{source}/{index}/live", response_class=HTMLResponse)

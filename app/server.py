@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
-from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -17,6 +16,8 @@ from indexer.store_reader import Store
 from . import errors, routes_api, routes_html
 from .live_service import LiveService
 from .render import make_templates
+from .resources import resource_dir
+from .response_cache import CacheMiddleware, ResponseCache
 from .settings import Settings
 
 log = logging.getLogger("actscope.app")
@@ -29,7 +30,7 @@ Every page has a JSON twin under `/api` with the same data. Errors always have t
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the app over one index file (opened read-only, schema version checked)."""
-    store = Store(settings.index_file)
+    store = Store(settings.index_file, resident_mb=settings.resident_mb)
     models = store.models()
     if not models:
         raise ActscopeError(f"{settings.index_file}: the index holds no model")
@@ -54,9 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.live = live
     app.state.templates = make_templates()
+    app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
+    app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
     errors.install(app)
-    static_dir = Path(str(files("app") / "static"))
-    app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+    app.mount("/static", StaticFiles(directory=str(resource_dir("static"))), name="static")
     app.include_router(routes_api.router)
     app.include_router(routes_html.router)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ActscopeError
 from .schema import SCHEMA_VERSION
+from .store_resident import ResidentTables
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ class UnitSummary:
 class Store:
     """A read-only actscope index. Safe to use from many threads."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, resident_mb: int = 1024):
+        """Open `path` read-only. Models whose examples fit in `resident_mb` MB are
+        loaded into memory (see store_resident); others are read with SQL per request."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ActscopeError(f"{path}: no such index file (build one with `actscope index`)")
@@ -144,6 +147,15 @@ class Store:
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
         self._unit_tables: dict[tuple[str, str], list[UnitSummary]] = {}
+        self._resident: dict[str, ResidentTables] = {}
+        for m in self._models:
+            if ResidentTables.size_estimate(self._cur(), m) <= resident_mb * 2**20:
+                self._resident[m] = ResidentTables.load(self._cur(), m)
+
+    @property
+    def resident(self) -> bool:
+        """True if every model is served from memory."""
+        return set(self._resident) == set(self._models)
 
     # -- plumbing --------------------------------------------------------------------
     def _cur(self):
@@ -252,6 +264,31 @@ class Store:
 
     # -- units -----------------------------------------------------------------------
     def unit(self, model: str, source: str, unit: int) -> UnitRecord | None:
+        resident = self._resident.get(model)
+        if resident is not None:
+            st = resident.stats_row(source, unit)
+            if st is None:
+                return None
+            example_rows = resident.example_rows(source, unit)
+            band_rows = resident.band_rows(source, unit)
+            logit_row = resident.logit_row(source, unit)
+        else:
+            st = self._stats_sql(model, source, unit)
+            if st is None:
+                return None
+            example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit)
+        stats = UnitStats(**st)
+        top: list[Example] = []
+        by_band: dict[int, list[Example]] = {}
+        for band, seq, pos, act, start, acts, ids in example_rows:
+            ex = Example(seq, pos, act, start, ids, acts)
+            (top if band is None else by_band.setdefault(band, [])).append(ex)
+        bands = [Band(b, ql, qh, lo, hi, c, sh, by_band.get(b, []))
+                 for b, ql, qh, lo, hi, c, sh in band_rows]
+        logits = Logits(*logit_row) if logit_row is not None else None
+        return UnitRecord(model, source, unit, stats, top, bands, logits)
+
+    def _stats_sql(self, model: str, source: str, unit: int) -> dict[str, Any] | None:
         rows = self._all(
             "SELECT max, min, mean, std, density, n_tokens, n_fired, cos_in_out, hist_edges, "
             "hist_counts FROM unit_stats WHERE model = ? AND source = ? AND unit = ?",
@@ -260,39 +297,36 @@ class Store:
         if not rows:
             return None
         r = rows[0]
-        stats = UnitStats(float(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
-                          int(r[5]), int(r[6]), None if r[7] is None else float(r[7]),
-                          [float(x) for x in r[8]], [int(x) for x in r[9]])
-        top: list[Example] = []
-        by_band: dict[int, list[Example]] = {}
-        for band, seq, pos, act, start, acts, ids in self._all(
-            "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
-            "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-            "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
-            "WHERE e.model = ? AND e.source = ? AND e.unit = ? "
-            "ORDER BY e.band NULLS FIRST, e.rank",
-            [model, source, unit],
-        ):
-            ex = Example(int(seq), int(pos), float(act), int(start), list(ids), [float(a) for a in acts])
-            (top if band is None else by_band.setdefault(int(band), [])).append(ex)
-        bands = [
-            Band(int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh), by_band.get(int(b), []))
+        return {"max": float(r[0]), "min": float(r[1]), "mean": float(r[2]), "std": float(r[3]),
+                "density": float(r[4]), "n_tokens": int(r[5]), "n_fired": int(r[6]),
+                "cos_in_out": None if r[7] is None else float(r[7]),
+                "hist_edges": [float(x) for x in r[8]], "hist_counts": [int(x) for x in r[9]]}
+
+    def _unit_rows_sql(self, model: str, source: str, unit: int):
+        params = [model, source, unit]
+        example_rows = [
+            (None if band is None else int(band), int(seq), int(pos), float(act), int(start),
+             [float(a) for a in acts], list(ids))
+            for band, seq, pos, act, start, acts, ids in self._all(
+                "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
+                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+                "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+                "WHERE e.model = ? AND e.source = ? AND e.unit = ? "
+                "ORDER BY e.band NULLS FIRST, e.rank", params)
+        ]
+        band_rows = [
+            (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
             for b, ql, qh, lo, hi, c, sh in self._all(
                 "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band",
-                [model, source, unit],
-            )
+                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band", params)
         ]
-        logit_rows = self._all(
-            "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
-            "WHERE model = ? AND source = ? AND unit = ?",
-            [model, source, unit],
-        )
-        logits = None
-        if logit_rows:
-            t_ids, t_vals, b_ids, b_vals = logit_rows[0]
-            logits = Logits(list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
-        return UnitRecord(model, source, unit, stats, top, bands, logits)
+        rows = self._all("SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
+                         "WHERE model = ? AND source = ? AND unit = ?", params)
+        logit_row = None
+        if rows:
+            t_ids, t_vals, b_ids, b_vals = rows[0]
+            logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
+        return example_rows, band_rows, logit_row
 
     def unit_table(self, model: str, source: str) -> list[UnitSummary]:
         """Every unit of a source with its headline numbers, in unit order (cached)."""
@@ -320,6 +354,9 @@ class Store:
         return table
 
     def sequence(self, model: str, seq: int) -> list[int] | None:
+        resident = self._resident.get(model)
+        if resident is not None:
+            return resident.sequence(seq)
         rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
         return list(rows[0][0]) if rows else None
 

@@ -174,3 +174,36 @@ def test_serve_reports_bad_files_as_one_line(tmp_path):
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "nope.duckdb")])
     assert result.exit_code == 2
     assert "no such index file" in result.output
+
+
+def test_memory_resident_and_sql_reads_agree(web_index):
+    """The in-memory tables (fast path) return exactly what SQL returns."""
+    from indexer.store_reader import Store
+
+    mem, sql = Store(web_index), Store(web_index, resident_mb=0)
+    assert mem.resident and not sql.resident
+    for src in mem.sources(M):
+        for unit in range(src.n_units):
+            assert mem.unit(M, src.slug, unit) == sql.unit(M, src.slug, unit), (src.slug, unit)
+        assert mem.unit(M, src.slug, src.n_units) is None
+    n_seq = mem.model(M).n_sequences
+    for seq in (0, n_seq - 1, n_seq + 5):
+        assert mem.sequence(M, seq) == sql.sequence(M, seq)
+    mem.close()
+    sql.close()
+
+
+def test_response_cache_serves_identical_bytes(web_index):
+    from fixtures_web import make_client
+
+    with make_client(web_index, live=False) as c:
+        first = [c.get(p) for p in (f"/{M}/0-mlp/3", f"/api/{M}/0-mlp/3")]
+        cache = c.app.state.response_cache
+        hits = cache.hits
+        again = [c.get(p) for p in (f"/{M}/0-mlp/3", f"/api/{M}/0-mlp/3")]
+        assert cache.hits == hits + 2
+        for a, b in zip(first, again):
+            assert a.content == b.content and a.headers["content-type"] == b.headers["content-type"]
+        # An htmx fragment is cached apart from the full page.
+        frag = c.get(f"/{M}/0-mlp/3", headers={"HX-Request": "true", "HX-Target": "examples"})
+        assert "<html" not in frag.text and frag.content != first[0].content
