@@ -44,7 +44,7 @@ demo: install
 	$(BIN)/actscope demo --out $(DEMO_INDEX) --host $(HOST) --port $(PORT)
 
 bench: install
-	$(BIN)/python bench/indexer.py
+	$(BIN)/python bench/index_overhead.py
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor build *.egg-info

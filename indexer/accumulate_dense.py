@@ -15,102 +15,129 @@ import torch
 from .grid import Grid
 from .sampling import RunningStats, add_examples, new_examples
 
+SAMPLE_CHUNK = 512  # tokens per step of band sampling
+
 
 class DenseAccumulator:
-    def __init__(self, n_units: int, grid: Grid, shift: torch.Tensor, *, top_k: int,
+    def __init__(self, n_units: int, grid: Grid, *, top_k: int,
                  band_size: int, window: tuple[int, int], device) -> None:
         self.n_units = n_units
         self.grid = grid.to(device)
-        self.shift = shift.float().to(device)  # calibration mean: keeps sum of squares stable
         self.window = window
         width = window[0] + 1 + window[1]
         self.stats = RunningStats(n_units, grid.n_bins, device)
         self.top = new_examples(n_units, top_k, True, width, device)
         self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
         units = torch.arange(n_units, device=device, dtype=torch.float32)
-        self._bin_offset = units * grid.n_bins - self.grid.base + 0.5
-        self._bin_max = self.grid.base + (grid.n_bins - 1)
+        # ceil(x * scale) + offset = unit * n_bins + bin + 1/2: one histc counts all units.
+        self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
+        self._scratch = None
         empty = self.grid.band_start[:, 1:] == self.grid.band_start[:, :-1]
         self._empty_band = empty  # bands no bin maps to never get samples
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys."""
-        batch, ctx, n_units = acts.shape
         body = acts[:, 1:, :]
-        self._update_stats(body)
-        self._update_top(acts, body, first_seq)
+        scaled = self._update_stats(body)
+        self._update_top(acts, body, scaled, first_seq)
+        self._bin_counts(scaled)
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
-    def _update_stats(self, body: torch.Tensor) -> None:
-        stats, grid = self.stats, self.grid
-        stats.n_tokens += body.shape[0] * body.shape[1]
-        buf = torch.sub(body, self.shift, out=torch.empty(body.shape, device=body.device))
-        stats.sum += buf.sum((0, 1), dtype=torch.float64)
-        buf.mul_(buf)
-        stats.sum_sq += buf.sum((0, 1), dtype=torch.float64)
-        stats.max = torch.maximum(stats.max, body.amax((0, 1)))
-        stats.min = torch.minimum(stats.min, body.amin((0, 1)))
-        torch.sign(body, out=buf)
-        stats.n_fired += buf.clamp_(min=0).sum((0, 1), dtype=torch.float64)
-        # Fine-bin index of every value, offset by unit so one histc counts all units.
-        torch.mul(body, grid.scale, out=buf)
-        buf.floor_()
-        torch.clamp(buf, min=grid.base, max=self._bin_max, out=buf)
-        buf.add_(self._bin_offset)
-        total = self.n_units * grid.n_bins
-        counts = torch.histc(buf, bins=total, min=0, max=total)
-        stats.hist += counts.view(self.n_units, grid.n_bins).long()
+    def _update_stats(self, body: torch.Tensor) -> torch.Tensor:
+        """Moments and extremes; returns the values times the grid scale, [tokens, U].
 
-    def _update_top(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int) -> None:
-        k = self.top.n
+        Scaling by a power of two is exact, so every reduction of the scaled values, divided
+        by the scale, equals the reduction of the values themselves; the scaled copy is
+        then reused for the bins, which saves a pass over the batch.
+        """
+        stats, scale = self.stats, self.grid.scale
+        n_units = self.n_units
+        scaled = torch.mul(body, scale, out=self._buffer(body)).view(-1, n_units)
+        stats.n_tokens += scaled.shape[0]
+        stats.sum += scaled.sum(0).double() / scale.double()
+        stats.sum_sq += torch.linalg.vecdot(scaled, scaled, dim=0).double() / scale.double() ** 2
+        self._batch_low, self._batch_high = scaled.amin(0), scaled.amax(0)
+        stats.max = torch.maximum(stats.max, self._batch_high / scale)
+        stats.min = torch.minimum(stats.min, self._batch_low / scale)
+        return scaled
+
+    def _buffer(self, body: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_scratch", None) is None or self._scratch.shape != body.shape:
+            self._scratch = torch.empty(body.shape, dtype=torch.float32, device=body.device)
+        return self._scratch
+
+    def _bin_counts(self, scaled: torch.Tensor) -> None:
+        """Add the batch to the fine histogram (destroys `scaled`)."""
+        grid = self.grid
+        scaled.ceil_()
+        # Values outside the calibrated range go to the open end bins; only the few units
+        # that have such values this batch need the clamp.
+        low, high = grid.base + 1, grid.base + grid.n_bins  # ceil(x * scale) of bins 0, n-1
+        outside = ((self._batch_low < low) | (self._batch_high > high)).nonzero().squeeze(1)
+        if outside.numel():
+            scaled[:, outside] = torch.clamp(scaled[:, outside], min=low[outside], max=high[outside])
+        scaled.add_(self._bin_offset)
+        total = self.n_units * grid.n_bins
+        counts = torch.histc(scaled, bins=total, min=0, max=total)
+        self.stats.hist += counts.view(self.n_units, grid.n_bins).long()
+
+    def _update_top(self, acts: torch.Tensor, body: torch.Tensor, scaled: torch.Tensor,
+                    first_seq: int) -> None:
+        k, width = self.top.n, body.shape[1]
         if not bool(self.top.filled().all()):
             # Warm-up: reduce the batch to its own top-k per unit before merging.
-            flat = body.reshape(-1, self.n_units)
-            k_batch = min(k, flat.shape[0])
-            _, rows = flat.topk(k_batch, dim=0)
+            k_batch = min(k, scaled.shape[0])
+            _, rows = scaled.topk(k_batch, dim=0)
             rows = rows.reshape(-1)
             units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
-            b, p = rows // body.shape[1], rows % body.shape[1] + 1
         else:
-            threshold = self.top.threshold().float()
-            b, p, units = (body > threshold).nonzero(as_tuple=True)
-            p = p + 1
+            threshold = self.top.threshold().float() * self.grid.scale
+            rows, units = (scaled > threshold).nonzero(as_tuple=True)
+        b, p = rows // width, rows % width + 1
         add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
 
     def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int,
                         keys: torch.Tensor) -> None:
-        n_bands = self.grid.n_bands
-        needed = self.samples.threshold().view(self.n_units, n_bands)
-        needed = needed.masked_fill(self._empty_band, float("-inf"))
-        unit_need = needed.amax(1)  # a token can matter to a unit only if its key is below
-        hungry = torch.isinf(unit_need) & (unit_need > 0)  # a band still being filled
-        all_units = torch.arange(self.n_units, device=body.device)
-        width = body.shape[1]
-        fed_need = unit_need.masked_fill(hungry, float("-inf")).max()
-        if fed_need > 0:
-            rows = (keys < fed_need).nonzero().squeeze(1)
-            b, p = rows // width, rows % width
-            self._sample_from(acts, body[b, p], b, p, all_units, keys[rows], first_seq,
-                              skip=hungry)
-        hungry_units = hungry.nonzero().squeeze(1)
-        if hungry_units.numel():
-            rows = torch.arange(keys.numel(), device=body.device)
-            b, p = rows // width, rows % width
-            values = body[:, :, hungry_units].reshape(-1, hungry_units.numel())
-            self._sample_from(acts, values, b, p, hungry_units, keys, first_seq, skip=None)
+        """Priority sampling, visiting the batch's tokens in increasing key order.
 
-    def _sample_from(self, acts, values, b, p, units, keys, first_seq, skip) -> None:
+        A unit can only accept a token whose key is below its largest band threshold, so
+        tokens are taken in chunks of increasing key, each chunk against the units that
+        can still accept it. Once every band is full (after the first batches) only a
+        small prefix of the batch is ever looked at.
+        """
+        order = torch.argsort(keys)
+        sorted_keys = keys[order]
+        width = body.shape[1]
+        start = 0
+        while start < order.numel():
+            need = self._unit_need()
+            limit = int(torch.searchsorted(sorted_keys, need.max()))
+            if start >= limit:
+                break
+            rows = order[start:min(limit, start + SAMPLE_CHUNK)]
+            units = (need > sorted_keys[start]).nonzero().squeeze(1)
+            b, p = rows // width, rows % width
+            values = body[b, p]
+            if units.numel() < self.n_units:
+                values = values[:, units]
+            self._sample_from(acts, values, b, p, units, keys[rows], first_seq)
+            start += rows.numel()
+
+    def _unit_need(self) -> torch.Tensor:
+        """[U] largest band threshold per unit (inf while a band is being filled)."""
+        needed = self.samples.threshold().view(self.n_units, self.grid.n_bands)
+        return needed.masked_fill(self._empty_band, float("-inf")).amax(1)
+
+    def _sample_from(self, acts, values, b, p, units, keys, first_seq) -> None:
         """Candidates among values [rows, units]: key below their (unit, band) threshold."""
         grid, n_bands = self.grid, self.grid.n_bands
         bins = grid.bins_of(values, units[None, :])
         bands = grid.band_of_bin.view(-1)[units[None, :] * grid.n_bins + bins]
         thresholds = self.samples.threshold()[units[None, :] * n_bands + bands]
-        if skip is not None:  # units handled by the all-rows pass
-            thresholds = thresholds.masked_fill(skip[None, :], float("-inf"))
         r, c = (keys[:, None] < thresholds).nonzero(as_tuple=True)
         cand_units = units[c]
         add_examples(self.samples, cand_units * n_bands + bands[r, c], keys[r], acts,
-                  b[r], p[r] + 1, cand_units, first_seq, self.window)
+                     b[r], p[r] + 1, cand_units, first_seq, self.window)
 
     def merge(self, other: "DenseAccumulator") -> None:
         self.stats.merge(other.stats)

@@ -16,8 +16,8 @@ from .sources import Source
 
 
 def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
-              hist_bins: int) -> dict[str, tuple[Grid, torch.Tensor]]:
-    """{slug: (grid, shift)} from the first `n_tokens` indexed tokens of the stream."""
+              hist_bins: int) -> dict[str, Grid]:
+    """{slug: grid} from the first `n_tokens` indexed tokens of the stream."""
     dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
@@ -44,13 +44,13 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     return grids
 
 
-def _dense_grid(values: torch.Tensor, hist_bins: int) -> tuple[Grid, torch.Tensor]:
+def _dense_grid(values: torch.Tensor, hist_bins: int) -> Grid:
     lo, hi = values.amin(0), values.amax(0)
     quantiles = dense_quantiles(values, NEURON_BAND_LEVELS)
-    return build_grid(lo, hi, quantiles, NEURON_BAND_LEVELS, hist_bins), values.mean(0)
+    return build_grid(lo, hi, quantiles, NEURON_BAND_LEVELS, hist_bins)
 
 
-def _sparse_grid(parts, n_units: int, hist_bins: int) -> tuple[Grid, torch.Tensor]:
+def _sparse_grid(parts, n_units: int, hist_bins: int) -> Grid:
     units = torch.cat([u for u, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
     values = torch.cat([v for _, v in parts]) if parts else torch.zeros(0)
     quantiles, counts = sparse_quantiles(units, values, n_units, SAE_BAND_LEVELS)
@@ -68,4 +68,4 @@ def _sparse_grid(parts, n_units: int, hist_bins: int) -> tuple[Grid, torch.Tenso
     lo[silent] = 0.0
     hi[silent] = pooled_hi
     quantiles[silent] = pooled.expand(int(silent.sum()), -1)
-    return build_grid(lo, hi, quantiles, SAE_BAND_LEVELS, hist_bins), torch.zeros(n_units)
+    return build_grid(lo, hi, quantiles, SAE_BAND_LEVELS, hist_bins)

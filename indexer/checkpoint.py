@@ -22,12 +22,12 @@ def _normalise(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, identity: dict[str, Any], batches_done: int, n_sequences: int,
-                    grids: dict[str, tuple[Grid, torch.Tensor]], accumulators: dict) -> None:
+                    grids: dict[str, Grid], accumulators: dict) -> None:
     state = {
         "identity": _normalise(identity),
         "batches_done": batches_done,
         "n_sequences": n_sequences,
-        "grids": {slug: (grid.state_dict(), shift) for slug, (grid, shift) in grids.items()},
+        "grids": {slug: grid.state_dict() for slug, grid in grids.items()},
         "accumulators": {slug: acc.state_dict() for slug, acc in accumulators.items()},
     }
     partial = Path(str(path) + ".part")
@@ -48,5 +48,5 @@ def load_checkpoint(path: Path, identity: dict[str, Any], device) -> dict[str, A
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         details = ", ".join(f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now" for k in changed[:3])
         raise ActscopeError(f"--resume: the checkpoint {path} was made with other options ({details})")
-    state["grids"] = {slug: (Grid.from_state_dict(g), shift) for slug, (g, shift) in state["grids"].items()}
+    state["grids"] = {slug: Grid.from_state_dict(g) for slug, g in state["grids"].items()}
     return state

@@ -2,7 +2,8 @@
 
 Runs once at the end of a run, on the host. Histograms are stored at display resolution
 (about DISPLAY_BINS bins, each an exact sum of fine bins); band counts come from the fine
-bins, so they are exact.
+bins, so they are exact. Bins and bands are closed on the right: (lo, hi], and the lowest
+one also holds its lo (the unit's minimum).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ DISPLAY_BINS = 64
 def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.Table, pa.Table]:
     """(unit_stats, bands) tables of one source."""
     sparse = isinstance(acc, SparseAccumulator)
-    stats, grid = acc.stats, acc.grid
+    stats, grid = acc.stats, acc.grid.to("cpu")
+    hist = stats.hist.cpu()
     n = max(stats.n_tokens, 1)
-    n_fired = stats.n_fired.cpu()
+    mean = (stats.sum / n).cpu()
+    var = (stats.sum_sq / n).cpu() - mean**2
     if sparse:
-        mean = (stats.sum / n).cpu()
-        var = (stats.sum_sq / n).cpu() - mean**2
+        n_fired = stats.n_fired.cpu()
         fired_min = stats.min.cpu().where(n_fired > 0, torch.zeros(()))
         fired_max = stats.max.cpu().where(n_fired > 0, torch.zeros(()))
         unit_min = torch.where(n_fired < stats.n_tokens, torch.zeros(()), fired_min)
@@ -33,13 +35,11 @@ def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.
         grid_lo, grid_hi = fired_min, fired_max
     else:
         assert isinstance(acc, DenseAccumulator)
-        centred = (stats.sum / n).cpu()
-        mean = acc.shift.cpu().double() + centred
-        var = (stats.sum_sq / n).cpu() - centred**2
+        # 0 is a bin edge and bins are closed on the right: positives are whole bins.
+        positive = torch.arange(grid.n_bins)[None, :] >= grid.first_positive_bin()[:, None]
+        n_fired = (hist * positive).sum(1).double()
         unit_min, unit_max = stats.min.cpu(), stats.max.cpu()
         grid_lo, grid_hi = unit_min, unit_max
-    hist = stats.hist.cpu()
-    grid = grid.to("cpu")
     units = torch.arange(acc.n_units)
     first_bin = grid.bins_of(grid_lo, units)
     last_bin = grid.bins_of(grid_hi, units)
@@ -80,8 +80,8 @@ def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros):
         if zeros is not None:  # SAE: the first bin holds the tokens where the feature is silent
             if float(hi[unit]) == 0.0 and sum(counts) == 0:
                 edges, counts = [0.0, 0.0], []
-            else:
-                edges = [0.0, *edges]
+            else:  # [0, 0] holds the silent tokens; firing values are all > 0
+                edges = [0.0, 0.0, *edges[1:]]
             counts = [int(zeros[unit]), *counts]
         edges_list.append(edges)
         counts_list.append(counts)
@@ -96,13 +96,13 @@ def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
     edges = grid.bin_edge(start)
     edges[:, 0] = lo.double()
     edges[:, -1] = hi.double()
-    lower = torch.maximum(edges[:, :-1], lo.double()[:, None])  # values are >= min anyway
-    upper = edges[:, 1:].clone()  # never clamped: the unit's max may sit just below it
+    lower = torch.maximum(edges[:, :-1], lo.double()[:, None])
+    upper = torch.minimum(edges[:, 1:], hi.double()[:, None])
     # Empty bands get a zero-width interval at the nearest point of the unit's range.
     empty = counts == 0
     point = torch.minimum(lower, hi.double()[:, None])
     lower = torch.where(empty, point, lower)
-    upper = torch.where(empty, point, torch.minimum(upper, torch.maximum(hi.double()[:, None], lower)))
+    upper = torch.where(empty, point, upper)
     levels = torch.tensor(grid.levels, dtype=torch.float64)
     n = max(acc.stats.n_tokens, 1)
     return pa.table({

@@ -1,11 +1,13 @@
 """Per-unit fine histogram grids and the quantile bands snapped onto them.
 
-Each unit gets a uniform grid of bins of width w = 2**e over its calibrated range. The
-bin of a value is floor(x * 2**-e) - base: a power-of-two scale and integer offsets make
-that computation exact in float32, so the indexer, the tests' float64 reference and the
-band samples all agree on every token's bin. The first and last bins are open-ended, so
-every value has a bin. Bands are runs of consecutive bins whose edges are the grid edges
-nearest to the calibrated quantiles: band counts are then exact sums of bin counts.
+Each unit gets a uniform grid of bins of width w = 2**e over its calibrated range (0
+included). Bin j holds the values in ((base + j) w, (base + j + 1) w], i.e. the bin of x is
+ceil(x * 2**-e) - 1 - base: a power-of-two scale and integer offsets make that exact in
+float32, so the indexer, the tests' float64 reference and the band samples agree on every
+token's bin. Bins are closed on the right so that 0 is an edge with x > 0 strictly above
+it: the share of positive activations is a sum of bins. The first and last bins are
+open-ended, so every value has a bin. Bands are runs of consecutive bins whose edges are
+the grid edges nearest to the calibrated quantiles: band counts are exact sums of bins.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 @dataclass
 class Grid:
     scale: torch.Tensor  # [U] float32, 1/w, a power of two
-    base: torch.Tensor  # [U] float32, integer-valued: grid origin is base * w
+    base: torch.Tensor  # [U] float32, integer-valued: bin 0 is (base * w, (base + 1) * w]
     band_start: torch.Tensor  # [U, n_bands + 1] int64: first bin of each band; last = n_bins
     band_of_bin: torch.Tensor  # [U, n_bins] int64
     levels: tuple[float, ...]  # nominal quantile levels of the band edges
@@ -33,14 +35,18 @@ class Grid:
         return 1.0 / self.scale.double()
 
     def bin_edge(self, unit_bins: torch.Tensor) -> torch.Tensor:
-        """Activation value (float64) where bin `unit_bins` [U, ...] starts."""
+        """Activation value (float64) just above which bin `unit_bins` [U, ...] starts."""
         return (self.base.double()[:, None] + unit_bins.double()) * self.width[:, None]
 
     def bins_of(self, values: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Bin (int64) of each value; `units` gives the unit of each value (broadcastable)."""
-        raw = torch.floor(values * self.scale[units])
+        raw = torch.ceil(values * self.scale[units]) - 1
         base = self.base[units]
         return (torch.minimum(torch.maximum(raw, base), base + (self.n_bins - 1)) - base).long()
+
+    def first_positive_bin(self) -> torch.Tensor:
+        """[U] the bin starting just above 0 (0 is always inside the grid)."""
+        return (-self.base).long()
 
     def to(self, device) -> "Grid":
         return Grid(self.scale.to(device), self.base.to(device), self.band_start.to(device),
@@ -59,16 +65,16 @@ class Grid:
 def build_grid(lo: torch.Tensor, hi: torch.Tensor, quantiles: torch.Tensor,
                levels: tuple[float, ...], hist_bins: int) -> Grid:
     """Grid per unit from its calibrated range [lo, hi] and inner band quantiles [U, n_bands-1]."""
-    lo = lo.double()
-    hi = hi.double()
+    lo = torch.minimum(lo.double(), torch.zeros(()))  # 0 must be a bin edge inside the grid
+    hi = torch.maximum(hi.double(), torch.zeros(()))
     span = (hi - lo).clamp(min=1e-6)
     # Bins never narrower than 2**-20 of the magnitude keep floor(x * scale) exact.
     magnitude = torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-6)
     width = torch.maximum(span / hist_bins, magnitude * 2.0**-20)
     exponent = torch.ceil(torch.log2(width))
     width = torch.pow(2.0, exponent)
-    base = torch.floor(lo / width)
-    n_bins = hist_bins + 2  # ceil(hi / w) - base <= hist_bins + 1, plus the open top bin
+    base = torch.ceil(lo / width) - 1
+    n_bins = hist_bins + 3  # bins to reach hi: ceil(hi / w) - base <= hist_bins + 2
     inner = torch.round(quantiles.double() / width[:, None]) - base[:, None]
     inner = inner.clamp(1, n_bins - 1).long()
     inner = torch.cummax(inner, dim=1).values  # quantile ties must not reverse bands
@@ -96,9 +102,9 @@ def dense_quantiles(values: torch.Tensor, levels: tuple[float, ...]) -> torch.Te
     inner = torch.tensor(levels[1:-1], dtype=torch.float64)
     ranks = torch.clamp(torch.round(inner * (n - 1)).long(), 0, n - 1)
     out = []
-    for chunk in values.split(512, dim=1):  # sorting all units at once needs N*U*12 bytes
-        ordered = torch.sort(chunk, dim=0).values
-        out.append(ordered[ranks].T)
+    for chunk in values.split(256, dim=1):  # bounded memory; rows sort much faster than columns
+        ordered = torch.sort(chunk.T.contiguous(), dim=1).values
+        out.append(ordered[:, ranks])
     return torch.cat(out, dim=0)
 
 

@@ -9,6 +9,8 @@ shardable. Ties are broken by the smaller token id so results never depend on ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -38,42 +40,63 @@ class GroupedTopK:
         return self.token[:, -1] >= 0
 
     def add(self, group: torch.Tensor, score: torch.Tensor, token: torch.Tensor,
-            payload: dict[str, torch.Tensor]) -> None:
-        """Merge candidates (1-D group/score/token, payload rows) into the state."""
+            payload_of: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> None:
+        """Merge candidates (1-D group/score/token) into the state.
+
+        `payload_of(indices)` returns the payload rows of the candidates at `indices`; it is
+        only called for candidates that make it into the state, so a flood of candidates
+        (the first batches) never materialises their example windows.
+        """
         if group.numel() == 0:
             return
-        n = self.n
+        n, device = self.n, group.device
         # Only the groups that received candidates are rewritten: after warm-up they are
         # few, and the payload (example windows) is the bulk of the state.
-        touched, local = torch.unique(group, return_inverse=True)
+        marked = torch.zeros(self.n_groups, dtype=torch.bool, device=device)
+        marked[group] = True
+        touched = marked.nonzero().squeeze(1)
         n_touched = touched.numel()
-        old_score = self.score[touched]
-        old_token = self.token[touched]
-        all_group = torch.cat([torch.arange(n_touched, device=group.device).repeat_interleave(n), local])
-        all_score = torch.cat([old_score.reshape(-1), score.to(torch.float64)])
-        all_token = torch.cat([old_token.reshape(-1), token])
-        # Lexicographic order (group asc, score best-first, token asc) by stable sorts,
-        # least significant key first.
-        order = torch.argsort(all_token, stable=True)
-        order = order[torch.argsort(all_score[order], descending=self.descending, stable=True)]
-        order = order[torch.argsort(all_group[order], stable=True)]
+        lookup = torch.empty(self.n_groups, dtype=torch.long, device=device)
+        lookup[touched] = torch.arange(n_touched, device=device)
+        n_old = n_touched * n
+        all_group = torch.cat([torch.arange(n_touched, device=device).repeat_interleave(n), lookup[group]])
+        all_score = torch.cat([self.score[touched].reshape(-1), score.to(torch.float64)])
+        all_token = torch.cat([self.token[touched].reshape(-1), token])
+        # One sort on (group, score best-first). Equal scores keep their concatenation
+        # order: state first, then candidates in stream order, i.e. smaller token first.
+        order = torch.argsort((all_group << 33) | self._rank_bits(all_score), stable=True)
         sorted_group = all_group[order]
         counts = torch.bincount(sorted_group, minlength=n_touched)
         starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(sorted_group.numel(), device=group.device) - starts[sorted_group]
+        rank = torch.arange(sorted_group.numel(), device=device) - starts[sorted_group]
         keep = order[rank < n]  # every group has >= n entries (its n slots): exactly T*n
         self.score[touched] = all_score[keep].view(n_touched, n)
         self.token[touched] = all_token[keep].view(n_touched, n)
+        is_new = keep >= n_old
+        new_rows = payload_of(keep[is_new] - n_old)
+        position = keep.clone()
+        position[is_new] = n_old + torch.arange(int(is_new.sum()), device=group.device)
         for name, values in self.payload.items():
             tail = values.shape[2:]
-            flat = torch.cat([values[touched].reshape(-1, *tail), payload[name].to(values.dtype)])
-            values[touched] = flat[keep].view(n_touched, n, *tail)
+            flat = torch.cat([values[touched].reshape(-1, *tail), new_rows[name].to(values.dtype)])
+            values[touched] = flat[position].view(n_touched, n, *tail)
+
+    def _rank_bits(self, score: torch.Tensor) -> torch.Tensor:
+        """Non-negative int64 < 2**33 that sorts ascending in the order best-first."""
+        if self.descending:
+            # Scores are float32 activations: order their bit patterns, then flip.
+            bits = score.float().view(torch.int32).long()
+            ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # monotone in the value
+            return (2**31 - 1) - ordered  # in [0, 2**32): largest value first
+        # Sampling keys have 32-bit resolution in [0, 1); empty slots (inf) sort last.
+        return torch.where(torch.isinf(score), torch.full_like(score, 2.0**32), score * 2.0**32).long()
 
     def merge(self, other: "GroupedTopK") -> None:
         real = other.token.reshape(-1) >= 0
         group = torch.arange(self.n_groups, device=real.device).repeat_interleave(self.n)[real]
+        flat = {k: v.reshape(-1, *v.shape[2:])[real] for k, v in other.payload.items()}
         self.add(group, other.score.reshape(-1)[real], other.token.reshape(-1)[real],
-                 {k: v.reshape(-1, *v.shape[2:])[real] for k, v in other.payload.items()})
+                 lambda index: {k: v[index] for k, v in flat.items()})
 
     def state_dict(self) -> dict:
         return {"score": self.score, "token": self.token, "payload": dict(self.payload)}

@@ -63,9 +63,9 @@ def run_index(config: IndexConfig) -> str:
             raise ActscopeError("nothing to index")
     accumulators = {}
     for source in sources:
-        grid, shift = grids[source.slug]
+        grid = grids[source.slug]
         common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
-        accumulators[source.slug] = (DenseAccumulator(source.n_units, grid, shift, **common)
+        accumulators[source.slug] = (DenseAccumulator(source.n_units, grid, **common)
                                      if source.kind == "neuron" else SparseAccumulator(source.n_units, grid, **common))
     batches_done, n_sequences = 0, 0
     if state is not None:

@@ -31,12 +31,12 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def token_keys(token_ids: torch.Tensor, seed: int) -> torch.Tensor:
-    """Uniform [0, 1) float64 key per global token id (splitmix64 finaliser)."""
+    """Uniform [0, 1) key with 32-bit resolution per global token id (splitmix64 finaliser)."""
     z = token_ids.to(torch.int64) * _GOLDEN + _signed(seed * 0x2545F4914F6CDD1D + 1)
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
     z = z ^ _shift_right(z, 31)
-    return _shift_right(z, 11).double() * 2.0**-53
+    return _shift_right(z, 32).double() * 2.0**-32
 
 
 def gather_windows(acts: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor,
@@ -93,5 +93,9 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
     """Merge candidate tokens (b, p) of `units` into `examples`, with their windows."""
     ctx = acts.shape[1]
     token = (first_seq + b) * ctx + p
-    windows = gather_windows(acts, b, p, units, *window)
-    examples.add(group, score, token, {"act": acts[b, p, units], "win": windows})
+
+    def payload_of(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        bi, pi, ui = b[index], p[index], units[index]
+        return {"act": acts[bi, pi, ui], "win": gather_windows(acts, bi, pi, ui, *window)}
+
+    examples.add(group, score, token, payload_of)

@@ -79,7 +79,10 @@ TABLES = {
             n_tokens BIGINT NOT NULL,       -- indexed tokens
             n_fired BIGINT NOT NULL,        -- tokens with activation > 0
             cos_in_out REAL,                -- neurons only: cos(W_in[:, n], W_out[n])
-            hist_edges DOUBLE[] NOT NULL,   -- len(hist_counts) + 1 edges, first = min, last = max
+            hist_edges DOUBLE[] NOT NULL,   -- len(hist_counts) + 1 edges, first = min, last = max;
+                                            -- bin i holds edges[i] < act <= edges[i+1], bin 0 also
+                                            -- act == edges[0]. SAE features: bin 0 is [0, 0], the
+                                            -- tokens where the feature is silent
             hist_counts BIGINT[] NOT NULL,  -- sums to n_tokens
             PRIMARY KEY (model, source, unit)
         )""",
@@ -91,8 +94,8 @@ TABLES = {
             band INTEGER NOT NULL,
             q_lo DOUBLE NOT NULL,           -- nominal quantile levels that defined the band
             q_hi DOUBLE NOT NULL,
-            lo DOUBLE NOT NULL,             -- activation edges: lo <= act < hi, and the highest
-            hi DOUBLE NOT NULL,             --   non-empty band also holds act == hi (the unit's max)
+            lo DOUBLE NOT NULL,             -- activation edges: lo < act <= hi, and the lowest
+            hi DOUBLE NOT NULL,             --   non-empty band also holds act == lo (the unit's min)
             count BIGINT NOT NULL,          -- exact number of indexed tokens inside
             share DOUBLE NOT NULL,          -- count / n_tokens (all indexed tokens)
             PRIMARY KEY (model, source, unit, band)

@@ -54,6 +54,15 @@ def _unit_values(reference, slug, unit):
     return acts.reshape(-1).astype(np.float64)
 
 
+def _right_closed_counts(values, edges):
+    """Counts of values in (e_i, e_i+1], the first bin closed on both sides."""
+    edges = np.asarray(edges)
+    bins = np.searchsorted(edges, values, side="left") - 1
+    bins[values == edges[0]] = 0
+    assert (bins >= 0).all() and (bins < len(edges) - 1).all()
+    return np.bincount(bins, minlength=len(edges) - 1).tolist()
+
+
 def test_sequences_are_the_packed_corpus(con, reference, tiny_corpus_dir):
     """Every row is BOS + ctx-1 tokens of the documents joined by EOS, in file order."""
     _, tokens, loaded = reference
@@ -87,14 +96,13 @@ def test_statistics(con, reference, slug):
         assert density == pytest.approx((values > 0).mean())
         assert sum(counts) == n_tokens
         assert len(edges) == len(counts) + 1 and edges == sorted(edges)
-        # Each bin [e_i, e_i+1) holds exactly the reference values in it (last bin closed).
-        expected = np.histogram(values, bins=np.array(edges))[0] if edges[-1] > edges[0] else [values.size]
+        # Bin i holds e_i < v <= e_i+1, the first bin also v == e_0.
         if slug.endswith("sae"):
-            silent = int((values <= 0).sum())
+            assert edges[:2] == [0.0, 0.0] and counts[0] == int((values <= 0).sum())
             firing = values[values > 0]
-            assert counts[0] == silent
-            if firing.size:
-                expected = [silent, *np.histogram(firing, bins=np.array(edges[1:]))[0]]
+            expected = [counts[0], *(_right_closed_counts(firing, edges[1:]) if firing.size else [])]
+        else:
+            expected = _right_closed_counts(values, edges)
         np.testing.assert_array_equal(counts, expected)
 
 
@@ -141,10 +149,10 @@ def test_bands_counts_membership_and_samples(con, reference, slug):
             [slug, unit]).fetchall()
         basis = values > 0 if slug.endswith("sae") else np.ones_like(values, dtype=bool)
         assert sum(b[3] for b in bands) == int(basis.sum())
-        highest = max(b[0] for b in bands if b[3] > 0) if basis.any() else -1
+        lowest = min(b[0] for b in bands if b[3] > 0) if basis.any() else -1
         for band, lo, hi, count, share in bands:
-            last = band == highest  # the highest non-empty band also holds its hi (the max)
-            inside = basis & (values >= lo) & ((values <= hi) if last else (values < hi))
+            first = band == lowest  # the lowest non-empty band also holds its lo (the min)
+            inside = basis & (values <= hi) & ((values >= lo) if first else (values > lo))
             assert count == int(inside.sum()), (slug, unit, band)
             assert share == pytest.approx(count / values.size)
             samples = con.execute(

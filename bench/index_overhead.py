@@ -1,0 +1,127 @@
+"""Indexer overhead: the full indexer against the bare forward pass plus SAE encodes.
+
+Both run on the same tokens in the same batches, alternately, in one process; the
+figure that matters is their ratio (these machines are shared and noisy, so each side
+is measured `--rounds` times and the fastest round is kept).
+
+    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 2]
+
+Model: the bundled toy-2l and its SAE when installed; otherwise a random model of the
+same shape (2 layers, d_model 256, d_mlp 1024, vocab 8192) with a random TopK SAE of
+4096 features, so the benchmark runs before the bundled weights exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def bench_model(work: Path) -> tuple[str, str]:
+    """(model, sae) arguments for `actscope index`."""
+    from indexer import bundled
+
+    saes = bundled.bundled_sae_names()
+    if bundled.model_dir(bundled.DEFAULT_MODEL) is not None and saes:
+        return bundled.DEFAULT_MODEL, saes[0]
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from tokenizers import ByteLevelBPETokenizer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from indexer.builtin_corpora import iter_documents
+    from indexer.model import save_native
+
+    docs = [doc for _, doc in zip(range(400), iter_documents("stdlib"))]
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(docs, vocab_size=8192, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.save(str(work / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=256, d_head=32, n_heads=8, d_mlp=1024, n_ctx=256,
+                                  d_vocab=8192, act_fn="gelu", normalization_type="LN", seed=0)
+    model_dir = save_native(HookedTransformer(cfg), work / "tokenizer.json", work / "bench-2l", "bench-2l",
+                            "<|endoftext|>", "<|endoftext|>")
+    sae = TopKSAE(TopKSAEConfig(d_in=256, d_sae=4096, k=32,
+                                metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
+    sae.save_model(str(work / "bench-sae"))
+    return str(model_dir), str(work / "bench-sae")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-tokens", type=int, default=262144)
+    parser.add_argument("--ctx", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dataset", default="stdlib")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from indexer.activations import ActivationRunner
+    from indexer.config import IndexConfig
+    from indexer.corpus import iter_batches, iter_documents
+    from indexer.model import load_model, resolve_model_spec
+    from indexer.run import run_index
+    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
+
+    work = Path(tempfile.mkdtemp(prefix="actscope-bench-"))
+    model_arg, sae_arg = bench_model(work)
+    loaded = load_model(resolve_model_spec(model_arg), "cpu")
+    spec = resolve_sae_spec(sae_arg)
+    sources = neuron_sources(loaded.model, [])
+    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
+    runner = ActivationRunner(loaded.model, sources)
+    batches = [b.tokens for b in iter_batches(
+        iter_documents(args.dataset), loaded.tokenizer, bos_token_id=loaded.bos_token_id,
+        eos_token_id=loaded.eos_token_id, ctx=args.ctx, batch_size=args.batch_size,
+        max_sequences=args.max_tokens // args.ctx)]
+    n_tokens = sum(b.numel() for b in batches)
+    units = sum(s.n_units for s in sources)
+    print(f"model {model_arg}, SAE {sae_arg}: {len(sources)} sources, {units} units; "
+          f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
+          f"torch threads {torch.get_num_threads()}")
+
+    def floor() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for tokens in batches:
+                runner(tokens)
+        return time.perf_counter() - start
+
+    def indexer(round_: int) -> float:
+        out = work / f"bench-{round_}.duckdb"
+        config = IndexConfig(model=model_arg, dataset=args.dataset, out=str(out), saes=[sae_arg],
+                             max_tokens=args.max_tokens, ctx=args.ctx, batch_size=args.batch_size,
+                             device="cpu", quiet=True, checkpoint_every=0)
+        start = time.perf_counter()
+        run_index(config)
+        elapsed = time.perf_counter() - start
+        out.unlink()
+        return elapsed
+
+    floor()  # warm-up: first-call allocations and thread pools
+    floors, indexers = [], []
+    for round_ in range(args.rounds):
+        floors.append(floor())
+        indexers.append(indexer(round_))
+        print(f"round {round_ + 1}: floor {floors[-1]:.2f}s, indexer {indexers[-1]:.2f}s, "
+              f"ratio {indexers[-1] / floors[-1]:.3f}")
+    best_floor, best_indexer = min(floors), min(indexers)
+    print(f"floor (forward + SAE encode): {best_floor:.2f}s = {n_tokens / best_floor:,.0f} tokens/s")
+    print(f"indexer (everything, incl. calibration and writing): {best_indexer:.2f}s = "
+          f"{n_tokens / best_indexer:,.0f} tokens/s")
+    print(f"indexer / floor = {best_indexer / best_floor:.3f}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
