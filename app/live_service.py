@@ -1,15 +1,17 @@
 """Live inference for visitors' text: one model, serialised, bounded, cached.
 
-The model (indexer.live.LiveModel) is not thread-safe, so calls are serialised by a
-lock. At most `max_waiting` requests may wait for it; more are refused at once (503),
-and a request that cannot start within `timeout_s` is refused too, so a burst of live
-requests never makes the rest of the server unresponsive.
+The model (indexer.live.LiveModel) is not thread-safe, so one worker thread owns it.
+Requests queue for it; the worker takes up to `max_batch` queued requests for the same
+source and runs them in one forward pass (right-padded: attention is causal, so the
+results are those of separate runs). At most `max_waiting` requests may wait; more are
+refused at once (503), and a request not served within `timeout_s` is refused too, so
+a burst of live requests never makes the rest of the server unresponsive.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from indexer.errors import ActscopeError
 from indexer.store_reader import ModelInfo, SourceInfo
 
-from .errors import bad_input, unavailable
+from .errors import AppError, bad_input, unavailable
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def clean_text(text: str | None, max_chars: int) -> tuple[str, bool]:
 class LiveService:
     def __init__(self, model: ModelInfo, sources: list[SourceInfo], device: str = "cpu",
                  max_waiting: int = 64, timeout_s: float = 20.0, max_chars: int = 20_000,
-                 cache_size: int = 256, enabled: bool = True):
+                 cache_size: int = 256, enabled: bool = True, max_batch: int = 8):
         self.model = model
         self.sources = {s.slug: s for s in sources}
         self.device = device
@@ -53,7 +55,11 @@ class LiveService:
         self._live = None
         self._load_error: str | None = None
         self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self._queue: deque[_Job] = deque()
+        self._queue_cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.max_batch = max_batch
+        self.forward_passes = 0  # batches run by the worker (for tests and monitoring)
         self._waiting = threading.BoundedSemaphore(max_waiting)
         self._cache: OrderedDict[tuple[str, str], LiveResult] = OrderedDict()
         self._cache_size = cache_size
@@ -106,25 +112,90 @@ class LiveService:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        live = self.load()
+        self.load()
         if not self._waiting.acquire(blocking=False):
             raise unavailable("The server is busy with other live requests; try again in a moment.")
         try:
-            if not self._run_lock.acquire(timeout=self.timeout_s):
+            job = _Job(source, text, ids)
+            self._submit(job)
+            if not job.done.wait(self.timeout_s):
+                job.cancelled = True
                 raise unavailable("Timed out waiting for the model; try again in a moment.")
-            try:
-                truncated = False
-                if ids is None:
-                    ids, truncated = live.tokenize(text)
-                acts = np.asarray(live.activations(ids, source), dtype=np.float32)
-                tokens = list(live.token_strings(ids))
-            finally:
-                self._run_lock.release()
         finally:
             self._waiting.release()
-        result = LiveResult(text, [int(i) for i in ids], tokens, acts, bool(truncated or cut))
+        if job.error is not None:
+            raise job.error
+        result = LiveResult(text, job.ids, job.tokens, job.acts, bool(job.truncated or cut))
         with self._cache_lock:
             self._cache[key] = result
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    # -- the model worker: one thread, requests batched per source ----------------------
+    def _submit(self, job: "_Job") -> None:
+        with self._queue_cond:
+            self._queue.append(job)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="actscope-live", daemon=True)
+                self._worker.start()
+            self._queue_cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._queue_cond:
+                while not self._queue:
+                    self._queue_cond.wait()
+                first = self._queue.popleft()
+                batch = [first]
+                rest = deque()
+                while self._queue and len(batch) < self.max_batch:
+                    job = self._queue.popleft()
+                    (batch if job.source == first.source else rest).append(job)
+                self._queue.extendleft(reversed(rest))
+            batch = [job for job in batch if not job.cancelled]
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list["_Job"]) -> None:
+        live = self._live
+        try:
+            for job in batch:
+                if job.ids is None:
+                    job.ids, job.truncated = live.tokenize(job.text)
+                job.ids = [int(i) for i in job.ids]
+            source = batch[0].source
+            self.forward_passes += 1
+            if len(batch) > 1 and hasattr(live, "activations_batch"):
+                outs = live.activations_batch([job.ids for job in batch], source)
+            else:
+                outs = [live.activations(job.ids, source) for job in batch]
+            for job, acts in zip(batch, outs):
+                job.acts = np.asarray(acts, dtype=np.float32)
+                job.tokens = list(live.token_strings(job.ids))
+        except ActscopeError as exc:
+            for job in batch:
+                job.error = bad_input(str(exc))
+        except Exception as exc:  # a bug: report it per request, keep the worker alive
+            for job in batch:
+                job.error = AppError(500, f"Live inference failed: {type(exc).__name__}: {exc}"[:300])
+        finally:
+            for job in batch:
+                job.done.set()
+
+
+class _Job:
+    """One live request waiting for the worker."""
+
+    __slots__ = ("source", "text", "ids", "truncated", "acts", "tokens", "error", "done", "cancelled")
+
+    def __init__(self, source: str, text: str, ids: list[int] | None):
+        self.source = source
+        self.text = text
+        self.ids = ids
+        self.truncated = False
+        self.acts = None
+        self.tokens: list[str] = []
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        self.cancelled = False

@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     live = LiveService(first, store.sources(first.model), device=settings.device,
                        max_waiting=settings.live_max_waiting, timeout_s=settings.live_timeout_s,
                        max_chars=settings.max_text_chars, cache_size=settings.live_cache_size,
-                       enabled=settings.live)
+                       enabled=settings.live, max_batch=settings.live_max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     live_max_waiting: int = 64
     # A live request that cannot start within this many seconds gets 503.
     live_timeout_s: float = 20.0
+    # Queued live requests for one source run together in one forward pass, up to this many.
+    live_max_batch: int = 8
     # Text longer than this (characters) is cut before tokenizing; the visitor is told.
     max_text_chars: int = 20_000
     # Cached live results (text, source) -> activations.

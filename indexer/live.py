@@ -49,6 +49,24 @@ class LiveModel:
         acts = self._runners[slug](tokens)[slug][0]
         return acts.cpu().numpy().astype(np.float32, copy=False)
 
+    def activations_batch(self, batch: list[list[int]], slug: str) -> list[np.ndarray]:
+        """Several token lists in one forward pass: [len(ids), n_units] float32 each.
+
+        Sequences are right-padded; attention is causal, so the padding after a
+        sequence never changes its activations. (Added for the app's live batching.)
+        """
+        import torch
+
+        if slug not in self._runners:
+            raise ActscopeError(f"unknown source {slug!r} (known: {', '.join(self._runners)})")
+        longest = max((len(ids) for ids in batch), default=0)
+        if not batch or min(len(ids) for ids in batch) < 1 or longest > self.ctx:
+            raise ActscopeError(f"expected 1 to {self.ctx} tokens per sequence")
+        pad = self.loaded.eos_token_id
+        tokens = torch.tensor([list(ids) + [pad] * (longest - len(ids)) for ids in batch], dtype=torch.long)
+        acts = self._runners[slug](tokens)[slug].cpu().numpy().astype(np.float32, copy=False)
+        return [acts[i, : len(ids)] for i, ids in enumerate(batch)]
+
 
 def load_live(model_row: dict[str, Any], source_rows: list[dict[str, Any]], device: str = "cpu") -> LiveModel:
     """Load the model and SAEs an index was built with (rows of its models/sources tables)."""

@@ -191,6 +191,7 @@ def _service(web_index, **kw):
 
 
 def test_live_requests_are_bounded(web_index):
+    # The queue is full: refused at once.
     svc = _service(web_index, max_waiting=1, timeout_s=5)
     t = threading.Thread(target=svc.run, args=("first", "0-mlp"))
     t.start()
@@ -199,18 +200,38 @@ def test_live_requests_are_bounded(web_index):
         svc.run("second", "0-mlp")
     assert exc.value.status == 503 and "busy" in exc.value.message
     t.join()
-    svc = _service(web_index, max_waiting=4, timeout_s=0.1)
+    # Not served in time: refused after the time-out.
+    svc = _service(web_index, max_waiting=4, timeout_s=0.8, max_batch=1)
     t = threading.Thread(target=svc.run, args=("first", "0-mlp"))
     t.start()
     time.sleep(0.1)
+    start = time.monotonic()
     with pytest.raises(AppError) as exc:
         svc.run("second", "0-mlp")
     assert exc.value.status == 503 and "Timed out" in exc.value.message
+    assert 0.6 < time.monotonic() - start < 2.0
     t.join()
     # A cached text needs no model time at all.
     start = time.monotonic()
     svc.run("first", "0-mlp")
     assert time.monotonic() - start < 0.4
+
+
+def test_concurrent_live_requests_are_batched_and_exact(client, web_index):
+    """Requests queued together run as one padded batch; results equal single runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"return {'x' * i} + value{i}" for i in range(1, 13)]
+    live = client.app.state.live
+    singles = [live.run_ids(live.run(t, "1-res-sae").token_ids, "1-res-sae").acts for t in texts]
+    live._cache.clear()
+    passes = live.forward_passes
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda t: live.run(t, "1-res-sae"), texts))
+    assert live.forward_passes - passes < len(texts)  # some requests shared a pass
+    for res, single in zip(results, singles):
+        assert res.acts.shape == single.shape
+        np.testing.assert_allclose(res.acts, single, atol=1e-4)
 
 
 def test_live_switched_off_is_503_with_the_error_shape(web_index):
