@@ -45,7 +45,8 @@ def clean_text(text: str | None, max_chars: int) -> tuple[str, bool]:
 class LiveService:
     def __init__(self, model: ModelInfo, sources: list[SourceInfo], device: str = "cpu",
                  max_waiting: int = 64, timeout_s: float = 20.0, max_chars: int = 20_000,
-                 cache_size: int = 256, enabled: bool = True, max_batch: int = 8):
+                 cache_size: int = 256, enabled: bool = True, max_batch: int = 8,
+                 threads: int | None = None):
         self.model = model
         self.sources = {s.slug: s for s in sources}
         self.device = device
@@ -59,6 +60,7 @@ class LiveService:
         self._queue_cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self.max_batch = max_batch
+        self.threads = threads
         self.forward_passes = 0  # batches run by the worker (for tests and monitoring)
         self._waiting = threading.BoundedSemaphore(max_waiting)
         self._cache: OrderedDict[tuple[str, str], LiveResult] = OrderedDict()
@@ -76,6 +78,11 @@ class LiveService:
             if self._live is None and self._load_error is None:
                 try:
                     from indexer.live import load_live
+
+                    if self.threads:
+                        import torch
+
+                        torch.set_num_threads(self.threads)
 
                     self._live = load_live(
                         dict(self.model.row), [dict(s.row) for s in self.sources.values()],

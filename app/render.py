@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from jinja2_fragments.fastapi import Jinja2Blocks
@@ -19,6 +20,12 @@ def tint(act: float, scale: float) -> str:
     return f"--a:{a:.3f}"
 
 
+@lru_cache(maxsize=65536)
+def _token_parts(tok: str) -> tuple[str, str]:
+    """(escaped text as shown, escaped JSON label) of a token: computed once per token."""
+    return str(escape(show_token(tok))), str(escape(json.dumps(tok, ensure_ascii=False)))
+
+
 def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | None = None) -> Markup:
     """Tinted token spans (the hot loop of every page, so built here, escaped here).
 
@@ -33,8 +40,7 @@ def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | N
         cls = "t neg" if act < 0 else "t"
         if i == focus:
             cls += " focus"
-        shown = escape(show_token(tok))
-        label = escape(json.dumps(tok, ensure_ascii=False))
+        shown, label = _token_parts(tok)
         append(f'<span class="{cls}" style="--a:{a if a < 1.0 else 1.0:.3f}" tabindex="0" '
                f'title="{label}: {act:.4f}" data-act="{act:.4f}">{shown}</span>')
     append("</span>")

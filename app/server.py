@@ -39,7 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
     live = LiveService(first, store.sources(first.model), device=settings.device,
                        max_waiting=settings.live_max_waiting, timeout_s=settings.live_timeout_s,
                        max_chars=settings.max_text_chars, cache_size=settings.live_cache_size,
-                       enabled=settings.live, max_batch=settings.live_max_batch)
+                       enabled=settings.live, max_batch=settings.live_max_batch,
+                       threads=settings.live_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -75,7 +76,11 @@ def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: st
     """Run the explorer with uvicorn until interrupted."""
     import uvicorn
 
-    settings = Settings(index_file=Path(index_file), device=device, preload_live=True)
+    import os
+
+    threads = os.environ.get("ACTSCOPE_LIVE_THREADS")
+    settings = Settings(index_file=Path(index_file), device=device, preload_live=True,
+                        live_threads=int(threads) if threads else 1)
     app = create_app(settings)
     print(f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

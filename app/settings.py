@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     live_timeout_s: float = 20.0
     # Queued live requests for one source run together in one forward pass, up to this many.
     live_max_batch: int = 8
+    # Torch CPU threads for live inference (process-wide; None: leave torch's default).
+    # `actscope serve` uses 1: with the web server on the same cores, more threads
+    # oversubscribe the CPU and one forward pass can get 50x slower.
+    live_threads: int | None = None
     # Text longer than this (characters) is cut before tokenizing; the visitor is told.
     max_text_chars: int = 20_000
     # Cached live results (text, source) -> activations.
