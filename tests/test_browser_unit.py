@@ -158,22 +158,57 @@ def test_pages_work_without_javascript(browser, live_server):
     context.close()
 
 
+def _showcase_path(base: str) -> str:
+    """A unit worth showing: the strongest unit of the second source (first if only one),
+    with its top example's text in the live box."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    home = json.load(urllib.request.urlopen(base + "/api"))
+    model = home["models"][0]
+    source = model["sources"][min(1, len(model["sources"]) - 1)]["slug"]
+    table = json.load(urllib.request.urlopen(f"{base}/api/{model['model']}/{source}?sort=max&order=desc&per_page=1"))
+    index = table["units"][0]["index"]
+    unit = json.load(urllib.request.urlopen(f"{base}/api/{model['model']}/{source}/{index}"))
+    ex = unit["top"][0]
+    text = "".join(ex["tokens"][1 if ex["start"] == 0 else 0:]).strip() or "hello"
+    return f"/{model['model']}/{source}/{index}?" + urllib.parse.urlencode({"text": text})
+
+
 def test_screenshots_light_and_dark(browser, live_server, tmp_path):
-    """Screenshots of a unit page. ACTSCOPE_SCREENSHOTS_DIR=docs/screenshots keeps them
-    (the README's come from the demo index: see bench/README or the report)."""
+    """Screenshots of a unit page in light and dark mode.
+
+    The README's are taken from the bundled demo index and kept in docs/screenshots:
+      ACTSCOPE_DEMO_INDEX=demo.duckdb ACTSCOPE_SCREENSHOTS_DIR=docs/screenshots \
+        .venv/bin/pytest tests/test_browser_unit.py -k screenshots
+    """
+    from fixtures_web import ServerThread
+
+    from app.server import create_app
+    from app.settings import Settings
+
     out = Path(os.environ.get("ACTSCOPE_SCREENSHOTS_DIR") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
-    base = os.environ.get("ACTSCOPE_SCREENSHOT_URL") or live_server.url + "/tiny/1-mlp/3"
-    shots = {}
-    for scheme in ("light", "dark"):
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
-        pg = context.new_page()
-        pg.goto(base)
-        pg.locator("#examples .t").first.wait_for()
-        png = pg.screenshot(path=str(out / f"unit-{scheme}.png"), full_page=True)
-        bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
-        shots[scheme] = (png, [int(x) for x in re.findall(r"\d+", bg)[:3]])
-        context.close()
+    demo = os.environ.get("ACTSCOPE_DEMO_INDEX")
+    server = ServerThread(create_app(Settings(index_file=demo))) if demo else None
+    base = server.__enter__().url if server else live_server.url
+    try:
+        path = _showcase_path(base)
+        shots = {}
+        for scheme in ("light", "dark"):
+            context = browser.new_context(viewport={"width": 1280, "height": 1100}, color_scheme=scheme)
+            pg = context.new_page()
+            pg.goto(base + path)
+            pg.locator("#examples .t").first.wait_for()
+            pg.locator("#live-result .live-tokens .t").first.wait_for()
+            png = pg.screenshot(path=str(out / f"unit-{scheme}.png"))
+            bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+            shots[scheme] = (png, [int(x) for x in re.findall(r"\d+", bg)[:3]])
+            context.close()
+    finally:
+        if server:
+            server.__exit__(None, None, None)
     (light, light_bg), (dark, dark_bg) = shots["light"], shots["dark"]
     assert light[:8] == dark[:8] == b"\x89PNG\r\n\x1a\n" and light != dark
     assert sum(light_bg) > 600 and sum(dark_bg) < 150  # the page follows the system theme
