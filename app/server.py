@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         store.close()
 
     app = FastAPI(title="actscope", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
-                  redoc_url=None)
+                  redoc_url=None, docs_url=None)
     app.state.settings = settings
     app.state.store = store
     app.state.live = live
@@ -60,9 +60,25 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
     errors.install(app)
     app.mount("/static", StaticFiles(directory=str(resource_dir("static"))), name="static")
+    _docs_route(app)
     app.include_router(routes_api.router)
     app.include_router(routes_html.router)
     return app
+
+
+def _docs_route(app: FastAPI) -> None:
+    """/docs: Swagger UI from static/vendor when the build put it there (npm package
+    swagger-ui-dist, works offline), else from FastAPI's default CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    vendor = resource_dir("static") / "vendor"
+    local = (vendor / "swagger-ui-bundle.js").is_file() and (vendor / "swagger-ui.css").is_file()
+    urls = ({"swagger_js_url": "/static/vendor/swagger-ui-bundle.js",
+             "swagger_css_url": "/static/vendor/swagger-ui.css"} if local else {})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="actscope API", **urls)
 
 
 def _preload(live: LiveService) -> None:

@@ -36,6 +36,7 @@ ROUTES = [
     ("/openapi.json", 200, "json"),
     ("/static/style.css", 200, "css"),
     ("/static/app.js", 200, "js"),
+    ("/static/vendor/htmx.min.js", 200, "htmx"),
     # bad input: 404 / 422, never 500
     ("/no-such-model", 404, "html"),
     ("/api/no-such-model", 404, "json"),
@@ -87,6 +88,8 @@ def test_route(client, path, status, kind):
         assert "prefers-color-scheme: dark" in r.text
     elif kind == "js":
         assert "keydown" in r.text
+    elif kind == "htmx":
+        assert "htmx" in r.text and len(r.text) > 10_000
 
 
 def test_error_shape_on_post(client):
