@@ -41,8 +41,9 @@ def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | N
         if i == focus:
             cls += " focus"
         shown, label = _token_parts(tok)
+        value = f"{act:.4f}"
         append(f'<span class="{cls}" style="--a:{a if a < 1.0 else 1.0:.3f}" tabindex="0" '
-               f'title="{label}: {act:.4f}" data-act="{act:.4f}">{shown}</span>')
+               f'title="{label}: {value}" data-act="{value}">{shown}</span>')
     append("</span>")
     return Markup("".join(parts))
 
