@@ -219,7 +219,9 @@ def main() -> int:
         n_units = sum(n for _, n in sources)
         print(f"index {index}: model {model['model']}, {len(sources)} sources, {n_units:,} units, "
               f"{model['n_tokens']:,} tokens; live texts of {n_live_tokens} tokens on {slug_live}")
-        print(f"{args.clients} concurrent clients on loopback, {os.cpu_count()} CPUs (shared with the load generator)")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{args.clients} concurrent clients on loopback, {os.cpu_count()} CPUs shared with the "
+              f"load generator; load average before the run: {load}")
         print(f"{'scenario':<27}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  target p50")
         ok = True
         for name, make, n in scenarios + [single]:
