@@ -17,14 +17,11 @@ def run_index(config: IndexConfig) -> str:
     import torch
     from tqdm import tqdm
 
-    from .accumulate_dense import DenseAccumulator
-    from .accumulate_sparse import SparseAccumulator
     from .activations import ActivationRunner
     from .calibrate import calibrate
     from .checkpoint import load_checkpoint, save_checkpoint
     from .corpus import iter_batches, iter_documents
     from .model import load_model, pick_device, resolve_model_spec
-    from .sampling import token_keys
     from .sources import load_sae, neuron_sources, resolve_sae_spec, sae_processing, sae_sources
     from .store_writer import StoreWriter
 
@@ -61,12 +58,7 @@ def run_index(config: IndexConfig) -> str:
         grids = calibrate(runner, batches(), sources, config.calibration_tokens, config.hist_bins)
         if not grids and not sources:
             raise ActscopeError("nothing to index")
-    accumulators = {}
-    for source in sources:
-        grid = grids[source.slug]
-        common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
-        accumulators[source.slug] = (DenseAccumulator(source.n_units, grid, **common)
-                                     if source.kind == "neuron" else SparseAccumulator(source.n_units, grid, **common))
+    accumulators = new_accumulators(sources, grids, config, device)
     batches_done, n_sequences = 0, 0
     if state is not None:
         for slug, acc in accumulators.items():
@@ -81,17 +73,12 @@ def run_index(config: IndexConfig) -> str:
     total = max_sequences * config.ctx if max_sequences else None
     progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
                     disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
-    positions = torch.arange(config.ctx, device=device)
     with torch.inference_mode():
         for batch in batches():
             if batch.index < batches_done:
                 continue  # already in the checkpoint
             tokens = batch.tokens.to(device)
-            acts = runner(tokens)
-            seq_ids = batch.first_seq + torch.arange(tokens.shape[0], device=device)
-            keys = token_keys(seq_ids[:, None] * config.ctx + positions[None, :], config.seed)
-            for source in sources:
-                accumulators[source.slug].update(acts[source.slug], batch.first_seq, keys)
+            accumulate(accumulators, runner, sources, tokens, batch.first_seq, config.seed)
             writer.add_sequences(batch.first_seq, batch.tokens.numpy())
             batches_done = batch.index + 1
             n_sequences = batch.first_seq + tokens.shape[0]
@@ -113,6 +100,32 @@ def run_index(config: IndexConfig) -> str:
     units = sum(s.n_units for s in sources)
     return (f"indexed {units} units ({', '.join(s.slug for s in sources)}) over {n_tokens:,} tokens "
             f"in {time.perf_counter() - started:.1f}s -> {config.out}")
+
+
+def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
+    """One empty accumulator per source, on `device`."""
+    from .accumulate_dense import DenseAccumulator
+    from .accumulate_sparse import SparseAccumulator
+
+    common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
+    return {source.slug: (DenseAccumulator(source.n_units, grids[source.slug], **common)
+                          if source.kind == "neuron" else
+                          SparseAccumulator(source.n_units, grids[source.slug], **common))
+            for source in sources}
+
+
+def accumulate(accumulators: dict, runner, sources, tokens, first_seq: int, seed: int) -> None:
+    """One forward pass over `tokens` [batch, ctx], every source's accumulator updated."""
+    import torch
+
+    from .sampling import token_keys
+
+    acts = runner(tokens)
+    batch, ctx = tokens.shape
+    seq_ids = first_seq + torch.arange(batch, device=tokens.device)
+    keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
+    for source in sources:
+        accumulators[source.slug].update(acts[source.slug], first_seq, keys)
 
 
 def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,

@@ -1,0 +1,140 @@
+"""Accumulator state is mergeable and resumable: shards and interrupted runs give the
+same index as one uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+
+from fixtures_models import TINY_CTX
+
+TABLE_ORDER = {
+    "sequences": "seq", "unit_stats": "source, unit", "bands": "source, unit, band",
+    "examples": "source, unit, band NULLS FIRST, rank", "logits": "source, unit",
+    "vocab": "token_id", "sources": "slug", "models": "model",
+}
+
+
+def _tables(path: Path) -> dict[str, list]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY {o}").fetchall() for t, o in TABLE_ORDER.items()}
+    finally:
+        con.close()
+
+
+def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+    from indexer.activations import ActivationRunner
+    from indexer.calibrate import calibrate
+    from indexer.config import IndexConfig
+    from indexer.corpus import iter_batches, iter_documents
+    from indexer.model import load_model, resolve_model_spec
+    from indexer.run import accumulate, new_accumulators
+    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
+
+    loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
+    spec = resolve_sae_spec(str(tiny_sae_dir))
+    sources = neuron_sources(loaded.model, [])
+    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
+    runner = ActivationRunner(loaded.model, sources)
+    batches = list(iter_batches(iter_documents(str(tiny_corpus_dir)), loaded.tokenizer,
+                                bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
+                                ctx=TINY_CTX, batch_size=4, max_sequences=40))
+    assert len(batches) == 10
+    grids = calibrate(runner, iter(batches), sources, 500, 128)
+    config = IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out="/tmp/unused.duckdb",
+                         top_k=6, band_size=3, window=(4, 2))
+
+    def index(part):
+        accumulators = new_accumulators(sources, grids, config, "cpu")
+        with torch.inference_mode():
+            for batch in part:
+                accumulate(accumulators, runner, sources, batch.tokens, batch.first_seq, seed=7)
+        return accumulators
+
+    whole = index(batches)
+    first, second = index(batches[:6]), index(batches[6:])
+    for slug in first:
+        first[slug].merge(second[slug])
+        one, merged = whole[slug], first[slug]
+        for name in ("top", "samples"):
+            a, b = getattr(one, name), getattr(merged, name)
+            assert torch.equal(a.token, b.token), (slug, name)
+            assert torch.equal(a.score, b.score)
+            torch.testing.assert_close(a.payload["win"], b.payload["win"], equal_nan=True)
+        assert one.stats.n_tokens == merged.stats.n_tokens == 40 * (TINY_CTX - 1)
+        assert torch.equal(one.stats.hist, merged.stats.hist)
+        assert torch.equal(one.stats.max, merged.stats.max)
+        torch.testing.assert_close(one.stats.sum, merged.stats.sum)
+        # A real merge, not a copy: the second shard contributed examples.
+        assert (merged.top.token >= 6 * 4 * TINY_CTX).any()
+
+
+def _index_command(model, sae, corpus, out, *extra):
+    exe = Path(sys.executable).parent / "actscope"
+    return [str(exe), "index", "--model", str(model), "--sae", str(sae), "--dataset", str(corpus),
+            "--out", str(out), "--ctx", str(TINY_CTX), "--batch-size", "2", "--top-k", "4",
+            "--band-size", "2", "--window", "4,2", "--device", "cpu", "--quiet", *extra]
+
+
+RESUME_TOKENS = str(TINY_CTX * 2 * 120)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, path in enumerate(sorted(Path(tiny_corpus_dir).iterdir())):
+        for copy in range(2):  # a longer corpus, so the kill lands mid-run
+            (corpus / f"{copy}-{i}.txt").write_text(path.read_text())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    whole = tmp_path / "whole.duckdb"
+    subprocess.run(_index_command(tiny_model_dir, tiny_sae_dir, corpus, whole, "--max-tokens", RESUME_TOKENS), check=True, env=env, timeout=600)
+
+    out = tmp_path / "resumed.duckdb"
+    checkpoint = Path(str(out) + ".ckpt")
+    proc = subprocess.Popen(_index_command(tiny_model_dir, tiny_sae_dir, corpus, out, "--checkpoint-every", "5",
+                                           "--max-tokens", RESUME_TOKENS),
+                            env=env)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    assert checkpoint.exists()
+    assert not out.exists(), "an interrupted run must not leave an index at --out"
+
+    subprocess.run(_index_command(tiny_model_dir, tiny_sae_dir, corpus, out, "--resume", "--max-tokens", RESUME_TOKENS), check=True, env=env,
+                   timeout=600)
+    assert out.exists() and not checkpoint.exists() and not Path(str(out) + ".tmp").exists()
+    resumed_tables, whole_tables = _tables(out), _tables(whole)
+    for table in TABLE_ORDER:
+        assert resumed_tables[table] == whole_tables[table], table
+    assert len(whole_tables["sequences"]) == 240
+
+
+def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+    from click.testing import CliRunner
+
+    from actscope.cli import main
+
+    out = tmp_path / "x.duckdb"
+    args = _index_command(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, out, "--checkpoint-every", "1",
+                          "--max-tokens", str(TINY_CTX * 4))[1:]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    # Leave a checkpoint behind as an interrupted run would, then resume with another top-k.
+    from indexer.checkpoint import save_checkpoint
+
+    save_checkpoint(Path(str(out) + ".ckpt"), {"top_k": 4}, 1, 2, {}, {})
+    result = CliRunner().invoke(main, [*args, "--resume", "--top-k", "5"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --resume: the checkpoint") and "other options" in result.stderr
