@@ -26,11 +26,14 @@ def _token_parts(tok: str) -> tuple[str, str]:
     return str(escape(show_token(tok))), str(escape(json.dumps(tok, ensure_ascii=False)))
 
 
-def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | None = None) -> Markup:
+def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | None = None,
+                bos: bool = False) -> Markup:
     """Tinted token spans (the hot loop of every page, so built here, escaped here).
 
     Each span: class t (+ neg for negative values, + focus), --a = |act| / scale,
     title `"<token>": <act>` for hover without JS, data-act for the tooltip and tests.
+    With `bos`, toks[0] is the BOS token: shown untinted (statistics never count it and
+    its activation is often off the scale), its value still in the title.
     """
     inv = 1.0 / scale if scale > 0 else 0.0
     parts = ['<span class="toks">']
@@ -38,6 +41,8 @@ def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | N
     for i, (tok, act) in enumerate(zip(toks, acts)):
         a = abs(act) * inv
         cls = "t neg" if act < 0 else "t"
+        if bos and i == 0:
+            a, cls = 0.0, "t bos"
         if i == focus:
             cls += " focus"
         shown, label = _token_parts(tok)
