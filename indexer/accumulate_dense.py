@@ -16,6 +16,7 @@ from .grid import Grid
 from .sampling import RunningStats, add_examples, new_examples
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
+HISTC_MIN_VALUES = 1 << 20
 
 
 class DenseAccumulator:
@@ -78,8 +79,11 @@ class DenseAccumulator:
             scaled[:, outside] = torch.clamp(scaled[:, outside], min=low[outside], max=high[outside])
         scaled.add_(self._bin_offset)
         total = self.n_units * grid.n_bins
-        counts = torch.histc(scaled, bins=total, min=0, max=total)
-        self.stats.hist += counts.view(self.n_units, grid.n_bins).long()
+        if scaled.numel() >= HISTC_MIN_VALUES:
+            counts = torch.histc(scaled, bins=total, min=0, max=total).long()
+        else:  # histc has a fixed cost of several ms that dominates small batches
+            counts = torch.bincount(scaled.view(-1).long(), minlength=total)
+        self.stats.hist += counts.view(self.n_units, grid.n_bins)
 
     def _update_top(self, acts: torch.Tensor, body: torch.Tensor, scaled: torch.Tensor,
                     first_seq: int) -> None:
