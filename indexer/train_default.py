@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -110,7 +111,10 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.time()
-    report: dict = {"seed": seed, "settings": asdict(settings), "timings_s": {}}
+    report: dict = {"seed": seed, "settings": asdict(settings), "timings_s": {},
+                    # The stdlib corpus and float results depend on these.
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()}
 
     train_docs = builtin_corpora.documents("mix:train")
     random.Random(seed).shuffle(train_docs)  # mixes code and plays within every batch
@@ -244,7 +248,7 @@ def train_model(model, rows, settings: TrainSettings, log) -> list[float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             done = (step + 1) * settings.batch_rows * settings.n_ctx
             log(f"step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
