@@ -28,8 +28,11 @@ class SparseAccumulator:
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys."""
         body = acts[:, 1:, :]
-        b, p, units = (body > 0).nonzero(as_tuple=True)
+        b, p, units = body.nonzero(as_tuple=True)  # one pass; SAE activations are >= 0
         values = body[b, p, units]
+        firing = values > 0
+        if not bool(firing.all()):  # an architecture with negative outputs: they do not fire
+            b, p, units, values = b[firing], p[firing], units[firing], values[firing]
         p = p + 1
         stats, grid = self.stats, self.grid
         stats.n_tokens += body.shape[0] * body.shape[1]
