@@ -212,3 +212,21 @@ def test_screenshots_light_and_dark(browser, live_server, tmp_path):
     (light, light_bg), (dark, dark_bg) = shots["light"], shots["dark"]
     assert light[:8] == dark[:8] == b"\x89PNG\r\n\x1a\n" and light != dark
     assert sum(light_bg) > 600 and sum(dark_bg) < 150  # the page follows the system theme
+
+
+def test_try_page_click_a_token(page, live_server):
+    page.goto(live_server.url + "/tiny/try")
+    page.select_option("select[name=source]", "1-res-sae")
+    page.fill("#try-form textarea", TEXT)
+    page.click("#try-form button")
+    toks = page.locator(".try-tokens a.t")
+    toks.first.wait_for()
+    toks.nth(3).click()
+    page.wait_for_url(re.compile(r"pos=3"))
+    units = page.locator(".token-units a")
+    units.first.wait_for()
+    href = units.first.get_attribute("href")
+    assert re.fullmatch(r"/tiny/1-res-sae/\d+", href)
+    units.first.click()
+    page.wait_for_url(re.compile(r"/tiny/1-res-sae/\d+$"))
+    assert page.locator("#examples").is_visible()
