@@ -10,6 +10,7 @@ Per batch, with x = activations [batch, pos, units] minus the BOS position:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .grid import Grid
@@ -17,12 +18,15 @@ from .sampling import RunningStats, add_examples, new_examples
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
+FUSED_CAPACITY = 2048  # candidates buffered per block of units by the fused kernel
 
 
 class DenseAccumulator:
     def __init__(self, n_units: int, grid: Grid, *, top_k: int,
-                 band_size: int, window: tuple[int, int], device) -> None:
+                 band_size: int, window: tuple[int, int], device, fused: bool | None = None) -> None:
         self.n_units = n_units
+        # On a CPU one fused kernel replaces the chain of tensor operations.
+        self.fused = torch.device(device).type == "cpu" if fused is None else fused
         self.grid = grid.to(device)
         self.window = window
         width = window[0] + 1 + window[1]
@@ -38,11 +42,47 @@ class DenseAccumulator:
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys."""
+        if self.fused:
+            self._update_fused(acts.contiguous(), first_seq, keys)
+            return
         body = acts[:, 1:, :]
         scaled = self._update_stats(body)
         self._update_top(acts, body, scaled, first_seq)
         self._bin_counts(scaled)
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
+
+    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+        from . import kernels_cpu
+
+        stats, grid, window = self.stats, self.grid, self.window
+        body = acts[:, 1:, :]
+        warm = not bool(self.top.filled().all())
+        top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
+        n_blocks = -(-self.n_units // kernels_cpu.UNIT_BLOCK)
+        if getattr(self, "_top_out", None) is None:
+            self._top_out = np.zeros((n_blocks, FUSED_CAPACITY, 3), dtype=np.int64)
+            self._sample_out = np.zeros((n_blocks, FUSED_CAPACITY, 4), dtype=np.int64)
+        top_count = np.zeros(n_blocks, dtype=np.int64)
+        sample_count = np.zeros(n_blocks, dtype=np.int64)
+        kernels_cpu.dense_pass(
+            acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
+            top_threshold.numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(), grid.n_bands,
+            stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
+            self._top_out, top_count, self._sample_out, sample_count)
+        stats.n_tokens += body.shape[0] * body.shape[1]
+        if warm:
+            self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
+        elif top_count.max(initial=0) > FUSED_CAPACITY:  # too many to buffer: find them again
+            self._update_top(acts, body, body.reshape(-1, self.n_units) * grid.scale, first_seq)
+        else:
+            b, p, units = _candidates(self._top_out, top_count, 3)
+            add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, window)
+        if sample_count.max(initial=0) > FUSED_CAPACITY:
+            self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
+        else:
+            b, p, units, bands = _candidates(self._sample_out, sample_count, 4)
+            add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
+                         first_seq, window)
 
     def _update_stats(self, body: torch.Tensor) -> torch.Tensor:
         """Moments and extremes; returns the values times the grid scale, [tokens, U].
@@ -87,17 +127,23 @@ class DenseAccumulator:
 
     def _update_top(self, acts: torch.Tensor, body: torch.Tensor, scaled: torch.Tensor,
                     first_seq: int) -> None:
-        k, width = self.top.n, body.shape[1]
+        width = body.shape[1]
         if not bool(self.top.filled().all()):
-            # Warm-up: reduce the batch to its own top-k per unit before merging.
-            k_batch = min(k, scaled.shape[0])
-            _, rows = scaled.topk(k_batch, dim=0)
-            rows = rows.reshape(-1)
-            units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
-        else:
-            threshold = self.top.threshold().float() * self.grid.scale
-            rows, units = (scaled > threshold).nonzero(as_tuple=True)
+            self._warm_up_top(acts, body, scaled, first_seq)
+            return
+        threshold = self.top.threshold().float() * self.grid.scale
+        rows, units = (scaled > threshold).nonzero(as_tuple=True)
         b, p = rows // width, rows % width + 1
+        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
+
+    def _warm_up_top(self, acts: torch.Tensor, body: torch.Tensor, values: torch.Tensor,
+                     first_seq: int) -> None:
+        """Until every unit has k examples: reduce the batch to its own top-k per unit."""
+        k_batch = min(self.top.n, values.shape[0])
+        _, rows = values.topk(k_batch, dim=0)
+        rows = rows.reshape(-1)
+        units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
+        b, p = rows // body.shape[1], rows % body.shape[1] + 1
         add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
 
     def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int,
@@ -156,3 +202,10 @@ class DenseAccumulator:
         self.stats.load_state_dict(state["stats"])
         self.top.load_state_dict(state["top"])
         self.samples.load_state_dict(state["samples"])
+
+
+def _candidates(out: np.ndarray, count: np.ndarray, width: int) -> tuple[torch.Tensor, ...]:
+    """The first count[i] rows of each block's candidate buffer, as int64 columns."""
+    filled = np.arange(out.shape[1])[None, :] < count[:, None]
+    rows = torch.from_numpy(out[filled])
+    return tuple(rows[:, i] for i in range(width))

@@ -138,3 +138,46 @@ def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae
     result = CliRunner().invoke(main, [*args, "--resume", "--top-k", "5"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --resume: the checkpoint") and "other options" in result.stderr
+
+
+def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+    """The numba kernels and the tensor-operation path build the same accumulator state."""
+    from indexer.accumulate_dense import DenseAccumulator
+    from indexer.accumulate_sparse import SparseAccumulator
+    from indexer.activations import ActivationRunner
+    from indexer.calibrate import calibrate
+    from indexer.corpus import iter_batches, iter_documents
+    from indexer.model import load_model, resolve_model_spec
+    from indexer.sampling import token_keys
+    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
+
+    loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
+    spec = resolve_sae_spec(str(tiny_sae_dir))
+    sources = neuron_sources(loaded.model, [])
+    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
+    runner = ActivationRunner(loaded.model, sources)
+    batches = list(iter_batches(iter_documents(str(tiny_corpus_dir)), loaded.tokenizer,
+                                bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
+                                ctx=TINY_CTX, batch_size=6, max_sequences=60))
+    grids = calibrate(runner, iter(batches), sources, 300, 128)
+    for source in sources:
+        kind = DenseAccumulator if source.kind == "neuron" else SparseAccumulator
+        paths = [kind(source.n_units, grids[source.slug], top_k=5, band_size=3, window=(3, 2), device="cpu",
+                      fused=fused) for fused in (True, False)]
+        with torch.inference_mode():
+            for batch in batches:
+                acts = runner(batch.tokens)[source.slug]
+                ids = (batch.first_seq + torch.arange(batch.tokens.shape[0]))[:, None] * TINY_CTX
+                keys = token_keys(ids + torch.arange(TINY_CTX)[None, :], 3)
+                for acc in paths:
+                    acc.update(acts, batch.first_seq, keys)
+        fused, plain = paths
+        assert torch.equal(fused.stats.hist, plain.stats.hist), source.slug
+        assert torch.equal(fused.stats.min, plain.stats.min) and torch.equal(fused.stats.max, plain.stats.max)
+        torch.testing.assert_close(fused.stats.sum, plain.stats.sum, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(fused.stats.sum_sq, plain.stats.sum_sq, rtol=1e-5, atol=1e-3)
+        for name in ("top", "samples"):
+            a, b = getattr(fused, name), getattr(plain, name)
+            assert torch.equal(a.token, b.token), (source.slug, name)
+            torch.testing.assert_close(a.payload["win"], b.payload["win"], equal_nan=True)
+        assert (fused.samples.token >= 0).sum() > 100
