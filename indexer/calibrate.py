@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from .config import NEURON_BAND_LEVELS, SAE_BAND_LEVELS
-from .grid import Grid, build_grid, dense_quantiles, sparse_quantiles
+from .grid import Grid, build_grid
 from .sources import Source
 
 
@@ -45,27 +45,23 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
 
 
 def _dense_grid(values: torch.Tensor, hist_bins: int) -> Grid:
-    lo, hi = values.amin(0), values.amax(0)
-    quantiles = dense_quantiles(values, NEURON_BAND_LEVELS)
-    return build_grid(lo, hi, quantiles, NEURON_BAND_LEVELS, hist_bins)
+    return build_grid(values.amin(0), values.amax(0), NEURON_BAND_LEVELS, hist_bins, None, values)
 
 
 def _sparse_grid(parts, n_units: int, hist_bins: int) -> Grid:
     units = torch.cat([u for u, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
     values = torch.cat([v for _, v in parts]) if parts else torch.zeros(0)
-    quantiles, counts = sparse_quantiles(units, values, n_units, SAE_BAND_LEVELS)
     lo = torch.full((n_units,), float("inf")).scatter_reduce(0, units, values, "amin")
     hi = torch.zeros(n_units).scatter_reduce(0, units, values, "amax")
-    silent = counts == 0
-    # Features silent during calibration get the source's pooled range and quantiles:
-    # their counts stay exact, only their band edges are less tailored.
-    pooled_hi = float(values.max()) if values.numel() else 1.0
-    if values.numel():
-        pooled, _ = sparse_quantiles(torch.zeros_like(units), values, 1, SAE_BAND_LEVELS)
-    else:
-        inner = torch.tensor(SAE_BAND_LEVELS[1:-1], dtype=torch.float64)
-        pooled = (inner * pooled_hi)[None, :]
+    silent = torch.bincount(units, minlength=n_units) == 0
     lo[silent] = 0.0
-    hi[silent] = pooled_hi
-    quantiles[silent] = pooled.expand(int(silent.sum()), -1)
-    return build_grid(lo, hi, quantiles, SAE_BAND_LEVELS, hist_bins)
+    grid = build_grid(lo, hi, SAE_BAND_LEVELS, hist_bins, units, values)
+    if bool(silent.any()):
+        # Features silent during calibration get the source's pooled range and bands:
+        # their counts stay exact, only their band edges are less tailored.
+        pooled_hi = values.max().reshape(1) if values.numel() else torch.ones(1)
+        pooled = build_grid(torch.zeros(1), pooled_hi, SAE_BAND_LEVELS, hist_bins,
+                            torch.zeros_like(units), values)
+        for name in ("scale", "base", "band_start", "band_of_bin"):
+            getattr(grid, name)[silent] = getattr(pooled, name)[0]
+    return grid

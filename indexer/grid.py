@@ -62,68 +62,46 @@ class Grid:
                    tuple(state["levels"]), int(state["n_bins"]))
 
 
-def build_grid(lo: torch.Tensor, hi: torch.Tensor, quantiles: torch.Tensor,
-               levels: tuple[float, ...], hist_bins: int) -> Grid:
-    """Grid per unit from its calibrated range [lo, hi] and inner band quantiles [U, n_bands-1]."""
+def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int,
+               units: torch.Tensor | None, values: torch.Tensor) -> Grid:
+    """Grid per unit over its calibrated range [lo, hi], bands from calibration values.
+
+    The calibration values are a dense [N, U] matrix (units=None) or (unit, value) pairs;
+    each band edge is put at the bin edge where the unit's cumulative count is nearest to
+    its quantile level.
+    """
     lo = torch.minimum(lo.double(), torch.zeros(()))  # 0 must be a bin edge inside the grid
     hi = torch.maximum(hi.double(), torch.zeros(()))
     span = (hi - lo).clamp(min=1e-6)
-    # Bins never narrower than 2**-20 of the magnitude keep floor(x * scale) exact.
+    # Bins never narrower than 2**-20 of the magnitude keep ceil(x * scale) exact.
     magnitude = torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-6)
     width = torch.maximum(span / hist_bins, magnitude * 2.0**-20)
-    exponent = torch.ceil(torch.log2(width))
-    width = torch.pow(2.0, exponent)
-    base = torch.ceil(lo / width) - 1
-    n_bins = hist_bins + 3  # bins to reach hi: ceil(hi / w) - base <= hist_bins + 2
-    inner = torch.round(quantiles.double() / width[:, None]) - base[:, None]
-    inner = inner.clamp(1, n_bins - 1).long()
-    inner = torch.cummax(inner, dim=1).values  # quantile ties must not reverse bands
+    width = torch.pow(2.0, torch.ceil(torch.log2(width)))
     n_units = lo.numel()
-    band_start = torch.cat([
-        torch.zeros(n_units, 1, dtype=torch.long),
-        inner,
-        torch.full((n_units, 1), n_bins, dtype=torch.long),
-    ], dim=1)
-    bins = torch.arange(n_bins)
-    band_of_bin = (bins[None, :, None] >= band_start[:, None, 1:-1]).sum(-1)
-    return Grid(
-        scale=(1.0 / width).float(),
-        base=base.float(),
-        band_start=band_start,
-        band_of_bin=band_of_bin,
-        levels=tuple(levels),
-        n_bins=n_bins,
-    )
+    n_bins = hist_bins + 3  # bins to reach hi: ceil(hi / w) - base <= hist_bins + 2
+    grid = Grid(scale=(1.0 / width).float(), base=(torch.ceil(lo / width) - 1).float(),
+                band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
+                band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long), levels=tuple(levels),
+                n_bins=n_bins)
+    if units is None:
+        units = torch.arange(n_units)[None, :]
+    index = grid.bins_of(values, units) + units * n_bins
+    counts = torch.bincount(index.reshape(-1), minlength=n_units * n_bins).view(n_units, n_bins)
+    grid.band_start = band_starts(counts, levels)
+    grid.band_of_bin = (torch.arange(n_bins)[None, :, None] >= grid.band_start[:, None, 1:-1]).sum(-1)
+    return grid
 
 
-def dense_quantiles(values: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
-    """Inner quantiles [U, len(levels)-2] of calibration values [N, U] (nearest rank)."""
-    n = values.shape[0]
-    inner = torch.tensor(levels[1:-1], dtype=torch.float64)
-    ranks = torch.clamp(torch.round(inner * (n - 1)).long(), 0, n - 1)
-    out = []
-    for chunk in values.split(256, dim=1):  # bounded memory; rows sort much faster than columns
-        ordered = torch.sort(chunk.T.contiguous(), dim=1).values
-        out.append(ordered[:, ranks])
-    return torch.cat(out, dim=0)
-
-
-def sparse_quantiles(units: torch.Tensor, values: torch.Tensor, n_units: int,
-                     levels: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inner quantiles [U, len(levels)-2] of per-unit value lists given as (unit, value) pairs.
-
-    Returns (quantiles, counts); units without values get NaN quantiles.
-    """
-    inner = torch.tensor(levels[1:-1], dtype=torch.float64)
-    order = torch.argsort(values, stable=True)
-    order = order[torch.argsort(units[order], stable=True)]
-    sorted_values = values[order]
-    counts = torch.bincount(units, minlength=n_units)
-    starts = torch.cumsum(counts, 0) - counts
-    ranks = torch.round(inner[None, :] * (counts[:, None] - 1).clamp(min=0).double()).long()
-    index = (starts[:, None] + ranks).clamp(max=max(sorted_values.numel() - 1, 0))
-    if sorted_values.numel() == 0:
-        return torch.full((n_units, inner.numel()), float("nan")), counts
-    quantiles = sorted_values[index].double()
-    quantiles[counts == 0] = float("nan")
-    return quantiles, counts
+def band_starts(counts: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """[U, n_bands + 1] first bin of each band, from calibration bin counts [U, n_bins]."""
+    n_units, n_bins = counts.shape
+    cumulative = counts.cumsum(1).double()
+    targets = torch.tensor(levels[1:-1], dtype=torch.float64)[None, :] * cumulative[:, -1:]
+    crossing = torch.searchsorted(cumulative, targets).clamp(max=n_bins - 1)  # first bin reaching it
+    reached = cumulative.gather(1, crossing)
+    before = torch.where(crossing > 0, cumulative.gather(1, (crossing - 1).clamp(min=0)), torch.zeros(()))
+    # The crossing bin joins the lower band when most of it lies below the quantile.
+    inner = crossing + (reached - targets < targets - before).long()
+    inner = torch.cummax(inner.clamp(1, n_bins - 1), dim=1).values
+    return torch.cat([torch.zeros(n_units, 1, dtype=torch.long), inner,
+                      torch.full((n_units, 1), n_bins, dtype=torch.long)], dim=1)
