@@ -67,7 +67,7 @@ class DenseAccumulator:
         kernels_cpu.dense_pass(
             acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
             top_threshold.numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(), grid.n_bands,
-            stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
+            self._unit_need().numpy(), stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
             self._top_out, top_count, self._sample_out, sample_count)
         stats.n_tokens += body.shape[0] * body.shape[1]
         if warm:

@@ -40,7 +40,7 @@ class IndexConfig:
     # Fine histogram bins per unit; bands snap to these bins so band counts are exact.
     hist_bins: int = 512
     # Tokens used to estimate each unit's range and quantile band edges.
-    calibration_tokens: int = 16384
+    calibration_tokens: int = 8192
 
     def __post_init__(self) -> None:
         self.saes = list(self.saes)

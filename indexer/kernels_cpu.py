@@ -21,8 +21,12 @@ UNIT_BLOCK = 32  # units per thread task: their histograms stay in cache
 
 @njit(parallel=True, cache=True, nogil=True)
 def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sample_threshold, n_bands,
-               total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
-    """acts [B, P, U] float32 (position 0 is BOS, skipped); keys [B, P] float64."""
+               unit_need, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+    """acts [B, P, U] float32 (position 0 is BOS, skipped); keys [B, P] float64.
+
+    unit_need [U] is each unit's largest band threshold: a token whose key is above it
+    cannot enter any of the unit's bands, which spares the band lookup for most tokens.
+    """
     n_batch, n_pos, n_units = acts.shape
     n_blocks = top_count.shape[0]
     top_cap = top_out.shape[1]
@@ -56,6 +60,8 @@ def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, samp
                             top_out[block, n_top, 1] = p
                             top_out[block, n_top, 2] = u
                         n_top += 1
+                    if key >= unit_need[u]:
+                        continue
                     band = band_of_bin[u, j]
                     if key < sample_threshold[u * n_bands + band]:
                         if n_sample < sample_cap:

@@ -22,6 +22,7 @@ def run_index(config: IndexConfig) -> str:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .corpus import iter_batches, iter_documents
     from .model import load_model, pick_device, resolve_model_spec
+    from .prefetch import prefetch
     from .sources import load_sae, neuron_sources, resolve_sae_spec, sae_processing, sae_sources
     from .store_writer import StoreWriter
 
@@ -42,9 +43,9 @@ def run_index(config: IndexConfig) -> str:
 
     def batches():
         documents = iter_documents(config.dataset, config.text_column, config.split)
-        return iter_batches(documents, loaded.tokenizer, bos_token_id=loaded.bos_token_id,
-                            eos_token_id=loaded.eos_token_id, ctx=config.ctx,
-                            batch_size=config.batch_size, max_sequences=max_sequences)
+        return prefetch(iter_batches(documents, loaded.tokenizer, bos_token_id=loaded.bos_token_id,
+                                     eos_token_id=loaded.eos_token_id, ctx=config.ctx,
+                                     batch_size=config.batch_size, max_sequences=max_sequences))
 
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
     state = None
