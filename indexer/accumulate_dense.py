@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from .grid import Grid
-from .sampling import RunningStats, add_examples, new_examples
+from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
 FUSED_CAPACITY = 2048  # candidates buffered per block of units by the fused kernel
 
 
-class DenseAccumulator:
+class DenseAccumulator(MergeableAccumulator):
     def __init__(self, n_units: int, grid: Grid, *, top_k: int,
                  band_size: int, window: tuple[int, int], device, fused: bool | None = None) -> None:
         self.n_units = n_units
@@ -188,20 +188,6 @@ class DenseAccumulator:
         cand_units = units[c]
         add_examples(self.samples, cand_units * n_bands + bands[r, c], keys[r], acts,
                      b[r], p[r] + 1, cand_units, first_seq, self.window)
-
-    def merge(self, other: "DenseAccumulator") -> None:
-        self.stats.merge(other.stats)
-        self.top.merge(other.top)
-        self.samples.merge(other.samples)
-
-    def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(),
-                "samples": self.samples.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])
-        self.top.load_state_dict(state["top"])
-        self.samples.load_state_dict(state["samples"])
 
 
 def _candidates(out: np.ndarray, count: np.ndarray, width: int) -> tuple[torch.Tensor, ...]:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from .grid import Grid
-from .sampling import RunningStats, add_examples, new_examples
+from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
 
 
-class SparseAccumulator:
+class SparseAccumulator(MergeableAccumulator):
     def __init__(self, n_units: int, grid: Grid, *, top_k: int, band_size: int,
                  window: tuple[int, int], device, fused: bool | None = None) -> None:
         self.n_units = n_units
@@ -77,17 +77,3 @@ class SparseAccumulator:
         keep = values > self.top.threshold()[units]
         add_examples(self.top, units[keep], values[keep].double(), acts, b[keep], p[keep],
                   units[keep], first_seq, self.window)
-
-    def merge(self, other: "SparseAccumulator") -> None:
-        self.stats.merge(other.stats)
-        self.top.merge(other.top)
-        self.samples.merge(other.samples)
-
-    def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(),
-                "samples": self.samples.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])
-        self.top.load_state_dict(state["top"])
-        self.samples.load_state_dict(state["samples"])

@@ -99,3 +99,28 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
         return {"act": acts[bi, pi, ui], "win": gather_windows(acts, bi, pi, ui, *window)}
 
     examples.add(group, score, token, payload_of)
+
+
+class MergeableAccumulator:
+    """Saving and merging, shared by the dense and sparse accumulators.
+
+    Subclasses hold `stats` (RunningStats), `top` and `samples` (GroupedTopK).
+    """
+
+    stats: RunningStats
+    top: GroupedTopK
+    samples: GroupedTopK
+
+    def merge(self, other: "MergeableAccumulator") -> None:
+        self.stats.merge(other.stats)
+        self.top.merge(other.top)
+        self.samples.merge(other.samples)
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(),
+                "samples": self.samples.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["stats"])
+        self.top.load_state_dict(state["top"])
+        self.samples.load_state_dict(state["samples"])

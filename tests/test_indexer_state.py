@@ -31,25 +31,31 @@ def _tables(path: Path) -> dict[str, list]:
         con.close()
 
 
-def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: int, calibration: int):
+    """(runner, sources, batches, grids) of the tiny model, as an index run builds them."""
     from indexer.activations import ActivationRunner
     from indexer.calibrate import calibrate
-    from indexer.config import IndexConfig
     from indexer.corpus import iter_batches, iter_documents
     from indexer.model import load_model, resolve_model_spec
-    from indexer.run import accumulate, new_accumulators
     from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
 
-    loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
-    spec = resolve_sae_spec(str(tiny_sae_dir))
+    loaded = load_model(resolve_model_spec(str(model_dir)), "cpu")
+    spec = resolve_sae_spec(str(sae_dir))
     sources = neuron_sources(loaded.model, [])
     sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
     runner = ActivationRunner(loaded.model, sources)
-    batches = list(iter_batches(iter_documents(str(tiny_corpus_dir)), loaded.tokenizer,
+    batches = list(iter_batches(iter_documents(str(corpus_dir)), loaded.tokenizer,
                                 bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
-                                ctx=TINY_CTX, batch_size=4, max_sequences=40))
+                                ctx=TINY_CTX, batch_size=batch_size, max_sequences=max_sequences))
+    return runner, sources, batches, calibrate(runner, iter(batches), sources, calibration, 128)
+
+
+def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+    from indexer.config import IndexConfig
+    from indexer.run import accumulate, new_accumulators
+
+    runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 4, 40, 500)
     assert len(batches) == 10
-    grids = calibrate(runner, iter(batches), sources, 500, 128)
     config = IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out="/tmp/unused.duckdb",
                          top_k=6, band_size=3, window=(4, 2))
 
@@ -144,22 +150,9 @@ def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, ti
     """The numba kernels and the tensor-operation path build the same accumulator state."""
     from indexer.accumulate_dense import DenseAccumulator
     from indexer.accumulate_sparse import SparseAccumulator
-    from indexer.activations import ActivationRunner
-    from indexer.calibrate import calibrate
-    from indexer.corpus import iter_batches, iter_documents
-    from indexer.model import load_model, resolve_model_spec
     from indexer.sampling import token_keys
-    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
 
-    loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
-    spec = resolve_sae_spec(str(tiny_sae_dir))
-    sources = neuron_sources(loaded.model, [])
-    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
-    runner = ActivationRunner(loaded.model, sources)
-    batches = list(iter_batches(iter_documents(str(tiny_corpus_dir)), loaded.tokenizer,
-                                bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
-                                ctx=TINY_CTX, batch_size=6, max_sequences=60))
-    grids = calibrate(runner, iter(batches), sources, 300, 128)
+    runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 6, 60, 300)
     for source in sources:
         kind = DenseAccumulator if source.kind == "neuron" else SparseAccumulator
         paths = [kind(source.n_units, grids[source.slug], top_k=5, band_size=3, window=(3, 2), device="cpu",
