@@ -57,8 +57,6 @@ def run_index(config: IndexConfig) -> str:
         grids = state["grids"]
     else:
         grids = calibrate(runner, batches(), sources, config.calibration_tokens, config.hist_bins)
-        if not grids and not sources:
-            raise ActscopeError("nothing to index")
     accumulators = new_accumulators(sources, grids, config, device)
     batches_done, n_sequences = 0, 0
     if state is not None:
