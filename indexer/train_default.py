@@ -71,7 +71,7 @@ class TrainSettings:
         return cls(vocab_size=600, d_model=32, n_heads=2, d_mlp=64, n_ctx=64, batch_rows=4,
                    train_tokens=4 * 64 * 6, warmup_steps=2, eval_rows=4, sample_tokens=4,
                    sae=SaeSettings(d_sae=64, k=4, training_tokens=8192, context_size=32,
-                                   batch_tokens=512))
+                                   batch_tokens=512, dead_feature_window=4))
 
 
 @dataclass
@@ -84,6 +84,10 @@ class SaeSettings:
     context_size: int = 128  # the indexer's default --ctx
     batch_tokens: int = 4096
     lr: float = 4e-4
+    # Steps a latent may stay silent before AuxK revives it. SAELens' default (1000) is
+    # about the whole run here, which left many latents dead in the shipped SAE; a
+    # window of ~100 should fix that (not yet re-trained: kept to reproduce the files).
+    dead_feature_window: int = 1000
 
 
 def default_out_dir() -> Path:
@@ -99,12 +103,16 @@ def default_out_dir() -> Path:
 
 
 def train_default(out_dir: str | Path | None = None, seed: int = 0,
-                  settings: TrainSettings | None = None, log=print) -> dict:
-    """Train tokenizer, model and SAE into `out_dir`; return the report (also written)."""
+                  settings: TrainSettings | None = None, log=print, sae_only: bool = False) -> dict:
+    """Train tokenizer, model and SAE into `out_dir`; return the report (also written).
+
+    sae_only: keep the tokenizer and model already in `out_dir` (as trained with the same
+    seed) and re-train only the SAE; the random streams are replayed so the result equals
+    a full run's.
+    """
     import torch
 
     from . import builtin_corpora, train_sae
-    from .model import save_native
 
     settings = settings or TrainSettings()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
@@ -123,10 +131,17 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
     t0 = time.time()
     tokenizer_path = out / "model" / "tokenizer.json"
     tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(train_texts, settings.vocab_size, tokenizer_path)
-    report["timings_s"]["tokenizer"] = round(time.time() - t0, 1)
+    if sae_only:
+        from tokenizers import Tokenizer
+
+        previous = json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else {}
+        report.update({k: v for k, v in previous.items() if k in ("model", "timings_s", "note")})
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    else:
+        tokenizer = train_tokenizer(train_texts, settings.vocab_size, tokenizer_path)
+        report["timings_s"]["tokenizer"] = round(time.time() - t0, 1)
     report["tokenizer"] = {"vocab_size": tokenizer.get_vocab_size(), "eot_id": tokenizer.token_to_id(EOT)}
-    log(f"tokenizer: {tokenizer.get_vocab_size()} tokens ({report['timings_s']['tokenizer']} s)")
+    log(f"tokenizer: {tokenizer.get_vocab_size()} tokens")
 
     eot = tokenizer.token_to_id(EOT)
     train_ids = encode_all(tokenizer, train_texts)
@@ -136,6 +151,22 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
     report["corpus"] = {"train_documents": len(train_texts), "train_rows_available": len(train_rows),
                         "train_tokens_available": int(train_rows.numel())}
 
+    if not sae_only:
+        train_language_model(out, train_rows, settings, seed, report, log)
+    model_dir = out / "model"
+
+    t0 = time.time()
+    sae_rows = pack_rows(train_ids, eot, settings.sae.context_size)
+    sae_rows = sae_rows[torch.randperm(len(sae_rows), generator=generator)]
+    train_sae.train_sae(model_dir, sae_rows, settings.sae, out / "saes", seed, log)
+    report["timings_s"]["sae"] = round(time.time() - t0, 1)
+    report["timings_s"]["total"] = round(time.time() - started, 1)
+    return write_report(out, report, settings, log)
+
+
+def train_language_model(out: Path, train_rows, settings: TrainSettings, seed: int, report: dict, log) -> None:
+    from .model import save_native
+
     t0 = time.time()
     model = build_model(settings, seed)
     losses = train_model(model, train_rows, settings, log)
@@ -143,28 +174,50 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
     report["model"] = {
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_tokens": settings.steps * settings.batch_rows * settings.n_ctx,
-        "train_loss_first": losses[0], "train_loss_last_avg": sum(losses[-20:]) / len(losses[-20:]),
+        "train_loss_first": round(losses[0], 4),
+        "train_loss_last50_avg": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         "tokens_per_s": round(settings.steps * settings.batch_rows * settings.n_ctx / max(1e-9, time.time() - t0)),
     }
-    report["model"]["heldout_loss_per_token"] = heldout_losses(model, tokenizer, settings)
-    log(f"model: held-out loss per token {report['model']['heldout_loss_per_token']}")
+    model_dir = save_native(model, out / "model" / "tokenizer.json", out / "model", MODEL_NAME, EOT, EOT)
+    log(f"model: saved {model_dir}")
 
-    model_dir = save_native(model, tokenizer_path, out / "model", MODEL_NAME, EOT, EOT)
-    report["samples"] = greedy_samples(model, tokenizer, settings.sample_tokens)
-    for sample in report["samples"]:
-        log(f"sample: {sample['prompt']!r} -> {sample['completion']!r}")
 
-    t0 = time.time()
-    sae_rows = pack_rows(train_ids, eot, settings.sae.context_size)
-    sae_rows = sae_rows[torch.randperm(len(sae_rows), generator=generator)]
-    report["sae"] = train_sae.train_sae(model_dir, sae_rows, settings.sae, out / "saes", seed, log)
-    report["timings_s"]["sae"] = round(time.time() - t0, 1)
-    report["timings_s"]["total"] = round(time.time() - started, 1)
-    report["files_bytes"] = {str(p.relative_to(out)): p.stat().st_size
+def write_report(out: Path, report: dict, settings: TrainSettings, log=print) -> dict:
+    """Evaluate the files in `out` on held-out text, add the figures to `report`, save it."""
+    report["evaluation"] = evaluate_bundle(out, settings)
+    for name, value in report["evaluation"].items():
+        log(f"{name}: {value}")
+    report["files_bytes"] = {p.relative_to(out).as_posix(): p.stat().st_size
                              for p in sorted(out.rglob("*")) if p.is_file() and p.name != REPORT}
     (out / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     log(f"wrote {out} ({sum(report['files_bytes'].values()) / 1e6:.1f} MB)")
     return report
+
+
+def evaluate_bundle(out: Path, settings: TrainSettings) -> dict:
+    """Held-out loss per token, greedy samples and SAE figures of a trained bundle."""
+    from tokenizers import Tokenizer
+
+    from . import train_sae
+    from .model import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec("native", str(out / "model"), MODEL_NAME), device="cpu")
+    tokenizer = Tokenizer.from_file(str(out / "model" / "tokenizer.json"))
+    saes = sorted(p for p in (out / "saes").iterdir() if (p / "cfg.json").is_file())
+    return {
+        "heldout_loss_per_token": heldout_losses(loaded.model, tokenizer, settings),
+        "samples": greedy_samples(loaded.model, tokenizer, settings.sample_tokens),
+        "saes": {p.name: train_sae.evaluate_sae(p, loaded, heldout_rows(tokenizer, settings.sae.context_size))
+                 for p in saes},
+    }
+
+
+def heldout_rows(tokenizer, n_ctx: int, corpus: str = "mix:heldout"):
+    """Packed rows of held-out text, as the indexer would read them."""
+    from . import builtin_corpora
+
+    texts = [d.load() for d in builtin_corpora.documents(corpus)]
+    return pack_rows(encode_all(tokenizer, texts), tokenizer.token_to_id(EOT), n_ctx)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, path: Path):
@@ -262,19 +315,14 @@ def heldout_losses(model, tokenizer, settings: TrainSettings) -> dict[str, float
     """Mean next-token loss on held-out rows, per corpus and for the mix."""
     import torch
 
-    from . import builtin_corpora
-
-    eot = tokenizer.token_to_id(EOT)
     result = {}
     for name in ("mix:heldout", "stdlib:heldout", "shakespeare:heldout"):
-        texts = [d.load() for d in builtin_corpora.documents(name)]
-        rows = pack_rows(encode_all(tokenizer, texts), eot, settings.n_ctx)[: settings.eval_rows]
+        rows = heldout_rows(tokenizer, settings.n_ctx, name)[: settings.eval_rows]
         total, count = 0.0, 0
         with torch.no_grad():
             for start in range(0, len(rows), 16):
-                batch = rows[start:start + 16]
-                per_token = model(batch, return_type="loss", loss_per_token=True)  # [b, pos-1]
-                total += float(per_token.sum())
+                per_token = model(rows[start:start + 16], return_type="loss", loss_per_token=True)
+                total += float(per_token.sum())  # per_token: [b, pos-1]
                 count += per_token.numel()
         result[name.split(":")[0]] = round(total / count, 4)
     return result

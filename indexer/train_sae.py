@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 KEEP_FILES = ("cfg.json", "sae_weights.safetensors")
 
 
-def train_sae(model_dir: Path, rows, settings: "SaeSettings", saes_dir: Path, seed: int, log) -> dict:
-    """Train on `rows` ([n, context_size] token ids), save to saes_dir/<name>, return figures."""
+def train_sae(model_dir: Path, rows, settings: "SaeSettings", saes_dir: Path, seed: int, log) -> Path:
+    """Train on `rows` ([n, context_size] token ids) and save to saes_dir/<name>."""
     import torch
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
@@ -57,6 +57,7 @@ def train_sae(model_dir: Path, rows, settings: "SaeSettings", saes_dir: Path, se
             lr=settings.lr,
             lr_warm_up_steps=50,
             lr_decay_steps=max(1, settings.training_tokens // settings.batch_tokens // 5),
+            dead_feature_window=settings.dead_feature_window,
             n_eval_batches=2,
             device="cpu",
             seed=seed,
@@ -77,14 +78,13 @@ def train_sae(model_dir: Path, rows, settings: "SaeSettings", saes_dir: Path, se
         for name in KEEP_FILES:
             shutil.copyfile(Path(tmp) / "out" / name, target / name)
     log(f"sae: saved {target}")
-    return evaluate_sae(target, loaded, rows[n_rows:], settings)
+    return target
 
 
-def evaluate_sae(sae_dir: Path, loaded, rows, settings: "SaeSettings", max_rows: int = 256) -> dict:
-    """L0, explained variance, dead share and CE-loss recovery on rows the SAE did not see.
+def evaluate_sae(sae_dir: Path, loaded, rows, max_rows: int = 256) -> dict:
+    """L0, explained variance, dead share and CE-loss recovery on held-out `rows`.
 
-    `rows` are training-split rows past those fed to SAELens; EOS/BOS positions are
-    left out as in training.
+    BOS/EOS positions are left out, as in training. Dead: never fires on these rows.
     """
     import torch
     from sae_lens import SAE
@@ -130,12 +130,10 @@ def evaluate_sae(sae_dir: Path, loaded, rows, settings: "SaeSettings", max_rows:
     ce = {k: v / len(rows) for k, v in ce.items()}
     recovered = (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else 0.0
     return {
-        "name": settings.name,
         "hook_name": hook,
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
-        "k": settings.k,
-        "training_tokens": settings.training_tokens,
+        "k": sae.cfg.k,
         "eval_tokens": int(n_tok),
         "l0": round(l0_sum / n_tok, 2),
         "explained_variance": round(1 - sq_err / total_var, 4),

@@ -1,0 +1,117 @@
+"""End to end: `actscope index` of the bundled model + SAE over the built-in default corpus,
+then the demo's reuse rule (an up-to-date index is served at once, not rebuilt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAE = "toy-2l/res1-topk"
+MAX_TOKENS = 4096
+CTX = 128
+
+
+def actscope(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed CLI in a fresh process, as a user would."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "actscope.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600, cwd="/")
+
+
+@pytest.fixture(scope="module")
+def default_index(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("default-index") / "toy.duckdb"
+    result = actscope("index", "--model", "toy-2l", "--sae", SAE, "--dataset", "default",
+                      "--max-tokens", str(MAX_TOKENS), "--ctx", str(CTX), "--batch-size", "8",
+                      "--device", "cpu", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.is_file()
+    return out
+
+
+def query(path: Path, sql: str, params=()):
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_index_covers_every_neuron_and_feature(default_index):
+    sources = dict(query(default_index, "SELECT hook_name, n_units FROM sources"))
+    assert sources == {"blocks.0.mlp.hook_post": 1024, "blocks.1.mlp.hook_post": 1024,
+                       "blocks.1.hook_resid_pre": 4096}
+    per_source = dict(query(default_index,
+                            "SELECT s.hook_name, count(*) FROM unit_stats u JOIN sources s "
+                            "ON u.source = s.slug GROUP BY s.hook_name"))
+    assert per_source == sources
+    (model, n_layers, d_vocab, n_tokens), = query(
+        default_index, "SELECT model, n_layers, d_vocab, n_tokens FROM models")
+    assert (model, n_layers, d_vocab) == ("toy-2l", 2, 8192)
+    assert n_tokens == (MAX_TOKENS // CTX) * (CTX - 1)
+
+
+@pytest.mark.slow
+def test_index_reads_heldout_text_first(default_index):
+    from indexer import builtin_corpora
+    from indexer.model import load_model, resolve_model_spec
+
+    loaded = load_model(resolve_model_spec("toy-2l"))
+    (token_ids,), = query(default_index, "SELECT token_ids FROM sequences WHERE seq = 0")
+    first_doc = next(builtin_corpora.iter_documents("mix:heldout"))
+    expected = loaded.tokenizer(first_doc, add_special_tokens=False)["input_ids"][: CTX - 1]
+    assert token_ids == [loaded.bos_token_id] + expected
+
+
+@pytest.mark.slow
+def test_neurons_and_features_have_examples(default_index):
+    rows = query(default_index,
+                 "SELECT source, count(DISTINCT unit) FROM examples WHERE band IS NULL GROUP BY source")
+    counts = dict(rows)
+    assert len(counts) == 3
+    # Every neuron fires somewhere in 4k tokens (GELU is rarely exactly 0).
+    assert sorted(counts.values())[-2:] == [1024, 1024]
+    top = query(default_index, "SELECT act, acts, pos - start FROM examples "
+                "WHERE band IS NULL AND rank = 0 LIMIT 50")
+    for act, acts, focus in top:
+        assert acts[focus] == pytest.approx(act)
+    (fired,), = query(default_index, "SELECT avg(n_fired::DOUBLE / n_tokens) FROM unit_stats u "
+                      "JOIN sources s ON u.source = s.slug WHERE s.kind = 'sae'")
+    assert 0 < fired < 0.05  # TopK with k=32 of 4096: well under 1% on average
+
+
+@pytest.mark.slow
+def test_demo_reuses_an_up_to_date_index(default_index, tmp_path, monkeypatch):
+    from indexer import demo
+
+    meta = dict(query(default_index, "SELECT key, value FROM meta"))
+    assert meta["package_version"] == demo.package_version()
+    assert json.loads(meta["run_config"])["dataset"] == "default"
+    # The test index was built with fewer tokens than the demo's: not current.
+    assert not demo.index_is_current(default_index)
+    monkeypatch.setattr(demo, "DEMO_MAX_TOKENS", MAX_TOKENS)
+    monkeypatch.setattr(demo, "DEMO_BATCH", 8)
+    assert demo.index_is_current(default_index)
+    before = default_index.stat().st_mtime_ns
+    messages = []
+    assert demo.build_demo_index(default_index, log=messages.append) == default_index
+    assert default_index.stat().st_mtime_ns == before
+    assert "up to date" in messages[0]
+
+
+def test_demo_rejects_foreign_files(tmp_path):
+    from indexer import demo
+
+    junk = tmp_path / "demo.duckdb"
+    junk.write_bytes(b"not a database")
+    assert demo.read_meta(junk) is None
+    assert not demo.index_is_current(junk)
+    assert not demo.index_is_current(tmp_path / "missing.duckdb")
