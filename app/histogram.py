@@ -29,10 +29,15 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
                      "w": round(max(x1 - x0 - 0.5, 0.5), 2), "h": round(h, 2),
                      "lo": edges[i], "hi": edges[i + 1], "count": c})
     marks = []
+    last_label = -1e9
     for b in bands:
         v = b["lo"]
         if lo < v < hi:
-            marks.append({"x": round(x(v), 2), "band": b["band"], "value": v})
+            mx = round(x(v), 2)
+            label = mx - last_label >= 16  # labels of edges closer than this would overlap
+            if label:
+                last_label = mx
+            marks.append({"x": mx, "band": b["band"], "value": v, "label": label})
     ticks = [{"x": round(x(v), 2), "label": f"{v:.3g}", "anchor": anchor}
              for v, anchor in ((lo, "start"), (0.0, "middle"), (hi, "end"))
              if lo <= v <= hi and (v == 0.0 or abs(v) > 0.08 * span or v in (lo, hi))]
@@ -57,8 +62,9 @@ def histogram_markup(edges: list[float], counts: list[int], bands: list[dict[str
                    f'<title>{fmt(b["lo"])} to {fmt(b["hi"])}: {b["count"]:,} tokens</title></rect>')
     for m in h["marks"]:
         out.append(f'<line class="band-mark" x1="{m["x"]}" x2="{m["x"]}" y1="4" y2="{h["baseline"]}">'
-                   f'<title>band {m["band"]} starts at {fmt(m["value"])}</title></line>'
-                   f'<text class="band-label" x="{m["x"] + 2}" y="12">B{m["band"]}</text>')
+                   f'<title>band {m["band"]} starts at {fmt(m["value"])}</title></line>')
+        if m["label"]:
+            out.append(f'<text class="band-label" x="{m["x"] + 2}" y="12">B{m["band"]}</text>')
     if "baseline" in h:
         out.append(f'<line class="axis" x1="0" x2="{h["width"]}" y1="{h["baseline"]}" y2="{h["baseline"]}"/>')
     for t in h["ticks"]:

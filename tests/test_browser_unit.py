@@ -197,7 +197,7 @@ def test_screenshots_light_and_dark(browser, live_server, tmp_path):
         path = _showcase_path(base)
         shots = {}
         for scheme in ("light", "dark"):
-            context = browser.new_context(viewport={"width": 1280, "height": 1100}, color_scheme=scheme)
+            context = browser.new_context(viewport={"width": 1280, "height": 1500}, color_scheme=scheme)
             pg = context.new_page()
             pg.goto(base + path)
             pg.locator("#examples .t").first.wait_for()
