@@ -40,7 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
                        max_waiting=settings.live_max_waiting, timeout_s=settings.live_timeout_s,
                        max_chars=settings.max_text_chars, cache_size=settings.live_cache_size,
                        enabled=settings.live, max_batch=settings.live_max_batch,
-                       threads=settings.live_threads)
+                       threads=settings.live_threads,
+                       token_strings=lambda ids: store.token_strings(first.model, ids))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
