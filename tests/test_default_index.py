@@ -76,9 +76,9 @@ def test_neurons_and_features_have_examples(default_index):
     rows = query(default_index,
                  "SELECT source, count(DISTINCT unit) FROM examples WHERE band IS NULL GROUP BY source")
     counts = dict(rows)
-    assert len(counts) == 3
-    # Every neuron fires somewhere in 4k tokens (GELU is rarely exactly 0).
-    assert sorted(counts.values())[-2:] == [1024, 1024]
+    # Every neuron has top examples (GELU is rarely exactly 0); features only where they fired.
+    assert counts["0-mlp"] == counts["1-mlp"] == 1024
+    assert 500 < counts["1-res-pre-sae"] < 4096
     top = query(default_index, "SELECT act, acts, pos - start FROM examples "
                 "WHERE band IS NULL AND rank = 0 LIMIT 50")
     for act, acts, focus in top:
