@@ -256,7 +256,13 @@ class Store:
 
     def token_strings(self, model: str, ids: list[int]) -> list[str]:
         vocab = self.vocab(model)
-        return [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids]
+        if not ids or min(ids) >= 0:
+            try:
+                return [vocab[i] for i in ids]  # the common case: every id in the vocabulary
+            except IndexError:
+                pass
+        n = len(vocab)
+        return [vocab[i] if 0 <= i < n else f"<{i}>" for i in ids]
 
     def token_ids_for(self, model: str, token: str) -> list[int]:
         """Ids of the tokens whose text is exactly `token`."""
