@@ -89,15 +89,35 @@ def _preload(live: LiveService) -> None:
         log.warning("live inference unavailable: %s", getattr(exc, "message", exc))
 
 
-def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
-    """Run the explorer with uvicorn until interrupted."""
-    import uvicorn
+def app_from_env() -> FastAPI:
+    """The app of one `serve` worker process: settings from ACTSCOPE_* variables."""
+    return create_app(Settings())
 
+
+def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
+    """Run the explorer with uvicorn until interrupted.
+
+    ACTSCOPE_WORKERS (default 1) processes each open the index read-only, load their own
+    live model and keep their own response cache: on a machine with idle cores, more
+    workers serve more pages per second (on the shared 2-core test machine they did
+    not: bench/server.py measured no gain and a colder cache). ACTSCOPE_LIVE_THREADS
+    (default 1) torch threads per process.
+    """
     import os
 
-    threads = os.environ.get("ACTSCOPE_LIVE_THREADS")
-    settings = Settings(index_file=Path(index_file), device=device, preload_live=True,
-                        live_threads=int(threads) if threads else 1)
-    app = create_app(settings)
-    print(f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    import uvicorn
+
+    os.environ["ACTSCOPE_INDEX_FILE"] = str(Path(index_file).resolve())
+    os.environ["ACTSCOPE_DEVICE"] = device
+    os.environ.setdefault("ACTSCOPE_PRELOAD_LIVE", "true")
+    os.environ.setdefault("ACTSCOPE_LIVE_THREADS", "1")
+    workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
+    # Fail here, with one line, on a missing, unreadable or incompatible file.
+    Store(index_file, resident_mb=0).close()
+    print(f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)"
+          f" with {workers} worker process{'es' if workers > 1 else ''}")
+    if workers > 1:
+        uvicorn.run("app.server:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning")
+    else:
+        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning")
