@@ -108,6 +108,40 @@ class LiveService:
         text, cut = clean_text(text, self.max_chars)
         return self._run(("text", text, source), source, text=text, cut=cut)
 
+    async def arun(self, text: str | None, source: str) -> LiveResult:
+        """`run` for async routes: waits for the worker without holding a thread."""
+        import asyncio
+
+        text, cut = clean_text(text, self.max_chars)
+        key = ("text", text, source)
+        if source not in self.sources:
+            raise bad_input(f"Unknown source {source!r}: expected one of {', '.join(sorted(self.sources))}.")
+        with self._cache_lock:
+            hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if self._live is None:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(self.load)
+        if not self._waiting.acquire(blocking=False):
+            raise unavailable("The server is busy with other live requests; try again in a moment.")
+        try:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            job = _Job(source, text, None)
+            job.notify = lambda: loop.call_soon_threadsafe(
+                lambda: future.done() or future.set_result(None))
+            self._submit(job)
+            try:
+                await asyncio.wait_for(future, self.timeout_s)
+            except asyncio.TimeoutError:
+                job.cancelled = True
+                raise unavailable("Timed out waiting for the model; try again in a moment.") from None
+        finally:
+            self._waiting.release()
+        return self._finish(job, key, cut)
+
     def run_ids(self, token_ids: list[int], source: str) -> LiveResult:
         """Run the model on exact token ids (e.g. a stored corpus sequence)."""
         ids = tuple(int(i) for i in token_ids)
@@ -133,9 +167,12 @@ class LiveService:
                 raise unavailable("Timed out waiting for the model; try again in a moment.")
         finally:
             self._waiting.release()
+        return self._finish(job, key, cut)
+
+    def _finish(self, job: "_Job", key: tuple, cut: bool) -> LiveResult:
         if job.error is not None:
             raise job.error
-        result = LiveResult(text, job.ids, job.tokens, job.acts, bool(job.truncated or cut))
+        result = LiveResult(job.text, job.ids, job.tokens, job.acts, bool(job.truncated or cut))
         with self._cache_lock:
             self._cache[key] = result
             while len(self._cache) > self._cache_size:
@@ -193,12 +230,15 @@ class LiveService:
         finally:
             for job in batch:
                 job.done.set()
+                if job.notify is not None:
+                    job.notify()
 
 
 class _Job:
     """One live request waiting for the worker."""
 
-    __slots__ = ("source", "text", "ids", "truncated", "acts", "tokens", "error", "done", "cancelled")
+    __slots__ = ("source", "text", "ids", "truncated", "acts", "tokens", "error", "done", "cancelled",
+                 "notify")
 
     def __init__(self, source: str, text: str, ids: list[int] | None):
         self.source = source
@@ -210,3 +250,4 @@ class _Job:
         self.error: Exception | None = None
         self.done = threading.Event()
         self.cancelled = False
+        self.notify = None  # called by the worker when done (async waiters)

@@ -185,11 +185,15 @@ def live_unit_data(live: LiveService, store: Store, model: str, source: str, ind
                    text: str | None) -> dict[str, Any]:
     src = get_source(store, model, source)
     check_index(src, index)
-    res = live.run(text, source)
+    return live_unit_payload(store, model, source, index, live.run(text, source))
+
+
+def live_unit_payload(store: Store, model: str, source: str, index: int,
+                      res: LiveResult) -> dict[str, Any]:
     acts = res.acts[:, index]
     return {"model": model, "source": source, "index": index, "text": res.text,
             "tokens": res.tokens, "token_ids": res.token_ids,
-            "acts": [float(a) for a in acts], "truncated": res.truncated,
+            "acts": acts.tolist(), "truncated": res.truncated,
             "max": float(acts[1:].max()) if len(acts) > 1 else 0.0,
             "ctx": store.model(model).ctx}
 

@@ -64,12 +64,17 @@ def api_sequence(store: StoreDep, model: str, seq: int):
 @router.post("/{model}/activations", summary="Run the model on text (live inference)",
              responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS},
              response_class=JSON)
-def api_activations(store: StoreDep, live: LiveDep, model: str, body: schemas.ActivationsIn):
+async def api_activations(store: StoreDep, live: LiveDep, model: str, body: schemas.ActivationsIn):
     """With `index`: that unit's activation on every token (BOS first).
     Without: for every token, the `k` units of the source that fire most."""
     if body.index is not None:
-        return JSON(pages.live_unit_data(live, store, model, body.source, body.index, body.text))
-    return JSON(pages.live_top_data(live, store, model, body.source, body.text, k=body.k))
+        # Lookups are in memory; the model runs in the live worker, awaited here.
+        src = pages.get_source(store, model, body.source)
+        pages.check_index(src, body.index)
+        res = await live.arun(body.text, body.source)
+        return JSON(pages.live_unit_payload(store, model, body.source, body.index, res))
+    return await run_in_threadpool(
+        lambda: JSON(pages.live_top_data(live, store, model, body.source, body.text, k=body.k)))
 
 
 @router.get("/{model}/try", summary="Top units per token of a text (the try page)",
