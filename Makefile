@@ -29,6 +29,7 @@ $(BIN)/.deps-stamp: pyproject.toml
 static/vendor/htmx.min.js: package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
 	mkdir -p static/vendor
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css static/vendor/
 	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
 
 # Our own code is installed as a regular (non-editable) package so tests exercise
@@ -45,6 +46,8 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/index_overhead.py
+	$(BIN)/python bench/index_memory.py
+	$(BIN)/python bench/server.py
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor build *.egg-info

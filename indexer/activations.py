@@ -11,6 +11,10 @@ import torch
 from .sources import Source, hook_layer
 
 
+class _AllCaptured(Exception):
+    """Raised by the last capture hook: nothing after it in the forward pass is needed."""
+
+
 class ActivationRunner:
     def __init__(self, model, sources: list[Source]) -> None:
         self.model = model
@@ -29,13 +33,19 @@ class ActivationRunner:
 
         def capture(act, hook):
             captured[hook.name] = act
+            if len(captured) == len(self.hooks):
+                # Stop inside the block: e.g. after mlp.hook_post, W_out is never applied.
+                raise _AllCaptured
 
-        self.model.run_with_hooks(
-            tokens.to(self.model.cfg.device),
-            return_type=None,
-            stop_at_layer=self.stop_at_layer,
-            fwd_hooks=[(hook, capture) for hook in self.hooks],
-        )
+        try:
+            self.model.run_with_hooks(
+                tokens.to(self.model.cfg.device),
+                return_type=None,
+                stop_at_layer=self.stop_at_layer,
+                fwd_hooks=[(hook, capture) for hook in self.hooks],
+            )
+        except _AllCaptured:
+            pass
         out = {}
         for source in self.sources:
             act = captured[source.hook_name]
