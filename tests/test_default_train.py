@@ -38,6 +38,18 @@ def test_same_seed_same_files(quick_runs):
 
 
 @pytest.mark.slow
+def test_sae_only_retraining_reproduces_the_sae(quick_runs, tmp_path):
+    import shutil
+
+    first, _ = quick_runs[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    (copy / "saes" / "res1-topk" / "sae_weights.safetensors").unlink()
+    train_default(copy, seed=0, settings=TrainSettings.quick(), log=lambda _msg: None, sae_only=True)
+    assert digests(copy) == digests(first)
+
+
+@pytest.mark.slow
 def test_trained_files_load_like_the_bundle(quick_runs):
     from sae_lens import SAE
 
@@ -49,9 +61,12 @@ def test_trained_files_load_like_the_bundle(quick_runs):
     sae = SAE.load_from_disk(str(out / "saes" / "res1-topk"))
     assert sae.cfg.metadata.hook_name in loaded.model.hook_dict
     saved = json.loads((out / "training_report.json").read_text())
-    assert saved["sae"]["l0"] <= 4 and 0 <= saved["sae"]["dead_share"] <= 1
-    assert set(saved["model"]["heldout_loss_per_token"]) == {"mix", "stdlib", "shakespeare"}
-    assert len(saved["samples"]) >= 3
+    figures = saved["evaluation"]["saes"]["res1-topk"]
+    assert figures["l0"] <= 4 and 0 <= figures["dead_share"] <= 1
+    assert figures["hook_name"] == "blocks.1.hook_resid_pre"
+    assert set(saved["evaluation"]["heldout_loss_per_token"]) == {"mix", "stdlib", "shakespeare"}
+    assert len(saved["evaluation"]["samples"]) >= 3
+    assert saved["model"]["train_tokens"] == 6 * 4 * 64
 
 
 def test_installed_package_needs_an_explicit_out():
