@@ -22,7 +22,7 @@ MAX_BUNDLE_BYTES = 40 * 1024 * 1024
 # A re-initialised model scores about ln(8192) = 9.0.
 HELDOUT_LOSS_MAX = 4.7
 REPORT_LOSS_MAX = 5.0
-SAE_EXPLAINED_VARIANCE_MIN = 0.75
+SAE_EXPLAINED_VARIANCE_MIN = 0.93  # measured 0.973 on the test's rows (0.971 in the report)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_sae_reconstructs_heldout_activations(loaded, sae, heldout_rows):
     latents = sae.encode(x)
     assert torch.isfinite(latents).all()
     l0 = float((latents > 0).sum(dim=-1).float().mean())
-    assert 4 <= l0 <= sae.cfg.k
+    assert l0 == sae.cfg.k == 32  # TopK: exactly k latents per token
     recon = sae.decode(latents)
     explained = 1 - float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
     assert explained > SAE_EXPLAINED_VARIANCE_MIN
