@@ -12,6 +12,8 @@ from . import __version__
 from .config import IndexConfig
 from .errors import ActscopeError
 
+SEQUENCE_FLUSH_BATCHES = 64  # token batches kept in memory before they go to the file
+
 
 def run_index(config: IndexConfig) -> str:
     import torch
@@ -85,6 +87,8 @@ def run_index(config: IndexConfig) -> str:
             if config.checkpoint_every and batches_done % config.checkpoint_every == 0:
                 writer.flush()
                 save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
+            elif batches_done % SEQUENCE_FLUSH_BATCHES == 0:
+                writer.flush()  # memory stays flat however long the corpus
     progress.close()
     if n_sequences == 0:
         writer.close()
