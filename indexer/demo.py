@@ -17,10 +17,10 @@ from .errors import ActscopeError
 
 DEMO_MODEL = "toy-2l"
 DEMO_DATASET = "default"
-# 80 batches of 32 x 128: held-out text only (mix:heldout holds ~500k tokens). The
-# indexer ran at ~1.3k tokens/s per core here for these 6,144 units, so this keeps the
-# index step near two minutes on 2 cores.
-DEMO_MAX_TOKENS = 327_680
+# All held-out text (mix:heldout holds ~500k tokens), then training text: 6,250
+# sequences of 128. Measured: 12.5k tokens/s for these 6,144 units on 2 free cores, so
+# the index step takes about 70 s (much longer when the machine is shared).
+DEMO_MAX_TOKENS = 800_000
 DEMO_CTX = 128
 DEMO_BATCH = 32
 
@@ -110,7 +110,7 @@ def build_demo_index(out: str | Path, rebuild: bool = False, log=print) -> Path:
         log(f"demo: {out} was written by another actscope version or with other settings; rebuilding")
     options = demo_options(out)
     log(f"demo: indexing {options['model']} ({', '.join(options['saes'])}) over "
-        f"--dataset {options['dataset']}, {options['max_tokens']:,} tokens; about two minutes on 2 cores")
+        f"--dataset {options['dataset']}, {options['max_tokens']:,} tokens; about a minute on 2 free cores")
     started = time.time()
     summary = run_index(IndexConfig(**options))
     log(str(summary))
