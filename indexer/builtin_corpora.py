@@ -129,7 +129,7 @@ def stdlib_documents() -> list[Document]:
     if not root.is_dir():
         raise ActscopeError(f"--dataset stdlib: the standard library folder {root} does not exist")
     docs = []
-    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+    for path in sorted(_stdlib_files(root), key=lambda p: p.relative_to(root).as_posix()):
         rel = path.relative_to(root)
         if any(part in STDLIB_SKIP_DIRS or part.startswith("test") for part in rel.parts):
             continue
@@ -139,6 +139,15 @@ def stdlib_documents() -> list[Document]:
     if not docs:
         raise ActscopeError(f"--dataset stdlib: no Python files under {root}")
     return docs
+
+
+def _stdlib_files(root: Path) -> list[Path]:
+    """*.py files under root, not descending into skipped folders (site-packages is big)."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in STDLIB_SKIP_DIRS and not d.startswith("test")]
+        found += [Path(folder) / name for name in files if name.endswith(".py")]
+    return found
 
 
 def _is_generated_codec(path: Path) -> bool:
