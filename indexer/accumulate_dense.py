@@ -1,11 +1,13 @@
 """Accumulator for a dense source (MLP neurons): every unit has a value on every token.
 
 Per batch, with x = activations [batch, pos, units] minus the BOS position:
-- moments, extremes, firing counts and the fine histogram in a few full passes of
-  float32 tensor operations (no per-unit loops, no host syncs);
+- moments, extremes and the fine histogram, for every unit at once;
 - top-k: only tokens above a unit's current k-th value become candidates;
-- band samples: only tokens whose key is below the largest current per-band threshold
-  are looked at, plus all tokens for the few units with a band still being filled.
+- band samples: only tokens whose key is below a unit's largest band threshold are
+  looked at, in increasing key order.
+On a CPU one fused kernel (kernels_cpu.dense_pass) reads the batch once for all of it;
+elsewhere (GPUs) the same work is a few vectorised tensor operations. Both paths give the
+same state; candidates are compacted with a few host syncs per batch, none per unit.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class DenseAccumulator(MergeableAccumulator):
         units = torch.arange(n_units, device=device, dtype=torch.float32)
         # ceil(x * scale) + offset = unit * n_bins + bin + 1/2: one histc counts all units.
         self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
-        self._scratch = None
+        self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path
+        self._top_out: np.ndarray | None = None  # candidate buffers of the fused kernel
+        self._sample_out: np.ndarray | None = None
         empty = self.grid.band_start[:, 1:] == self.grid.band_start[:, :-1]
         self._empty_band = empty  # bands no bin maps to never get samples
 
@@ -59,7 +63,7 @@ class DenseAccumulator(MergeableAccumulator):
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
         n_blocks = -(-self.n_units // kernels_cpu.UNIT_BLOCK)
-        if getattr(self, "_top_out", None) is None:
+        if self._top_out is None:
             self._top_out = np.zeros((n_blocks, FUSED_CAPACITY, 3), dtype=np.int64)
             self._sample_out = np.zeros((n_blocks, FUSED_CAPACITY, 4), dtype=np.int64)
         top_count = np.zeros(n_blocks, dtype=np.int64)
@@ -67,16 +71,15 @@ class DenseAccumulator(MergeableAccumulator):
         kernels_cpu.dense_pass(
             acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
             top_threshold.numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(), grid.n_bands,
-            self._unit_need().numpy(), stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
-            self._top_out, top_count, self._sample_out, sample_count)
+            self._unit_need().numpy(), stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(),
+            stats.max.numpy(), stats.hist.numpy(), self._top_out, top_count, self._sample_out, sample_count)
         stats.n_tokens += body.shape[0] * body.shape[1]
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
         elif top_count.max(initial=0) > FUSED_CAPACITY:  # too many to buffer: find them again
             self._update_top(acts, body, body.reshape(-1, self.n_units) * grid.scale, first_seq)
         else:
-            b, p, units = _candidates(self._top_out, top_count, 3)
-            add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, window)
+            self._add_top(acts, *_candidates(self._top_out, top_count, 3), first_seq)
         if sample_count.max(initial=0) > FUSED_CAPACITY:
             self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
         else:
@@ -103,7 +106,7 @@ class DenseAccumulator(MergeableAccumulator):
         return scaled
 
     def _buffer(self, body: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_scratch", None) is None or self._scratch.shape != body.shape:
+        if self._scratch is None or self._scratch.shape != body.shape:
             self._scratch = torch.empty(body.shape, dtype=torch.float32, device=body.device)
         return self._scratch
 
@@ -133,8 +136,7 @@ class DenseAccumulator(MergeableAccumulator):
             return
         threshold = self.top.threshold().float() * self.grid.scale
         rows, units = (scaled > threshold).nonzero(as_tuple=True)
-        b, p = rows // width, rows % width + 1
-        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
+        self._add_top(acts, rows // width, rows % width + 1, units, first_seq)
 
     def _warm_up_top(self, acts: torch.Tensor, body: torch.Tensor, values: torch.Tensor,
                      first_seq: int) -> None:
@@ -143,7 +145,10 @@ class DenseAccumulator(MergeableAccumulator):
         _, rows = values.topk(k_batch, dim=0)
         rows = rows.reshape(-1)
         units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
-        b, p = rows // body.shape[1], rows % body.shape[1] + 1
+        self._add_top(acts, rows // body.shape[1], rows % body.shape[1] + 1, units, first_seq)
+
+    def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
+        """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""
         add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
 
     def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int,

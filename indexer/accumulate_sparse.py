@@ -38,7 +38,6 @@ class SparseAccumulator(MergeableAccumulator):
         doubles = values.double()
         stats.sum.index_add_(0, units, doubles)
         stats.sum_sq.index_add_(0, units, doubles * doubles)
-        stats.n_fired += torch.bincount(units, minlength=self.n_units).double()
         stats.max.scatter_reduce_(0, units, values, reduce="amax")
         stats.min.scatter_reduce_(0, units, values, reduce="amin")
         bins = grid.bins_of(values, units)

@@ -81,10 +81,6 @@ class IndexConfig:
     def checkpoint_path(self) -> Path:
         return Path(str(self.out) + ".ckpt")
 
-    @property
-    def window_len(self) -> int:
-        return self.window[0] + 1 + self.window[1]
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

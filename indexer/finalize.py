@@ -27,7 +27,7 @@ def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.
     mean = (stats.sum / n).cpu()
     var = (stats.sum_sq / n).cpu() - mean**2
     if sparse:
-        n_fired = stats.n_fired.cpu()
+        n_fired = hist.sum(1).double()  # only firing values are binned
         fired_min = stats.min.cpu().where(n_fired > 0, torch.zeros(()))
         fired_max = stats.max.cpu().where(n_fired > 0, torch.zeros(()))
         unit_min = torch.where(n_fired < stats.n_tokens, torch.zeros(()), fired_min)

@@ -70,10 +70,6 @@ class LoadedModel:
     def n_ctx(self) -> int:
         return int(self.model.cfg.n_ctx)
 
-    @property
-    def device(self):
-        return self.model.cfg.device
-
 
 def slugify(text: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.").lower()

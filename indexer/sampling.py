@@ -60,7 +60,11 @@ def new_examples(n_groups: int, n: int, descending: bool, window_len: int, devic
 
 
 class RunningStats:
-    """Sums for mean/std, extremes, firing counts and bin counts of one source."""
+    """Sums for mean/std, extremes and fine-bin counts of one source.
+
+    The number of tokens where a unit fires is not kept: it is a sum of bins (dense
+    sources: the bins above 0; sparse sources: every bin, as only firing values are binned).
+    """
 
     def __init__(self, n_units: int, n_bins: int, device) -> None:
         self.n_tokens = 0
@@ -68,7 +72,6 @@ class RunningStats:
         self.sum_sq = torch.zeros(n_units, dtype=torch.float64, device=device)
         self.max = torch.full((n_units,), float("-inf"), device=device)
         self.min = torch.full((n_units,), float("inf"), device=device)
-        self.n_fired = torch.zeros(n_units, dtype=torch.float64, device=device)
         self.hist = torch.zeros(n_units, n_bins, dtype=torch.int64, device=device)
 
     def merge(self, other: "RunningStats") -> None:
@@ -77,11 +80,10 @@ class RunningStats:
         self.sum_sq += other.sum_sq
         self.max = torch.maximum(self.max, other.max)
         self.min = torch.minimum(self.min, other.min)
-        self.n_fired += other.n_fired
         self.hist += other.hist
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("n_tokens", "sum", "sum_sq", "max", "min", "n_fired", "hist")}
+        return {k: getattr(self, k) for k in ("n_tokens", "sum", "sum_sq", "max", "min", "hist")}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
