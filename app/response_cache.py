@@ -23,11 +23,14 @@ class ResponseCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(request: Request) -> tuple:
-        hx = request.headers.get("hx-target", "") if request.headers.get("hx-request") else ""
-        return (request.url.path, request.url.query, hx)
+    def key(scope) -> tuple:
+        """Path, query and htmx target of a request's ASGI scope."""
+        headers = dict(scope.get("headers") or [])
+        hx = headers.get(b"hx-target", b"").decode("latin-1") if b"hx-request" in headers else ""
+        return (scope["path"], scope.get("query_string", b"").decode("latin-1"), hx)
 
-    def get(self, key: tuple) -> Response | None:
+    def lookup(self, key: tuple) -> tuple[bytes, str] | None:
+        """(body, media type) of a cached response, or None."""
         if self.max_bytes <= 0:
             return None
         with self._lock:
@@ -37,8 +40,11 @@ class ResponseCache:
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-        body, media_type = item
-        return Response(body, media_type=media_type)
+        return item
+
+    def put_for(self, request: Request, response: Response) -> Response:
+        """Keep `response` as the answer to `request`; the middleware serves it next time."""
+        return self.put(self.key(request.scope), response)
 
     def put(self, key: tuple, response: Response) -> Response:
         body = getattr(response, "body", None)
@@ -67,17 +73,8 @@ class CacheMiddleware:
         self.cache = cache
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "GET" and self.cache.max_bytes > 0:
-            hx = ""
-            headers = dict(scope.get("headers") or [])
-            if b"hx-request" in headers:
-                hx = headers.get(b"hx-target", b"").decode("latin-1")
-            key = (scope["path"], scope.get("query_string", b"").decode("latin-1"), hx)
-            with self.cache._lock:
-                item = self.cache._items.get(key)
-                if item is not None:
-                    self.cache._items.move_to_end(key)
-                    self.cache.hits += 1
+        if scope["type"] == "http" and scope["method"] == "GET":
+            item = self.cache.lookup(self.cache.key(scope))
             if item is not None:
                 body, media_type = item
                 await send({"type": "http.response.start", "status": 200,

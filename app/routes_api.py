@@ -140,9 +140,6 @@ async def api_unit(request: Request, store: StoreDep, live: LiveDep, model: str,
 
 
 def _api_unit(request, store, live, model, source, index, text, band):
-    cache = request.app.state.response_cache
-    key = cache.key(request)
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    return cache.put(key, JSON(views.unit_view(store, live, model, source, index, text=text, band=band)))
+    # A cached answer never gets here: CacheMiddleware serves it before routing.
+    data = views.unit_view(store, live, model, source, index, text=text, band=band)
+    return request.app.state.response_cache.put_for(request, JSON(data))

@@ -132,11 +132,7 @@ async def unit_page(request: Request, store: StoreDep, live: LiveDep, model: str
 
 
 def _unit_page(request, store, live, model, source, index, band, text):
-    cache = request.app.state.response_cache
-    key = cache.key(request)
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
+    # A cached page never gets here: CacheMiddleware serves it before routing.
     status, live_error = 200, None
     try:
         data = views.unit_view(store, live, model, source, index, text=text, band=band)
@@ -147,9 +143,9 @@ def _unit_page(request, store, live, model, source, index, band, text):
         data["text"] = text
         status, live_error = exc.status, exc.message
     data["live_error"] = live_error
-    return cache.put(key, render(request, "unit.html", data, html_url=_path(request),
-                                 title=f"{source}/{index} · {model}", status=status,
-                                 blocks={"examples": "examples", "live-result": "live"}))
+    page = render(request, "unit.html", data, html_url=_path(request), title=f"{source}/{index} · {model}",
+                  status=status, blocks={"examples": "examples", "live-result": "live"})
+    return request.app.state.response_cache.put_for(request, page)
 
 
 @router.get("/{model}/{source}/{index}/live", response_class=HTMLResponse)
