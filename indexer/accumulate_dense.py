@@ -20,7 +20,7 @@ from .sampling import MergeableAccumulator, RunningStats, add_examples, new_exam
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
-FUSED_CAPACITY = 2048  # candidates buffered per block of units by the fused kernel
+FUSED_CAPACITY = 16384  # candidates buffered per part of the units by the fused kernel
 
 
 class DenseAccumulator(MergeableAccumulator):
@@ -56,18 +56,20 @@ class DenseAccumulator(MergeableAccumulator):
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+        import numba
+
         from . import kernels_cpu
 
         stats, grid, window = self.stats, self.grid, self.window
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        n_blocks = -(-self.n_units // kernels_cpu.UNIT_BLOCK)
-        if self._top_out is None:
-            self._top_out = np.zeros((n_blocks, FUSED_CAPACITY, 3), dtype=np.int64)
-            self._sample_out = np.zeros((n_blocks, FUSED_CAPACITY, 4), dtype=np.int64)
-        top_count = np.zeros(n_blocks, dtype=np.int64)
-        sample_count = np.zeros(n_blocks, dtype=np.int64)
+        n_parts = numba.get_num_threads()  # one part of the units per thread
+        if self._top_out is None or self._top_out.shape[0] != n_parts:
+            self._top_out = np.zeros((n_parts, FUSED_CAPACITY, 3), dtype=np.int64)
+            self._sample_out = np.zeros((n_parts, FUSED_CAPACITY, 4), dtype=np.int64)
+        top_count = np.zeros(n_parts, dtype=np.int64)
+        sample_count = np.zeros(n_parts, dtype=np.int64)
         kernels_cpu.dense_pass(
             acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
             top_threshold.numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(), grid.n_bands,
@@ -196,7 +198,7 @@ class DenseAccumulator(MergeableAccumulator):
 
 
 def _candidates(out: np.ndarray, count: np.ndarray, width: int) -> tuple[torch.Tensor, ...]:
-    """The first count[i] rows of each block's candidate buffer, as int64 columns."""
+    """The first count[i] rows of each part's candidate buffer, as int64 columns."""
     filled = np.arange(out.shape[1])[None, :] < count[:, None]
     rows = torch.from_numpy(out[filled])
     return tuple(rows[:, i] for i in range(width))

@@ -4,9 +4,9 @@ On a CPU, a chain of tensor operations reads the batch a dozen times; these kern
 each activation once and do everything the torch path does: moments, extremes, the fine
 histogram bin, and the top-k and band-sampling candidate tests. They compute exactly the
 same bins and candidates as the torch path (tests compare the two). Work is split across
-threads by blocks of units, so every unit is updated by one thread, deterministically.
+threads by parts of the units, so every unit is updated by one thread, deterministically.
 
-Candidates are written to fixed-size buffers per block; a count above the capacity means
+Candidates are written to fixed-size buffers per part; a count above the capacity means
 the buffer overflowed (during warm-up, when every token is a candidate) and the caller
 then finds that batch's candidates with the torch path instead.
 """
@@ -16,62 +16,99 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-UNIT_BLOCK = 32  # units per thread task: their histograms stay in cache
-
 
 @njit(parallel=True, cache=True, nogil=True)
 def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sample_threshold, n_bands,
                unit_need, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
     """acts [B, P, U] float32 (position 0 is BOS, skipped); keys [B, P] float64.
 
-    unit_need [U] is each unit's largest band threshold: a token whose key is above it
-    cannot enter any of the unit's bands, which spares the band lookup for most tokens.
+    The units are split into one contiguous part per thread (top_count.shape[0] parts);
+    each part walks the batch row by row, so memory is read in order and every unit is
+    updated by one thread in token order, whatever the number of threads. Each row is
+    visited by several short loops over the part's units rather than one long one: with
+    few arrays per loop the compiler vectorises them. unit_need [U] is each unit's largest
+    band threshold: a token whose key is above it cannot enter any of the unit's bands.
     """
     n_batch, n_pos, n_units = acts.shape
-    n_blocks = top_count.shape[0]
+    n_parts = top_count.shape[0]
     top_cap = top_out.shape[1]
     sample_cap = sample_out.shape[1]
-    for block in prange(n_blocks):
-        first = block * UNIT_BLOCK
-        last = min(n_units, first + UNIT_BLOCK)
+    last_bin = np.float32(n_bins - 1)
+    part_width = -(-n_units // n_parts)
+    for part in prange(n_parts):
+        start = min(n_units, part * part_width)
+        stop = min(n_units, start + part_width)
+        width = stop - start
+        unit_scale = scale[start:stop].copy()
+        offset = np.empty(width, np.float32)
+        for i in range(width):
+            offset[i] = np.float32(-1.0) - base[start + i]
+        threshold = top_threshold[start:stop].copy()
+        need = unit_need[start:stop].copy()
+        part_total = total[start:stop].copy()
+        part_total_sq = total_sq[start:stop].copy()
+        part_low = low[start:stop].copy()
+        part_high = high[start:stop].copy()
+        counts = np.zeros((width, n_bins), np.int32)  # a batch never has 2**31 tokens
+        bins = np.empty(width, np.int32)
         n_top = 0
         n_sample = 0
         for b in range(n_batch):
             for p in range(1, n_pos):
+                row = acts[b, p, start:stop]
                 key = keys[b, p]
-                for u in range(first, last):
-                    x = acts[b, p, u]
-                    total[u] += x
-                    total_sq[u] += np.float64(x) * x
-                    if x < low[u]:
-                        low[u] = x
-                    if x > high[u]:
-                        high[u] = x
-                    # ceil(x * 2**e) is exact in float32; the rest is integer arithmetic.
-                    j = np.int64(np.ceil(x * scale[u])) - 1 - np.int64(base[u])
-                    if j < 0:
-                        j = 0
-                    elif j >= n_bins:
-                        j = n_bins - 1
-                    hist[u, j] += 1
-                    if x > top_threshold[u]:
-                        if n_top < top_cap:
-                            top_out[block, n_top, 0] = b
-                            top_out[block, n_top, 1] = p
-                            top_out[block, n_top, 2] = u
-                        n_top += 1
-                    if key >= unit_need[u]:
-                        continue
-                    band = band_of_bin[u, j]
-                    if key < sample_threshold[u * n_bands + band]:
-                        if n_sample < sample_cap:
-                            sample_out[block, n_sample, 0] = b
-                            sample_out[block, n_sample, 1] = p
-                            sample_out[block, n_sample, 2] = u
-                            sample_out[block, n_sample, 3] = band
-                        n_sample += 1
-        top_count[block] = n_top
-        sample_count[block] = n_sample
+                for i in range(width):
+                    x = np.float64(row[i])
+                    part_total[i] += x
+                    part_total_sq[i] += x * x
+                for i in range(width):
+                    part_low[i] = min(part_low[i], row[i])
+                for i in range(width):
+                    part_high[i] = max(part_high[i], row[i])
+                for i in range(width):
+                    # ceil(x * 2**e) is exact in float32, and so is adding the integer offset
+                    # for every value inside the grid; the clamp sends the rest to the end bins.
+                    r = np.ceil(row[i] * unit_scale[i]) + offset[i]
+                    r = r if r >= 0 else np.float32(0)  # also NaN
+                    r = r if r <= last_bin else last_bin
+                    bins[i] = np.int32(r)
+                for i in range(width):
+                    counts[i, bins[i]] += 1
+                above = 0
+                for i in range(width):
+                    above += row[i] > threshold[i]
+                if above:
+                    for i in range(width):
+                        if row[i] > threshold[i]:
+                            if n_top < top_cap:
+                                top_out[part, n_top, 0] = b
+                                top_out[part, n_top, 1] = p
+                                top_out[part, n_top, 2] = start + i
+                            n_top += 1
+                wanted = 0
+                for i in range(width):
+                    wanted += key < need[i]
+                if wanted:
+                    for i in range(width):
+                        if key < need[i]:
+                            u = start + i
+                            band = band_of_bin[u, bins[i]]
+                            if key < sample_threshold[u * n_bands + band]:
+                                if n_sample < sample_cap:
+                                    sample_out[part, n_sample, 0] = b
+                                    sample_out[part, n_sample, 1] = p
+                                    sample_out[part, n_sample, 2] = u
+                                    sample_out[part, n_sample, 3] = band
+                                n_sample += 1
+        for i in range(width):
+            total[start + i] = part_total[i]
+            total_sq[start + i] = part_total_sq[i]
+            low[start + i] = part_low[i]
+            high[start + i] = part_high[i]
+            for j in range(n_bins):
+                hist[start + i, j] += counts[i, j]
+        top_count[part] = n_top
+        sample_count[part] = n_sample
 
 
 @njit(cache=True, nogil=True)

@@ -146,13 +146,25 @@ def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae
     assert result.stderr.startswith("error: --resume: the checkpoint") and "other options" in result.stderr
 
 
-def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
-    """The numba kernels and the tensor-operation path build the same accumulator state."""
+@pytest.mark.parametrize("threads", ["one", "all"])
+def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, threads):
+    """The numba kernels and the tensor-operation path build the same accumulator state,
+    whether the units are split across one thread or all of them."""
+    import numba
+
+    runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 6, 60, 300)
+    numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
+    try:
+        _compare_fused_and_torch(runner, sources, batches, grids)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def _compare_fused_and_torch(runner, sources, batches, grids) -> None:
     from indexer.accumulate_dense import DenseAccumulator
     from indexer.accumulate_sparse import SparseAccumulator
     from indexer.sampling import token_keys
 
-    runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 6, 60, 300)
     for source in sources:
         kind = DenseAccumulator if source.kind == "neuron" else SparseAccumulator
         paths = [kind(source.n_units, grids[source.slug], top_k=5, band_size=3, window=(3, 2), device="cpu",
