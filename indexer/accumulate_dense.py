@@ -12,15 +12,18 @@ same state; candidates are compacted with a few host syncs per batch, none per u
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
 
 from .grid import Grid
 from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
 
+if TYPE_CHECKING:
+    from .kernels_cpu import CandidateBuffers
+
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
-FUSED_CAPACITY = 16384  # candidates buffered per part of the units by the fused kernel
 
 
 class DenseAccumulator(MergeableAccumulator):
@@ -39,8 +42,7 @@ class DenseAccumulator(MergeableAccumulator):
         # ceil(x * scale) + offset = unit * n_bins + bin + 1/2: one histc counts all units.
         self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
         self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path
-        self._top_out: np.ndarray | None = None  # candidate buffers of the fused kernel
-        self._sample_out: np.ndarray | None = None
+        self._candidates: CandidateBuffers | None = None  # written by the fused kernel
         empty = self.grid.band_start[:, 1:] == self.grid.band_start[:, :-1]
         self._empty_band = empty  # bands no bin maps to never get samples
 
@@ -56,36 +58,32 @@ class DenseAccumulator(MergeableAccumulator):
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        import numba
-
-        from . import kernels_cpu
+        from .kernels_cpu import CandidateBuffers, dense_pass
 
         stats, grid, window = self.stats, self.grid, self.window
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        n_parts = numba.get_num_threads()  # one part of the units per thread
-        if self._top_out is None or self._top_out.shape[0] != n_parts:
-            self._top_out = np.zeros((n_parts, FUSED_CAPACITY, 3), dtype=np.int64)
-            self._sample_out = np.zeros((n_parts, FUSED_CAPACITY, 4), dtype=np.int64)
-        top_count = np.zeros(n_parts, dtype=np.int64)
-        sample_count = np.zeros(n_parts, dtype=np.int64)
-        kernels_cpu.dense_pass(
+        if self._candidates is None:
+            self._candidates = CandidateBuffers()
+        candidates = self._candidates
+        candidates.reset()
+        dense_pass(
             acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
             top_threshold.numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(), grid.n_bands,
             self._unit_need().numpy(), stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(),
-            stats.max.numpy(), stats.hist.numpy(), self._top_out, top_count, self._sample_out, sample_count)
+            stats.max.numpy(), stats.hist.numpy(), *candidates.args())
         stats.n_tokens += body.shape[0] * body.shape[1]
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
-        elif top_count.max(initial=0) > FUSED_CAPACITY:  # too many to buffer: find them again
+        elif candidates.top_overflowed():  # too many to buffer: find them again
             self._update_top(acts, body, body.reshape(-1, self.n_units) * grid.scale, first_seq)
         else:
-            self._add_top(acts, *_candidates(self._top_out, top_count, 3), first_seq)
-        if sample_count.max(initial=0) > FUSED_CAPACITY:
+            self._add_top(acts, *candidates.top(), first_seq)
+        if candidates.samples_overflowed():
             self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
         else:
-            b, p, units, bands = _candidates(self._sample_out, sample_count, 4)
+            b, p, units, bands = candidates.samples()
             add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
                          first_seq, window)
 
@@ -196,9 +194,3 @@ class DenseAccumulator(MergeableAccumulator):
         add_examples(self.samples, cand_units * n_bands + bands[r, c], keys[r], acts,
                      b[r], p[r] + 1, cand_units, first_seq, self.window)
 
-
-def _candidates(out: np.ndarray, count: np.ndarray, width: int) -> tuple[torch.Tensor, ...]:
-    """The first count[i] rows of each part's candidate buffer, as int64 columns."""
-    filled = np.arange(out.shape[1])[None, :] < count[:, None]
-    rows = torch.from_numpy(out[filled])
-    return tuple(rows[:, i] for i in range(width))

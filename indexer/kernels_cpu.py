@@ -13,8 +13,52 @@ then finds that batch's candidates with the torch path instead.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+import torch
 from numba import njit, prange
+
+CANDIDATE_CAPACITY = 65536  # candidates of each kind buffered per part of the units
+
+
+class CandidateBuffers:
+    """Where a pass kernel writes its top-k and band-sample candidates, one region per part."""
+
+    def __init__(self) -> None:
+        self.top_out = self.sample_out = np.zeros((0, 0, 0), dtype=np.int64)
+        self.top_count = self.sample_count = np.zeros(0, dtype=np.int64)
+
+    def reset(self) -> None:
+        """Empty buffers, one part per numba thread."""
+        n_parts = numba.get_num_threads()
+        if self.top_out.shape[:2] != (n_parts, CANDIDATE_CAPACITY):
+            self.top_out = np.zeros((n_parts, CANDIDATE_CAPACITY, 3), dtype=np.int64)
+            self.sample_out = np.zeros((n_parts, CANDIDATE_CAPACITY, 4), dtype=np.int64)
+        self.top_count = np.zeros(n_parts, dtype=np.int64)
+        self.sample_count = np.zeros(n_parts, dtype=np.int64)
+
+    def args(self) -> tuple:
+        return self.top_out, self.top_count, self.sample_out, self.sample_count
+
+    def top_overflowed(self) -> bool:
+        return bool(self.top_count.max(initial=0) > self.top_out.shape[1])
+
+    def samples_overflowed(self) -> bool:
+        return bool(self.sample_count.max(initial=0) > self.sample_out.shape[1])
+
+    def top(self) -> tuple[torch.Tensor, ...]:
+        """(b, p, unit) of the top-k candidates."""
+        return _filled_rows(self.top_out, self.top_count)
+
+    def samples(self) -> tuple[torch.Tensor, ...]:
+        """(b, p, unit, band) of the band-sample candidates."""
+        return _filled_rows(self.sample_out, self.sample_count)
+
+
+def _filled_rows(out: np.ndarray, count: np.ndarray) -> tuple[torch.Tensor, ...]:
+    filled = np.arange(out.shape[1])[None, :] < count[:, None]
+    rows = torch.from_numpy(out[filled])
+    return tuple(rows[:, i] for i in range(out.shape[2]))
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -111,26 +155,74 @@ def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, samp
         sample_count[part] = n_sample
 
 
-@njit(cache=True, nogil=True)
-def sparse_entries(acts, out_b, out_p, out_u, out_v):
-    """Firing entries (act > 0) of acts [B, P, U], BOS skipped; returns their number.
+FIRING_CHUNK = 16  # units whose activations are tested for firing at once
 
-    A single read of the batch, in (b, p, u) order; the output arrays must hold
-    B * (P - 1) * U entries at most, but callers size them from the previous batch and
-    retry with more room when the returned count exceeds it.
+
+@njit(parallel=True, cache=True, nogil=True)
+def sparse_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sample_threshold, n_bands,
+                unit_need, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+    """dense_pass for a sparse source: only firing values (act > 0) count and are binned.
+
+    Most values are 0, so each row is scanned in chunks of FIRING_CHUNK units: the largest
+    bit pattern of a chunk, as int32, is positive exactly when some value in it is above 0
+    (or NaN), a test that vectorises; only such chunks are looked at value by value.
     """
     n_batch, n_pos, n_units = acts.shape
-    cap = out_b.shape[0]
-    n = 0
-    for b in range(n_batch):
-        for p in range(1, n_pos):
-            for u in range(n_units):
-                x = acts[b, p, u]
-                if x > 0:
-                    if n < cap:
-                        out_b[n] = b
-                        out_p[n] = p
-                        out_u[n] = u
-                        out_v[n] = x
-                    n += 1
-    return n
+    bits = acts.view(np.int32)
+    n_parts = top_count.shape[0]
+    top_cap = top_out.shape[1]
+    sample_cap = sample_out.shape[1]
+    last_bin = np.float32(n_bins - 1)
+    part_width = -(-n_units // n_parts)
+    for part in prange(n_parts):
+        start = min(n_units, part * part_width)
+        stop = min(n_units, start + part_width)
+        n_top = 0
+        n_sample = 0
+        firing = np.empty(stop - start, np.int64)
+        for b in range(n_batch):
+            for p in range(1, n_pos):
+                row_bits = bits[b, p]
+                key = keys[b, p]
+                # Pass 1, without data-dependent branches: the row's firing units.
+                n_firing = 0
+                for chunk in range(start, stop, FIRING_CHUNK):
+                    chunk_stop = min(stop, chunk + FIRING_CHUNK)
+                    largest = np.int32(0)
+                    for u in range(chunk, chunk_stop):
+                        largest = max(largest, row_bits[u])
+                    if largest > 0:
+                        for u in range(chunk, chunk_stop):
+                            firing[n_firing] = u
+                            n_firing += acts[b, p, u] > 0
+                # Pass 2: their updates, whose memory accesses can all be in flight at once.
+                for k in range(n_firing):
+                    u = firing[k]
+                    x = acts[b, p, u]
+                    xd = np.float64(x)
+                    total[u] += xd
+                    total_sq[u] += xd * xd
+                    low[u] = min(low[u], x)
+                    high[u] = max(high[u], x)
+                    r = np.ceil(x * scale[u]) - np.float32(1.0) - base[u]
+                    r = r if r >= 0 else np.float32(0)
+                    r = r if r <= last_bin else last_bin
+                    j = np.int64(r)
+                    hist[u, j] += 1
+                    if x > top_threshold[u]:
+                        if n_top < top_cap:
+                            top_out[part, n_top, 0] = b
+                            top_out[part, n_top, 1] = p
+                            top_out[part, n_top, 2] = u
+                        n_top += 1
+                    if key < unit_need[u]:
+                        band = band_of_bin[u, j]
+                        if key < sample_threshold[u * n_bands + band]:
+                            if n_sample < sample_cap:
+                                sample_out[part, n_sample, 0] = b
+                                sample_out[part, n_sample, 1] = p
+                                sample_out[part, n_sample, 2] = u
+                                sample_out[part, n_sample, 3] = band
+                            n_sample += 1
+        top_count[part] = n_top
+        sample_count[part] = n_sample

@@ -146,11 +146,18 @@ def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae
     assert result.stderr.startswith("error: --resume: the checkpoint") and "other options" in result.stderr
 
 
-@pytest.mark.parametrize("threads", ["one", "all"])
-def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, threads):
+@pytest.mark.parametrize("threads, capacity", [("one", None), ("all", None), ("all", 3)])
+def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, threads,
+                                                capacity, monkeypatch):
     """The numba kernels and the tensor-operation path build the same accumulator state,
-    whether the units are split across one thread or all of them."""
+    whether the units are split across one thread or all of them, and when the kernels'
+    candidate buffers overflow (capacity 3) and the candidates are found again."""
     import numba
+
+    from indexer import kernels_cpu
+
+    if capacity is not None:
+        monkeypatch.setattr(kernels_cpu, "CANDIDATE_CAPACITY", capacity)
 
     runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 6, 60, 300)
     numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
