@@ -1,7 +1,9 @@
 """Calibration: estimate each unit's range and band quantiles from the first tokens.
 
 The estimates only place the bins and band edges; all counts reported in the index come
-from the full pass, so a calibration that is off makes bands uneven, never wrong.
+from the full pass, so a calibration that is off makes bands uneven, never wrong. The
+activations of the calibration batches are handed back, so the main pass accumulates
+them without a second forward pass (SAE activations are kept as sparse tensors).
 """
 
 from __future__ import annotations
@@ -16,21 +18,28 @@ from .sources import Source
 
 
 def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
-              hist_bins: int) -> dict[str, Grid]:
-    """{slug: grid} from the first `n_tokens` indexed tokens of the stream."""
+              hist_bins: int) -> tuple[dict[str, Grid], list]:
+    """({slug: grid}, [(batch, activations)]) from the first `n_tokens` indexed tokens.
+
+    The batches are taken from `batches`, which the caller then goes on reading; use
+    `replay` on the returned list to get their activations back in runner form.
+    """
     dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
-    seen = 0
+    seen, consumed = 0, []
     for batch in batches:
         acts = runner(batch.tokens)
         for slug in dense:
             body = acts[slug][:, 1:, :]
             dense[slug].append(body.reshape(-1, body.shape[-1]).cpu())
         for slug in sparse:
-            body = acts[slug][:, 1:, :].cpu()
-            _, _, units = (body > 0).nonzero(as_tuple=True)
-            sparse[slug].append((units, body[body > 0]))
+            acts[slug] = acts[slug].to_sparse()
+            b, p, units = acts[slug].indices()
+            values = acts[slug].values()
+            firing = (p > 0) & (values > 0)
+            sparse[slug].append((units[firing].cpu(), values[firing].cpu()))
+        consumed.append((batch, acts))
         seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
         if seen >= n_tokens:
             break
@@ -41,7 +50,14 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
             grids[source.slug] = _dense_grid(values, hist_bins)
         else:
             grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
-    return grids
+    return grids, consumed
+
+
+def replay(consumed: list) -> Iterator[tuple]:
+    """(batch, activations) of the calibration batches, as the runner gave them."""
+    while consumed:
+        batch, acts = consumed.pop(0)  # released as soon as it is used
+        yield batch, {slug: act.to_dense() if act.is_sparse else act for slug, act in acts.items()}
 
 
 def _dense_grid(values: torch.Tensor, hist_bins: int) -> Grid:

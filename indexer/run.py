@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ def run_index(config: IndexConfig) -> str:
     from tqdm import tqdm
 
     from .activations import ActivationRunner
-    from .calibrate import calibrate
+    from .calibrate import calibrate, replay
     from .checkpoint import load_checkpoint, save_checkpoint
     from .corpus import iter_batches, iter_documents
     from .model import load_model, pick_device, resolve_model_spec
@@ -55,10 +56,11 @@ def run_index(config: IndexConfig) -> str:
         state = load_checkpoint(config.checkpoint_path, identity, device)
         if state is None:
             print(f"no checkpoint at {config.checkpoint_path}: starting from the beginning", file=sys.stderr)
+    stream = batches()
     if state is not None:
-        grids = state["grids"]
+        grids, calibrated = state["grids"], []
     else:
-        grids = calibrate(runner, batches(), sources, config.calibration_tokens, config.hist_bins)
+        grids, calibrated = calibrate(runner, stream, sources, config.calibration_tokens, config.hist_bins)
     accumulators = new_accumulators(sources, grids, config, device)
     batches_done, n_sequences = 0, 0
     if state is not None:
@@ -75,11 +77,14 @@ def run_index(config: IndexConfig) -> str:
     progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
                     disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
     with torch.inference_mode():
-        for batch in batches():
+        # The calibration batches first, without a second forward pass, then the rest.
+        for batch, acts in itertools.chain(replay(calibrated), ((batch, None) for batch in stream)):
             if batch.index < batches_done:
                 continue  # already in the checkpoint
             tokens = batch.tokens.to(device)
-            accumulate(accumulators, runner, sources, tokens, batch.first_seq, config.seed)
+            if acts is None:
+                acts = runner(tokens)
+            accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed)
             writer.add_sequences(batch.first_seq, batch.tokens.numpy())
             batches_done = batch.index + 1
             n_sequences = batch.first_seq + tokens.shape[0]
@@ -117,13 +122,12 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
             for source in sources}
 
 
-def accumulate(accumulators: dict, runner, sources, tokens, first_seq: int, seed: int) -> None:
-    """One forward pass over `tokens` [batch, ctx], every source's accumulator updated."""
+def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int) -> None:
+    """Every source's accumulator updated with the activations `acts` of `tokens` [batch, ctx]."""
     import torch
 
     from .sampling import token_keys
 
-    acts = runner(tokens)
     batch, ctx = tokens.shape
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)

@@ -47,7 +47,8 @@ def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: in
     batches = list(iter_batches(iter_documents(str(corpus_dir)), loaded.tokenizer,
                                 bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
                                 ctx=TINY_CTX, batch_size=batch_size, max_sequences=max_sequences))
-    return runner, sources, batches, calibrate(runner, iter(batches), sources, calibration, 128)
+    grids, _ = calibrate(runner, iter(batches), sources, calibration, 128)
+    return runner, sources, batches, grids
 
 
 def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
@@ -63,7 +64,7 @@ def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corp
         accumulators = new_accumulators(sources, grids, config, "cpu")
         with torch.inference_mode():
             for batch in part:
-                accumulate(accumulators, runner, sources, batch.tokens, batch.first_seq, seed=7)
+                accumulate(accumulators, sources, runner(batch.tokens), batch.tokens, batch.first_seq, seed=7)
         return accumulators
 
     whole = index(batches)
