@@ -42,12 +42,12 @@ def token_keys(token_ids: torch.Tensor, seed: int) -> torch.Tensor:
 def gather_windows(acts: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor,
                    before: int, after: int) -> torch.Tensor:
     """[C, before+1+after] activations of unit u around (b, p); NaN outside the sequence."""
-    ctx = acts.shape[1]
-    offsets = torch.arange(-before, after + 1, device=acts.device)
-    positions = p[:, None] + offsets[None, :]
+    ctx, n_units = acts.shape[1], acts.shape[2]
+    positions = p[:, None] + torch.arange(-before, after + 1, device=acts.device)[None, :]
     valid = (positions >= 0) & (positions < ctx)
-    window = acts[b[:, None], positions.clamp(0, ctx - 1), u[:, None]].float()
-    return window.masked_fill(~valid, float("nan"))
+    # One flat index into the batch: a single gather instead of three index tensors.
+    flat = (b[:, None] * ctx + positions.clamp(0, ctx - 1)) * n_units + u[:, None]
+    return torch.take(acts, flat).float().masked_fill_(~valid, float("nan"))
 
 
 def new_examples(n_groups: int, n: int, descending: bool, window_len: int, device) -> GroupedTopK:
