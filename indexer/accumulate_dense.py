@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .grid import Grid
-from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
+from .sampling import MergeableAccumulator, RunningStats, add_examples, band_thresholds, new_examples
 
 if TYPE_CHECKING:
     from .kernels_cpu import CandidateBuffers
@@ -43,8 +43,6 @@ class DenseAccumulator(MergeableAccumulator):
         self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
         self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path
         self._candidates: CandidateBuffers | None = None  # written by the fused kernel
-        empty = self.grid.band_start[:, 1:] == self.grid.band_start[:, :-1]
-        self._empty_band = empty  # bands no bin maps to never get samples
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys."""
@@ -58,7 +56,7 @@ class DenseAccumulator(MergeableAccumulator):
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        from .kernels_cpu import CandidateBuffers, dense_pass
+        from .kernels_cpu import CandidateBuffers, dense_pass, key_order
 
         stats, grid, window = self.stats, self.grid, self.window
         body = acts[:, 1:, :]
@@ -69,10 +67,10 @@ class DenseAccumulator(MergeableAccumulator):
         candidates = self._candidates
         candidates.reset()
         dense_pass(
-            acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
-            top_threshold.numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(), grid.n_bands,
-            self._unit_need().numpy(), stats.sum.numpy(), stats.sum_sq.numpy(), stats.min.numpy(),
-            stats.max.numpy(), stats.hist.numpy(), *candidates.args())
+            acts.numpy(), keys.reshape(-1).numpy(), key_order(keys), grid.scale.numpy(), grid.base.numpy(),
+            grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
+            band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
+            stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(), *candidates.args())
         stats.n_tokens += body.shape[0] * body.shape[1]
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
@@ -180,8 +178,7 @@ class DenseAccumulator(MergeableAccumulator):
 
     def _unit_need(self) -> torch.Tensor:
         """[U] largest band threshold per unit (inf while a band is being filled)."""
-        needed = self.samples.threshold().view(self.n_units, self.grid.n_bands)
-        return needed.masked_fill(self._empty_band, float("-inf")).amax(1)
+        return band_thresholds(self.samples, self.grid.band_start).amax(1)
 
     def _sample_from(self, acts, values, b, p, units, keys, first_seq) -> None:
         """Candidates among values [rows, units]: key below their (unit, band) threshold."""

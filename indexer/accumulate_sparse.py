@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .grid import Grid
-from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
+from .sampling import MergeableAccumulator, RunningStats, add_examples, band_thresholds, new_examples
 
 if TYPE_CHECKING:
     from .kernels_cpu import CandidateBuffers
@@ -55,7 +55,7 @@ class SparseAccumulator(MergeableAccumulator):
         self._update_samples(acts, b, p, units, bins, keys, first_seq)
 
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        from .kernels_cpu import CandidateBuffers, sparse_pass
+        from .kernels_cpu import CandidateBuffers, key_order, sparse_pass
 
         stats, grid = self.stats, self.grid
         if self._candidates is None:
@@ -63,10 +63,10 @@ class SparseAccumulator(MergeableAccumulator):
         candidates = self._candidates
         candidates.reset()
         sparse_pass(
-            acts.numpy(), keys.numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
-            self.top.threshold().float().numpy(), grid.band_of_bin.numpy(), self.samples.threshold().numpy(),
-            grid.n_bands, self._unit_need().numpy(), stats.sum.numpy(), stats.sum_sq.numpy(),
-            stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(), *candidates.args())
+            acts.numpy(), keys.reshape(-1).numpy(), key_order(keys), grid.scale.numpy(), grid.base.numpy(),
+            grid.n_bins, self.top.threshold().float().numpy(), grid.band_of_bin.numpy(),
+            band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
+            stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(), *candidates.args())
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
             b, p, units, values = _firing(acts)
@@ -81,10 +81,6 @@ class SparseAccumulator(MergeableAccumulator):
             b, p, units, bands = candidates.samples()
             add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
                          first_seq, self.window)
-
-    def _unit_need(self) -> torch.Tensor:
-        """[U] largest band threshold per unit: a larger key cannot enter any of its bands."""
-        return self.samples.threshold().view(self.n_units, self.grid.n_bands).amax(1)
 
     def _update_top(self, acts, b, p, units, values, first_seq) -> None:
         keep = values > self.top.threshold()[units]

@@ -55,6 +55,13 @@ class CandidateBuffers:
         return _filled_rows(self.sample_out, self.sample_count)
 
 
+def key_order(keys: torch.Tensor) -> np.ndarray:
+    """Rows b * P + p of a batch's keys [B, P], BOS excluded, by increasing key (ties by row)."""
+    n_pos = keys.shape[1]
+    order = torch.argsort(keys[:, 1:].reshape(-1), stable=True)
+    return ((order // (n_pos - 1)) * n_pos + order % (n_pos - 1) + 1).numpy()
+
+
 def _filled_rows(out: np.ndarray, count: np.ndarray) -> tuple[torch.Tensor, ...]:
     filled = np.arange(out.shape[1])[None, :] < count[:, None]
     rows = torch.from_numpy(out[filled])
@@ -62,18 +69,23 @@ def _filled_rows(out: np.ndarray, count: np.ndarray) -> tuple[torch.Tensor, ...]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sample_threshold, n_bands,
-               unit_need, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
-    """acts [B, P, U] float32 (position 0 is BOS, skipped); keys [B, P] float64.
+def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
+               total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+    """acts [B, P, U] float32; keys [B * P] float64; order: the rows b * P + p to visit
+    (BOS excluded), in increasing key order, ties by row.
 
-    The units are split into one contiguous part per thread (top_count.shape[0] parts);
-    each part walks the batch row by row, so memory is read in order and every unit is
-    updated by one thread in token order, whatever the number of threads. Each row is
-    visited by several short loops over the part's units rather than one long one: with
-    few arrays per loop the compiler vectorises them. unit_need [U] is each unit's largest
-    band threshold: a token whose key is above it cannot enter any of the unit's bands.
+    The units are split into one contiguous part per thread (top_count.shape[0] parts),
+    each part walking the rows, so every unit is updated by one thread in the same order
+    whatever the number of threads. Each row is visited by several short loops over the
+    part's units rather than one long one: with few arrays per loop the compiler
+    vectorises them. band_need [U, n_bands] is each band's sampling threshold (-inf for
+    bands no bin maps to). Rows come in increasing key order, so once a band has taken
+    band_size candidates in this batch no later row can beat them: the band is closed,
+    and a unit with every band closed looks at no more keys. This keeps the candidates
+    few even in the first batches, when the thresholds are still infinite.
     """
     n_batch, n_pos, n_units = acts.shape
+    n_bands = band_need.shape[1]
     n_parts = top_count.shape[0]
     top_cap = top_out.shape[1]
     sample_cap = sample_out.shape[1]
@@ -88,7 +100,11 @@ def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, samp
         for i in range(width):
             offset[i] = np.float32(-1.0) - base[start + i]
         threshold = top_threshold[start:stop].copy()
-        need = unit_need[start:stop].copy()
+        open_bands = band_need[start:stop].copy()
+        taken = np.zeros((width, n_bands), np.int64)
+        need = np.empty(width, np.float64)
+        for i in range(width):
+            need[i] = open_bands[i].max()
         part_total = total[start:stop].copy()
         part_total_sq = total_sq[start:stop].copy()
         part_low = low[start:stop].copy()
@@ -97,53 +113,58 @@ def dense_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, samp
         bins = np.empty(width, np.int32)
         n_top = 0
         n_sample = 0
-        for b in range(n_batch):
-            for p in range(1, n_pos):
-                row = acts[b, p, start:stop]
-                key = keys[b, p]
+        for k in range(order.shape[0]):
+            b = order[k] // n_pos
+            p = order[k] - b * n_pos
+            row = acts[b, p, start:stop]
+            key = keys[order[k]]
+            for i in range(width):
+                x = np.float64(row[i])
+                part_total[i] += x
+                part_total_sq[i] += x * x
+            for i in range(width):
+                part_low[i] = min(part_low[i], row[i])
+            for i in range(width):
+                part_high[i] = max(part_high[i], row[i])
+            for i in range(width):
+                # ceil(x * 2**e) is exact in float32, and so is adding the integer offset
+                # for every value inside the grid; the clamp sends the rest to the end bins.
+                r = np.ceil(row[i] * unit_scale[i]) + offset[i]
+                r = r if r >= 0 else np.float32(0)  # also NaN
+                r = r if r <= last_bin else last_bin
+                bins[i] = np.int32(r)
+            for i in range(width):
+                counts[i, bins[i]] += 1
+            above = 0
+            for i in range(width):
+                above += row[i] > threshold[i]
+            if above:
                 for i in range(width):
-                    x = np.float64(row[i])
-                    part_total[i] += x
-                    part_total_sq[i] += x * x
+                    if row[i] > threshold[i]:
+                        if n_top < top_cap:
+                            top_out[part, n_top, 0] = b
+                            top_out[part, n_top, 1] = p
+                            top_out[part, n_top, 2] = start + i
+                        n_top += 1
+            wanted = 0
+            for i in range(width):
+                wanted += key < need[i]
+            if wanted:
                 for i in range(width):
-                    part_low[i] = min(part_low[i], row[i])
-                for i in range(width):
-                    part_high[i] = max(part_high[i], row[i])
-                for i in range(width):
-                    # ceil(x * 2**e) is exact in float32, and so is adding the integer offset
-                    # for every value inside the grid; the clamp sends the rest to the end bins.
-                    r = np.ceil(row[i] * unit_scale[i]) + offset[i]
-                    r = r if r >= 0 else np.float32(0)  # also NaN
-                    r = r if r <= last_bin else last_bin
-                    bins[i] = np.int32(r)
-                for i in range(width):
-                    counts[i, bins[i]] += 1
-                above = 0
-                for i in range(width):
-                    above += row[i] > threshold[i]
-                if above:
-                    for i in range(width):
-                        if row[i] > threshold[i]:
-                            if n_top < top_cap:
-                                top_out[part, n_top, 0] = b
-                                top_out[part, n_top, 1] = p
-                                top_out[part, n_top, 2] = start + i
-                            n_top += 1
-                wanted = 0
-                for i in range(width):
-                    wanted += key < need[i]
-                if wanted:
-                    for i in range(width):
-                        if key < need[i]:
-                            u = start + i
-                            band = band_of_bin[u, bins[i]]
-                            if key < sample_threshold[u * n_bands + band]:
-                                if n_sample < sample_cap:
-                                    sample_out[part, n_sample, 0] = b
-                                    sample_out[part, n_sample, 1] = p
-                                    sample_out[part, n_sample, 2] = u
-                                    sample_out[part, n_sample, 3] = band
-                                n_sample += 1
+                    if key < need[i]:
+                        u = start + i
+                        band = band_of_bin[u, bins[i]]
+                        if key < open_bands[i, band]:
+                            taken[i, band] += 1
+                            if taken[i, band] == band_size:
+                                open_bands[i, band] = -np.inf
+                                need[i] = open_bands[i].max()
+                            if n_sample < sample_cap:
+                                sample_out[part, n_sample, 0] = b
+                                sample_out[part, n_sample, 1] = p
+                                sample_out[part, n_sample, 2] = u
+                                sample_out[part, n_sample, 3] = band
+                            n_sample += 1
         for i in range(width):
             total[start + i] = part_total[i]
             total_sq[start + i] = part_total_sq[i]
@@ -159,8 +180,8 @@ FIRING_CHUNK = 16  # units whose activations are tested for firing at once
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sparse_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sample_threshold, n_bands,
-                unit_need, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
+                total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
     """dense_pass for a sparse source: only firing values (act > 0) count and are binned.
 
     Most values are 0, so each row is scanned in chunks of FIRING_CHUNK units: the largest
@@ -168,6 +189,7 @@ def sparse_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sam
     (or NaN), a test that vectorises; only such chunks are looked at value by value.
     """
     n_batch, n_pos, n_units = acts.shape
+    n_bands = band_need.shape[1]
     bits = acts.view(np.int32)
     n_parts = top_count.shape[0]
     top_cap = top_out.shape[1]
@@ -180,49 +202,60 @@ def sparse_pass(acts, keys, scale, base, n_bins, top_threshold, band_of_bin, sam
         n_top = 0
         n_sample = 0
         firing = np.empty(stop - start, np.int64)
-        for b in range(n_batch):
-            for p in range(1, n_pos):
-                row_bits = bits[b, p]
-                key = keys[b, p]
-                # Pass 1, without data-dependent branches: the row's firing units.
-                n_firing = 0
-                for chunk in range(start, stop, FIRING_CHUNK):
-                    chunk_stop = min(stop, chunk + FIRING_CHUNK)
-                    largest = np.int32(0)
+        open_bands = band_need[start:stop].copy()  # as in dense_pass
+        taken = np.zeros((stop - start, n_bands), np.int64)
+        need = np.empty(stop - start, np.float64)
+        for i in range(stop - start):
+            need[i] = open_bands[i].max()
+        for k in range(order.shape[0]):
+            b = order[k] // n_pos
+            p = order[k] - b * n_pos
+            row_bits = bits[b, p]
+            key = keys[order[k]]
+            # Pass 1, without data-dependent branches: the row's firing units.
+            n_firing = 0
+            for chunk in range(start, stop, FIRING_CHUNK):
+                chunk_stop = min(stop, chunk + FIRING_CHUNK)
+                largest = np.int32(0)
+                for u in range(chunk, chunk_stop):
+                    largest = max(largest, row_bits[u])
+                if largest > 0:
                     for u in range(chunk, chunk_stop):
-                        largest = max(largest, row_bits[u])
-                    if largest > 0:
-                        for u in range(chunk, chunk_stop):
-                            firing[n_firing] = u
-                            n_firing += acts[b, p, u] > 0
-                # Pass 2: their updates, whose memory accesses can all be in flight at once.
-                for k in range(n_firing):
-                    u = firing[k]
-                    x = acts[b, p, u]
-                    xd = np.float64(x)
-                    total[u] += xd
-                    total_sq[u] += xd * xd
-                    low[u] = min(low[u], x)
-                    high[u] = max(high[u], x)
-                    r = np.ceil(x * scale[u]) - np.float32(1.0) - base[u]
-                    r = r if r >= 0 else np.float32(0)
-                    r = r if r <= last_bin else last_bin
-                    j = np.int64(r)
-                    hist[u, j] += 1
-                    if x > top_threshold[u]:
-                        if n_top < top_cap:
-                            top_out[part, n_top, 0] = b
-                            top_out[part, n_top, 1] = p
-                            top_out[part, n_top, 2] = u
-                        n_top += 1
-                    if key < unit_need[u]:
-                        band = band_of_bin[u, j]
-                        if key < sample_threshold[u * n_bands + band]:
-                            if n_sample < sample_cap:
-                                sample_out[part, n_sample, 0] = b
-                                sample_out[part, n_sample, 1] = p
-                                sample_out[part, n_sample, 2] = u
-                                sample_out[part, n_sample, 3] = band
-                            n_sample += 1
+                        firing[n_firing] = u
+                        n_firing += acts[b, p, u] > 0
+            # Pass 2: their updates, whose memory accesses can all be in flight at once.
+            for k in range(n_firing):
+                u = firing[k]
+                x = acts[b, p, u]
+                xd = np.float64(x)
+                total[u] += xd
+                total_sq[u] += xd * xd
+                low[u] = min(low[u], x)
+                high[u] = max(high[u], x)
+                r = np.ceil(x * scale[u]) - np.float32(1.0) - base[u]
+                r = r if r >= 0 else np.float32(0)
+                r = r if r <= last_bin else last_bin
+                j = np.int64(r)
+                hist[u, j] += 1
+                if x > top_threshold[u]:
+                    if n_top < top_cap:
+                        top_out[part, n_top, 0] = b
+                        top_out[part, n_top, 1] = p
+                        top_out[part, n_top, 2] = u
+                    n_top += 1
+                i = u - start
+                if key < need[i]:
+                    band = band_of_bin[u, j]
+                    if key < open_bands[i, band]:
+                        taken[i, band] += 1
+                        if taken[i, band] == band_size:
+                            open_bands[i, band] = -np.inf
+                            need[i] = open_bands[i].max()
+                        if n_sample < sample_cap:
+                            sample_out[part, n_sample, 0] = b
+                            sample_out[part, n_sample, 1] = p
+                            sample_out[part, n_sample, 2] = u
+                            sample_out[part, n_sample, 3] = band
+                        n_sample += 1
         top_count[part] = n_top
         sample_count[part] = n_sample

@@ -59,6 +59,13 @@ def new_examples(n_groups: int, n: int, descending: bool, window_len: int, devic
     )
 
 
+def band_thresholds(samples: GroupedTopK, band_start: torch.Tensor) -> torch.Tensor:
+    """[U, n_bands] key a token needs to enter each band's sample; -inf for the bands that
+    no bin maps to (from grid.band_start), which never take samples."""
+    empty = band_start[:, 1:] == band_start[:, :-1]
+    return samples.threshold().view(empty.shape).masked_fill(empty, float("-inf"))
+
+
 class RunningStats:
     """Sums for mean/std, extremes and fine-bin counts of one source.
 
