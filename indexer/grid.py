@@ -83,10 +83,19 @@ def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hi
                 band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
                 band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long), levels=tuple(levels),
                 n_bins=n_bins)
-    if units is None:
-        units = torch.arange(n_units)[None, :]
-    index = grid.bins_of(values, units) + units * n_bins
-    counts = torch.bincount(index.reshape(-1), minlength=n_units * n_bins).view(n_units, n_bins)
+    if units is None and values.device.type == "cpu":
+        import numba
+
+        from .kernels_cpu import dense_bin_counts
+
+        counts = torch.zeros(n_units, n_bins, dtype=torch.long)
+        dense_bin_counts(values.float().contiguous().numpy(), grid.scale.numpy(), grid.base.numpy(), n_bins,
+                         numba.get_num_threads(), counts.numpy())
+    else:
+        if units is None:
+            units = torch.arange(n_units, device=values.device)[None, :]
+        index = grid.bins_of(values, units) + units * n_bins
+        counts = torch.bincount(index.reshape(-1), minlength=n_units * n_bins).view(n_units, n_bins)
     grid.band_start = band_starts(counts, levels)
     grid.band_of_bin = (torch.arange(n_bins)[None, :, None] >= grid.band_start[:, None, 1:-1]).sum(-1)
     return grid

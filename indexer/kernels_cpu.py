@@ -176,6 +176,26 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
         sample_count[part] = n_sample
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
+    """counts [U, n_bins] += the bins of values [N, U] (the bins dense_pass computes)."""
+    n_rows, n_units = values.shape
+    last_bin = np.float32(n_bins - 1)
+    part_width = -(-n_units // n_parts)
+    for part in prange(n_parts):
+        start = min(n_units, part * part_width)
+        stop = min(n_units, start + part_width)
+        bins = np.empty(stop - start, np.int32)
+        for row in range(n_rows):
+            for i in range(stop - start):
+                r = np.ceil(values[row, start + i] * scale[start + i]) - np.float32(1.0) - base[start + i]
+                r = r if r >= 0 else np.float32(0)
+                r = r if r <= last_bin else last_bin
+                bins[i] = np.int32(r)
+            for i in range(stop - start):
+                counts[start + i, bins[i]] += 1
+
+
 FIRING_CHUNK = 16  # units whose activations are tested for firing at once
 
 
