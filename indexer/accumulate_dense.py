@@ -83,7 +83,7 @@ class DenseAccumulator(MergeableAccumulator):
         else:
             b, p, units, bands = candidates.samples()
             add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
-                         first_seq, window)
+                         first_seq, window, compiled=True)
 
     def _update_stats(self, body: torch.Tensor) -> torch.Tensor:
         """Moments and extremes; returns the values times the grid scale, [tokens, U].
@@ -147,7 +147,8 @@ class DenseAccumulator(MergeableAccumulator):
 
     def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
         """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""
-        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
+        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
+                     compiled=self.fused)
 
     def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int,
                         keys: torch.Tensor) -> None:
@@ -189,5 +190,5 @@ class DenseAccumulator(MergeableAccumulator):
         r, c = (keys[:, None] < thresholds).nonzero(as_tuple=True)
         cand_units = units[c]
         add_examples(self.samples, cand_units * n_bands + bands[r, c], keys[r], acts,
-                     b[r], p[r] + 1, cand_units, first_seq, self.window)
+                     b[r], p[r] + 1, cand_units, first_seq, self.window, compiled=self.fused)
 

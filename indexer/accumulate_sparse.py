@@ -80,14 +80,15 @@ class SparseAccumulator(MergeableAccumulator):
         if not candidates.samples_overflowed():
             b, p, units, bands = candidates.samples()
             add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
-                         first_seq, self.window)
+                         first_seq, self.window, compiled=True)
 
     def _update_top(self, acts, b, p, units, values, first_seq) -> None:
         keep = values > self.top.threshold()[units]
         self._add_top(acts, b[keep], p[keep], units[keep], first_seq)
 
     def _add_top(self, acts, b, p, units, first_seq) -> None:
-        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window)
+        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
+                     compiled=self.fused)
 
     def _update_samples(self, acts, b, p, units, bins, keys, first_seq) -> None:
         grid = self.grid
@@ -95,7 +96,7 @@ class SparseAccumulator(MergeableAccumulator):
         entry_keys = keys[b, p]
         keep = entry_keys < self.samples.threshold()[group]
         add_examples(self.samples, group[keep], entry_keys[keep], acts, b[keep], p[keep],
-                     units[keep], first_seq, self.window)
+                     units[keep], first_seq, self.window, compiled=self.fused)
 
 
 def _firing(acts: torch.Tensor):
