@@ -151,10 +151,15 @@ def _iter_hub(name: str, text_column: str, split: str) -> Iterator[str]:
         ) from exc
 
 
-def iter_token_stream(documents: Iterator[str], tokenizer, eos_token_id: int,
-                      group: int = 32) -> Iterator[list[int]]:
-    """Token ids of each document followed by EOS, tokenised in small groups for speed."""
+def iter_token_stream(documents: Iterator[str], tokenizer, eos_token_id: int, group: int = 32,
+                      group_chars: int = 1 << 15) -> Iterator[list[int]]:
+    """Token ids of each document followed by EOS, tokenised in small groups for speed.
+
+    A group ends at `group` documents or `group_chars` characters, whichever comes first:
+    a run that stops at --max-tokens then tokenises little more text than it uses.
+    """
     pending: list[str] = []
+    pending_chars = 0
 
     def flush():
         encoded = tokenizer(pending, add_special_tokens=False, verbose=False)["input_ids"]
@@ -166,8 +171,10 @@ def iter_token_stream(documents: Iterator[str], tokenizer, eos_token_id: int,
     for doc in documents:
         if doc and doc.strip():
             pending.append(doc)
-        if len(pending) >= group:
+            pending_chars += len(doc)
+        if len(pending) >= group or pending_chars >= group_chars:
             yield from flush()
+            pending_chars = 0
     if pending:
         yield from flush()
 
