@@ -90,7 +90,7 @@ def run_index(config: IndexConfig) -> str:
             n_sequences = batch.first_seq + tokens.shape[0]
             progress.update(tokens.numel())
             if config.checkpoint_every and batches_done % config.checkpoint_every == 0:
-                writer.flush()
+                writer.flush(wait=True)  # the checkpoint must not get ahead of the file
                 save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
             elif batches_done % SEQUENCE_FLUSH_BATCHES == 0:
                 writer.flush()  # memory stays flat however long the corpus

@@ -1,13 +1,17 @@
 """Writing an index: a temporary DuckDB file, renamed into place only when complete.
 
 Sequences are appended while the corpus streams (so memory does not grow with corpus
-length); everything else is written once at the end from Arrow tables.
+length); everything else is written once at the end from Arrow tables. All database work
+runs, in order, on one background thread: the caller goes on building the next table
+while DuckDB (which releases the GIL) inserts the last one. Errors surface at the next
+call that waits: `flush(wait=True)`, `finish` or `close`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +40,31 @@ class StoreWriter:
         if fresh:
             schema.create_all(self.con)
         self._pending: list[tuple[int, np.ndarray]] = []
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actscope-writer")
+        self._submitted: list[Future] = []
+
+    def _submit(self, work, *args) -> None:
+        self._submitted.append(self._worker.submit(work, *args))
+
+    def wait(self) -> None:
+        """Until everything submitted is in the database; raises the first error."""
+        submitted, self._submitted = self._submitted, []
+        for future in submitted:
+            future.result()
 
     def truncate_sequences(self, n_sequences: int) -> None:
         """Drop sequences written after the checkpoint a resumed run starts from."""
-        self.con.execute("DELETE FROM sequences WHERE model = ? AND seq >= ?", [self.model, n_sequences])
+        self._submit(self.con.execute, "DELETE FROM sequences WHERE model = ? AND seq >= ?",
+                     [self.model, n_sequences])
 
     def add_sequences(self, first_seq: int, tokens: np.ndarray) -> None:
         self._pending.append((first_seq, tokens.astype(np.int32, copy=False)))
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
+        """Write the sequences added so far; with `wait`, return once they are on disk."""
         if not self._pending:
+            if wait:
+                self.wait()
             return
         seqs = np.concatenate([first + np.arange(len(rows)) for first, rows in self._pending])
         rows = np.concatenate([rows for _, rows in self._pending])
@@ -58,11 +77,16 @@ class StoreWriter:
             "token_ids": token_lists,
         }))
         self._pending.clear()
-        self.con.execute("CHECKPOINT")
+        self._submit(self.con.execute, "CHECKPOINT")
+        if wait:
+            self.wait()
 
     def write_table(self, name: str, table: pa.Table) -> None:
         if name not in schema.TABLES:
             raise ValueError(f"unknown table {name}")
+        self._submit(self._insert, name, table)
+
+    def _insert(self, name: str, table: pa.Table) -> None:
         self.con.register("incoming", table)
         try:
             self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
@@ -75,15 +99,20 @@ class StoreWriter:
 
     def set_meta(self, key: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, text])
+        self._submit(self.con.execute, "INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, text])
 
     def finish(self, out_path: Path) -> None:
         """Index, checkpoint and close the file, then atomically move it to `out_path`."""
         self.flush()
-        schema.create_indexes(self.con)
-        self.con.execute("CHECKPOINT")
-        self.con.close()
+        self._submit(schema.create_indexes, self.con)
+        self._submit(self.con.execute, "CHECKPOINT")
+        self.close()
         os.replace(self.tmp_path, out_path)
 
     def close(self) -> None:
-        self.con.close()
+        """Wait for the submitted work (raising its first error) and close the file."""
+        try:
+            self.wait()
+        finally:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self.con.close()
