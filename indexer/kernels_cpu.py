@@ -196,47 +196,52 @@ def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
                 counts[start + i, bins[i]] += 1
 
 
-@njit(cache=True, nogil=True)
-def insert_examples(group, score, token, b, p, unit, acts, before, after, descending,
+@njit(parallel=True, cache=True, nogil=True)
+def insert_examples(group, score, token, b, p, unit, acts, before, after, descending, n_parts,
                     state_score, state_token, state_act, state_win):
     """GroupedTopK.add for example candidates, in place: each group's row of n slots stays
     sorted best first (ties: smaller token first), and a candidate that gets in has its
     activation and window (NaN outside the sequence) read from acts [B, P, U] directly.
 
     Only the candidates that get in cost anything beyond a comparison with the group's
-    worst entry, and only the slots after the insertion point move.
+    worst entry, and only the slots after the insertion point move. Reading a window is
+    a cache miss per position, so the groups are shared out among n_parts threads (by
+    group modulo n_parts: each group is still updated by one thread, in candidate order).
     """
     n_pos = acts.shape[1]
     n = state_score.shape[1]
-    for c in range(group.shape[0]):
-        g = group[c]
-        s = score[c]
-        t = token[c]
-        pos = n
-        while pos > 0:
-            other_s = state_score[g, pos - 1]
-            other_t = state_token[g, pos - 1]
-            if other_t >= 0:  # a real entry: is the candidate better?
-                if descending:
-                    ahead = s > other_s or (s == other_s and t < other_t)
-                else:
-                    ahead = s < other_s or (s == other_s and t < other_t)
-                if not ahead:
-                    break
-            pos -= 1
-        if pos == n:
-            continue
-        for k in range(n - 1, pos, -1):
-            state_score[g, k] = state_score[g, k - 1]
-            state_token[g, k] = state_token[g, k - 1]
-            state_act[g, k] = state_act[g, k - 1]
-            state_win[g, k, :] = state_win[g, k - 1, :]
-        state_score[g, pos] = s
-        state_token[g, pos] = t
-        state_act[g, pos] = acts[b[c], p[c], unit[c]]
-        for w in range(before + 1 + after):
-            q = p[c] - before + w
-            state_win[g, pos, w] = acts[b[c], q, unit[c]] if 0 <= q < n_pos else np.nan
+    for part in prange(n_parts):
+        for c in range(group.shape[0]):
+            g = group[c]
+            if g % n_parts != part:
+                continue
+            s = score[c]
+            t = token[c]
+            pos = n
+            while pos > 0:
+                other_s = state_score[g, pos - 1]
+                other_t = state_token[g, pos - 1]
+                if other_t >= 0:  # a real entry: is the candidate better?
+                    if descending:
+                        ahead = s > other_s or (s == other_s and t < other_t)
+                    else:
+                        ahead = s < other_s or (s == other_s and t < other_t)
+                    if not ahead:
+                        break
+                pos -= 1
+            if pos == n:
+                continue
+            for k in range(n - 1, pos, -1):
+                state_score[g, k] = state_score[g, k - 1]
+                state_token[g, k] = state_token[g, k - 1]
+                state_act[g, k] = state_act[g, k - 1]
+                state_win[g, k, :] = state_win[g, k - 1, :]
+            state_score[g, pos] = s
+            state_token[g, pos] = t
+            state_act[g, pos] = acts[b[c], p[c], unit[c]]
+            for w in range(before + 1 + after):
+                q = p[c] - before + w
+                state_win[g, pos, w] = acts[b[c], q, unit[c]] if 0 <= q < n_pos else np.nan
 
 
 FIRING_CHUNK = 16  # units whose activations are tested for firing at once

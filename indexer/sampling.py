@@ -108,11 +108,13 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
     ctx = acts.shape[1]
     token = (first_seq + b) * ctx + p
     if compiled:
+        import numba
+
         from .kernels_cpu import insert_examples
 
         insert_examples(group.numpy(), score.double().numpy(), token.numpy(), b.numpy(), p.numpy(),
                         units.numpy(), acts.contiguous().numpy(), window[0], window[1], examples.descending,
-                        examples.score.numpy(), examples.token.numpy(), examples.payload["act"].numpy(),
+                        numba.get_num_threads(), examples.score.numpy(), examples.token.numpy(), examples.payload["act"].numpy(),
                         examples.payload["win"].numpy())
         return
 
