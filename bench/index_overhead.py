@@ -1,10 +1,11 @@
 """Indexer overhead: the full indexer against the bare forward pass plus SAE encodes.
 
 Both run on the same tokens in the same batches, alternately, in one process; the
-figure that matters is their ratio (these machines are shared and noisy, so each side
-is measured `--rounds` times and the fastest round is kept).
+figure that matters is their ratio. These machines are shared and noisy, so each indexer
+run is compared with the floor runs just before and after it, and the median of those
+`--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
-    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 2]
+    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3]
 
 Model: the bundled toy-2l and its SAE when installed; otherwise a random model of the
 same shape (2 layers, d_model 256, d_mlp 1024, vocab 8192) with a random TopK SAE of
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import resource
 import tempfile
 import time
@@ -61,7 +63,7 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dataset", default="stdlib")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
 
@@ -101,10 +103,10 @@ def main() -> None:
                 runner(tokens)
         return time.perf_counter() - start, time.process_time() - cpu
 
-    def indexer(round_: int) -> tuple[float, float]:
+    def indexer(round_: int, max_tokens: int = args.max_tokens) -> tuple[float, float]:
         out = work / f"bench-{round_}.duckdb"
         config = IndexConfig(model=model_arg, dataset=args.dataset, out=str(out), saes=[sae_arg],
-                             max_tokens=args.max_tokens, ctx=args.ctx, batch_size=args.batch_size,
+                             max_tokens=max_tokens, ctx=args.ctx, batch_size=args.batch_size,
                              device="cpu", quiet=True, checkpoint_every=0)
         start, cpu = time.perf_counter(), time.process_time()
         run_index(config)
@@ -113,19 +115,26 @@ def main() -> None:
         return elapsed
 
     floor()  # warm-up: first-call allocations and thread pools
-    floors, indexers = [], []
+    indexer(-1, 16 * args.ctx * args.batch_size)  # warm-up: compiled kernels loaded (or compiled, on the first run after an install)
+    # floor, indexer, floor, indexer, ..., floor: each indexer run is compared with the mean
+    # of the floors just before and after it, so a machine that speeds up or slows down
+    # (shared cores) moves both sides of each ratio alike.
+    floors, indexers, ratios = [floor()], [], []
     for round_ in range(args.rounds):
-        floors.append(floor())
         indexers.append(indexer(round_))
-        print(f"round {round_ + 1}: floor {floors[-1][0]:.2f}s wall / {floors[-1][1]:.2f}s cpu, "
+        floors.append(floor())
+        around = [(floors[-2][k] + floors[-1][k]) / 2 for k in (0, 1)]
+        ratios.append(tuple(indexers[-1][k] / around[k] for k in (0, 1)))
+        print(f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
               f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
-              f"ratio {indexers[-1][0] / floors[-1][0]:.3f} wall / {indexers[-1][1] / floors[-1][1]:.3f} cpu")
+              f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu")
     for label, which in (("wall", 0), ("cpu", 1)):
         best_floor = min(f[which] for f in floors)
         best_indexer = min(i[which] for i in indexers)
         print(f"{label}: floor (forward + SAE encode) {best_floor:.2f}s = {n_tokens / best_floor:,.0f} tokens/s; "
               f"indexer (everything, incl. calibration and writing) {best_indexer:.2f}s = "
-              f"{n_tokens / best_indexer:,.0f} tokens/s; indexer / floor = {best_indexer / best_floor:.3f}")
+              f"{n_tokens / best_indexer:,.0f} tokens/s; fastest / fastest = {best_indexer / best_floor:.3f}; "
+              f"median of the rounds' ratios = {statistics.median(r[which] for r in ratios):.3f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
