@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from jinja2_fragments.fastapi import Jinja2Blocks
@@ -19,6 +20,19 @@ def tint(act: float, scale: float) -> str:
     return f"--a:{a:.3f}"
 
 
+def ascii_html(text: str) -> Markup:
+    """`text` escaped, with every non-ASCII character as a character reference: the
+    browser shows the same text, and a page that is all ASCII is joined and encoded
+    by Python several times faster (a unit page: 2 us instead of 70 to encode)."""
+    return Markup(str(escape(text)).encode("ascii", "xmlcharrefreplace").decode("ascii"))
+
+
+@lru_cache(maxsize=65536)
+def repr_token(tok: str) -> Markup:
+    """A token as a quoted string (JSON), escaped for HTML and ASCII."""
+    return ascii_html(json.dumps(tok, ensure_ascii=False))
+
+
 # Tint strengths 0.000..1.000 by thousandths: a list index instead of a float format
 # per token.
 _TINT = tuple(f"{i / 1000:.3f}" for i in range(1001))
@@ -30,8 +44,9 @@ _PIECES: dict[str, tuple[str, str]] = {}
 def _token_pieces(tok: str) -> tuple[str, str]:
     pieces = _PIECES.get(tok)
     if pieces is None:
-        label = escape(json.dumps(tok, ensure_ascii=False))
-        pieces = (f'" tabindex="0" title="{label}: ', f'">{escape(show_token(tok))}</span>')
+        # Newline and tab marks as character references, like every non-ASCII character.
+        shown = str(ascii_html(tok)).replace("\n", "&#8629;\n").replace("\t", "&#8677;\t")
+        pieces = (f'" tabindex="0" title="{repr_token(tok)}: ', f'">{shown}</span>')
         if len(_PIECES) < 1_000_000:
             _PIECES[tok] = pieces
     return pieces
@@ -115,7 +130,7 @@ def example_tabs(d: dict[str, Any]) -> Markup:
         on = current == str(b["band"])
         out.append(_TAB.format(
             cls="tab band-tab active" if on else "tab band-tab", on="true" if on else "false", url=url,
-            title=f' title="quantiles {fmt(b["q_lo"])}\u2013{fmt(b["q_hi"])}"', name=f"B{b['band']}",
+            title=f' title="quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])}"', name=f"B{b['band']}",
             range=f"{fmt(b['lo'])} to {fmt(b['hi'])}", share=f' <span class="share">{pct(b["share"])} of tokens</span>'))
     return Markup("".join(out))
 
@@ -158,8 +173,7 @@ def make_templates() -> Jinja2Blocks:
     env = templates.env
     env.globals.update(urls=urls, histogram_markup=histogram_markup, tint=tint, tokens_html=tokens_html,
                        example_items=example_items, example_tabs=example_tabs)
-    env.filters.update(fmt=fmt, pct=pct, show_token=show_token,
-                       repr_token=lambda t: json.dumps(t, ensure_ascii=False))
+    env.filters.update(fmt=fmt, pct=pct, show_token=show_token, repr_token=repr_token, ascii_html=ascii_html)
     env.trim_blocks = True
     env.lstrip_blocks = True
     # Installed templates never change while the server runs: no stat() of every
