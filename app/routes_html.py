@@ -35,8 +35,11 @@ def render(request: Request, template: str, data: dict[str, Any], *, html_url: s
 
 
 def _path(request: Request) -> str:
-    q = request.url.query
-    return request.url.path + (f"?{q}" if q else "")
+    # request.url.path and .query, straight from the ASGI scope (as Starlette's URL
+    # quotes them): building request.url costs more than all of a page's links.
+    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    q = request.scope.get("query_string", b"").decode()
+    return path + (f"?{q}" if q else "")
 
 
 @router.get("/", response_class=HTMLResponse)

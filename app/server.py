@@ -15,7 +15,7 @@ from indexer.store_reader import Store
 
 from . import errors, routes_api, routes_html
 from .live_service import LiveService
-from .render import make_templates
+from .render import make_templates, prepare_tokens
 from .resources import resource_dir
 from .response_cache import CacheMiddleware, ResponseCache
 from .settings import Settings
@@ -57,6 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.live = live
     app.state.templates = make_templates()
+    for m in models:
+        prepare_tokens(store.vocab(m.model))
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
     errors.install(app)
