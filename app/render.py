@@ -36,6 +36,9 @@ def repr_token(tok: str) -> Markup:
 # Tint strengths 0.000..1.000 by thousandths: a list index instead of a float format
 # per token.
 _TINT = tuple(f"{i / 1000:.3f}" for i in range(1001))
+# The opening of a token span by tint strength, positive and negative values.
+_OPEN = tuple(f'<span class="t" style="--a:{t}' for t in _TINT)
+_OPEN_NEG = tuple(f'<span class="t neg" style="--a:{t}' for t in _TINT)
 # token -> the two constant pieces of its span (escaped label, escaped text shown).
 # Bounded by the vocabularies served, so a plain dict; the cap only guards odd input.
 _PIECES: dict[str, tuple[str, str]] = {}
@@ -85,19 +88,24 @@ def _append_spans(out: list[str], toks: list[str], acts: list[float], scale: flo
                   focus: int | None, bos: bool) -> None:
     """tokens_html() into `out`, so a list of examples is joined (copied) only once."""
     inv = 1000.0 / scale if scale > 0 else 0.0
-    tint, pieces = _TINT, _PIECES
+    pos, neg, pieces = _OPEN, _OPEN_NEG, _PIECES
     first = len(out) + 1  # where the span of toks[0] goes
     append = out.append
     append('<span class="toks">')
     n = min(len(toks), len(acts))
     # All values in one % format (half the cost of one f-string per token).
     values = ("%.4f\n" * n % tuple(acts[:n])).split("\n")
-    # The same span as _span(), inlined: ~700 tokens per unit page.
+    # The same span as _span(), inlined: ~700 tokens per unit page. `a` is the tint
+    # strength in thousandths + 0.5 (rounding); NaN and inf fall to full strength.
     for tok, act, value in zip(toks, acts, values):
         before, after = pieces.get(tok) or _token_pieces(tok)
-        a = abs(act) * inv
-        append(f'<span class="{"t neg" if act < 0 else "t"}" style="--a:{tint[int(a + 0.5)] if a < 999.5 else "1.000"}'
-               f'{before}{value}" data-act="{value}{after}')
+        if act < 0:
+            a = 0.5 - act * inv
+            head = neg[int(a)] if a < 1000 else neg[1000]
+        else:
+            a = act * inv + 0.5
+            head = pos[int(a)] if a < 1000 else pos[1000]
+        append(f'{head}{before}{value}" data-act="{value}{after}')
     if focus is not None and 0 <= focus < n and not (bos and focus == 0):
         act = acts[focus]
         out[first + focus] = _span("t neg focus" if act < 0 else "t focus", abs(act) * inv, toks[focus], act)
@@ -200,6 +208,9 @@ def make_templates() -> Jinja2Blocks:
     # Installed templates never change while the server runs: no stat() of every
     # template file on every render.
     env.auto_reload = False
+    # The search box of every page, a global rather than imported by each page (an
+    # import costs a set difference over all globals on every render).
+    env.globals["search_form"] = env.get_template("_tokens.html").module.search_form
     env.getattr = _dict_first_getattr(env.getattr)
     return templates
 
