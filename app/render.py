@@ -122,8 +122,9 @@ def example_items(examples: list[dict[str, Any]], model: str, source: str, index
     if not examples:
         return Markup('<li class="empty">No examples in this set.</li>')
     out: list[str] = []
-    for i, ex in enumerate(examples):
-        surl = escape(urls.sequence(model, ex["seq"], source=source, index=index, pos=ex["pos"]))
+    links = urls.sequences(model, source, index, [(ex["seq"], ex["pos"]) for ex in examples])
+    for i, (ex, link) in enumerate(zip(examples, links)):
+        surl = escape(link)
         out.append(f'<li class="example" id="ex-{i}">\n'
                    f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n')
         _append_spans(out, ex["tokens"], ex["acts"], scale, ex["focus"], ex["start"] == 0)

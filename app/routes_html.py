@@ -141,11 +141,11 @@ def _unit_page(request, store, live, model, source, index, band, text):
     # A cached page never gets here: CacheMiddleware serves it before routing.
     status, live_error = 200, None
     try:
-        data = views.unit_view(store, live, model, source, index, text=text, band=band)
+        data = views.unit_view(store, live, model, source, index, text=text, band=band, shown_only=True)
     except AppError as exc:
         if exc.status == 404 or text is None:
             raise
-        data = views.unit_view(store, live, model, source, index, band=band)
+        data = views.unit_view(store, live, model, source, index, band=band, shown_only=True)
         data["text"] = text
         status, live_error = exc.status, exc.message
     data["live_error"] = live_error

@@ -120,6 +120,8 @@ def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: st
           f" with {workers} worker process{'es' if workers > 1 else ''}")
     if workers > 1:
         uvicorn.run("app.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning")
+                    log_level="warning", access_log=False)
     else:
-        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning")
+        # access_log off: at log level warning nothing is printed anyway, but uvicorn
+        # would still format every request's log line.
+        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning", access_log=False)

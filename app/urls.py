@@ -61,6 +61,14 @@ def sequence(model: str, seq: int, **params: object) -> str:
     return _with_query(f"/{_q(model)}/sequences/{int(seq)}", params)
 
 
+def sequences(model: str, source: str, index: int, seq_pos: list[tuple[int, int]]) -> list[str]:
+    """[sequence(model, seq, source=source, index=index, pos=pos) for seq, pos in seq_pos],
+    the common parts quoted once (a unit page links every example's sequence)."""
+    head = f"/{_q(model)}/sequences/"
+    query = f"?source={_qv(source)}&index={int(index)}&pos="
+    return [f"{head}{int(seq)}{query}{int(pos)}" for seq, pos in seq_pos]
+
+
 def try_page(model: str, **params: object) -> str:
     return _with_query(f"/{_q(model)}/try", params)
 
