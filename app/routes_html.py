@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import pages, urls, views
 from .deps import LiveDep, StoreDep
+from .fast_route import PlainParamsRoute
 from .errors import AppError
 
 router = APIRouter(include_in_schema=False)
@@ -124,7 +125,6 @@ def random_unit(store: StoreDep, model: str, source: str):
     return RedirectResponse(urls.unit(model, source, index), status_code=302)
 
 
-@router.get("/{model}/{source}/{index}", response_class=HTMLResponse)
 async def unit_page(request: Request, model: str, source: str, index: int, band: str | None = None,
                     text: str | None = None):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
@@ -135,6 +135,10 @@ async def unit_page(request: Request, model: str, source: str, index: int, band:
     if store.resident and text is None:
         return _unit_page(request, store, live, model, source, index, band, text)
     return await run_in_threadpool(_unit_page, request, store, live, model, source, index, band, text)
+
+
+router.add_api_route("/{model}/{source}/{index}", unit_page, methods=["GET"], response_class=HTMLResponse,
+                     route_class_override=PlainParamsRoute)
 
 
 def _unit_page(request, store, live, model, source, index, band, text):

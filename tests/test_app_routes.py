@@ -92,6 +92,18 @@ def test_route(client, path, status, kind):
         assert "htmx" in r.text and len(r.text) > 10_000
 
 
+@pytest.mark.parametrize("spelling", ["001", "+1", "1.0", "%201"])
+def test_unit_index_spellings_as_fastapi_parses_them(client, spelling):
+    # Plain digits take the unit routes' direct path (app/fast_route.py), any other
+    # spelling FastAPI's own parsing: the answers must not depend on which.
+    want = client.get(f"/api/{M}/{S}/1")
+    got = client.get(f"/api/{M}/{S}/{spelling}")
+    assert got.status_code == want.status_code == 200 and got.json() == want.json()
+    page = client.get(f"/{M}/{S}/{spelling}")
+    assert page.status_code == 200
+    assert BeautifulSoup(page.text, "html.parser").select_one(".unit-index").get_text() == "1"
+
+
 def test_error_shape_on_post(client):
     # Malformed body, missing fields and wrong types all give the same shape.
     for body in [None, {}, {"text": "hi"}, {"text": 3, "source": S}, {"text": "x", "source": S, "index": "a"}]:
