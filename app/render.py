@@ -95,7 +95,7 @@ def _append_spans(out: list[str], toks: list[str], acts: list[float], scale: flo
     n = min(len(toks), len(acts))
     # All values in one % format (half the cost of one f-string per token).
     values = ("%.4f\n" * n % tuple(acts[:n])).split("\n")
-    # The same span as _span(), inlined: ~700 tokens per unit page. `a` is the tint
+    # The same span as _span(), inlined: hundreds of tokens per unit page. `a` is the tint
     # strength in thousandths + 0.5 (rounding); NaN and inf fall to full strength.
     for tok, act, value in zip(toks, acts, values):
         before, after = pieces.get(tok) or _token_pieces(tok)
@@ -160,7 +160,7 @@ def example_tabs(d: dict[str, Any]) -> Markup:
         out.append(_TAB.format(
             cls="tab band-tab active" if on else "tab band-tab", on="true" if on else "false", url=url,
             title=f' title="quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])}"', name=f"B{b['band']}",
-            range=f"{fmt(b['lo'])} to {fmt(b['hi'])}", share=f' <span class="share">{pct(b["share"])} of tokens</span>'))
+            range=f"{fmt(b['lo'])} to {fmt(b['hi'])}", share=f' <span class="share">{escape(pct(b["share"]))} of tokens</span>'))
     return Markup("".join(out))
 
 
