@@ -21,13 +21,11 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
     def x(v: float) -> float:
         return PAD_X + (v - lo) / span * plot_w
 
-    bars = []
-    for i, c in enumerate(counts):
-        h = math.log1p(c) / top * plot_h
-        x0, x1 = x(edges[i]), x(edges[i + 1])
-        bars.append({"x": round(x0, 2), "y": round(PAD_TOP + plot_h - h, 2),
-                     "w": round(max(x1 - x0 - 0.5, 0.5), 2), "h": round(h, 2),
-                     "lo": edges[i], "hi": edges[i + 1], "count": c})
+    # Bars as columns (x, y, width, height), one value per bar.
+    xs = [x(v) for v in edges]
+    hs = [math.log1p(c) / top * plot_h for c in counts]
+    bars = {"x": xs[:-1], "y": [PAD_TOP + plot_h - h for h in hs],
+            "w": [max(x1 - x0 - 0.5, 0.5) for x0, x1 in zip(xs, xs[1:])], "h": hs}
     marks = []
     last_label = -1e9
     for b in bands:
@@ -48,18 +46,26 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
             "baseline": PAD_TOP + plot_h}
 
 
+_BAR = ('<rect class="bar" x="%.2f" y="%.2f" width="%.2f" height="%.2f">'
+        '<title>%s to %s: %s tokens</title></rect>')
+
+
 def histogram_markup(edges: list[float], counts: list[int], bands: list[dict[str, Any]]):
     """The histogram as an SVG element (escaped here: only numbers go in)."""
     from markupsafe import Markup
 
-    from .render import fmt
+    from .render import fmt, fmt_all
 
     h = histogram_svg(edges, counts, bands)
     out = [f'<svg viewBox="0 0 {h["width"]} {h["height"]}" role="img" '
            'aria-label="Histogram of activations (log count), band edges marked">']
-    for b in h["bars"]:
-        out.append(f'<rect class="bar" x="{b["x"]}" y="{b["y"]}" width="{b["w"]}" height="{b["h"]}">'
-                   f'<title>{fmt(b["lo"])} to {fmt(b["hi"])}: {b["count"]:,} tokens</title></rect>')
+    b = h["bars"]
+    if b:
+        # All bars in one % format: one <rect> per bar with its range and count.
+        labels = fmt_all(edges)
+        ns = [f"{c:,}" for c in counts]
+        cells = [v for bar in zip(b["x"], b["y"], b["w"], b["h"], labels, labels[1:], ns) for v in bar]
+        out.append(_BAR * len(counts) % tuple(cells))
     for m in h["marks"]:
         out.append(f'<line class="band-mark" x1="{m["x"]}" x2="{m["x"]}" y1="4" y2="{h["baseline"]}">'
                    f'<title>band {m["band"]} starts at {fmt(m["value"])}</title></line>')

@@ -128,7 +128,12 @@ def check_index(src: SourceInfo, index: int) -> None:
         raise not_found(f"{src.slug} has units 0 to {src.n_units - 1}; there is no unit {index}.")
 
 
-def unit_data(store: Store, model: str, source: str, index: int) -> dict[str, Any]:
+def unit_data(store: Store, model: str, source: str, index: int,
+              examples_of: str | None = None) -> dict[str, Any]:
+    """A unit's page data. With `examples_of` ("top" or a band number), of the bands
+    only that one carries its examples: a page shows one set, the other bands keep
+    their range, count and share but no "examples" key. By default (the API) every
+    band has them. The top examples are always there."""
     src = get_source(store, model, source)
     check_index(src, index)
     rec = store.unit(model, source, index)
@@ -157,7 +162,8 @@ def unit_data(store: Store, model: str, source: str, index: int) -> dict[str, An
         "bands": [
             {"band": b.band, "q_lo": b.q_lo, "q_hi": b.q_hi, "lo": b.lo, "hi": b.hi,
              "count": b.count, "share": b.share,
-             "examples": [example_dict(store, model, ex) for ex in b.examples]}
+             **({"examples": [example_dict(store, model, ex) for ex in b.examples]}
+                if examples_of is None or examples_of == str(b.band) else {})}
             for b in rec.bands
         ],
         "logits": logits,

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import pages, urls, views
 from .deps import LiveDep, StoreDep
+from .fast_route import PlainParamsRoute
 from .errors import AppError
 
 router = APIRouter(include_in_schema=False)
@@ -35,8 +36,11 @@ def render(request: Request, template: str, data: dict[str, Any], *, html_url: s
 
 
 def _path(request: Request) -> str:
-    q = request.url.query
-    return request.url.path + (f"?{q}" if q else "")
+    # request.url.path and .query, straight from the ASGI scope (as Starlette's URL
+    # quotes them): building request.url costs more than all of a page's links.
+    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    q = request.scope.get("query_string", b"").decode()
+    return path + (f"?{q}" if q else "")
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -121,9 +125,11 @@ def random_unit(store: StoreDep, model: str, source: str):
     return RedirectResponse(urls.unit(model, source, index), status_code=302)
 
 
-@router.get("/{model}/{source}/{index}", response_class=HTMLResponse)
-async def unit_page(request: Request, store: StoreDep, live: LiveDep, model: str, source: str,
-                    index: int, band: str | None = None, text: str | None = None):
+async def unit_page(request: Request, model: str, source: str, index: int, band: str | None = None,
+                    text: str | None = None):
+    # The hottest page reads app.state itself: two dependencies cost ~10% of a first
+    # view (FastAPI resolves each per request).
+    store, live = request.app.state.store, request.app.state.live
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
     # may query DuckDB or wait for the model goes to the threadpool.
     if store.resident and text is None:
@@ -131,15 +137,19 @@ async def unit_page(request: Request, store: StoreDep, live: LiveDep, model: str
     return await run_in_threadpool(_unit_page, request, store, live, model, source, index, band, text)
 
 
+router.add_api_route("/{model}/{source}/{index}", unit_page, methods=["GET"], response_class=HTMLResponse,
+                     route_class_override=PlainParamsRoute)
+
+
 def _unit_page(request, store, live, model, source, index, band, text):
     # A cached page never gets here: CacheMiddleware serves it before routing.
     status, live_error = 200, None
     try:
-        data = views.unit_view(store, live, model, source, index, text=text, band=band)
+        data = views.unit_view(store, live, model, source, index, text=text, band=band, shown_only=True)
     except AppError as exc:
         if exc.status == 404 or text is None:
             raise
-        data = views.unit_view(store, live, model, source, index, band=band)
+        data = views.unit_view(store, live, model, source, index, band=band, shown_only=True)
         data["text"] = text
         status, live_error = exc.status, exc.message
     data["live_error"] = live_error

@@ -15,7 +15,7 @@ from indexer.store_reader import Store
 
 from . import errors, routes_api, routes_html
 from .live_service import LiveService
-from .render import make_templates
+from .render import make_templates, prepare_tokens
 from .resources import resource_dir
 from .response_cache import CacheMiddleware, ResponseCache
 from .settings import Settings
@@ -57,6 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.live = live
     app.state.templates = make_templates()
+    for m in models:
+        prepare_tokens(store.vocab(m.model))
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
     errors.install(app)
@@ -118,6 +120,8 @@ def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: st
           f" with {workers} worker process{'es' if workers > 1 else ''}")
     if workers > 1:
         uvicorn.run("app.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning")
+                    log_level="warning", access_log=False)
     else:
-        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning")
+        # access_log off: at log level warning nothing is printed anyway, but uvicorn
+        # would still format every request's log line.
+        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning", access_log=False)

@@ -15,8 +15,11 @@ from .live_service import LiveService
 
 
 def unit_view(store: Store, live: LiveService, model: str, source: str, index: int,
-              text: str | None = None, band: str | None = None) -> dict[str, Any]:
-    data = pages.unit_data(store, model, source, index)
+              text: str | None = None, band: str | None = None,
+              shown_only: bool = False) -> dict[str, Any]:
+    """With `shown_only` (HTML pages), only the chosen band's examples are loaded."""
+    data = pages.unit_data(store, model, source, index,
+                           examples_of=(band or "top") if shown_only else None)
     data["band"] = _band_choice(band, len(data["bands"]))
     data["text"] = text
     data["live"] = None

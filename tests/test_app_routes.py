@@ -92,6 +92,18 @@ def test_route(client, path, status, kind):
         assert "htmx" in r.text and len(r.text) > 10_000
 
 
+@pytest.mark.parametrize("spelling", ["001", "+1", "1.0", "%201"])
+def test_unit_index_spellings_as_fastapi_parses_them(client, spelling):
+    # Plain digits take the unit routes' direct path (app/fast_route.py), any other
+    # spelling FastAPI's own parsing: the answers must not depend on which.
+    want = client.get(f"/api/{M}/{S}/1")
+    got = client.get(f"/api/{M}/{S}/{spelling}")
+    assert got.status_code == want.status_code == 200 and got.json() == want.json()
+    page = client.get(f"/{M}/{S}/{spelling}")
+    assert page.status_code == 200
+    assert BeautifulSoup(page.text, "html.parser").select_one(".unit-index").get_text() == "1"
+
+
 def test_error_shape_on_post(client):
     # Malformed body, missing fields and wrong types all give the same shape.
     for body in [None, {}, {"text": "hi"}, {"text": 3, "source": S}, {"text": "x", "source": S, "index": "a"}]:
@@ -214,3 +226,22 @@ def test_openapi_documents_the_api(client):
     unit = paths["/api/{model}/{source}/{index}"]["get"]["responses"]
     assert "404" in unit and "422" in unit
     assert not [p for p in paths if not p.startswith("/api")]
+
+
+def test_unit_page_parts_built_in_python_are_escaped():
+    # Tabs, example items and logit rows are HTML built in app/render.py, not by
+    # Jinja's autoescape: text that could hold markup must still come out escaped.
+    from app.render import example_items, example_tabs, logit_rows
+
+    d = {"model": "m", "source": {"slug": "s"}, "index": 1, "text": 'a"&<b>', "band": "0",
+         "top": [], "stats": {"max": 1.0},
+         "bands": [{"band": 0, "q_lo": 0.0, "q_hi": 0.5, "lo": -1.0, "hi": 0.0, "share": 1e-6}]}
+    tabs = BeautifulSoup(str(example_tabs(d)), "html.parser")
+    assert tabs.select_one("a.band-tab.active .share").get_text() == "<0.01% of tokens"
+    assert tabs.select_one("a.band-tab")["href"] == "/m/s/1?band=0&text=a%22%26%3Cb%3E"
+    ex = {"seq": 3, "pos": 2, "act": 1.5, "start": 1, "focus": 1, "tokens": ["<x>", "&"], "acts": [0.5, 1.5]}
+    item = BeautifulSoup(str(example_items([ex], "m", "s&t", 1, 2.0)), "html.parser")
+    assert [t.get_text() for t in item.select(".t")] == ["<x>", "&"]
+    assert item.select_one("a.full-link")["href"] == "/m/sequences/3?source=s%26t&index=1&pos=2"
+    rows = BeautifulSoup(str(logit_rows([{"token": "</td>", "value": -0.25}], "neg-text")), "html.parser")
+    assert rows.select_one("code").get_text() == '"</td>"' and rows.select_one(".num").get_text() == "-0.250"
