@@ -63,8 +63,7 @@ def key_order(keys: torch.Tensor) -> np.ndarray:
 
 
 def _filled_rows(out: np.ndarray, count: np.ndarray) -> tuple[torch.Tensor, ...]:
-    filled = np.arange(out.shape[1])[None, :] < count[:, None]
-    rows = torch.from_numpy(out[filled])
+    rows = torch.from_numpy(np.concatenate([out[part, :filled] for part, filled in enumerate(count)]))
     return tuple(rows[:, i] for i in range(out.shape[2]))
 
 
