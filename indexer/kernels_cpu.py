@@ -266,33 +266,41 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
     for part in prange(n_parts):
         start = min(n_units, part * part_width)
         stop = min(n_units, start + part_width)
+        width = stop - start
         n_top = 0
         n_sample = 0
-        firing = np.empty(stop - start, np.int64)
+        firing = np.empty(width, np.int64)
         open_bands = band_need[start:stop].copy()  # as in dense_pass
-        taken = np.zeros((stop - start, n_bands), np.int64)
-        need = np.empty(stop - start, np.float64)
-        for i in range(stop - start):
+        taken = np.zeros((width, n_bands), np.int64)
+        need = np.empty(width, np.float64)
+        for i in range(width):
             need[i] = open_bands[i].max()
         for k in range(order.shape[0]):
             b = order[k] // n_pos
             p = order[k] - b * n_pos
-            row_bits = bits[b, p]
+            # Indexing slices from 0 lets the compiler drop negative-index handling and vectorise.
+            row_bits = bits[b, p, start:stop]
+            row = acts[b, p, start:stop]
             key = keys[order[k]]
-            # Pass 1, without data-dependent branches: the row's firing units.
+            # Pass 1: the row's firing units.
             n_firing = 0
-            for chunk in range(start, stop, FIRING_CHUNK):
-                chunk_stop = min(stop, chunk + FIRING_CHUNK)
+            for chunk in range(0, width - FIRING_CHUNK + 1, FIRING_CHUNK):
                 largest = np.int32(0)
-                for u in range(chunk, chunk_stop):
-                    largest = max(largest, row_bits[u])
+                for i in range(FIRING_CHUNK):  # a constant trip count: one vector max
+                    largest = max(largest, row_bits[chunk + i])
                 if largest > 0:
-                    for u in range(chunk, chunk_stop):
-                        firing[n_firing] = u
-                        n_firing += acts[b, p, u] > 0
+                    for i in range(chunk, chunk + FIRING_CHUNK):
+                        if row[i] > 0:
+                            firing[n_firing] = i
+                            n_firing += 1
+            for i in range(width - width % FIRING_CHUNK, width):
+                if row[i] > 0:
+                    firing[n_firing] = i
+                    n_firing += 1
             # Pass 2: their updates, whose memory accesses can all be in flight at once.
-            for k in range(n_firing):
-                u = firing[k]
+            for f in range(n_firing):
+                i = firing[f]
+                u = start + i
                 x = acts[b, p, u]
                 xd = np.float64(x)
                 total[u] += xd
@@ -310,7 +318,6 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
                         top_out[part, n_top, 1] = p
                         top_out[part, n_top, 2] = u
                     n_top += 1
-                i = u - start
                 if key < need[i]:
                     band = band_of_bin[u, j]
                     if key < open_bands[i, band]:
