@@ -109,7 +109,7 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
         part_low = low[start:stop].copy()
         part_high = high[start:stop].copy()
         counts = np.zeros((width, n_bins), np.int32)  # a batch never has 2**31 tokens
-        bins = np.empty(width, np.int32)
+        bins = np.empty(width, np.uint32)  # unsigned: no negative-index handling
         n_top = 0
         n_sample = 0
         for k in range(order.shape[0]):
@@ -131,7 +131,7 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
                 r = np.ceil(row[i] * unit_scale[i]) + offset[i]
                 r = r if r >= 0 else np.float32(0)  # also NaN
                 r = r if r <= last_bin else last_bin
-                bins[i] = np.int32(r)
+                bins[i] = np.uint32(r)
             for i in range(width):
                 counts[i, bins[i]] += 1
             above = 0
@@ -190,7 +190,7 @@ def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
                 r = np.ceil(values[row, start + i] * scale[start + i]) - np.float32(1.0) - base[start + i]
                 r = r if r >= 0 else np.float32(0)
                 r = r if r <= last_bin else last_bin
-                bins[i] = np.int32(r)
+                bins[i] = np.uint32(r)
             for i in range(stop - start):
                 counts[start + i, bins[i]] += 1
 
@@ -241,6 +241,39 @@ def insert_examples(group, score, token, b, p, unit, acts, before, after, descen
             for w in range(before + 1 + after):
                 q = p[c] - before + w
                 state_win[g, pos, w] = acts[b[c], q, unit[c]] if 0 <= q < n_pos else np.nan
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def row_extremes(values, top_index, top_value, bottom_index, bottom_value):
+    """The n largest and n smallest entries of each row of values [R, C], best first (ties:
+    smaller column first); n = top_index.shape[1] <= C. One read of each row."""
+    n_rows, n_cols = values.shape
+    n = top_index.shape[1]
+    for r in prange(n_rows):
+        row = values[r]
+        for k in range(n):  # the first n columns, sorted, start both lists
+            top_value[r, k] = -np.inf
+            bottom_value[r, k] = np.inf
+        filled = 0
+        for c in range(n_cols):
+            x = row[c]
+            if filled < n or x > top_value[r, n - 1]:
+                k = min(filled, n - 1)
+                while k > 0 and x > top_value[r, k - 1]:
+                    top_value[r, k] = top_value[r, k - 1]
+                    top_index[r, k] = top_index[r, k - 1]
+                    k -= 1
+                top_value[r, k] = x
+                top_index[r, k] = c
+            if filled < n or x < bottom_value[r, n - 1]:
+                k = min(filled, n - 1)
+                while k > 0 and x < bottom_value[r, k - 1]:
+                    bottom_value[r, k] = bottom_value[r, k - 1]
+                    bottom_index[r, k] = bottom_index[r, k - 1]
+                    k -= 1
+                bottom_value[r, k] = x
+                bottom_index[r, k] = c
+            filled += 1
 
 
 FIRING_CHUNK = 16  # units whose activations are tested for firing at once

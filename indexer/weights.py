@@ -43,6 +43,15 @@ def logit_table(model, source: Source, n: int = N_LOGIT_TOKENS, chunk: int = 512
     parts: list[tuple] = []
     for block in directions.split(chunk):  # [chunk, vocab] at a time bounds memory
         effect = block.to(unembed.dtype) @ unembed
+        if effect.device.type == "cpu" and effect.dtype == torch.float32:
+            from .kernels_cpu import row_extremes  # one pass instead of two sorts
+
+            top_ids, bottom_ids = (torch.empty(len(effect), n, dtype=torch.long) for _ in range(2))
+            top_values, bottom_values = (torch.empty(len(effect), n) for _ in range(2))
+            row_extremes(effect.numpy(), top_ids.numpy(), top_values.numpy(), bottom_ids.numpy(),
+                         bottom_values.numpy())
+            parts.append((top_ids, top_values, bottom_ids, bottom_values))
+            continue
         top = effect.topk(n, dim=1)
         bottom = effect.topk(n, dim=1, largest=False)
         parts.append((top.indices, top.values, bottom.indices, bottom.values))
