@@ -64,17 +64,20 @@ def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.
 
 
 def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros):
-    width = grid.width
     edges_list, counts_list = [], []
     hist_np = hist.numpy()
+    # Plain Python numbers up front: indexing tensors one unit at a time is slow.
+    first_bin, last_bin, lo, hi = first_bin.tolist(), last_bin.tolist(), lo.tolist(), hi.tolist()
+    base, width = grid.base.tolist(), grid.width.tolist()
+    zeros = zeros.tolist() if zeros is not None else None
     for unit in range(hist.shape[0]):
-        f0, f1 = int(first_bin[unit]), int(last_bin[unit])
+        f0, f1 = first_bin[unit], last_bin[unit]
         group = max(1, -(-(f1 - f0 + 1) // DISPLAY_BINS))
         fine = hist_np[unit, f0:f1 + 1]
         padded = np.zeros(-(-fine.size // group) * group, dtype=np.int64)
         padded[:fine.size] = fine
         counts = padded.reshape(-1, group).sum(1)
-        inner = (float(grid.base[unit]) + f0 + group * np.arange(1, counts.size)) * float(width[unit])
+        inner = (base[unit] + f0 + group * np.arange(1, counts.size)) * width[unit]
         edges = [float(lo[unit]), *inner.tolist(), float(hi[unit])]
         counts = counts.tolist()
         if zeros is not None:  # SAE: the first bin holds the tokens where the feature is silent
