@@ -27,12 +27,22 @@ class ActivationRunner:
             self.stop_at_layer = None
 
     @torch.inference_mode()
-    def __call__(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations per source slug, each [batch, pos, n_units] float32."""
+    def __call__(self, tokens: torch.Tensor, consume=None) -> dict[str, torch.Tensor]:
+        """Activations per source slug, each [batch, pos, n_units] float32.
+
+        `consume(slug, activations)`, if given, is called for each source as soon as its
+        activations exist, inside the forward pass: they are then still in the caches.
+        """
         captured: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
 
         def capture(act, hook):
             captured[hook.name] = act
+            for source in self.sources:
+                if source.hook_name == hook.name:
+                    out[source.slug] = act.float() if source.kind == "neuron" else encode(source.sae, act)
+                    if consume is not None:
+                        consume(source.slug, out[source.slug])
             if len(captured) == len(self.hooks):
                 # Stop inside the block: e.g. after mlp.hook_post, W_out is never applied.
                 raise _AllCaptured
@@ -46,14 +56,7 @@ class ActivationRunner:
             )
         except _AllCaptured:
             pass
-        out = {}
-        for source in self.sources:
-            act = captured[source.hook_name]
-            if source.kind == "neuron":
-                out[source.slug] = act.float()
-            else:
-                out[source.slug] = encode(source.sae, act)
-        return out
+        return {source.slug: out[source.slug] for source in self.sources}
 
 
 def encode(sae, act: torch.Tensor) -> torch.Tensor:

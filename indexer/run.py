@@ -82,9 +82,11 @@ def run_index(config: IndexConfig) -> str:
             if batch.index < batches_done:
                 continue  # already in the checkpoint
             tokens = batch.tokens.to(device)
-            if acts is None:
-                acts = runner(tokens)
-            accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed)
+            if acts is None:  # each source accumulated as soon as the forward pass yields it
+                update = accumulate_each(accumulators, tokens, batch.first_seq, config.seed)
+                runner(tokens, consume=update)
+            else:
+                accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed)
             writer.add_sequences(batch.first_seq, batch.tokens.numpy())
             batches_done = batch.index + 1
             n_sequences = batch.first_seq + tokens.shape[0]
@@ -124,6 +126,13 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
 
 def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int) -> None:
     """Every source's accumulator updated with the activations `acts` of `tokens` [batch, ctx]."""
+    update = accumulate_each(accumulators, tokens, first_seq, seed)
+    for source in sources:
+        update(source.slug, acts[source.slug])
+
+
+def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
+    """update(slug, activations): one source's accumulator updated for `tokens` [batch, ctx]."""
     import torch
 
     from .sampling import token_keys
@@ -131,8 +140,11 @@ def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, 
     batch, ctx = tokens.shape
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
-    for source in sources:
-        accumulators[source.slug].update(acts[source.slug], first_seq, keys)
+
+    def update(slug: str, acts) -> None:
+        accumulators[slug].update(acts, first_seq, keys)
+
+    return update
 
 
 def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,
