@@ -160,9 +160,16 @@ def iter_token_stream(documents: Iterator[str], tokenizer, eos_token_id: int, gr
     """
     pending: list[str] = []
     pending_chars = 0
+    # A fast tokenizer's Rust backend, asked for ids only (no offsets), is ~20% quicker.
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None and not hasattr(backend, "encode_batch_fast"):
+        backend = None
 
     def flush():
-        encoded = tokenizer(pending, add_special_tokens=False, verbose=False)["input_ids"]
+        if backend is not None:
+            encoded = [e.ids for e in backend.encode_batch_fast(pending, add_special_tokens=False)]
+        else:
+            encoded = tokenizer(pending, add_special_tokens=False, verbose=False)["input_ids"]
         pending.clear()
         for ids in encoded:
             if ids:
