@@ -67,6 +67,66 @@ def _filled_rows(out: np.ndarray, count: np.ndarray) -> tuple[torch.Tensor, ...]
     return tuple(rows[:, i] for i in range(out.shape[2]))
 
 
+@njit(inline="always")
+def _part(n_units, n_parts, part):
+    """(start, stop): the contiguous units of one part, the parts as equal as possible."""
+    width = -(-n_units // n_parts)
+    start = min(n_units, part * width)
+    return start, min(n_units, start + width)
+
+
+@njit(inline="always")
+def _fine_bin(x, scale, offset, last_bin):
+    """The fine bin of x, as a float32 in [0, last_bin]; offset = -1 - base.
+
+    ceil(x * 2**e) is exact in float32, and so is adding the integer offset for every
+    value inside the grid; the clamp sends the rest (and NaN) to the end bins.
+    """
+    r = np.ceil(x * scale) + offset
+    r = r if r >= 0 else np.float32(0)
+    return r if r <= last_bin else last_bin
+
+
+@njit(inline="always")
+def _band_state(band_need, start, stop):
+    """(open band thresholds, candidates taken per band, largest open threshold per unit)
+    of units start..stop, at the start of a batch."""
+    open_bands = band_need[start:stop].copy()
+    taken = np.zeros(open_bands.shape, np.int64)
+    need = np.empty(stop - start, np.float64)
+    for i in range(stop - start):
+        need[i] = open_bands[i].max()
+    return open_bands, taken, need
+
+
+@njit(inline="always")
+def _offer_sample(key, i, band, band_size, open_bands, taken, need, out, part, n, b, p, u):
+    """Band-sample candidate (b, p) of unit u = start + i in `band`, if its key gets in;
+    closes the band once it has band_size candidates. Returns the new candidate count."""
+    if not key < open_bands[i, band]:
+        return n
+    taken[i, band] += 1
+    if taken[i, band] == band_size:
+        open_bands[i, band] = -np.inf
+        need[i] = open_bands[i].max()
+    if n < out.shape[1]:
+        out[part, n, 0] = b
+        out[part, n, 1] = p
+        out[part, n, 2] = u
+        out[part, n, 3] = band
+    return n + 1
+
+
+@njit(inline="always")
+def _offer_top(out, part, n, b, p, u):
+    """Top-k candidate (b, p) of unit u. Returns the new candidate count."""
+    if n < out.shape[1]:
+        out[part, n, 0] = b
+        out[part, n, 1] = p
+        out[part, n, 2] = u
+    return n + 1
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
                total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
@@ -84,26 +144,17 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
     few even in the first batches, when the thresholds are still infinite.
     """
     n_batch, n_pos, n_units = acts.shape
-    n_bands = band_need.shape[1]
     n_parts = top_count.shape[0]
-    top_cap = top_out.shape[1]
-    sample_cap = sample_out.shape[1]
     last_bin = np.float32(n_bins - 1)
-    part_width = -(-n_units // n_parts)
     for part in prange(n_parts):
-        start = min(n_units, part * part_width)
-        stop = min(n_units, start + part_width)
+        start, stop = _part(n_units, n_parts, part)
         width = stop - start
         unit_scale = scale[start:stop].copy()
         offset = np.empty(width, np.float32)
         for i in range(width):
             offset[i] = np.float32(-1.0) - base[start + i]
         threshold = top_threshold[start:stop].copy()
-        open_bands = band_need[start:stop].copy()
-        taken = np.zeros((width, n_bands), np.int64)
-        need = np.empty(width, np.float64)
-        for i in range(width):
-            need[i] = open_bands[i].max()
+        open_bands, taken, need = _band_state(band_need, start, stop)
         part_total = total[start:stop].copy()
         part_total_sq = total_sq[start:stop].copy()
         part_low = low[start:stop].copy()
@@ -126,12 +177,7 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
             for i in range(width):
                 part_high[i] = max(part_high[i], row[i])
             for i in range(width):
-                # ceil(x * 2**e) is exact in float32, and so is adding the integer offset
-                # for every value inside the grid; the clamp sends the rest to the end bins.
-                r = np.ceil(row[i] * unit_scale[i]) + offset[i]
-                r = r if r >= 0 else np.float32(0)  # also NaN
-                r = r if r <= last_bin else last_bin
-                bins[i] = np.uint32(r)
+                bins[i] = np.uint32(_fine_bin(row[i], unit_scale[i], offset[i], last_bin))
             for i in range(width):
                 counts[i, bins[i]] += 1
             above = 0
@@ -140,11 +186,7 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
             if above:
                 for i in range(width):
                     if row[i] > threshold[i]:
-                        if n_top < top_cap:
-                            top_out[part, n_top, 0] = b
-                            top_out[part, n_top, 1] = p
-                            top_out[part, n_top, 2] = start + i
-                        n_top += 1
+                        n_top = _offer_top(top_out, part, n_top, b, p, start + i)
             wanted = 0
             for i in range(width):
                 wanted += key < need[i]
@@ -152,18 +194,8 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
                 for i in range(width):
                     if key < need[i]:
                         u = start + i
-                        band = band_of_bin[u, bins[i]]
-                        if key < open_bands[i, band]:
-                            taken[i, band] += 1
-                            if taken[i, band] == band_size:
-                                open_bands[i, band] = -np.inf
-                                need[i] = open_bands[i].max()
-                            if n_sample < sample_cap:
-                                sample_out[part, n_sample, 0] = b
-                                sample_out[part, n_sample, 1] = p
-                                sample_out[part, n_sample, 2] = u
-                                sample_out[part, n_sample, 3] = band
-                            n_sample += 1
+                        n_sample = _offer_sample(key, i, band_of_bin[u, bins[i]], band_size, open_bands, taken,
+                                                 need, sample_out, part, n_sample, b, p, u)
         for i in range(width):
             total[start + i] = part_total[i]
             total_sq[start + i] = part_total_sq[i]
@@ -180,17 +212,13 @@ def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
     """counts [U, n_bins] += the bins of values [N, U] (the bins dense_pass computes)."""
     n_rows, n_units = values.shape
     last_bin = np.float32(n_bins - 1)
-    part_width = -(-n_units // n_parts)
     for part in prange(n_parts):
-        start = min(n_units, part * part_width)
-        stop = min(n_units, start + part_width)
-        bins = np.empty(stop - start, np.int32)
+        start, stop = _part(n_units, n_parts, part)
+        bins = np.empty(stop - start, np.uint32)
         for row in range(n_rows):
             for i in range(stop - start):
-                r = np.ceil(values[row, start + i] * scale[start + i]) - np.float32(1.0) - base[start + i]
-                r = r if r >= 0 else np.float32(0)
-                r = r if r <= last_bin else last_bin
-                bins[i] = np.uint32(r)
+                u = start + i
+                bins[i] = np.uint32(_fine_bin(values[row, u], scale[u], np.float32(-1.0) - base[u], last_bin))
             for i in range(stop - start):
                 counts[start + i, bins[i]] += 1
 
@@ -289,25 +317,16 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
     (or NaN), a test that vectorises; only such chunks are looked at value by value.
     """
     n_batch, n_pos, n_units = acts.shape
-    n_bands = band_need.shape[1]
     bits = acts.view(np.int32)
     n_parts = top_count.shape[0]
-    top_cap = top_out.shape[1]
-    sample_cap = sample_out.shape[1]
     last_bin = np.float32(n_bins - 1)
-    part_width = -(-n_units // n_parts)
     for part in prange(n_parts):
-        start = min(n_units, part * part_width)
-        stop = min(n_units, start + part_width)
+        start, stop = _part(n_units, n_parts, part)
         width = stop - start
         n_top = 0
         n_sample = 0
         firing = np.empty(width, np.int64)
-        open_bands = band_need[start:stop].copy()  # as in dense_pass
-        taken = np.zeros((width, n_bands), np.int64)
-        need = np.empty(width, np.float64)
-        for i in range(width):
-            need[i] = open_bands[i].max()
+        open_bands, taken, need = _band_state(band_need, start, stop)
         for k in range(order.shape[0]):
             b = order[k] // n_pos
             p = order[k] - b * n_pos
@@ -340,29 +359,12 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
                 total_sq[u] += xd * xd
                 low[u] = min(low[u], x)
                 high[u] = max(high[u], x)
-                r = np.ceil(x * scale[u]) - np.float32(1.0) - base[u]
-                r = r if r >= 0 else np.float32(0)
-                r = r if r <= last_bin else last_bin
-                j = np.int64(r)
+                j = np.uint32(_fine_bin(x, scale[u], np.float32(-1.0) - base[u], last_bin))
                 hist[u, j] += 1
                 if x > top_threshold[u]:
-                    if n_top < top_cap:
-                        top_out[part, n_top, 0] = b
-                        top_out[part, n_top, 1] = p
-                        top_out[part, n_top, 2] = u
-                    n_top += 1
+                    n_top = _offer_top(top_out, part, n_top, b, p, u)
                 if key < need[i]:
-                    band = band_of_bin[u, j]
-                    if key < open_bands[i, band]:
-                        taken[i, band] += 1
-                        if taken[i, band] == band_size:
-                            open_bands[i, band] = -np.inf
-                            need[i] = open_bands[i].max()
-                        if n_sample < sample_cap:
-                            sample_out[part, n_sample, 0] = b
-                            sample_out[part, n_sample, 1] = p
-                            sample_out[part, n_sample, 2] = u
-                            sample_out[part, n_sample, 3] = band
-                        n_sample += 1
+                    n_sample = _offer_sample(key, i, band_of_bin[u, j], band_size, open_bands, taken, need,
+                                             sample_out, part, n_sample, b, p, u)
         top_count[part] = n_top
         sample_count[part] = n_sample
