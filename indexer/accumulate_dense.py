@@ -12,15 +12,10 @@ same state; candidates are compacted with a few host syncs per batch, none per u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .grid import Grid
 from .sampling import MergeableAccumulator, RunningStats, add_examples, band_thresholds, new_examples
-
-if TYPE_CHECKING:
-    from .kernels_cpu import CandidateBuffers
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
@@ -42,7 +37,6 @@ class DenseAccumulator(MergeableAccumulator):
         # ceil(x * scale) + offset = unit * n_bins + bin + 1/2: one histc counts all units.
         self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
         self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path
-        self._candidates: CandidateBuffers | None = None  # written by the fused kernel
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys."""
@@ -56,34 +50,23 @@ class DenseAccumulator(MergeableAccumulator):
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        from .kernels_cpu import CandidateBuffers, dense_pass, key_order
+        from .kernels_cpu import dense_pass
 
-        stats, grid, window = self.stats, self.grid, self.window
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        if self._candidates is None:
-            self._candidates = CandidateBuffers()
-        candidates = self._candidates
-        candidates.reset()
-        dense_pass(
-            acts.numpy(), keys.reshape(-1).numpy(), key_order(keys), grid.scale.numpy(), grid.base.numpy(),
-            grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
-            band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
-            stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(), *candidates.args())
-        stats.n_tokens += body.shape[0] * body.shape[1]
+        candidates = self._run_pass(dense_pass, acts, keys, top_threshold)
+        self.stats.n_tokens += body.shape[0] * body.shape[1]
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
         elif candidates.top_overflowed():  # too many to buffer: find them again
-            self._update_top(acts, body, body.reshape(-1, self.n_units) * grid.scale, first_seq)
+            self._update_top(acts, body, body.reshape(-1, self.n_units) * self.grid.scale, first_seq)
         else:
             self._add_top(acts, *candidates.top(), first_seq)
         if candidates.samples_overflowed():
             self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
         else:
-            b, p, units, bands = candidates.samples()
-            add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
-                         first_seq, window, compiled=True)
+            self._add_sample_candidates(candidates, acts, first_seq, keys)
 
     def _update_stats(self, body: torch.Tensor) -> torch.Tensor:
         """Moments and extremes; returns the values times the grid scale, [tokens, U].
@@ -144,11 +127,6 @@ class DenseAccumulator(MergeableAccumulator):
         rows = rows.reshape(-1)
         units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
         self._add_top(acts, rows // body.shape[1], rows % body.shape[1] + 1, units, first_seq)
-
-    def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
-        """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""
-        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
-                     compiled=self.fused)
 
     def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int,
                         keys: torch.Tensor) -> None:

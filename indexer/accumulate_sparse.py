@@ -11,15 +11,10 @@ Both paths give the same state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .grid import Grid
-from .sampling import MergeableAccumulator, RunningStats, add_examples, band_thresholds, new_examples
-
-if TYPE_CHECKING:
-    from .kernels_cpu import CandidateBuffers
+from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
 
 
 class SparseAccumulator(MergeableAccumulator):
@@ -33,7 +28,6 @@ class SparseAccumulator(MergeableAccumulator):
         self.stats = RunningStats(n_units, grid.n_bins, device)  # hist of firing values only
         self.top = new_examples(n_units, top_k, True, width, device)
         self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
-        self._candidates: CandidateBuffers | None = None  # written by the fused kernel
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys."""
@@ -55,40 +49,24 @@ class SparseAccumulator(MergeableAccumulator):
         self._update_samples(acts, b, p, units, bins, keys, first_seq)
 
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        from .kernels_cpu import CandidateBuffers, key_order, sparse_pass
+        from .kernels_cpu import sparse_pass
 
-        stats, grid = self.stats, self.grid
-        if self._candidates is None:
-            self._candidates = CandidateBuffers()
-        candidates = self._candidates
-        candidates.reset()
-        sparse_pass(
-            acts.numpy(), keys.reshape(-1).numpy(), key_order(keys), grid.scale.numpy(), grid.base.numpy(),
-            grid.n_bins, self.top.threshold().float().numpy(), grid.band_of_bin.numpy(),
-            band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
-            stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(), *candidates.args())
+        candidates = self._run_pass(sparse_pass, acts, keys, self.top.threshold().float())
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
             b, p, units, values = _firing(acts)
             if candidates.top_overflowed():
                 self._update_top(acts, b, p, units, values, first_seq)
             if candidates.samples_overflowed():
-                self._update_samples(acts, b, p, units, grid.bins_of(values, units), keys, first_seq)
+                self._update_samples(acts, b, p, units, self.grid.bins_of(values, units), keys, first_seq)
         if not candidates.top_overflowed():
-            b, p, units = candidates.top()
-            self._add_top(acts, b, p, units, first_seq)
+            self._add_top(acts, *candidates.top(), first_seq)
         if not candidates.samples_overflowed():
-            b, p, units, bands = candidates.samples()
-            add_examples(self.samples, units * grid.n_bands + bands, keys[b, p], acts, b, p, units,
-                         first_seq, self.window, compiled=True)
+            self._add_sample_candidates(candidates, acts, first_seq, keys)
 
     def _update_top(self, acts, b, p, units, values, first_seq) -> None:
         keep = values > self.top.threshold()[units]
         self._add_top(acts, b[keep], p[keep], units[keep], first_seq)
-
-    def _add_top(self, acts, b, p, units, first_seq) -> None:
-        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
-                     compiled=self.fused)
 
     def _update_samples(self, acts, b, p, units, bins, keys, first_seq) -> None:
         grid = self.grid

@@ -126,14 +126,44 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
 
 
 class MergeableAccumulator:
-    """Saving and merging, shared by the dense and sparse accumulators.
+    """Saving, merging and the compiled-pass plumbing shared by the dense and sparse
+    accumulators.
 
-    Subclasses hold `stats` (RunningStats), `top` and `samples` (GroupedTopK).
+    Subclasses hold `stats` (RunningStats), `top` and `samples` (GroupedTopK), `grid`,
+    `window` and `fused`.
     """
 
     stats: RunningStats
     top: GroupedTopK
     samples: GroupedTopK
+    _candidates = None  # CandidateBuffers of the compiled pass, made on first use
+
+    def _run_pass(self, kernel, acts: torch.Tensor, keys: torch.Tensor, top_threshold: torch.Tensor):
+        """One compiled pass (kernels_cpu.dense_pass or sparse_pass) over the batch; returns
+        its candidate buffers."""
+        from .kernels_cpu import CandidateBuffers, key_order
+
+        stats, grid = self.stats, self.grid
+        if self._candidates is None:
+            self._candidates = CandidateBuffers()
+        self._candidates.reset()
+        kernel(acts.numpy(), keys.reshape(-1).numpy(), key_order(keys), grid.scale.numpy(), grid.base.numpy(),
+               grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
+               band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
+               stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
+               *self._candidates.args())
+        return self._candidates
+
+    def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
+        """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""
+        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
+                     compiled=self.fused)
+
+    def _add_sample_candidates(self, candidates, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+        """Merge a compiled pass's band-sample candidates into the samples."""
+        b, p, units, bands = candidates.samples()
+        add_examples(self.samples, units * self.grid.n_bands + bands, keys[b, p], acts, b, p, units,
+                     first_seq, self.window, compiled=True)
 
     def merge(self, other: "MergeableAccumulator") -> None:
         self.stats.merge(other.stats)
