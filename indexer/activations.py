@@ -33,11 +33,11 @@ class ActivationRunner:
         `consume(slug, activations)`, if given, is called for each source as soon as its
         activations exist, inside the forward pass: they are then still in the caches.
         """
-        captured: dict[str, torch.Tensor] = {}
+        captured: set[str] = set()
         out: dict[str, torch.Tensor] = {}
 
         def capture(act, hook):
-            captured[hook.name] = act
+            captured.add(hook.name)
             for source in self.sources:
                 if source.hook_name == hook.name:
                     out[source.slug] = act.float() if source.kind == "neuron" else encode(source.sae, act)

@@ -44,6 +44,14 @@ class StoreWriter:
         self._submitted: list[Future] = []
 
     def _submit(self, work, *args) -> None:
+        # Work already done is dropped (its error, if any, raised now): the list stays short.
+        running = []
+        for future in self._submitted:
+            if future.done():
+                future.result()
+            else:
+                running.append(future)
+        self._submitted = running
         self._submitted.append(self._worker.submit(work, *args))
 
     def wait(self) -> None:
@@ -62,10 +70,12 @@ class StoreWriter:
 
     def flush(self, wait: bool = False) -> None:
         """Write the sequences added so far; with `wait`, return once they are on disk."""
-        if not self._pending:
-            if wait:
-                self.wait()
-            return
+        if self._pending:
+            self._write_pending()
+        if wait:
+            self.wait()
+
+    def _write_pending(self) -> None:
         seqs = np.concatenate([first + np.arange(len(rows)) for first, rows in self._pending])
         rows = np.concatenate([rows for _, rows in self._pending])
         ctx = rows.shape[1]
@@ -78,8 +88,6 @@ class StoreWriter:
         }))
         self._pending.clear()
         self._submit(self.con.execute, "CHECKPOINT")
-        if wait:
-            self.wait()
 
     def write_table(self, name: str, table: pa.Table) -> None:
         if name not in schema.TABLES:
