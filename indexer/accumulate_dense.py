@@ -55,7 +55,7 @@ class DenseAccumulator(MergeableAccumulator):
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        candidates = self._run_pass(dense_pass, acts, keys, top_threshold)
+        candidates = self._run_pass(dense_pass, (acts,), keys, top_threshold)
         self.stats.n_tokens += body.shape[0] * body.shape[1]
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)

@@ -5,8 +5,9 @@ values, top-k and band sampling all work on those entries. Non-firing tokens are
 accounted for by counts: they add zeros to the sums and fill the histogram's first bin.
 Bands are quantiles of the firing values. On a CPU one fused kernel
 (kernels_cpu.sparse_pass) finds the firing entries and does all of it in one read of the
-batch; elsewhere the entries are found with `nonzero` and the rest is tensor operations.
-Both paths give the same state.
+batch, or, for a TopK SAE, reads only its top-k entries (sparse_topk_pass); elsewhere the
+entries are found with `nonzero` and the rest is tensor operations. All paths give the
+same state.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ class SparseAccumulator(MergeableAccumulator):
         self.top = new_examples(n_units, top_k, True, width, device)
         self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
 
-    def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys."""
+    def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor,
+               top_k: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys; top_k: for a
+        TopK SAE, (values, indices) [B, P, k] whose scatter is acts (values >= 0)."""
         self.stats.n_tokens += acts.shape[0] * (acts.shape[1] - 1)
         if self.fused:
-            self._update_fused(acts.contiguous(), first_seq, keys)
+            self._update_fused(acts.contiguous(), first_seq, keys, top_k)
             return
         b, p, units, values = _firing(acts)
         stats, grid = self.stats, self.grid
@@ -48,10 +51,15 @@ class SparseAccumulator(MergeableAccumulator):
         self._update_top(acts, b, p, units, values, first_seq)
         self._update_samples(acts, b, p, units, bins, keys, first_seq)
 
-    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        from .kernels_cpu import sparse_pass
+    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, top_k) -> None:
+        from .kernels_cpu import sparse_pass, sparse_topk_pass
 
-        candidates = self._run_pass(sparse_pass, acts, keys, self.top.threshold().float())
+        if top_k is None:
+            candidates = self._run_pass(sparse_pass, (acts,), keys, self.top.threshold().float())
+        else:
+            values, indices = top_k
+            candidates = self._run_pass(sparse_topk_pass, (values.contiguous(), indices.contiguous()), keys,
+                                        self.top.threshold().float())
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
             b, p, units, values = _firing(acts)

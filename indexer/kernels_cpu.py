@@ -368,3 +368,50 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
                                              sample_out, part, n_sample, b, p, u)
         top_count[part] = n_top
         sample_count[part] = n_sample
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def sparse_topk_pass(values, indices, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need,
+                     band_size, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+    """sparse_pass for a TopK SAE, from its top-k values and indices [B, P, k] instead of the
+    dense activations: only k entries per row are read instead of every unit's value.
+
+    Gives the same state as sparse_pass on the dense activations those entries make (each
+    unit's updates come in the same row order; candidates of one row may be in another
+    unit order, which no state depends on).
+    """
+    n_batch, n_pos, k = values.shape
+    n_units = hist.shape[0]
+    n_parts = top_count.shape[0]
+    last_bin = np.float32(n_bins - 1)
+    for part in prange(n_parts):
+        start, stop = _part(n_units, n_parts, part)
+        n_top = 0
+        n_sample = 0
+        open_bands, taken, need = _band_state(band_need, start, stop)
+        for r in range(order.shape[0]):
+            b = order[r] // n_pos
+            p = order[r] - b * n_pos
+            key = keys[order[r]]
+            row = values[b, p]
+            row_units = indices[b, p]
+            for e in range(k):
+                u = row_units[e]
+                x = row[e]
+                if u < start or u >= stop or not x > 0:
+                    continue
+                i = u - start
+                xd = np.float64(x)
+                total[u] += xd
+                total_sq[u] += xd * xd
+                low[u] = min(low[u], x)
+                high[u] = max(high[u], x)
+                j = np.uint32(_fine_bin(x, scale[u], np.float32(-1.0) - base[u], last_bin))
+                hist[u, j] += 1
+                if x > top_threshold[u]:
+                    n_top = _offer_top(top_out, part, n_top, b, p, u)
+                if key < need[i]:
+                    n_sample = _offer_sample(key, i, band_of_bin[u, j], band_size, open_bands, taken, need,
+                                             sample_out, part, n_sample, b, p, u)
+        top_count[part] = n_top
+        sample_count[part] = n_sample

@@ -132,7 +132,8 @@ def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, 
 
 
 def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
-    """update(slug, activations): one source's accumulator updated for `tokens` [batch, ctx]."""
+    """update(slug, activations, top_k=None): one source's accumulator updated for `tokens`
+    [batch, ctx]; `top_k` as ActivationRunner passes it to `consume`."""
     import torch
 
     from .sampling import token_keys
@@ -141,8 +142,11 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
 
-    def update(slug: str, acts) -> None:
-        accumulators[slug].update(acts, first_seq, keys)
+    def update(slug: str, acts, top_k=None) -> None:
+        if top_k is None:
+            accumulators[slug].update(acts, first_seq, keys)
+        else:
+            accumulators[slug].update(acts, first_seq, keys, top_k=top_k)
 
     return update
 

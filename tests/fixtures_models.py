@@ -2,7 +2,7 @@
 
 Everything is built offline from a config and fixed seeds: a byte-level BPE tokenizer
 trained on a few standard-library modules, a 2-layer GELU HookedTransformer, a standard
-SAE on blocks.1.hook_resid_post, and an index built by the real indexer.
+SAE and a TopK SAE on blocks.1.hook_resid_post, and indexes built by the real indexer.
 """
 
 from __future__ import annotations
@@ -80,6 +80,40 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
         sae.b_enc.fill_(-1.2)  # most features silent on most tokens, as in a real SAE
     out = tmp_path_factory.mktemp("saes") / "tiny-res"
     sae.save_model(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_topk_sae_dir(tmp_path_factory) -> Path:
+    """A SAELens TopK SAE (d_in 32, 128 features, k 6) on blocks.1.hook_resid_post.
+
+    Its encoder bias is negative, so some of a token's top 6 pre-activations are below 0:
+    the ReLU after the top-k leaves fewer than k features firing there.
+    """
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(2)
+    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=128, k=6,
+                                metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+        sae.b_enc.fill_(-1.6)
+    out = tmp_path_factory.mktemp("saes") / "tiny-res-topk"
+    sae.save_model(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_topk_index(tmp_path_factory, tiny_model_dir, tiny_topk_sae_dir, tiny_corpus_dir) -> Path:
+    """A real index of the tiny model with the TopK SAE: sources 0-mlp, 1-mlp and 1-res-sae."""
+    from indexer.config import IndexConfig
+    from indexer.run import run_index
+
+    out = tmp_path_factory.mktemp("index") / "tiny-topk.duckdb"
+    run_index(IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out=str(out),
+                          saes=[str(tiny_topk_sae_dir)], **TINY_INDEX_OPTIONS))
     return out
 
 

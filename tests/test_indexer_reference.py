@@ -1,7 +1,9 @@
 """The index against a brute-force reference computed directly with TransformerLens.
 
 The reference runs the full model (no stop_at_layer, no streaming) on the exact token
-ids stored in the index and recomputes every statistic with plain numpy.
+ids stored in the index and recomputes every statistic with plain numpy. Every test runs
+on two indexes: one with a standard (ReLU) SAE and one with a TopK SAE, whose features
+the indexer reads from the encode's top-k instead of the dense activations.
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ from fixtures_models import HOSTILE_DOC, TINY_CTX, TINY_INDEX_OPTIONS
 ATOL = 1e-5
 
 
+@pytest.fixture(scope="module", params=["standard-sae", "topk-sae"])
+def indexed(request) -> tuple[Path, Path]:
+    """(index, SAE directory) of one of the two tiny indexes."""
+    if request.param == "standard-sae":
+        return request.getfixturevalue("tiny_index"), request.getfixturevalue("tiny_sae_dir")
+    return request.getfixturevalue("tiny_topk_index"), request.getfixturevalue("tiny_topk_sae_dir")
+
+
 @pytest.fixture(scope="module")
-def con(tiny_index):
-    connection = duckdb.connect(str(tiny_index), read_only=True)
+def con(indexed):
+    connection = duckdb.connect(str(indexed[0]), read_only=True)
     yield connection
     connection.close()
 
 
 @pytest.fixture(scope="module")
-def reference(con, tiny_model_dir, tiny_sae_dir):
+def reference(con, tiny_model_dir, indexed):
     """{slug: activations [n_seq, ctx, n_units]} from a plain full forward pass."""
     import torch
     from sae_lens import SAE
@@ -34,7 +44,7 @@ def reference(con, tiny_model_dir, tiny_sae_dir):
     from indexer.model import load_model, resolve_model_spec
 
     loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
-    sae = SAE.load_from_disk(str(tiny_sae_dir))
+    sae = SAE.load_from_disk(str(indexed[1]))
     rows = con.execute("SELECT token_ids FROM sequences ORDER BY seq").fetchall()
     tokens = torch.tensor([r[0] for r in rows])
     with torch.no_grad():
@@ -180,13 +190,13 @@ def test_band_edges_follow_quantiles(con, reference):
 
 
 @pytest.mark.parametrize("slug", SOURCES)
-def test_logit_table_and_cosine(con, reference, slug, tiny_sae_dir):
+def test_logit_table_and_cosine(con, reference, slug, indexed):
     import torch
     from sae_lens import SAE
 
     model = reference[2].model
     if slug.endswith("sae"):
-        directions = SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach()
+        directions = SAE.load_from_disk(str(indexed[1])).W_dec.detach()
     else:
         directions = model.blocks[int(slug[0])].mlp.W_out.detach()
     effect = (directions @ model.W_U.detach()).numpy()
@@ -231,3 +241,15 @@ def test_hostile_document_is_stored_verbatim(con, reference):
     # The hostile document sorts first by file name, so it opens the first sequences.
     text = loaded.tokenizer.decode(tokens[:8, 1:].reshape(-1).tolist())
     assert text.startswith(HOSTILE_DOC)
+
+
+def test_topk_index_covers_tokens_with_fewer_than_k_firing(indexed, reference):
+    """The TopK fixture exercises the ReLU after the top-k: some tokens fire on fewer than k."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(indexed[1]))
+    k = getattr(sae.cfg, "k", None)
+    if k is None:
+        pytest.skip("standard SAE")
+    firing = (reference[0]["1-res-sae"][:, 1:, :] > 0).sum(-1)
+    assert firing.max() <= k and (firing < k).sum() >= 20 and firing.mean() > 1

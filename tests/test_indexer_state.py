@@ -147,12 +147,14 @@ def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae
     assert result.stderr.startswith("error: --resume: the checkpoint") and "other options" in result.stderr
 
 
+@pytest.mark.parametrize("sae", ["standard", "topk"])
 @pytest.mark.parametrize("threads, capacity", [("one", None), ("all", None), ("all", 3)])
-def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, threads,
-                                                capacity, monkeypatch):
+def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_corpus_dir, threads, capacity, sae,
+                                                request, monkeypatch):
     """The numba kernels and the tensor-operation path build the same accumulator state,
     whether the units are split across one thread or all of them, and when the kernels'
-    candidate buffers overflow (capacity 3) and the candidates are found again."""
+    candidate buffers overflow (capacity 3) and the candidates are found again. For the
+    TopK SAE the kernel reads the encode's top-k, the torch path the dense activations."""
     import numba
 
     from indexer import kernels_cpu
@@ -160,15 +162,16 @@ def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_sae_dir, ti
     if capacity is not None:
         monkeypatch.setattr(kernels_cpu, "CANDIDATE_CAPACITY", capacity)
 
-    runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 6, 60, 300)
+    sae_dir = request.getfixturevalue("tiny_sae_dir" if sae == "standard" else "tiny_topk_sae_dir")
+    runner, sources, batches, grids = _pipeline(tiny_model_dir, sae_dir, tiny_corpus_dir, 6, 60, 300)
     numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
     try:
-        _compare_fused_and_torch(runner, sources, batches, grids)
+        _compare_fused_and_torch(runner, sources, batches, grids, expect_top_k=sae == "topk")
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
-def _compare_fused_and_torch(runner, sources, batches, grids) -> None:
+def _compare_fused_and_torch(runner, sources, batches, grids, expect_top_k: bool) -> None:
     from indexer.accumulate_dense import DenseAccumulator
     from indexer.accumulate_sparse import SparseAccumulator
     from indexer.sampling import token_keys
@@ -179,11 +182,21 @@ def _compare_fused_and_torch(runner, sources, batches, grids) -> None:
                       fused=fused) for fused in (True, False)]
         with torch.inference_mode():
             for batch in batches:
-                acts = runner(batch.tokens)[source.slug]
+                given = {}
+                runner(batch.tokens, consume=lambda slug, acts, top_k: given.update({slug: (acts, top_k)}))
+                acts, top_k = given[source.slug]
+                assert (top_k is not None) == (expect_top_k and source.kind == "sae")
+                if top_k is not None:  # the top-k scattered is the dense output
+                    values, indices = top_k
+                    assert torch.equal(torch.zeros_like(acts).scatter_(-1, indices, values), acts)
                 ids = (batch.first_seq + torch.arange(batch.tokens.shape[0]))[:, None] * TINY_CTX
                 keys = token_keys(ids + torch.arange(TINY_CTX)[None, :], 3)
-                for acc in paths:
-                    acc.update(acts, batch.first_seq, keys)
+                fused, plain = paths
+                if top_k is None:
+                    fused.update(acts, batch.first_seq, keys)
+                else:
+                    fused.update(acts, batch.first_seq, keys, top_k=top_k)
+                plain.update(acts, batch.first_seq, keys)
         fused, plain = paths
         assert torch.equal(fused.stats.hist, plain.stats.hist), source.slug
         assert torch.equal(fused.stats.min, plain.stats.min) and torch.equal(fused.stats.max, plain.stats.max)
