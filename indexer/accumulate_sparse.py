@@ -62,7 +62,7 @@ class SparseAccumulator(MergeableAccumulator):
                                         self.top.threshold().float())
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
-            b, p, units, values = _firing(acts)
+            b, p, units, values = _firing(acts) if top_k is None else _firing_top_k(*top_k)
             if candidates.top_overflowed():
                 self._update_top(acts, b, p, units, values, first_seq)
             if candidates.samples_overflowed():
@@ -92,3 +92,10 @@ def _firing(acts: torch.Tensor):
     values = body[b, p, units]
     firing = values > 0  # an architecture with negative outputs: those do not fire
     return b[firing], p[firing] + 1, units[firing], values[firing]
+
+
+def _firing_top_k(values: torch.Tensor, indices: torch.Tensor):
+    """_firing from a TopK SAE's top-k values and indices [B, P, k]."""
+    body = values[:, 1:, :]
+    b, p, entry = (body > 0).nonzero(as_tuple=True)
+    return b, p + 1, indices[:, 1:, :][b, p, entry], body[b, p, entry]

@@ -3,7 +3,8 @@
 The estimates only place the bins and band edges; all counts reported in the index come
 from the full pass, so a calibration that is off makes bands uneven, never wrong. The
 activations of the calibration batches are handed back, so the main pass accumulates
-them without a second forward pass (SAE activations are kept as sparse tensors).
+them without a second forward pass (SAE activations are kept sparse: a TopK SAE's top-k,
+other SAEs' firing entries).
 """
 
 from __future__ import annotations
@@ -19,27 +20,40 @@ from .sources import Source
 
 def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
               hist_bins: int) -> tuple[dict[str, Grid], list]:
-    """({slug: grid}, [(batch, activations)]) from the first `n_tokens` indexed tokens.
+    """({slug: grid}, consumed) from the first `n_tokens` indexed tokens.
 
     The batches are taken from `batches`, which the caller then goes on reading; use
-    `replay` on the returned list to get their activations back in runner form.
+    `replay` on `consumed` to get their activations back as the runner gave them.
     """
     dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
+    n_units = {s.slug: s.n_units for s in sources}
     seen, consumed = 0, []
     for batch in batches:
-        acts = runner(batch.tokens)
-        for slug in dense:
-            body = acts[slug][:, 1:, :]
-            dense[slug].append(body.reshape(-1, body.shape[-1]).cpu())
-        for slug in sparse:
-            acts[slug] = acts[slug].to_sparse()
-            b, p, units = acts[slug].indices()
-            values = acts[slug].values()
-            firing = (p > 0) & (values > 0)
-            sparse[slug].append((units[firing].cpu(), values[firing].cpu()))
-        consumed.append((batch, acts))
+        kept: dict[str, tuple] = {}
+
+        def keep(slug: str, acts: torch.Tensor, top_k) -> None:
+            if slug in dense:
+                body = acts[:, 1:, :]
+                dense[slug].append(body.reshape(-1, body.shape[-1]).cpu())
+                kept[slug] = (acts, None)
+                return
+            if top_k is not None:
+                values, indices = top_k
+                b, p, k = torch.nonzero(values > 0, as_tuple=True)
+                firing_units, firing_values = indices[b, p, k], values[b, p, k]
+                body = p > 0
+                kept[slug] = (None, top_k)
+            else:
+                kept[slug] = (acts.to_sparse(), None)
+                b, p, firing_units = kept[slug][0].indices()
+                firing_values = kept[slug][0].values()
+                body = (p > 0) & (firing_values > 0)
+            sparse[slug].append((firing_units[body].cpu(), firing_values[body].cpu()))
+
+        runner(batch.tokens, consume=keep)
+        consumed.append((batch, kept, n_units))
         seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
         if seen >= n_tokens:
             break
@@ -54,10 +68,19 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
 
 
 def replay(consumed: list) -> Iterator[tuple]:
-    """(batch, activations) of the calibration batches, as the runner gave them."""
+    """(batch, activations, top_ks) of the calibration batches: the activations as the
+    runner gave them ({slug: [B, P, U]}), and the top-k a TopK SAE gave ({slug: (values,
+    indices)})."""
     while consumed:
-        batch, acts = consumed.pop(0)  # released as soon as it is used
-        yield batch, {slug: act.to_dense() if act.is_sparse else act for slug, act in acts.items()}
+        batch, kept, n_units = consumed.pop(0)  # released as soon as it is used
+        acts, top_ks = {}, {}
+        for slug, (act, top_k) in kept.items():
+            if top_k is not None:
+                values, indices = top_k
+                top_ks[slug] = top_k
+                act = values.new_zeros(*values.shape[:-1], n_units[slug]).scatter_(-1, indices, values)
+            acts[slug] = act.to_dense() if act.is_sparse else act
+        yield batch, acts, top_ks
 
 
 def _dense_grid(values: torch.Tensor, hist_bins: int) -> Grid:

@@ -97,7 +97,10 @@ def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hi
         index = grid.bins_of(values, units) + units * n_bins
         counts = torch.bincount(index.reshape(-1), minlength=n_units * n_bins).view(n_units, n_bins)
     grid.band_start = band_starts(counts, levels)
-    grid.band_of_bin = (torch.arange(n_bins)[None, :, None] >= grid.band_start[:, None, 1:-1]).sum(-1)
+    # Band of bin j = the number of inner band starts <= j: a running sum of start marks.
+    marks = torch.zeros(n_units, n_bins, dtype=torch.long)
+    marks.scatter_add_(1, grid.band_start[:, 1:-1], torch.ones_like(grid.band_start[:, 1:-1]))
+    grid.band_of_bin = marks.cumsum(1)
     return grid
 
 

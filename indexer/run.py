@@ -78,7 +78,7 @@ def run_index(config: IndexConfig) -> str:
                     disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
     with torch.inference_mode():
         # The calibration batches first, without a second forward pass, then the rest.
-        for batch, acts in itertools.chain(replay(calibrated), ((batch, None) for batch in stream)):
+        for batch, acts, top_ks in itertools.chain(replay(calibrated), ((batch, None, None) for batch in stream)):
             if batch.index < batches_done:
                 continue  # already in the checkpoint
             tokens = batch.tokens.to(device)
@@ -86,7 +86,7 @@ def run_index(config: IndexConfig) -> str:
                 update = accumulate_each(accumulators, tokens, batch.first_seq, config.seed)
                 runner(tokens, consume=update)
             else:
-                accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed)
+                accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed, top_ks)
             writer.add_sequences(batch.first_seq, batch.tokens.numpy())
             batches_done = batch.index + 1
             n_sequences = batch.first_seq + tokens.shape[0]
@@ -124,11 +124,13 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
             for source in sources}
 
 
-def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int) -> None:
-    """Every source's accumulator updated with the activations `acts` of `tokens` [batch, ctx]."""
+def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int,
+               top_ks: dict | None = None) -> None:
+    """Every source's accumulator updated with the activations `acts` of `tokens` [batch, ctx]
+    (and, for TopK SAEs, their top-k in `top_ks`, as ActivationRunner passes it)."""
     update = accumulate_each(accumulators, tokens, first_seq, seed)
     for source in sources:
-        update(source.slug, acts[source.slug])
+        update(source.slug, acts[source.slug], (top_ks or {}).get(source.slug))
 
 
 def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
