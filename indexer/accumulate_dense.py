@@ -57,16 +57,13 @@ class DenseAccumulator(MergeableAccumulator):
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
         candidates = self._run_pass(dense_pass, (acts,), keys, top_threshold)
         self.stats.n_tokens += body.shape[0] * body.shape[1]
+        self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
         elif candidates.top_overflowed():  # too many to buffer: find them again
             self._update_top(acts, body, body.reshape(-1, self.n_units) * self.grid.scale, first_seq)
-        else:
-            self._add_top(acts, *candidates.top(), first_seq)
         if candidates.samples_overflowed():
             self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
-        else:
-            self._add_sample_candidates(candidates, acts, first_seq, keys)
 
     def _update_stats(self, body: torch.Tensor) -> torch.Tensor:
         """Moments and extremes; returns the values times the grid scale, [tokens, U].

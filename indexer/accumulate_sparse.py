@@ -67,10 +67,7 @@ class SparseAccumulator(MergeableAccumulator):
                 self._update_top(acts, b, p, units, values, first_seq)
             if candidates.samples_overflowed():
                 self._update_samples(acts, b, p, units, self.grid.bins_of(values, units), keys, first_seq)
-        if not candidates.top_overflowed():
-            self._add_top(acts, *candidates.top(), first_seq)
-        if not candidates.samples_overflowed():
-            self._add_sample_candidates(candidates, acts, first_seq, keys)
+        self._add_candidates(candidates, acts, first_seq, keys)
 
     def _update_top(self, acts, b, p, units, values, first_seq) -> None:
         keep = values > self.top.threshold()[units]

@@ -46,25 +46,12 @@ class CandidateBuffers:
     def samples_overflowed(self) -> bool:
         return bool(self.sample_count.max(initial=0) > self.sample_out.shape[1])
 
-    def top(self) -> tuple[torch.Tensor, ...]:
-        """(b, p, unit) of the top-k candidates."""
-        return _filled_rows(self.top_out, self.top_count)
-
-    def samples(self) -> tuple[torch.Tensor, ...]:
-        """(b, p, unit, band) of the band-sample candidates."""
-        return _filled_rows(self.sample_out, self.sample_count)
-
 
 def key_order(keys: torch.Tensor) -> np.ndarray:
     """Rows b * P + p of a batch's keys [B, P], BOS excluded, by increasing key (ties by row)."""
     n_pos = keys.shape[1]
     order = torch.argsort(keys[:, 1:].reshape(-1), stable=True)
     return ((order // (n_pos - 1)) * n_pos + order % (n_pos - 1) + 1).numpy()
-
-
-def _filled_rows(out: np.ndarray, count: np.ndarray) -> tuple[torch.Tensor, ...]:
-    rows = torch.from_numpy(np.concatenate([out[part, :filled] for part, filled in enumerate(count)]))
-    return tuple(rows[:, i] for i in range(out.shape[2]))
 
 
 @njit(inline="always")
@@ -223,52 +210,81 @@ def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
                 counts[start + i, bins[i]] += 1
 
 
+@njit(inline="always")
+def _insert(g, s, t, b, p, u, acts, before, after, descending, state_score, state_token, state_act, state_win):
+    """Candidate token t = (b, p) of unit u, score s, into group g's row of n slots, kept
+    sorted best first (ties: smaller token first); its activation and window (NaN outside
+    the sequence) are read from acts [B, P, U] only if it gets in, and only the slots
+    after the insertion point move."""
+    n_pos = acts.shape[1]
+    n = state_score.shape[1]
+    pos = n
+    while pos > 0:
+        other_s = state_score[g, pos - 1]
+        other_t = state_token[g, pos - 1]
+        if other_t >= 0:  # a real entry: is the candidate better?
+            if descending:
+                ahead = s > other_s or (s == other_s and t < other_t)
+            else:
+                ahead = s < other_s or (s == other_s and t < other_t)
+            if not ahead:
+                break
+        pos -= 1
+    if pos == n:
+        return
+    for k in range(n - 1, pos, -1):
+        state_score[g, k] = state_score[g, k - 1]
+        state_token[g, k] = state_token[g, k - 1]
+        state_act[g, k] = state_act[g, k - 1]
+        state_win[g, k, :] = state_win[g, k - 1, :]
+    state_score[g, pos] = s
+    state_token[g, pos] = t
+    state_act[g, pos] = acts[b, p, u]
+    for w in range(before + 1 + after):
+        q = p - before + w
+        state_win[g, pos, w] = acts[b, q, u] if 0 <= q < n_pos else np.nan
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def insert_examples(group, score, token, b, p, unit, acts, before, after, descending, n_parts,
                     state_score, state_token, state_act, state_win):
-    """GroupedTopK.add for example candidates, in place: each group's row of n slots stays
-    sorted best first (ties: smaller token first), and a candidate that gets in has its
-    activation and window (NaN outside the sequence) read from acts [B, P, U] directly.
+    """GroupedTopK.add for example candidates, in place (see _insert).
 
     Only the candidates that get in cost anything beyond a comparison with the group's
-    worst entry, and only the slots after the insertion point move. Reading a window is
-    a cache miss per position, so the groups are shared out among n_parts threads (by
-    group modulo n_parts: each group is still updated by one thread, in candidate order).
+    worst entry. Reading a window is a cache miss per position, so the groups are shared
+    out among n_parts threads (by group modulo n_parts: each group is still updated by one
+    thread, in candidate order).
     """
-    n_pos = acts.shape[1]
-    n = state_score.shape[1]
     for part in prange(n_parts):
         for c in range(group.shape[0]):
-            g = group[c]
-            if g % n_parts != part:
-                continue
-            s = score[c]
-            t = token[c]
-            pos = n
-            while pos > 0:
-                other_s = state_score[g, pos - 1]
-                other_t = state_token[g, pos - 1]
-                if other_t >= 0:  # a real entry: is the candidate better?
-                    if descending:
-                        ahead = s > other_s or (s == other_s and t < other_t)
-                    else:
-                        ahead = s < other_s or (s == other_s and t < other_t)
-                    if not ahead:
-                        break
-                pos -= 1
-            if pos == n:
-                continue
-            for k in range(n - 1, pos, -1):
-                state_score[g, k] = state_score[g, k - 1]
-                state_token[g, k] = state_token[g, k - 1]
-                state_act[g, k] = state_act[g, k - 1]
-                state_win[g, k, :] = state_win[g, k - 1, :]
-            state_score[g, pos] = s
-            state_token[g, pos] = t
-            state_act[g, pos] = acts[b[c], p[c], unit[c]]
-            for w in range(before + 1 + after):
-                q = p[c] - before + w
-                state_win[g, pos, w] = acts[b[c], q, unit[c]] if 0 <= q < n_pos else np.nan
+            if group[c] % n_parts == part:
+                _insert(group[c], score[c], token[c], b[c], p[c], unit[c], acts, before, after, descending,
+                        state_score, state_token, state_act, state_win)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def insert_candidates(acts, keys, first_seq, before, after, n_bands, with_top, with_samples,
+                      top_out, top_count, sample_out, sample_count, top_score, top_token, top_act, top_win,
+                      sample_score, sample_token, sample_act, sample_win):
+    """Merge a pass kernel's candidates into the top-k (scored by activation, group = unit)
+    and the band samples (scored by key, group = unit * n_bands + band), in place.
+
+    A part's candidates are all of its own units, so the parts run in parallel without
+    sharing a group. `with_top` / `with_samples`: which kind to merge (a kind whose buffer
+    overflowed is merged by the caller instead).
+    """
+    n_pos = acts.shape[1]
+    for part in prange(top_count.shape[0]):
+        if with_top:
+            for c in range(top_count[part]):
+                b, p, u = top_out[part, c, 0], top_out[part, c, 1], top_out[part, c, 2]
+                _insert(u, np.float64(acts[b, p, u]), (first_seq + b) * n_pos + p, b, p, u, acts, before, after,
+                        True, top_score, top_token, top_act, top_win)
+        if with_samples:
+            for c in range(sample_count[part]):
+                b, p, u = sample_out[part, c, 0], sample_out[part, c, 1], sample_out[part, c, 2]
+                _insert(u * n_bands + sample_out[part, c, 3], keys[b * n_pos + p], (first_seq + b) * n_pos + p, b,
+                        p, u, acts, before, after, False, sample_score, sample_token, sample_act, sample_win)
 
 
 @njit(parallel=True, cache=True, nogil=True)

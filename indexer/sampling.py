@@ -159,11 +159,20 @@ class MergeableAccumulator:
         add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
                      compiled=self.fused)
 
-    def _add_sample_candidates(self, candidates, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        """Merge a compiled pass's band-sample candidates into the samples."""
-        b, p, units, bands = candidates.samples()
-        add_examples(self.samples, units * self.grid.n_bands + bands, keys[b, p], acts, b, p, units,
-                     first_seq, self.window, compiled=True)
+    def _add_candidates(self, candidates, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+        """Merge a compiled pass's candidates into the top-k and the band samples, except a
+        kind whose buffer overflowed (the caller finds those again)."""
+        from .kernels_cpu import insert_candidates
+
+        with_top, with_samples = not candidates.top_overflowed(), not candidates.samples_overflowed()
+        if not (with_top or with_samples):
+            return
+        top, samples = self.top, self.samples
+        insert_candidates(acts.numpy(), keys.reshape(-1).numpy(), first_seq, self.window[0], self.window[1],
+                          self.grid.n_bands, with_top, with_samples, *candidates.args(), top.score.numpy(),
+                          top.token.numpy(), top.payload["act"].numpy(), top.payload["win"].numpy(),
+                          samples.score.numpy(), samples.token.numpy(), samples.payload["act"].numpy(),
+                          samples.payload["win"].numpy())
 
     def merge(self, other: "MergeableAccumulator") -> None:
         self.stats.merge(other.stats)
