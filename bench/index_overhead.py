@@ -96,21 +96,27 @@ def main() -> None:
           f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
           f"torch threads {torch.get_num_threads()}")
 
-    def floor() -> tuple[float, float]:
-        start, cpu = time.perf_counter(), time.process_time()
-        with torch.inference_mode():
-            for tokens in batches:
-                runner(tokens)
-        return time.perf_counter() - start, time.process_time() - cpu
+    def timed(work) -> tuple[float, float, float, int]:
+        """(wall s, cpu s, of which system s, minor page faults) of work()."""
+        before, start, cpu = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), time.process_time()
+        work()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return (time.perf_counter() - start, time.process_time() - cpu, after.ru_stime - before.ru_stime,
+                after.ru_minflt - before.ru_minflt)
 
-    def indexer(round_: int, max_tokens: int = args.max_tokens) -> tuple[float, float]:
+    def floor() -> tuple[float, float, float, int]:
+        def forward_all() -> None:
+            with torch.inference_mode():
+                for tokens in batches:
+                    runner(tokens)
+        return timed(forward_all)
+
+    def indexer(round_: int, max_tokens: int = args.max_tokens) -> tuple[float, float, float, int]:
         out = work / f"bench-{round_}.duckdb"
         config = IndexConfig(model=model_arg, dataset=args.dataset, out=str(out), saes=[sae_arg],
                              max_tokens=max_tokens, ctx=args.ctx, batch_size=args.batch_size,
                              device="cpu", quiet=True, checkpoint_every=0)
-        start, cpu = time.perf_counter(), time.process_time()
-        run_index(config)
-        elapsed = time.perf_counter() - start, time.process_time() - cpu
+        elapsed = timed(lambda: run_index(config))
         out.unlink()
         return elapsed
 
@@ -128,6 +134,10 @@ def main() -> None:
         print(f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
               f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
               f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu")
+        # Most of the noise: the kernel zeroing fresh pages for large tensors, which varies
+        # from run to run with the allocator's state.
+        print(f"         system time (page faults): floors {floors[-2][2]:.2f}s ({floors[-2][3]:,}) and "
+              f"{floors[-1][2]:.2f}s ({floors[-1][3]:,}), indexer {indexers[-1][2]:.2f}s ({indexers[-1][3]:,})")
     for label, which in (("wall", 0), ("cpu", 1)):
         best_floor = min(f[which] for f in floors)
         best_indexer = min(i[which] for i in indexers)
