@@ -5,7 +5,12 @@ figure that matters is their ratio. These machines are shared and noisy, so each
 run is compared with the floor runs just before and after it, and the median of those
 `--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
-    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3]
+    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--fresh-processes]
+
+Much of the noise is system time: the kernel zeroing fresh pages for the forward pass's
+large tensors, whose number depends on the allocator's state, i.e. on what the process
+did before. `--fresh-processes` runs each measurement in a new process (after the same
+warm-up), so one side's history never changes the other's page faults.
 
 Model: the bundled toy-2l and its SAE when installed; otherwise a random model of the
 same shape (2 layers, d_model 256, d_mlp 1024, vocab 8192) with a random TopK SAE of
@@ -15,7 +20,10 @@ same shape (2 layers, d_model 256, d_mlp 1024, vocab 8192) with a random TopK SA
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import statistics
 import resource
 import tempfile
@@ -65,6 +73,11 @@ def main() -> None:
     parser.add_argument("--dataset", default="stdlib")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--fresh-processes", action="store_true",
+                        help="each floor and indexer run in a new process, after the same warm-up")
+    parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--sae", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import torch
@@ -80,7 +93,7 @@ def main() -> None:
     from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
 
     work = Path(tempfile.mkdtemp(prefix="actscope-bench-"))
-    model_arg, sae_arg = bench_model(work)
+    model_arg, sae_arg = (args.model, args.sae) if args.worker else bench_model(work)
     loaded = load_model(resolve_model_spec(model_arg), "cpu")
     spec = resolve_sae_spec(sae_arg)
     sources = neuron_sources(loaded.model, [])
@@ -120,22 +133,36 @@ def main() -> None:
         out.unlink()
         return elapsed
 
-    floor()  # warm-up: first-call allocations and thread pools
-    indexer(-1, 16 * args.ctx * args.batch_size)  # warm-up: compiled kernels loaded (or compiled, on the first run after an install)
+    if args.worker:  # one measurement after the warm-up, for the parent process
+        floor() if args.worker == "floor" else indexer(-1, 16 * args.ctx * args.batch_size)
+        print(json.dumps(floor() if args.worker == "floor" else indexer(0)))
+        return
+
+    def measure(side: str, round_: int):
+        """One run of `side`: here, or in a new process after the same warm-up."""
+        if not args.fresh_processes:
+            return floor() if side == "floor" else indexer(round_)
+        command = [sys.executable, __file__, "--worker", side, "--model", model_arg, "--sae", sae_arg,
+                   "--max-tokens", str(args.max_tokens), "--ctx", str(args.ctx), "--batch-size",
+                   str(args.batch_size), "--dataset", args.dataset, "--threads", str(args.threads)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    if not args.fresh_processes:
+        floor()  # warm-up: first-call allocations and thread pools
+        indexer(-1, 16 * args.ctx * args.batch_size)  # warm-up: compiled kernels loaded (or compiled, on the first run after an install)
     # floor, indexer, floor, indexer, ..., floor: each indexer run is compared with the mean
     # of the floors just before and after it, so a machine that speeds up or slows down
     # (shared cores) moves both sides of each ratio alike.
-    floors, indexers, ratios = [floor()], [], []
+    floors, indexers, ratios = [measure("floor", -1)], [], []
     for round_ in range(args.rounds):
-        indexers.append(indexer(round_))
-        floors.append(floor())
+        indexers.append(measure("indexer", round_))
+        floors.append(measure("floor", round_))
         around = [(floors[-2][k] + floors[-1][k]) / 2 for k in (0, 1)]
         ratios.append(tuple(indexers[-1][k] / around[k] for k in (0, 1)))
         print(f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
               f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
               f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu")
-        # Most of the noise: the kernel zeroing fresh pages for large tensors, which varies
-        # from run to run with the allocator's state.
         print(f"         system time (page faults): floors {floors[-2][2]:.2f}s ({floors[-2][3]:,}) and "
               f"{floors[-1][2]:.2f}s ({floors[-1][3]:,}), indexer {indexers[-1][2]:.2f}s ({indexers[-1][3]:,})")
     for label, which in (("wall", 0), ("cpu", 1)):
