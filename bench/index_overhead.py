@@ -150,7 +150,8 @@ def main() -> None:
 
     if not args.fresh_processes:
         floor()  # warm-up: first-call allocations and thread pools
-        indexer(-1, 16 * args.ctx * args.batch_size)  # warm-up: compiled kernels loaded (or compiled, on the first run after an install)
+        # Warm-up: the compiled kernels loaded (or compiled, on the first run after an install).
+        indexer(-1, 16 * args.ctx * args.batch_size)
     # floor, indexer, floor, indexer, ..., floor: each indexer run is compared with the mean
     # of the floors just before and after it, so a machine that speeds up or slows down
     # (shared cores) moves both sides of each ratio alike.

@@ -114,8 +114,8 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
 
         insert_examples(group.numpy(), score.double().numpy(), token.numpy(), b.numpy(), p.numpy(),
                         units.numpy(), acts.contiguous().numpy(), window[0], window[1], examples.descending,
-                        numba.get_num_threads(), examples.score.numpy(), examples.token.numpy(), examples.payload["act"].numpy(),
-                        examples.payload["win"].numpy())
+                        numba.get_num_threads(), examples.score.numpy(), examples.token.numpy(),
+                        examples.payload["act"].numpy(), examples.payload["win"].numpy())
         return
 
     def payload_of(index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,7 +138,8 @@ class MergeableAccumulator:
     samples: GroupedTopK
     _candidates = None  # CandidateBuffers of the compiled pass, made on first use
 
-    def _run_pass(self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor, top_threshold: torch.Tensor):
+    def _run_pass(self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor,
+                  top_threshold: torch.Tensor):
         """One compiled pass (kernels_cpu.dense_pass, sparse_pass or sparse_topk_pass) over the
         batch given as `inputs` (the kernel's first arguments); returns its candidate buffers."""
         from .kernels_cpu import CandidateBuffers, key_order
@@ -147,8 +148,8 @@ class MergeableAccumulator:
         if self._candidates is None:
             self._candidates = CandidateBuffers()
         self._candidates.reset()
-        kernel(*(tensor.numpy() for tensor in inputs), keys.reshape(-1).numpy(), key_order(keys), grid.scale.numpy(), grid.base.numpy(),
-               grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
+        kernel(*(tensor.numpy() for tensor in inputs), keys.reshape(-1).numpy(), key_order(keys),
+               grid.scale.numpy(), grid.base.numpy(), grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
                band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
                stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
                *self._candidates.args())
