@@ -320,6 +320,27 @@ def row_extremes(values, top_index, top_value, bottom_index, bottom_value):
             filled += 1
 
 
+@njit(inline="always")
+def _firing_update(x, u, i, key, b, p, scale, base, last_bin, total, total_sq, low, high, hist, top_threshold,
+                   band_of_bin, band_size, open_bands, taken, need, top_out, sample_out, part, n_top, n_sample):
+    """A sparse pass's updates for firing value x of unit u = start + i at row (b, p):
+    moments, extremes, its fine bin, and its top-k and band-sample candidacy. Returns the
+    new (top, sample) candidate counts."""
+    xd = np.float64(x)
+    total[u] += xd
+    total_sq[u] += xd * xd
+    low[u] = min(low[u], x)
+    high[u] = max(high[u], x)
+    j = np.uint32(_fine_bin(x, scale[u], np.float32(-1.0) - base[u], last_bin))
+    hist[u, j] += 1
+    if x > top_threshold[u]:
+        n_top = _offer_top(top_out, part, n_top, b, p, u)
+    if key < need[i]:
+        n_sample = _offer_sample(key, i, band_of_bin[u, j], band_size, open_bands, taken, need, sample_out, part,
+                                 n_sample, b, p, u)
+    return n_top, n_sample
+
+
 FIRING_CHUNK = 16  # units whose activations are tested for firing at once
 
 
@@ -369,19 +390,10 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
             for f in range(n_firing):
                 i = firing[f]
                 u = start + i
-                x = acts[b, p, u]
-                xd = np.float64(x)
-                total[u] += xd
-                total_sq[u] += xd * xd
-                low[u] = min(low[u], x)
-                high[u] = max(high[u], x)
-                j = np.uint32(_fine_bin(x, scale[u], np.float32(-1.0) - base[u], last_bin))
-                hist[u, j] += 1
-                if x > top_threshold[u]:
-                    n_top = _offer_top(top_out, part, n_top, b, p, u)
-                if key < need[i]:
-                    n_sample = _offer_sample(key, i, band_of_bin[u, j], band_size, open_bands, taken, need,
-                                             sample_out, part, n_sample, b, p, u)
+                n_top, n_sample = _firing_update(acts[b, p, u], u, i, key, b, p, scale, base, last_bin, total,
+                                                 total_sq, low, high, hist, top_threshold, band_of_bin, band_size,
+                                                 open_bands, taken, need, top_out, sample_out, part, n_top,
+                                                 n_sample)
         top_count[part] = n_top
         sample_count[part] = n_sample
 
@@ -416,18 +428,9 @@ def sparse_topk_pass(values, indices, keys, order, scale, base, n_bins, top_thre
                 x = row[e]
                 if u < start or u >= stop or not x > 0:
                     continue
-                i = u - start
-                xd = np.float64(x)
-                total[u] += xd
-                total_sq[u] += xd * xd
-                low[u] = min(low[u], x)
-                high[u] = max(high[u], x)
-                j = np.uint32(_fine_bin(x, scale[u], np.float32(-1.0) - base[u], last_bin))
-                hist[u, j] += 1
-                if x > top_threshold[u]:
-                    n_top = _offer_top(top_out, part, n_top, b, p, u)
-                if key < need[i]:
-                    n_sample = _offer_sample(key, i, band_of_bin[u, j], band_size, open_bands, taken, need,
-                                             sample_out, part, n_sample, b, p, u)
+                n_top, n_sample = _firing_update(x, u, u - start, key, b, p, scale, base, last_bin, total,
+                                                 total_sq, low, high, hist, top_threshold, band_of_bin, band_size,
+                                                 open_bands, taken, need, top_out, sample_out, part, n_top,
+                                                 n_sample)
         top_count[part] = n_top
         sample_count[part] = n_sample
