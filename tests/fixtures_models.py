@@ -105,25 +105,24 @@ def tiny_topk_sae_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_topk_index(tmp_path_factory, tiny_model_dir, tiny_topk_sae_dir, tiny_corpus_dir) -> Path:
-    """A real index of the tiny model with the TopK SAE: sources 0-mlp, 1-mlp and 1-res-sae."""
+def _build_tiny_index(tmp_path_factory, name: str, model_dir: Path, sae_dir: Path, corpus_dir: Path) -> Path:
+    """A real index of the tiny model and one SAE, built with TINY_INDEX_OPTIONS."""
     from indexer.config import IndexConfig
     from indexer.run import run_index
 
-    out = tmp_path_factory.mktemp("index") / "tiny-topk.duckdb"
-    run_index(IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out=str(out),
-                          saes=[str(tiny_topk_sae_dir)], **TINY_INDEX_OPTIONS))
+    out = tmp_path_factory.mktemp("index") / f"{name}.duckdb"
+    run_index(IndexConfig(model=str(model_dir), dataset=str(corpus_dir), out=str(out), saes=[str(sae_dir)],
+                          **TINY_INDEX_OPTIONS))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_topk_index(tmp_path_factory, tiny_model_dir, tiny_topk_sae_dir, tiny_corpus_dir) -> Path:
+    """A real index of the tiny model with the TopK SAE: sources 0-mlp, 1-mlp and 1-res-sae."""
+    return _build_tiny_index(tmp_path_factory, "tiny-topk", tiny_model_dir, tiny_topk_sae_dir, tiny_corpus_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir) -> Path:
     """A real index of the tiny model: sources 0-mlp, 1-mlp and 1-res-sae."""
-    from indexer.config import IndexConfig
-    from indexer.run import run_index
-
-    out = tmp_path_factory.mktemp("index") / "tiny.duckdb"
-    run_index(IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out=str(out),
-                          saes=[str(tiny_sae_dir)], **TINY_INDEX_OPTIONS))
-    return out
+    return _build_tiny_index(tmp_path_factory, "tiny", tiny_model_dir, tiny_sae_dir, tiny_corpus_dir)
