@@ -98,7 +98,7 @@ def main() -> None:
     spec = resolve_sae_spec(sae_arg)
     sources = neuron_sources(loaded.model, [])
     sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
-    runner = ActivationRunner(loaded.model, sources)
+    runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # as the indexer runs it
     batches = [b.tokens for b in iter_batches(
         iter_documents(args.dataset), loaded.tokenizer, bos_token_id=loaded.bos_token_id,
         eos_token_id=loaded.eos_token_id, ctx=args.ctx, batch_size=args.batch_size,

@@ -6,6 +6,13 @@ visitor's text is measured exactly as the corpus was.
 For a TopK SAE the encode keeps the top-k values and indices it computes on the way to
 the dense activations: the indexer reads those k entries per token instead of finding
 the firing features again among all of them.
+
+On a CPU an SAE is encoded a few sequences at a time, so that none of its [tokens, d_sae]
+temporaries (pre-activations, biased, rescaled, dense output) is larger than
+ENCODE_CHUNK_BYTES: glibc hands out larger blocks as fresh memory mappings, and the
+kernel zeroing their pages for every batch cost about a third of a CPU forward pass.
+With `reuse_outputs` the runner also writes each SAE's activations into one buffer it
+keeps from batch to batch (the indexer's case: it consumes them before the next batch).
 """
 
 from __future__ import annotations
@@ -14,15 +21,20 @@ import torch
 
 from .sources import Source, hook_layer
 
+ENCODE_CHUNK_BYTES = 16 << 20  # under glibc's largest heap (not mmap) allocation, 32 MB
+
 
 class _AllCaptured(Exception):
     """Raised by the last capture hook: nothing after it in the forward pass is needed."""
 
 
 class ActivationRunner:
-    def __init__(self, model, sources: list[Source]) -> None:
+    def __init__(self, model, sources: list[Source], reuse_outputs: bool = False) -> None:
+        """`reuse_outputs`: SAE activations are written into one buffer per source, reused
+        by the next call (so a caller must be done with them by then)."""
         self.model = model
         self.sources = sources
+        self._outputs: dict[str, torch.Tensor] | None = {} if reuse_outputs else None
         for source in sources:
             if source.kind == "sae":
                 _record_top_k(source.sae)
@@ -49,7 +61,8 @@ class ActivationRunner:
             captured.add(hook.name)
             for source in self.sources:
                 if source.hook_name == hook.name:
-                    out[source.slug] = act.float() if source.kind == "neuron" else encode(source.sae, act)
+                    out[source.slug] = (act.float() if source.kind == "neuron" else
+                                        encode(source.sae, act, self._output_buffer(source, act)))
                     if consume is not None:
                         consume(source.slug, out[source.slug], _last_top_k(source))
             if len(captured) == len(self.hooks):
@@ -67,13 +80,43 @@ class ActivationRunner:
             pass
         return {source.slug: out[source.slug] for source in self.sources}
 
+    def _output_buffer(self, source: Source, act: torch.Tensor) -> torch.Tensor | None:
+        if self._outputs is None:
+            return None
+        shape = (*act.shape[:2], source.n_units)
+        buffer = self._outputs.get(source.slug)
+        if buffer is None or buffer.shape != shape or buffer.device != act.device:
+            buffer = self._outputs[source.slug] = torch.empty(shape, dtype=torch.float32, device=act.device)
+        return buffer
 
-def encode(sae, act: torch.Tensor) -> torch.Tensor:
-    """SAE feature activations [batch, pos, d_sae] for a hook activation."""
+
+def encode(sae, act: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SAE feature activations [batch, pos, d_sae] float32 for a hook activation, written
+    into `out` when given. On a CPU the batch is encoded a few sequences at a time (see
+    the module's docstring); each sequence's activations are the same either way."""
     if act.ndim == 4 and not getattr(sae, "hook_z_reshaping_mode", False):
         act = act.reshape(*act.shape[:2], -1)  # attention heads flattened, as SAEs expect
     dtype = next(sae.parameters()).dtype
-    return sae.encode(act.to(dtype)).float()
+    d_sae = sae.cfg.d_sae
+    if out is None:
+        out = torch.empty((*act.shape[:2], d_sae), dtype=torch.float32, device=act.device)
+    per_sequence = act.shape[1] * d_sae * 4
+    step = max(1, ENCODE_CHUNK_BYTES // per_sequence) if act.device.type == "cpu" else act.shape[0]
+    recording = sae.activation_fn if isinstance(sae.activation_fn, _RecordingTopK) else None
+    top_ks = []
+    for start in range(0, act.shape[0], step):
+        target = out[start:start + step]
+        if recording is not None:
+            recording.target = target  # the dense output is scattered straight into `out`
+        part = sae.encode(act[start:start + step].to(dtype))
+        if part.data_ptr() != target.data_ptr():
+            target.copy_(part)
+        if recording is not None:
+            top_ks.append(recording.last)
+    if recording is not None:
+        recording.target = None
+        recording.last = (torch.cat([v for v, _ in top_ks]), torch.cat([i for _, i in top_ks]))
+    return out
 
 
 class _RecordingTopK(torch.nn.Module):
@@ -83,12 +126,16 @@ class _RecordingTopK(torch.nn.Module):
         super().__init__()
         self.k = k
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.target: torch.Tensor | None = None  # where `encode` wants the dense output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values, indices = torch.topk(x, k=self.k, dim=-1, sorted=False)
         values = values.relu()
         self.last = (values, indices)
-        return torch.zeros_like(x).scatter_(-1, indices, values)
+        target = self.target
+        if target is None or target.shape != x.shape or target.dtype != x.dtype:
+            target = torch.empty_like(x)
+        return target.zero_().scatter_(-1, indices, values)
 
 
 def _record_top_k(sae) -> None:

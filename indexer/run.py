@@ -41,7 +41,7 @@ def run_index(config: IndexConfig) -> str:
         raise ActscopeError(f"--ctx {config.ctx} is larger than the model's context of {loaded.n_ctx} tokens")
     sources = [] if config.no_neurons else neuron_sources(model, config.neuron_hooks)
     sources += sae_sources(model, saes, sae_specs, {s.slug for s in sources})
-    runner = ActivationRunner(model, sources)
+    runner = ActivationRunner(model, sources, reuse_outputs=True)  # each batch consumed before the next
     max_sequences = config.max_tokens // config.ctx if config.max_tokens else None
 
     def batches():
