@@ -37,6 +37,7 @@ class DenseAccumulator(MergeableAccumulator):
         # ceil(x * scale) + offset = unit * n_bins + bin + 1/2: one histc counts all units.
         self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
         self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path
+        self._counts: torch.Tensor | None = None  # reused count tables of the fused pass
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys."""
@@ -55,7 +56,7 @@ class DenseAccumulator(MergeableAccumulator):
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        candidates = self._run_pass(dense_pass, (acts,), keys, top_threshold)
+        candidates = self._run_pass(dense_pass, (acts, self._count_scratch()), keys, top_threshold)
         self.stats.n_tokens += body.shape[0] * body.shape[1]
         self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
         if warm:
@@ -64,6 +65,16 @@ class DenseAccumulator(MergeableAccumulator):
             self._update_top(acts, body, body.reshape(-1, self.n_units) * self.grid.scale, first_seq)
         if candidates.samples_overflowed():
             self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
+
+    def _count_scratch(self) -> torch.Tensor:
+        """dense_pass's zeroed [n_parts, part width, n_bins] int32 count tables, kept."""
+        import numba
+
+        n_parts = numba.get_num_threads()
+        shape = (n_parts, -(-self.n_units // n_parts), self.grid.n_bins)
+        if self._counts is None or tuple(self._counts.shape) != shape:
+            self._counts = torch.zeros(shape, dtype=torch.int32)
+        return self._counts
 
     def _update_stats(self, body: torch.Tensor) -> torch.Tensor:
         """Moments and extremes; returns the values times the grid scale, [tokens, U].

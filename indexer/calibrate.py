@@ -25,18 +25,25 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     The batches are taken from `batches`, which the caller then goes on reading; use
     `replay` on `consumed` to get their activations back as the runner gave them.
     """
-    dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
+    # Neuron values go straight into one [rows, units] matrix per source (no per-batch
+    # copies to concatenate later), sized on the first batch for the batches to come.
+    dense: dict[str, torch.Tensor | None] = {s.slug: None for s in sources if s.kind == "neuron"}
+    dense_rows = 0
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
     n_units = {s.slug: s.n_units for s in sources}
     seen, consumed = 0, []
     for batch in batches:
         kept: dict[str, tuple] = {}
+        n_rows = batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
 
         def keep(slug: str, acts: torch.Tensor, top_k) -> None:
             if slug in dense:
-                body = acts[:, 1:, :]
-                dense[slug].append(body.reshape(-1, body.shape[-1]).cpu())
+                matrix = dense[slug]
+                if matrix is None:  # room for every calibration batch of this size
+                    matrix = dense[slug] = torch.empty(-(-n_tokens // n_rows) * n_rows, acts.shape[-1])
+                rows = matrix[dense_rows:dense_rows + n_rows].view(acts.shape[0], acts.shape[1] - 1, -1)
+                rows.copy_(acts[:, 1:, :])
                 kept[slug] = (acts, None)
                 return
             if top_k is not None:
@@ -54,13 +61,15 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
 
         runner(batch.tokens, consume=keep)
         consumed.append((batch, kept, n_units))
-        seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
+        dense_rows += n_rows
+        seen += n_rows
         if seen >= n_tokens:
             break
     grids = {}
     for source in sources:
         if source.kind == "neuron":
-            values = torch.cat(dense[source.slug]) if dense[source.slug] else torch.zeros(1, source.n_units)
+            matrix = dense[source.slug]
+            values = matrix[:dense_rows] if matrix is not None else torch.zeros(1, source.n_units)
             grids[source.slug] = _dense_grid(values, hist_bins)
         else:
             grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
@@ -70,7 +79,9 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
 def replay(consumed: list) -> Iterator[tuple]:
     """(batch, activations, top_ks) of the calibration batches: the activations as the
     runner gave them ({slug: [B, P, U]}), and the top-k a TopK SAE gave ({slug: (values,
-    indices)})."""
+    indices)}). A TopK SAE's dense activations are rebuilt in one buffer, overwritten by
+    the next batch: use each batch's activations before taking the next."""
+    buffers: dict[str, torch.Tensor] = {}  # one dense TopK output per source, reused
     while consumed:
         batch, kept, n_units = consumed.pop(0)  # released as soon as it is used
         acts, top_ks = {}, {}
@@ -78,7 +89,10 @@ def replay(consumed: list) -> Iterator[tuple]:
             if top_k is not None:
                 values, indices = top_k
                 top_ks[slug] = top_k
-                act = values.new_zeros(*values.shape[:-1], n_units[slug]).scatter_(-1, indices, values)
+                shape = (*values.shape[:-1], n_units[slug])
+                if slug not in buffers or buffers[slug].shape != shape:
+                    buffers[slug] = values.new_empty(shape)
+                act = buffers[slug].zero_().scatter_(-1, indices, values)
             acts[slug] = act.to_dense() if act.is_sparse else act
         yield batch, acts, top_ks
 

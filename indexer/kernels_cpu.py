@@ -115,10 +115,13 @@ def _offer_top(out, part, n, b, p, u):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
+def dense_pass(acts, scratch, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
                total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
     """acts [B, P, U] float32; keys [B * P] float64; order: the rows b * P + p to visit
-    (BOS excluded), in increasing key order, ties by row.
+    (BOS excluded), in increasing key order, ties by row. scratch [n_parts, >= part width,
+    n_bins] int32, all zeros: each part counts its batch there (half the cache footprint of
+    the int64 histogram), adds the counts to `hist` and leaves it zeroed again; kept by the
+    caller, so no call allocates (and page-faults) a fresh table.
 
     The units are split into one contiguous part per thread (top_count.shape[0] parts),
     each part walking the rows, so every unit is updated by one thread in the same order
@@ -146,7 +149,7 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
         part_total_sq = total_sq[start:stop].copy()
         part_low = low[start:stop].copy()
         part_high = high[start:stop].copy()
-        counts = np.zeros((width, n_bins), np.int32)  # a batch never has 2**31 tokens
+        counts = scratch[part]  # a batch never has 2**31 tokens
         bins = np.empty(width, np.uint32)  # unsigned: no negative-index handling
         n_top = 0
         n_sample = 0
@@ -190,6 +193,7 @@ def dense_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bi
             high[start + i] = part_high[i]
             for j in range(n_bins):
                 hist[start + i, j] += counts[i, j]
+                counts[i, j] = 0
         top_count[part] = n_top
         sample_count[part] = n_sample
 
