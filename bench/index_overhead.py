@@ -82,6 +82,9 @@ def main() -> None:
 
     import torch
 
+    from indexer.memory import keep_freed_memory
+
+    keep_freed_memory()  # as `actscope index` does, for the floor too (see indexer/memory.py)
     if args.threads:
         torch.set_num_threads(args.threads)
 

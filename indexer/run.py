@@ -29,7 +29,10 @@ def run_index(config: IndexConfig) -> str:
     from .sources import load_sae, neuron_sources, resolve_sae_spec, sae_processing, sae_sources
     from .store_writer import StoreWriter
 
+    from .memory import keep_freed_memory
+
     started = time.perf_counter()
+    keep_freed_memory()  # the batches' tensors reuse resident memory instead of faulting in fresh pages
     device = pick_device(config.device)
     model_spec = resolve_model_spec(config.model)
     sae_specs = [resolve_sae_spec(text) for text in config.saes]
@@ -50,6 +53,9 @@ def run_index(config: IndexConfig) -> str:
                                      eos_token_id=loaded.eos_token_id, ctx=config.ctx,
                                      batch_size=config.batch_size, max_sequences=max_sequences))
 
+    # Facts read off the weights are computed now, while nothing else runs: at the end they
+    # would compete for the cores with the database inserts.
+    weight_facts = read_weight_facts(loaded, sources)
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
     state = None
     if config.resume:
@@ -103,7 +109,7 @@ def run_index(config: IndexConfig) -> str:
         raise ActscopeError(
             f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
         )
-    _write_results(writer, config, loaded, sources, accumulators, n_sequences, started)
+    _write_results(writer, config, loaded, sources, accumulators, weight_facts, n_sequences, started)
     writer.finish(Path(config.out))
     config.checkpoint_path.unlink(missing_ok=True)
     n_tokens = n_sequences * (config.ctx - 1)
@@ -153,21 +159,33 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     return update
 
 
-def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,
-                   started: float) -> None:
+def read_weight_facts(loaded, sources) -> dict:
+    """{"cos": {slug: cos(w_in, w_out) or None}, "logits": {slug: LogitTable or None},
+    "vocab": [token string of each id]}: what the index records from the weights alone."""
+    from .weights import cos_in_out, logit_table
+
+    model = loaded.model
+    return {
+        "cos": {source.slug: cos_in_out(model, source) for source in sources},
+        "logits": {source.slug: logit_table(model, source) for source in sources},
+        "vocab": loaded.tokenizer.batch_decode([[i] for i in range(int(model.cfg.d_vocab))]),
+    }
+
+
+def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, weight_facts: dict,
+                   n_sequences: int, started: float) -> None:
     import pyarrow as pa
 
     from .finalize import example_rows, unit_rows
-    from .weights import cos_in_out, logit_table
 
     model, slug = loaded.model, loaded.spec.slug
     for source in sources:
         acc = accumulators[source.slug]
-        stats, bands = unit_rows(slug, source.slug, acc, cos_in_out(model, source))
+        stats, bands = unit_rows(slug, source.slug, acc, weight_facts["cos"][source.slug])
         writer.write_table("unit_stats", stats)
         writer.write_table("bands", bands)
         writer.write_table("examples", example_rows(slug, source.slug, acc, config.ctx))
-        table = logit_table(model, source)
+        table = weight_facts["logits"][source.slug]
         if table is not None:
             writer.write_table("logits", pa.table({
                 "model": pa.array([slug] * source.n_units),
@@ -184,7 +202,7 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
             "band_basis": "firing" if source.kind == "sae" else "all",
         }])
     vocab_size = int(model.cfg.d_vocab)
-    tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
+    tokens = weight_facts["vocab"]
     writer.write_table("vocab", pa.table({
         "model": pa.array([slug] * vocab_size),
         "token_id": pa.array(list(range(vocab_size)), type=pa.int32()),
