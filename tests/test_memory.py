@@ -37,4 +37,4 @@ def test_freed_blocks_are_reused_without_page_faults():
     pages_per_batch = 4 * (16 << 20) // 4096
     assert kept < pages_per_batch // 10  # not even a tenth of one batch's pages faulted again
     # glibc's defaults hand much of it back to the kernel every batch: the setting matters.
-    assert default > 5 * pages_per_batch
+    assert default > pages_per_batch
