@@ -28,7 +28,6 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     # Neuron values go straight into one [rows, units] matrix per source (no per-batch
     # copies to concatenate later), sized on the first batch for the batches to come.
     dense: dict[str, torch.Tensor | None] = {s.slug: None for s in sources if s.kind == "neuron"}
-    dense_rows = 0
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
     n_units = {s.slug: s.n_units for s in sources}
@@ -42,7 +41,7 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
                 matrix = dense[slug]
                 if matrix is None:  # room for every calibration batch of this size
                     matrix = dense[slug] = torch.empty(-(-n_tokens // n_rows) * n_rows, acts.shape[-1])
-                rows = matrix[dense_rows:dense_rows + n_rows].view(acts.shape[0], acts.shape[1] - 1, -1)
+                rows = matrix[seen:seen + n_rows].view(acts.shape[0], acts.shape[1] - 1, -1)
                 rows.copy_(acts[:, 1:, :])
                 kept[slug] = (acts, None)
                 return
@@ -61,15 +60,14 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
 
         runner(batch.tokens, consume=keep)
         consumed.append((batch, kept, n_units))
-        dense_rows += n_rows
-        seen += n_rows
+        seen += n_rows  # also the rows of the neuron matrices filled so far
         if seen >= n_tokens:
             break
     grids = {}
     for source in sources:
         if source.kind == "neuron":
             matrix = dense[source.slug]
-            values = matrix[:dense_rows] if matrix is not None else torch.zeros(1, source.n_units)
+            values = matrix[:seen] if matrix is not None else torch.zeros(1, source.n_units)
             grids[source.slug] = _dense_grid(values, hist_bins)
         else:
             grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
