@@ -56,7 +56,8 @@ class DenseAccumulator(MergeableAccumulator):
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        candidates = self._run_pass(dense_pass, (acts, self._count_scratch()), keys, top_threshold)
+        candidates = self._run_pass(dense_pass, (acts, self._count_scratch(), self.grid.band_start), keys,
+                                    top_threshold)
         self.stats.n_tokens += body.shape[0] * body.shape[1]
         self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
         if warm:

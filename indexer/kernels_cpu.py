@@ -105,6 +105,35 @@ def _offer_sample(key, i, band, band_size, open_bands, taken, need, out, part, n
 
 
 @njit(inline="always")
+def _lowest_open_bin(i, u, key, open_bands, band_start, n_bins):
+    """First bin of the lowest band of unit u = start + i that still takes a token with this
+    key (n_bins when none does): a value in a lower bin cannot become a band sample."""
+    for band in range(open_bands.shape[1]):
+        if key < open_bands[i, band]:
+            return np.uint32(band_start[u, band])
+    return np.uint32(n_bins)
+
+
+@njit(inline="always")
+def _band_events(open_bands):
+    """(threshold, part unit) of every band with a finite threshold, by threshold: the keys
+    at which the bands stop taking samples, met in that order by rows in key order."""
+    n_units, n_bands = open_bands.shape
+    event_key = np.empty(n_units * n_bands, np.float64)
+    event_unit = np.empty(n_units * n_bands, np.int64)
+    n_events = 0
+    for i in range(n_units):
+        for band in range(n_bands):
+            threshold = open_bands[i, band]
+            if -np.inf < threshold < np.inf:
+                event_key[n_events] = threshold
+                event_unit[n_events] = i
+                n_events += 1
+    by_key = np.argsort(event_key[:n_events])
+    return event_key[by_key], event_unit[by_key]
+
+
+@njit(inline="always")
 def _offer_top(out, part, n, b, p, u):
     """Top-k candidate (b, p) of unit u. Returns the new candidate count."""
     if n < out.shape[1]:
@@ -115,8 +144,8 @@ def _offer_top(out, part, n, b, p, u):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_pass(acts, scratch, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
-               total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need,
+               band_size, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
     """acts [B, P, U] float32; keys [B * P] float64; order: the rows b * P + p to visit
     (BOS excluded), in increasing key order, ties by row. scratch [n_parts, >= part width,
     n_bins] int32, all zeros: each part counts its batch there (half the cache footprint of
@@ -132,6 +161,13 @@ def dense_pass(acts, scratch, keys, order, scale, base, n_bins, top_threshold, b
     band_size candidates in this batch no later row can beat them: the band is closed,
     and a unit with every band closed looks at no more keys. This keeps the candidates
     few even in the first batches, when the thresholds are still infinite.
+
+    Which tokens can become band samples is tested per row with one vectorised compare:
+    each unit keeps the first bin of its lowest band still taking the row's key
+    (band_start [U, n_bands + 1], the grid's), raised as the keys pass the bands'
+    thresholds (taken in threshold order) and as bands close. Band thresholds are far
+    apart (a rare band's is high, a common band's tiny), so most rows with a low key
+    still have no value in a band that would take it, and are passed over at once.
     """
     n_batch, n_pos, n_units = acts.shape
     n_parts = top_count.shape[0]
@@ -145,6 +181,11 @@ def dense_pass(acts, scratch, keys, order, scale, base, n_bins, top_threshold, b
             offset[i] = np.float32(-1.0) - base[start + i]
         threshold = top_threshold[start:stop].copy()
         open_bands, taken, need = _band_state(band_need, start, stop)
+        event_key, event_unit = _band_events(open_bands)
+        next_event = 0
+        min_bin = np.empty(width, np.uint32)
+        for i in range(width):
+            min_bin[i] = _lowest_open_bin(i, start + i, -1.0, open_bands, band_start, n_bins)
         part_total = total[start:stop].copy()
         part_total_sq = total_sq[start:stop].copy()
         part_low = low[start:stop].copy()
@@ -158,6 +199,10 @@ def dense_pass(acts, scratch, keys, order, scale, base, n_bins, top_threshold, b
             p = order[k] - b * n_pos
             row = acts[b, p, start:stop]
             key = keys[order[k]]
+            while next_event < event_key.shape[0] and event_key[next_event] <= key:
+                i = event_unit[next_event]
+                min_bin[i] = _lowest_open_bin(i, start + i, key, open_bands, band_start, n_bins)
+                next_event += 1
             for i in range(width):
                 x = np.float64(row[i])
                 part_total[i] += x
@@ -179,13 +224,16 @@ def dense_pass(acts, scratch, keys, order, scale, base, n_bins, top_threshold, b
                         n_top = _offer_top(top_out, part, n_top, b, p, start + i)
             wanted = 0
             for i in range(width):
-                wanted += key < need[i]
+                wanted += bins[i] >= min_bin[i]
             if wanted:
                 for i in range(width):
-                    if key < need[i]:
+                    if bins[i] >= min_bin[i]:
                         u = start + i
-                        n_sample = _offer_sample(key, i, band_of_bin[u, bins[i]], band_size, open_bands, taken,
-                                                 need, sample_out, part, n_sample, b, p, u)
+                        offered = _offer_sample(key, i, band_of_bin[u, bins[i]], band_size, open_bands, taken,
+                                                need, sample_out, part, n_sample, b, p, u)
+                        if offered != n_sample:  # taken: its band may have closed
+                            min_bin[i] = _lowest_open_bin(i, u, key, open_bands, band_start, n_bins)
+                        n_sample = offered
         for i in range(width):
             total[start + i] = part_total[i]
             total_sq[start + i] = part_total_sq[i]
