@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from .config import NEURON_BAND_LEVELS, SAE_BAND_LEVELS
-from .grid import Grid, build_grid
+from .grid import Grid, add_dense_bin_counts, build_grid, uniform_grid, with_bands
 from .sources import Source
 
 
@@ -25,24 +25,19 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     The batches are taken from `batches`, which the caller then goes on reading; use
     `replay` on `consumed` to get their activations back as the runner gave them.
     """
-    # Neuron values go straight into one [rows, units] matrix per source (no per-batch
-    # copies to concatenate later), sized on the first batch for the batches to come.
-    dense: dict[str, torch.Tensor | None] = {s.slug: None for s in sources if s.kind == "neuron"}
+    # Neuron activations are kept as the runner gave them, for the replay; the grids are
+    # counted from them in place (copying them into one matrix cost a pass and fresh pages).
+    dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
     n_units = {s.slug: s.n_units for s in sources}
     seen, consumed = 0, []
     for batch in batches:
         kept: dict[str, tuple] = {}
-        n_rows = batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
 
         def keep(slug: str, acts: torch.Tensor, top_k) -> None:
             if slug in dense:
-                matrix = dense[slug]
-                if matrix is None:  # room for every calibration batch of this size
-                    matrix = dense[slug] = torch.empty(-(-n_tokens // n_rows) * n_rows, acts.shape[-1])
-                rows = matrix[seen:seen + n_rows].view(acts.shape[0], acts.shape[1] - 1, -1)
-                rows.copy_(acts[:, 1:, :])
+                dense[slug].append(acts)
                 kept[slug] = (acts, None)
                 return
             if top_k is not None:
@@ -60,15 +55,13 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
 
         runner(batch.tokens, consume=keep)
         consumed.append((batch, kept, n_units))
-        seen += n_rows  # also the rows of the neuron matrices filled so far
+        seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
         if seen >= n_tokens:
             break
     grids = {}
     for source in sources:
         if source.kind == "neuron":
-            matrix = dense[source.slug]
-            values = matrix[:seen] if matrix is not None else torch.zeros(1, source.n_units)
-            grids[source.slug] = _dense_grid(values, hist_bins)
+            grids[source.slug] = _dense_grid(dense[source.slug], source.n_units, hist_bins)
         else:
             grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
     return grids, consumed
@@ -95,8 +88,17 @@ def replay(consumed: list) -> Iterator[tuple]:
         yield batch, acts, top_ks
 
 
-def _dense_grid(values: torch.Tensor, hist_bins: int) -> Grid:
-    return build_grid(values.amin(0), values.amax(0), NEURON_BAND_LEVELS, hist_bins, None, values)
+def _dense_grid(batches: list[torch.Tensor], n_units: int, hist_bins: int) -> Grid:
+    """Grid from the activations [B, P, U] of the calibration batches, BOS (position 0) left out."""
+    if not batches:  # no calibration tokens: one token of zeros
+        batches = [torch.zeros(1, 2, n_units)]
+    lo = torch.stack([acts[:, 1:, :].amin((0, 1)) for acts in batches]).amin(0).cpu()
+    hi = torch.stack([acts[:, 1:, :].amax((0, 1)) for acts in batches]).amax(0).cpu()
+    grid = uniform_grid(lo, hi, NEURON_BAND_LEVELS, hist_bins)
+    counts = torch.zeros(n_units, grid.n_bins, dtype=torch.long)
+    for acts in batches:
+        add_dense_bin_counts(grid, acts[:, 1:, :], counts)
+    return with_bands(grid, counts)
 
 
 def _sparse_grid(parts, n_units: int, hist_bins: int) -> Grid:

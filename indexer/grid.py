@@ -62,14 +62,8 @@ class Grid:
                    tuple(state["levels"]), int(state["n_bins"]))
 
 
-def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int,
-               units: torch.Tensor | None, values: torch.Tensor) -> Grid:
-    """Grid per unit over its calibrated range [lo, hi], bands from calibration values.
-
-    The calibration values are a dense [N, U] matrix (units=None) or (unit, value) pairs;
-    each band edge is put at the bin edge where the unit's cumulative count is nearest to
-    its quantile level.
-    """
+def uniform_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int) -> Grid:
+    """Grid per unit over its calibrated range [lo, hi]; its bands are set by `with_bands`."""
     lo = torch.minimum(lo.double(), torch.zeros(()))  # 0 must be a bin edge inside the grid
     hi = torch.maximum(hi.double(), torch.zeros(()))
     span = (hi - lo).clamp(min=1e-6)
@@ -79,29 +73,44 @@ def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hi
     width = torch.pow(2.0, torch.ceil(torch.log2(width)))
     n_units = lo.numel()
     n_bins = hist_bins + 3  # bins to reach hi: ceil(hi / w) - base <= hist_bins + 2
-    grid = Grid(scale=(1.0 / width).float(), base=(torch.ceil(lo / width) - 1).float(),
+    return Grid(scale=(1.0 / width).float(), base=(torch.ceil(lo / width) - 1).float(),
                 band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
                 band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long), levels=tuple(levels),
                 n_bins=n_bins)
-    if units is None and values.device.type == "cpu":
-        import numba
 
-        from .kernels_cpu import dense_bin_counts
 
-        counts = torch.zeros(n_units, n_bins, dtype=torch.long)
-        dense_bin_counts(values.float().contiguous().numpy(), grid.scale.numpy(), grid.base.numpy(), n_bins,
-                         numba.get_num_threads(), counts.numpy())
-    else:
-        if units is None:
-            units = torch.arange(n_units, device=values.device)[None, :]
-        index = grid.bins_of(values, units) + units * n_bins
-        counts = torch.bincount(index.reshape(-1), minlength=n_units * n_bins).view(n_units, n_bins)
-    grid.band_start = band_starts(counts, levels)
+def add_dense_bin_counts(grid: Grid, values: torch.Tensor, counts: torch.Tensor) -> None:
+    """counts [U, n_bins] (CPU) += the bins of values [B, P, U] (any strides), every unit's
+    value at every (b, p) counted in that unit's grid."""
+    import numba
+
+    from .kernels_cpu import dense_bin_counts
+
+    dense_bin_counts(values.float().cpu().numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
+                     numba.get_num_threads(), counts.numpy())
+
+
+def with_bands(grid: Grid, counts: torch.Tensor) -> Grid:
+    """The grid with its bands placed from calibration bin counts [U, n_bins]: each band edge
+    at the bin edge where the unit's cumulative count is nearest to its quantile level."""
+    n_units, n_bins = counts.shape
+    grid.band_start = band_starts(counts, grid.levels)
     # Band of bin j = the number of inner band starts <= j: a running sum of start marks.
     marks = torch.zeros(n_units, n_bins, dtype=torch.long)
     marks.scatter_add_(1, grid.band_start[:, 1:-1], torch.ones_like(grid.band_start[:, 1:-1]))
     grid.band_of_bin = marks.cumsum(1)
     return grid
+
+
+def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int,
+               units: torch.Tensor, values: torch.Tensor) -> Grid:
+    """Grid per unit over its calibrated range [lo, hi], bands from calibration (unit, value)
+    pairs."""
+    grid = uniform_grid(lo, hi, levels, hist_bins)
+    index = grid.bins_of(values, units) + units * grid.n_bins
+    n_units = lo.numel()
+    counts = torch.bincount(index.reshape(-1), minlength=n_units * grid.n_bins).view(n_units, grid.n_bins)
+    return with_bands(grid, counts)
 
 
 def band_starts(counts: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:

@@ -248,18 +248,19 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
 
 @njit(parallel=True, cache=True, nogil=True)
 def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
-    """counts [U, n_bins] += the bins of values [N, U] (the bins dense_pass computes)."""
-    n_rows, n_units = values.shape
+    """counts [U, n_bins] += the bins of values [B, P, U] (the bins dense_pass computes)."""
+    n_batch, n_pos, n_units = values.shape
     last_bin = np.float32(n_bins - 1)
     for part in prange(n_parts):
         start, stop = _part(n_units, n_parts, part)
         bins = np.empty(stop - start, np.uint32)
-        for row in range(n_rows):
-            for i in range(stop - start):
-                u = start + i
-                bins[i] = np.uint32(_fine_bin(values[row, u], scale[u], np.float32(-1.0) - base[u], last_bin))
-            for i in range(stop - start):
-                counts[start + i, bins[i]] += 1
+        for b in range(n_batch):
+            for p in range(n_pos):
+                for i in range(stop - start):
+                    u = start + i
+                    bins[i] = np.uint32(_fine_bin(values[b, p, u], scale[u], np.float32(-1.0) - base[u], last_bin))
+                for i in range(stop - start):
+                    counts[start + i, bins[i]] += 1
 
 
 @njit(inline="always")
