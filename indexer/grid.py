@@ -79,15 +79,15 @@ def uniform_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], 
                 n_bins=n_bins)
 
 
-def add_dense_bin_counts(grid: Grid, values: torch.Tensor, counts: torch.Tensor) -> None:
-    """counts [U, n_bins] (CPU) += the bins of values [B, P, U] (any strides), every unit's
-    value at every (b, p) counted in that unit's grid."""
+def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -> None:
+    """counts [U, n_bins] (CPU) += the bins of every unit's activations in acts [B, P, U],
+    BOS (position 0) left out."""
     import numba
 
     from .kernels_cpu import dense_bin_counts
 
-    dense_bin_counts(values.float().cpu().numpy(), grid.scale.numpy(), grid.base.numpy(), grid.n_bins,
-                     numba.get_num_threads(), counts.numpy())
+    dense_bin_counts(acts.float().cpu().contiguous().numpy(), 1, grid.scale.numpy(), grid.base.numpy(),
+                     grid.n_bins, numba.get_num_threads(), counts.numpy())
 
 
 def with_bands(grid: Grid, counts: torch.Tensor) -> Grid:

@@ -247,19 +247,25 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_bin_counts(values, scale, base, n_bins, n_parts, counts):
-    """counts [U, n_bins] += the bins of values [B, P, U] (the bins dense_pass computes)."""
-    n_batch, n_pos, n_units = values.shape
+def dense_bin_counts(acts, first_pos, scale, base, n_bins, n_parts, counts):
+    """counts [U, n_bins] += the bins (those dense_pass computes) of acts [B, P, U] at
+    positions first_pos and after."""
+    n_batch, n_pos, n_units = acts.shape
     last_bin = np.float32(n_bins - 1)
     for part in prange(n_parts):
         start, stop = _part(n_units, n_parts, part)
-        bins = np.empty(stop - start, np.uint32)
+        width = stop - start
+        offset = np.empty(width, np.float32)
+        for i in range(width):
+            offset[i] = np.float32(-1.0) - base[start + i]
+        unit_scale = scale[start:stop].copy()
+        bins = np.empty(width, np.uint32)
         for b in range(n_batch):
-            for p in range(n_pos):
-                for i in range(stop - start):
-                    u = start + i
-                    bins[i] = np.uint32(_fine_bin(values[b, p, u], scale[u], np.float32(-1.0) - base[u], last_bin))
-                for i in range(stop - start):
+            for p in range(first_pos, n_pos):
+                row = acts[b, p, start:stop]
+                for i in range(width):
+                    bins[i] = np.uint32(_fine_bin(row[i], unit_scale[i], offset[i], last_bin))
+                for i in range(width):
                     counts[start + i, bins[i]] += 1
 
 
