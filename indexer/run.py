@@ -9,6 +9,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .config import IndexConfig
 from .errors import ActscopeError
@@ -172,6 +174,16 @@ def read_weight_facts(loaded, sources) -> dict:
     }
 
 
+def _list_column(rows) -> "pa.ListArray":
+    """A list column from a [rows, n] tensor, without a Python object per value."""
+    import pyarrow as pa
+
+    values = rows.contiguous().numpy().reshape(-1)
+    width = rows.shape[1]
+    offsets = np.arange(0, values.size + 1, width, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
 def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, weight_facts: dict,
                    n_sequences: int, started: float) -> None:
     import pyarrow as pa
@@ -190,11 +202,11 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, w
             writer.write_table("logits", pa.table({
                 "model": pa.array([slug] * source.n_units),
                 "source": pa.array([source.slug] * source.n_units),
-                "unit": pa.array(list(range(source.n_units)), type=pa.int32()),
-                "top_ids": pa.array(table.top_ids.int().tolist(), type=pa.list_(pa.int32())),
-                "top_values": pa.array(table.top_values.float().tolist(), type=pa.list_(pa.float32())),
-                "bottom_ids": pa.array(table.bottom_ids.int().tolist(), type=pa.list_(pa.int32())),
-                "bottom_values": pa.array(table.bottom_values.float().tolist(), type=pa.list_(pa.float32())),
+                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
+                "top_ids": _list_column(table.top_ids.int()),
+                "top_values": _list_column(table.top_values.float()),
+                "bottom_ids": _list_column(table.bottom_ids.int()),
+                "bottom_values": _list_column(table.bottom_values.float()),
             }))
         writer.write_rows("sources", [{
             **source.row(), "model": slug,
@@ -205,7 +217,7 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, w
     tokens = weight_facts["vocab"]
     writer.write_table("vocab", pa.table({
         "model": pa.array([slug] * vocab_size),
-        "token_id": pa.array(list(range(vocab_size)), type=pa.int32()),
+        "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
         "token": pa.array(tokens),
     }))
     cfg = model.cfg
