@@ -55,9 +55,6 @@ def run_index(config: IndexConfig) -> str:
                                      eos_token_id=loaded.eos_token_id, ctx=config.ctx,
                                      batch_size=config.batch_size, max_sequences=max_sequences))
 
-    # Facts read off the weights are computed now, while nothing else runs: at the end they
-    # would compete for the cores with the database inserts.
-    weight_facts = read_weight_facts(loaded, sources)
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
     state = None
     if config.resume:
@@ -111,7 +108,7 @@ def run_index(config: IndexConfig) -> str:
         raise ActscopeError(
             f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
         )
-    _write_results(writer, config, loaded, sources, accumulators, weight_facts, n_sequences, started)
+    _write_results(writer, config, loaded, sources, accumulators, n_sequences, started)
     writer.finish(Path(config.out))
     config.checkpoint_path.unlink(missing_ok=True)
     n_tokens = n_sequences * (config.ctx - 1)
@@ -161,19 +158,6 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     return update
 
 
-def read_weight_facts(loaded, sources) -> dict:
-    """{"cos": {slug: cos(w_in, w_out) or None}, "logits": {slug: LogitTable or None},
-    "vocab": [token string of each id]}: what the index records from the weights alone."""
-    from .weights import cos_in_out, logit_table
-
-    model = loaded.model
-    return {
-        "cos": {source.slug: cos_in_out(model, source) for source in sources},
-        "logits": {source.slug: logit_table(model, source) for source in sources},
-        "vocab": loaded.tokenizer.batch_decode([[i] for i in range(int(model.cfg.d_vocab))]),
-    }
-
-
 def _list_column(rows) -> "pa.ListArray":
     """A list column from a [rows, n] tensor, without a Python object per value."""
     import pyarrow as pa
@@ -184,20 +168,32 @@ def _list_column(rows) -> "pa.ListArray":
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, weight_facts: dict,
-                   n_sequences: int, started: float) -> None:
+def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,
+                   started: float) -> None:
+    """Everything but the sequences, into the file. The largest tables go first; the facts
+    read off the weights (logit tables, vocabulary) are computed while DuckDB inserts them,
+    on a core that would otherwise wait for it."""
     import pyarrow as pa
+    import torch
 
     from .finalize import example_rows, unit_rows
+    from .weights import cos_in_out, logit_table
 
     model, slug = loaded.model, loaded.spec.slug
     for source in sources:
         acc = accumulators[source.slug]
-        stats, bands = unit_rows(slug, source.slug, acc, weight_facts["cos"][source.slug])
+        stats, bands = unit_rows(slug, source.slug, acc, cos_in_out(model, source))
         writer.write_table("unit_stats", stats)
         writer.write_table("bands", bands)
         writer.write_table("examples", example_rows(slug, source.slug, acc, config.ctx))
-        table = weight_facts["logits"][source.slug]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the other core is DuckDB's
+    try:
+        tables = {source.slug: logit_table(model, source) for source in sources}
+    finally:
+        torch.set_num_threads(threads)
+    for source in sources:
+        table = tables[source.slug]
         if table is not None:
             writer.write_table("logits", pa.table({
                 "model": pa.array([slug] * source.n_units),
@@ -210,11 +206,11 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, w
             }))
         writer.write_rows("sources", [{
             **source.row(), "model": slug,
-            "band_levels": list(acc.grid.levels),
+            "band_levels": list(accumulators[source.slug].grid.levels),
             "band_basis": "firing" if source.kind == "sae" else "all",
         }])
     vocab_size = int(model.cfg.d_vocab)
-    tokens = weight_facts["vocab"]
+    tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
     writer.write_table("vocab", pa.table({
         "model": pa.array([slug] * vocab_size),
         "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
