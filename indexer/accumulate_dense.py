@@ -39,10 +39,11 @@ class DenseAccumulator(MergeableAccumulator):
         self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path
         self._counts: torch.Tensor | None = None  # reused count tables of the fused pass
 
-    def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
-        """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys."""
+    def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, order=None) -> None:
+        """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys;
+        order: kernels_cpu.key_order(keys), if the caller has it (one per batch, for all sources)."""
         if self.fused:
-            self._update_fused(acts.contiguous(), first_seq, keys)
+            self._update_fused(acts.contiguous(), first_seq, keys, order)
             return
         body = acts[:, 1:, :]
         scaled = self._update_stats(body)
@@ -50,14 +51,14 @@ class DenseAccumulator(MergeableAccumulator):
         self._bin_counts(scaled)
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
-    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, order) -> None:
         from .kernels_cpu import dense_pass
 
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
         candidates = self._run_pass(dense_pass, (acts, self._count_scratch(), self.grid.band_start), keys,
-                                    top_threshold)
+                                    top_threshold, order)
         self.stats.n_tokens += body.shape[0] * body.shape[1]
         self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
         if warm:

@@ -31,12 +31,13 @@ class SparseAccumulator(MergeableAccumulator):
         self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor,
-               top_k: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+               top_k: tuple[torch.Tensor, torch.Tensor] | None = None, order=None) -> None:
         """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys; top_k: for a
-        TopK SAE, (values, indices) [B, P, k] whose scatter is acts (values >= 0)."""
+        TopK SAE, (values, indices) [B, P, k] whose scatter is acts (values >= 0); order:
+        kernels_cpu.key_order(keys), if the caller has it (one per batch, for all sources)."""
         self.stats.n_tokens += acts.shape[0] * (acts.shape[1] - 1)
         if self.fused:
-            self._update_fused(acts.contiguous(), first_seq, keys, top_k)
+            self._update_fused(acts.contiguous(), first_seq, keys, top_k, order)
             return
         b, p, units, values = _firing(acts)
         stats, grid = self.stats, self.grid
@@ -51,15 +52,15 @@ class SparseAccumulator(MergeableAccumulator):
         self._update_top(acts, b, p, units, values, first_seq)
         self._update_samples(acts, b, p, units, bins, keys, first_seq)
 
-    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, top_k) -> None:
+    def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, top_k, order) -> None:
         from .kernels_cpu import sparse_pass, sparse_topk_pass
 
         if top_k is None:
-            candidates = self._run_pass(sparse_pass, (acts,), keys, self.top.threshold().float())
+            candidates = self._run_pass(sparse_pass, (acts,), keys, self.top.threshold().float(), order)
         else:
             values, indices = top_k
             candidates = self._run_pass(sparse_topk_pass, (values.contiguous(), indices.contiguous()), keys,
-                                        self.top.threshold().float())
+                                        self.top.threshold().float(), order)
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
             b, p, units, values = _firing(acts) if top_k is None else _firing_top_k(*top_k)

@@ -149,11 +149,18 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
 
+    # The row order the compiled (CPU) passes visit, computed once for all sources.
+    order = None
+    if tokens.device.type == "cpu":
+        from .kernels_cpu import key_order
+
+        order = key_order(keys)
+
     def update(slug: str, acts, top_k=None) -> None:
         if top_k is None:
-            accumulators[slug].update(acts, first_seq, keys)
+            accumulators[slug].update(acts, first_seq, keys, order=order)
         else:
-            accumulators[slug].update(acts, first_seq, keys, top_k=top_k)
+            accumulators[slug].update(acts, first_seq, keys, top_k=top_k, order=order)
 
     return update
 

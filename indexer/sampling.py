@@ -139,16 +139,18 @@ class MergeableAccumulator:
     _candidates = None  # CandidateBuffers of the compiled pass, made on first use
 
     def _run_pass(self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor,
-                  top_threshold: torch.Tensor):
+                  top_threshold: torch.Tensor, order=None):
         """One compiled pass (kernels_cpu.dense_pass, sparse_pass or sparse_topk_pass) over the
-        batch given as `inputs` (the kernel's first arguments); returns its candidate buffers."""
+        batch given as `inputs` (the kernel's first arguments), visiting its rows in `order`
+        (default: key_order(keys)); returns its candidate buffers."""
         from .kernels_cpu import CandidateBuffers, key_order
 
         stats, grid = self.stats, self.grid
         if self._candidates is None:
             self._candidates = CandidateBuffers()
         self._candidates.reset()
-        kernel(*(tensor.numpy() for tensor in inputs), keys.reshape(-1).numpy(), key_order(keys),
+        order = key_order(keys) if order is None else order
+        kernel(*(tensor.numpy() for tensor in inputs), keys.reshape(-1).numpy(), order,
                grid.scale.numpy(), grid.base.numpy(), grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
                band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
                stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
