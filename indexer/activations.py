@@ -83,10 +83,16 @@ class ActivationRunner:
     def _output_buffer(self, source: Source, act: torch.Tensor) -> torch.Tensor | None:
         if self._outputs is None:
             return None
-        shape = (*act.shape[:2], source.n_units)
-        buffer = self._outputs.get(source.slug)
-        if buffer is None or buffer.shape != shape or buffer.device != act.device:
-            buffer = self._outputs[source.slug] = torch.empty(shape, dtype=torch.float32, device=act.device)
+        return self.output_buffer(source.slug, (*act.shape[:2], source.n_units), act.device)
+
+    def output_buffer(self, slug: str, shape: tuple[int, ...], device) -> torch.Tensor:
+        """A float32 tensor of `shape` for source `slug`: with `reuse_outputs`, the buffer the
+        next call writes that source's activations into (already paged in), else a new one."""
+        if self._outputs is None:
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        buffer = self._outputs.get(slug)
+        if buffer is None or tuple(buffer.shape) != tuple(shape) or buffer.device != torch.device(device):
+            buffer = self._outputs[slug] = torch.empty(shape, dtype=torch.float32, device=device)
         return buffer
 
 

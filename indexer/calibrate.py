@@ -25,20 +25,30 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     The batches are taken from `batches`, which the caller then goes on reading; use
     `replay` on `consumed` to get their activations back as the runner gave them.
     """
-    # Neuron activations are kept as the runner gave them, for the replay; the grids are
-    # counted from them in place (copying them into one matrix cost a pass and fresh pages).
+    # Neuron activations are copied, for the replay and the grids, into one store per
+    # source sized on the first batch. Keeping the runner's own tensors instead would leave
+    # them scattered through the heap: the forward passes during and after calibration
+    # then page in fresh memory (about 4 batches' worth), which costs more than the copy.
     dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
+    stores: dict[str, torch.Tensor] = {}
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
     n_units = {s.slug: s.n_units for s in sources}
-    seen, consumed = 0, []
+    seen, n_seqs, consumed = 0, 0, []
     for batch in batches:
         kept: dict[str, tuple] = {}
 
         def keep(slug: str, acts: torch.Tensor, top_k) -> None:
             if slug in dense:
-                dense[slug].append(acts)
-                kept[slug] = (acts, None)
+                if slug not in stores:  # room for the sequences calibration can take
+                    batch_size, ctx = acts.shape[:2]
+                    needed = -(-n_tokens // (ctx - 1))
+                    capacity = -(-needed // batch_size) * batch_size
+                    stores[slug] = torch.empty((capacity, *acts.shape[1:]), dtype=acts.dtype, device=acts.device)
+                rows = stores[slug][n_seqs:n_seqs + acts.shape[0]]
+                rows.copy_(acts)
+                dense[slug].append(rows)
+                kept[slug] = (rows, None)
                 return
             if top_k is not None:
                 values, indices = top_k
@@ -56,6 +66,7 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
         runner(batch.tokens, consume=keep)
         consumed.append((batch, kept, n_units))
         seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
+        n_seqs += batch.tokens.shape[0]
         if seen >= n_tokens:
             break
     grids = {}
@@ -67,12 +78,14 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     return grids, consumed
 
 
-def replay(consumed: list) -> Iterator[tuple]:
+def replay(consumed: list, buffer_of=None) -> Iterator[tuple]:
     """(batch, activations, top_ks) of the calibration batches: the activations as the
     runner gave them ({slug: [B, P, U]}), and the top-k a TopK SAE gave ({slug: (values,
     indices)}). A TopK SAE's dense activations are rebuilt in one buffer, overwritten by
-    the next batch: use each batch's activations before taking the next."""
-    buffers: dict[str, torch.Tensor] = {}  # one dense TopK output per source, reused
+    the next batch: use each batch's activations before taking the next. `buffer_of(slug,
+    shape, device)` gives that buffer (ActivationRunner.output_buffer: the one the runner
+    reuses, already paged in); by default one is made."""
+    buffers: dict[str, torch.Tensor] = {}
     while consumed:
         batch, kept, n_units = consumed.pop(0)  # released as soon as it is used
         acts, top_ks = {}, {}
@@ -81,7 +94,9 @@ def replay(consumed: list) -> Iterator[tuple]:
                 values, indices = top_k
                 top_ks[slug] = top_k
                 shape = (*values.shape[:-1], n_units[slug])
-                if slug not in buffers or buffers[slug].shape != shape:
+                if buffer_of is not None:
+                    buffers[slug] = buffer_of(slug, shape, values.device)
+                elif slug not in buffers or buffers[slug].shape != shape:
                     buffers[slug] = values.new_empty(shape)
                 act = buffers[slug].zero_().scatter_(-1, indices, values)
             acts[slug] = act.to_dense() if act.is_sparse else act

@@ -83,7 +83,8 @@ def run_index(config: IndexConfig) -> str:
                     disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
     with torch.inference_mode():
         # The calibration batches first, without a second forward pass, then the rest.
-        for batch, acts, top_ks in itertools.chain(replay(calibrated), ((batch, None, None) for batch in stream)):
+        replayed = replay(calibrated, runner.output_buffer)
+        for batch, acts, top_ks in itertools.chain(replayed, ((batch, None, None) for batch in stream)):
             if batch.index < batches_done:
                 continue  # already in the checkpoint
             tokens = batch.tokens.to(device)
