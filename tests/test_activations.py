@@ -62,3 +62,42 @@ def test_runner_reuses_its_sae_buffer_and_keeps_values_exact(tiny_model_dir, tin
     torch.testing.assert_close(second, fresh(second_tokens)[source.slug], rtol=0, atol=0)
     torch.testing.assert_close(first_values, fresh(first_tokens)[source.slug], rtol=0, atol=0)
     assert not torch.equal(first_values, second)
+
+
+def test_replay_in_the_runners_buffer_gives_the_calibration_activations(tiny_model_dir, tiny_topk_sae_dir,
+                                                                        tiny_corpus_dir):
+    """Calibration keeps neuron activations in its own store and a TopK SAE's top-k; the
+    replay gives back exactly what the runner gave, also when it rebuilds the SAE's dense
+    activations in the runner's reused buffer."""
+    from indexer.activations import ActivationRunner
+    from indexer.calibrate import calibrate, replay
+    from indexer.corpus import iter_batches, iter_documents
+    from indexer.model import load_model, resolve_model_spec
+    from indexer.sources import neuron_sources, resolve_sae_spec, sae_sources
+
+    loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
+    spec = resolve_sae_spec(str(tiny_topk_sae_dir))
+    sources = neuron_sources(loaded.model, [])
+    sources += sae_sources(loaded.model, [_sae(tiny_topk_sae_dir)], [spec], {s.slug for s in sources})
+    batches = list(iter_batches(iter_documents(str(tiny_corpus_dir)), loaded.tokenizer,
+                                bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id, ctx=16,
+                                batch_size=4, max_sequences=12))
+    assert len(batches) == 3
+    fresh = ActivationRunner(loaded.model, sources)
+    expected = [{slug: acts.clone() for slug, acts in fresh(batch.tokens).items()} for batch in batches]
+
+    runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)
+    _, consumed = calibrate(runner, iter(batches), sources, 2 * 4 * 15, 32)  # two batches' tokens
+    assert len(consumed) == 2
+    sae_slug = sources[-1].slug
+    replayed = 0
+    with torch.inference_mode():  # as in the indexer: the runner's buffer is an inference tensor
+        for index, (batch, acts, top_ks) in enumerate(replay(consumed, runner.output_buffer)):
+            assert batch.index == index
+            buffer = runner.output_buffer(sae_slug, acts[sae_slug].shape, "cpu")
+            assert acts[sae_slug].data_ptr() == buffer.data_ptr()
+            assert set(top_ks) == {sae_slug}
+            for slug, values in expected[index].items():
+                torch.testing.assert_close(acts[slug], values, rtol=0, atol=0)
+            replayed += 1
+    assert replayed == 2
