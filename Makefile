@@ -46,6 +46,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/index_overhead.py
+	$(BIN)/python bench/accumulator_overhead.py
 	$(BIN)/python bench/index_memory.py
 	$(BIN)/python bench/server.py
 
