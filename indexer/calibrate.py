@@ -29,8 +29,8 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     # source sized on the first batch. Keeping the runner's own tensors instead would leave
     # them scattered through the heap: the forward passes during and after calibration
     # then page in fresh memory (about 4 batches' worth), which costs more than the copy.
-    dense: dict[str, list[torch.Tensor]] = {s.slug: [] for s in sources if s.kind == "neuron"}
-    stores: dict[str, torch.Tensor] = {}
+    neurons = {s.slug for s in sources if s.kind == "neuron"}
+    stores: dict[str, torch.Tensor] = {}  # [sequences, P, U]; the first n_seqs rows filled
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         s.slug: [] for s in sources if s.kind == "sae"}
     n_units = {s.slug: s.n_units for s in sources}
@@ -39,7 +39,7 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
         kept: dict[str, tuple] = {}
 
         def keep(slug: str, acts: torch.Tensor, top_k) -> None:
-            if slug in dense:
+            if slug in neurons:
                 if slug not in stores:  # room for the sequences calibration can take
                     batch_size, ctx = acts.shape[:2]
                     needed = -(-n_tokens // (ctx - 1))
@@ -47,7 +47,6 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
                     stores[slug] = torch.empty((capacity, *acts.shape[1:]), dtype=acts.dtype, device=acts.device)
                 rows = stores[slug][n_seqs:n_seqs + acts.shape[0]]
                 rows.copy_(acts)
-                dense[slug].append(rows)
                 kept[slug] = (rows, None)
                 return
             if top_k is not None:
@@ -72,20 +71,21 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     grids = {}
     for source in sources:
         if source.kind == "neuron":
-            grids[source.slug] = _dense_grid(dense[source.slug], source.n_units, hist_bins)
+            store = stores.get(source.slug)
+            grids[source.slug] = _dense_grid(store[:n_seqs] if store is not None else None, source.n_units,
+                                             hist_bins)
         else:
             grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
     return grids, consumed
 
 
-def replay(consumed: list, buffer_of=None) -> Iterator[tuple]:
+def replay(consumed: list, buffer_of) -> Iterator[tuple]:
     """(batch, activations, top_ks) of the calibration batches: the activations as the
     runner gave them ({slug: [B, P, U]}), and the top-k a TopK SAE gave ({slug: (values,
-    indices)}). A TopK SAE's dense activations are rebuilt in one buffer, overwritten by
-    the next batch: use each batch's activations before taking the next. `buffer_of(slug,
-    shape, device)` gives that buffer (ActivationRunner.output_buffer: the one the runner
-    reuses, already paged in); by default one is made."""
-    buffers: dict[str, torch.Tensor] = {}
+    indices)}). A TopK SAE's dense activations are rebuilt in the buffer `buffer_of(slug,
+    shape, device)` gives (ActivationRunner.output_buffer: with `reuse_outputs`, the one
+    the runner reuses, already paged in), overwritten by the next batch: use each batch's
+    activations before taking the next."""
     while consumed:
         batch, kept, n_units = consumed.pop(0)  # released as soon as it is used
         acts, top_ks = {}, {}
@@ -93,27 +93,22 @@ def replay(consumed: list, buffer_of=None) -> Iterator[tuple]:
             if top_k is not None:
                 values, indices = top_k
                 top_ks[slug] = top_k
-                shape = (*values.shape[:-1], n_units[slug])
-                if buffer_of is not None:
-                    buffers[slug] = buffer_of(slug, shape, values.device)
-                elif slug not in buffers or buffers[slug].shape != shape:
-                    buffers[slug] = values.new_empty(shape)
-                act = buffers[slug].zero_().scatter_(-1, indices, values)
+                buffer = buffer_of(slug, (*values.shape[:-1], n_units[slug]), values.device)
+                act = buffer.zero_().scatter_(-1, indices, values)
             acts[slug] = act.to_dense() if act.is_sparse else act
         yield batch, acts, top_ks
 
 
-def _dense_grid(batches: list[torch.Tensor], n_units: int, hist_bins: int) -> Grid:
-    """Grid from the activations [B, P, U] of the calibration batches, BOS (position 0) left out."""
-    if not batches:  # no calibration tokens: one token of zeros
-        batches = [torch.zeros(1, 2, n_units)]
+def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int) -> Grid:
+    """Grid from the calibration sequences' activations [S, P, U], BOS (position 0) left out."""
+    if acts is None:  # no calibration tokens: one token of zeros
+        acts = torch.zeros(1, 2, n_units)
     # Along positions first, then sequences: much faster than one reduction over both.
-    lo = torch.stack([acts[:, 1:, :].amin(1).amin(0) for acts in batches]).amin(0).cpu()
-    hi = torch.stack([acts[:, 1:, :].amax(1).amax(0) for acts in batches]).amax(0).cpu()
+    lo = acts[:, 1:, :].amin(1).amin(0).cpu()
+    hi = acts[:, 1:, :].amax(1).amax(0).cpu()
     grid = uniform_grid(lo, hi, NEURON_BAND_LEVELS, hist_bins)
     counts = torch.zeros(n_units, grid.n_bins, dtype=torch.long)
-    for acts in batches:
-        add_dense_bin_counts(grid, acts, counts)
+    add_dense_bin_counts(grid, acts, counts)
     return with_bands(grid, counts)
 
 

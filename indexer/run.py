@@ -166,16 +166,6 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     return update
 
 
-def _list_column(rows) -> "pa.ListArray":
-    """A list column from a [rows, n] tensor, without a Python object per value."""
-    import pyarrow as pa
-
-    values = rows.contiguous().numpy().reshape(-1)
-    width = rows.shape[1]
-    offsets = np.arange(0, values.size + 1, width, dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
 def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,
                    started: float) -> None:
     """Everything but the sequences, into the file. The largest tables go first; the facts
@@ -185,6 +175,7 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
     import torch
 
     from .finalize import example_rows, unit_rows
+    from .store_writer import fixed_width_lists
     from .weights import cos_in_out, logit_table
 
     model, slug = loaded.model, loaded.spec.slug
@@ -207,10 +198,10 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
                 "model": pa.array([slug] * source.n_units),
                 "source": pa.array([source.slug] * source.n_units),
                 "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
-                "top_ids": _list_column(table.top_ids.int()),
-                "top_values": _list_column(table.top_values.float()),
-                "bottom_ids": _list_column(table.bottom_ids.int()),
-                "bottom_values": _list_column(table.bottom_values.float()),
+                "top_ids": fixed_width_lists(table.top_ids.int().numpy()),
+                "top_values": fixed_width_lists(table.top_values.float().numpy()),
+                "bottom_ids": fixed_width_lists(table.bottom_ids.int().numpy()),
+                "bottom_values": fixed_width_lists(table.bottom_values.float().numpy()),
             }))
         writer.write_rows("sources", [{
             **source.row(), "model": slug,

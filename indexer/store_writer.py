@@ -22,6 +22,13 @@ from . import schema
 from .errors import ActscopeError
 
 
+def fixed_width_lists(rows: np.ndarray) -> pa.ListArray:
+    """A list column with one list per row of `rows` [n, width], without a Python object
+    per value."""
+    offsets = np.arange(0, rows.size + 1, rows.shape[1], dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(rows).reshape(-1)))
+
+
 class StoreWriter:
     def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
         import duckdb
@@ -78,9 +85,7 @@ class StoreWriter:
     def _write_pending(self) -> None:
         seqs = np.concatenate([first + np.arange(len(rows)) for first, rows in self._pending])
         rows = np.concatenate([rows for _, rows in self._pending])
-        ctx = rows.shape[1]
-        token_lists = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, rows.size + 1, ctx, dtype=np.int32)), pa.array(rows.reshape(-1)))
+        token_lists = fixed_width_lists(rows)
         self.write_table("sequences", pa.table({
             "model": pa.array([self.model] * len(seqs)),
             "seq": pa.array(seqs.astype(np.int32)),
