@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -61,61 +62,74 @@ def run_index(config: IndexConfig) -> str:
         state = load_checkpoint(config.checkpoint_path, identity, device)
         if state is None:
             print(f"no checkpoint at {config.checkpoint_path}: starting from the beginning", file=sys.stderr)
-    stream = batches()
-    if state is not None:
-        grids, calibrated = state["grids"], []
-    else:
-        grids, calibrated = calibrate(runner, stream, sources, config.calibration_tokens, config.hist_bins)
-    accumulators = new_accumulators(sources, grids, config, device)
-    batches_done, n_sequences = 0, 0
-    if state is not None:
-        for slug, acc in accumulators.items():
-            acc.load_state_dict(state["accumulators"][slug])
-        batches_done, n_sequences = state["batches_done"], state["n_sequences"]
-    else:
-        config.checkpoint_path.unlink(missing_ok=True)
+    # The file is opened before the first forward pass: the first index a process writes
+    # starts its DuckDB instance, which trims the C heap (see store_writer.py); done now,
+    # that hands back none of the memory the forward passes page in.
     writer = StoreWriter(config.tmp_path, model_spec.slug, fresh=state is None)
-    if state is not None:
-        writer.truncate_sequences(n_sequences)
+    try:
+        stream = batches()
+        if state is not None:
+            grids, calibrated = state["grids"], []
+        else:
+            grids, calibrated = calibrate(runner, stream, sources, config.calibration_tokens, config.hist_bins)
+        accumulators = new_accumulators(sources, grids, config, device)
+        batches_done, n_sequences = 0, 0
+        if state is not None:
+            for slug, acc in accumulators.items():
+                acc.load_state_dict(state["accumulators"][slug])
+            batches_done, n_sequences = state["batches_done"], state["n_sequences"]
+            writer.truncate_sequences(n_sequences)
+        else:
+            config.checkpoint_path.unlink(missing_ok=True)
 
-    total = max_sequences * config.ctx if max_sequences else None
-    progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
-                    disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
-    with torch.inference_mode():
-        # The calibration batches first, without a second forward pass, then the rest.
-        replayed = replay(calibrated, runner.output_buffer)
-        for batch, acts, top_ks in itertools.chain(replayed, ((batch, None, None) for batch in stream)):
-            if batch.index < batches_done:
-                continue  # already in the checkpoint
-            tokens = batch.tokens.to(device)
-            if acts is None:  # each source accumulated as soon as the forward pass yields it
-                update = accumulate_each(accumulators, tokens, batch.first_seq, config.seed)
-                runner(tokens, consume=update)
-            else:
-                accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed, top_ks)
-            writer.add_sequences(batch.first_seq, batch.tokens.numpy())
-            batches_done = batch.index + 1
-            n_sequences = batch.first_seq + tokens.shape[0]
-            progress.update(tokens.numel())
-            if config.checkpoint_every and batches_done % config.checkpoint_every == 0:
-                writer.flush(wait=True)  # the checkpoint must not get ahead of the file
-                save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
-            elif batches_done % SEQUENCE_FLUSH_BATCHES == 0:
-                writer.flush()  # memory stays flat however long the corpus
-    progress.close()
-    if n_sequences == 0:
-        writer.close()
-        config.tmp_path.unlink(missing_ok=True)
-        raise ActscopeError(
-            f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
-        )
-    _write_results(writer, config, loaded, sources, accumulators, n_sequences, started)
-    writer.finish(Path(config.out))
+        total = max_sequences * config.ctx if max_sequences else None
+        progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
+                        disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
+        with torch.inference_mode():
+            # The calibration batches first, without a second forward pass, then the rest.
+            replayed = replay(calibrated, runner.output_buffer)
+            for batch, acts, top_ks in itertools.chain(replayed, ((batch, None, None) for batch in stream)):
+                if batch.index < batches_done:
+                    continue  # already in the checkpoint
+                tokens = batch.tokens.to(device)
+                if acts is None:  # each source accumulated as soon as the forward pass yields it
+                    update = accumulate_each(accumulators, tokens, batch.first_seq, config.seed)
+                    runner(tokens, consume=update)
+                else:
+                    accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed, top_ks)
+                writer.add_sequences(batch.first_seq, batch.tokens.numpy())
+                batches_done = batch.index + 1
+                n_sequences = batch.first_seq + tokens.shape[0]
+                progress.update(tokens.numel())
+                if config.checkpoint_every and batches_done % config.checkpoint_every == 0:
+                    writer.flush(wait=True)  # the checkpoint must not get ahead of the file
+                    save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
+                elif batches_done % SEQUENCE_FLUSH_BATCHES == 0:
+                    writer.flush()  # memory stays flat however long the corpus
+        progress.close()
+        if n_sequences == 0:
+            raise ActscopeError(
+                f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
+            )
+        _write_results(writer, config, loaded, sources, accumulators, n_sequences, started)
+        writer.finish(Path(config.out))
+    except BaseException:
+        _abandon(writer, config)
+        raise
     config.checkpoint_path.unlink(missing_ok=True)
     n_tokens = n_sequences * (config.ctx - 1)
     units = sum(s.n_units for s in sources)
     return (f"indexed {units} units ({', '.join(s.slug for s in sources)}) over {n_tokens:,} tokens "
             f"in {time.perf_counter() - started:.1f}s -> {config.out}")
+
+
+def _abandon(writer, config: IndexConfig) -> None:
+    """After a failed run: the file closed (an error of its own dropped: the run's is the
+    one to report) and deleted, unless a checkpoint can resume from it."""
+    with contextlib.suppress(Exception):
+        writer.close()
+    if not config.checkpoint_path.exists():
+        config.tmp_path.unlink(missing_ok=True)
 
 
 def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:

@@ -9,6 +9,7 @@ call that waits: `flush(wait=True)`, `finish` or `close`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,29 @@ def fixed_width_lists(rows: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(rows).reshape(-1)))
 
 
+# DuckDB hands every free page of the C heap back to the kernel (malloc_trim) whenever a
+# database instance starts or stops, and whenever one of its worker threads has been idle
+# for half a second. The forward passes after a trim fault in and zero the memory they had
+# already paged in, hundreds of MB per batch of the next passes (memory.py keeps the heap
+# for exactly this reason). So every index is written through one in-memory instance per
+# process, started once and kept: each file is ATTACHed to it and DETACHed when done, and
+# the instance runs its work on the calling thread only, with no worker threads to idle.
+_WRITER_DATABASE_CONFIG = {"threads": 1, "allocator_flush_threshold": "1000GB",
+                           "allocator_bulk_deallocation_flush_threshold": "1000GB"}
+_writer_database = None
+_attached = itertools.count()
+
+
+def _writer_connection():
+    """A new connection to the process's writer instance (made on first use)."""
+    import duckdb
+
+    global _writer_database
+    if _writer_database is None:
+        _writer_database = duckdb.connect(":memory:", config=_WRITER_DATABASE_CONFIG)
+    return _writer_database.cursor()
+
+
 class StoreWriter:
     def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
         import duckdb
@@ -40,10 +64,15 @@ class StoreWriter:
                 path.unlink(missing_ok=True)
         elif not self.tmp_path.exists():
             raise ActscopeError(f"--resume: the partial index {self.tmp_path} is missing; rerun without --resume")
+        self.con = _writer_connection()
+        self._alias = f"actscope_index_{next(_attached)}"
+        quoted = str(self.tmp_path).replace("'", "''")
         try:
-            self.con = duckdb.connect(str(self.tmp_path))
+            self.con.execute(f"ATTACH '{quoted}' AS {self._alias}")
         except duckdb.Error as exc:
+            self.con.close()
             raise ActscopeError(f"cannot open {self.tmp_path} for writing: {exc}") from exc
+        self.con.execute(f"USE {self._alias}")
         if fresh:
             schema.create_all(self.con)
         self._pending: list[tuple[int, np.ndarray]] = []
@@ -128,4 +157,8 @@ class StoreWriter:
             self.wait()
         finally:
             self._worker.shutdown(wait=True, cancel_futures=True)
-            self.con.close()
+            try:
+                self.con.execute("USE memory")
+                self.con.execute(f"DETACH {self._alias}")
+            finally:
+                self.con.close()

@@ -111,3 +111,28 @@ def test_real_process_prints_no_traceback(inputs, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --model no-such-model-xyz")
     assert "Traceback" not in proc.stderr
+
+
+def test_error_after_calibration_leaves_no_file_and_the_next_run_works(inputs, tmp_path):
+    """A corpus that turns bad after the first batches: the partial file is removed, and the
+    same process then writes an index at the same place."""
+    from indexer.config import IndexConfig
+    from indexer.model import load_model, resolve_model_spec
+
+    docs = [path.read_text() for path in sorted(Path(inputs["corpus"]).glob("*.txt"))]
+    tokenizer = load_model(resolve_model_spec(inputs["model"]), "cpu").tokenizer
+    n_good_tokens = sum(len(tokenizer(doc)["input_ids"]) for doc in docs)
+    assert n_good_tokens > 2 * IndexConfig.calibration_tokens  # the bad line comes after calibration
+    corpus = tmp_path / "turns_bad.jsonl"
+    corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs) + "{not json\n")
+    out = tmp_path / "index.duckdb"
+    common = ["--model", inputs["model"], "--out", str(out), "--ctx", str(TINY_CTX), "--quiet", "--device", "cpu"]
+
+    result = run_cli(*common, "--dataset", str(corpus))
+    assert result.exit_code == 2, result.output
+    assert f"{corpus}:{len(docs) + 1} is not valid JSON" in result.stderr
+    assert not out.exists() and not Path(str(out) + ".tmp").exists()
+
+    result = run_cli(*common, "--dataset", inputs["corpus"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and not Path(str(out) + ".tmp").exists()
