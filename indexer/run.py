@@ -193,12 +193,12 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
     from .weights import cos_in_out, logit_table
 
     model, slug = loaded.model, loaded.spec.slug
+    for source in sources:  # the examples first: they take DuckDB longest, and are quick to build
+        writer.write_table("examples", example_rows(slug, source.slug, accumulators[source.slug], config.ctx))
     for source in sources:
-        acc = accumulators[source.slug]
-        stats, bands = unit_rows(slug, source.slug, acc, cos_in_out(model, source))
+        stats, bands = unit_rows(slug, source.slug, accumulators[source.slug], cos_in_out(model, source))
         writer.write_table("unit_stats", stats)
         writer.write_table("bands", bands)
-        writer.write_table("examples", example_rows(slug, source.slug, acc, config.ctx))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the other core is DuckDB's
     try:

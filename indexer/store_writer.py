@@ -144,9 +144,8 @@ class StoreWriter:
         self._submit(self.con.execute, "INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, text])
 
     def finish(self, out_path: Path) -> None:
-        """Index, checkpoint and close the file, then atomically move it to `out_path`."""
+        """Checkpoint and close the file, then atomically move it to `out_path`."""
         self.flush()
-        self._submit(schema.create_indexes, self.con)
         self._submit(self.con.execute, "CHECKPOINT")
         self.close()
         os.replace(self.tmp_path, out_path)
