@@ -37,6 +37,8 @@ def fixed_width_lists(rows: np.ndarray) -> pa.ListArray:
 # for exactly this reason). So every index is written through one in-memory instance per
 # process, started once and kept: each file is ATTACHed to it and DETACHed when done, and
 # the instance runs its work on the calling thread only, with no worker threads to idle.
+# Its allocator-flush thresholds are raised too, so that no large task or bulk free of a
+# big index trims either; so configured, only the instance's start and stop were seen to.
 _WRITER_DATABASE_CONFIG = {"threads": 1, "allocator_flush_threshold": "1000GB",
                            "allocator_bulk_deallocation_flush_threshold": "1000GB"}
 _writer_database = None

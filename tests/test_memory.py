@@ -26,9 +26,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", BATCHES, mode], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip())
+def _faults(mode: str, script: str = BATCHES) -> int:
+    """Page faults the script prints (its last line) when run in a fresh process with `mode`."""
+    done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -78,12 +79,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_writing_an_index_keeps_the_freed_memory():
-    def faults(mode: str) -> int:
-        done = subprocess.run([sys.executable, "-c", BATCHES_AND_INDEXES, mode], capture_output=True, text=True,
-                              check=True)
-        return int(done.stdout.strip().splitlines()[-1])
-
-    writer, connect = faults("writer"), faults("connect")
+    writer, connect = _faults("writer", BATCHES_AND_INDEXES), _faults("connect", BATCHES_AND_INDEXES)
     pages_per_batch = 4 * (16 << 20) // 4096
     # Five indexes written: their own work faults some pages, never the batches' again.
     assert writer < pages_per_batch
