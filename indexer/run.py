@@ -193,12 +193,15 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
     from .weights import cos_in_out, logit_table
 
     model, slug = loaded.model, loaded.spec.slug
-    for source in sources:  # the examples first: they take DuckDB longest, and are quick to build
-        writer.write_table("examples", example_rows(slug, source.slug, accumulators[source.slug], config.ctx))
-    for source in sources:
-        stats, bands = unit_rows(slug, source.slug, accumulators[source.slug], cos_in_out(model, source))
-        writer.write_table("unit_stats", stats)
-        writer.write_table("bands", bands)
+    # Each table in one insert, every source's rows in it: DuckDB then writes a large insert
+    # straight to the file in full row groups, where one insert per source went through its
+    # write-ahead log and a checkpoint (0.5 s instead of 0.75 s of DuckDB's work on the
+    # benchmark's tables). The examples first: they take DuckDB longest, and are quick to build.
+    writer.write_table("examples", pa.concat_tables(
+        [example_rows(slug, source.slug, accumulators[source.slug], config.ctx) for source in sources]))
+    rows = [unit_rows(slug, source.slug, accumulators[source.slug], cos_in_out(model, source)) for source in sources]
+    writer.write_table("unit_stats", pa.concat_tables([stats for stats, _ in rows]))
+    writer.write_table("bands", pa.concat_tables([bands for _, bands in rows]))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the other core is DuckDB's
     try:
