@@ -36,18 +36,3 @@ def test_early_stop_joins_the_producer():
     stream.close()
     assert not any(t.name == "actscope-prefetch" for t in threading.enumerate())
     assert len(produced) < 10  # it stopped instead of running through the iterator
-
-
-@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="no SCHED_IDLE on this OS")
-def test_producer_runs_at_idle_priority_and_the_consumer_does_not():
-    import os
-
-    policies = []
-
-    def items():
-        policies.append(os.sched_getscheduler(0))  # in the producer thread
-        yield 1
-
-    assert list(prefetch(items())) == [1]
-    assert policies == [os.SCHED_IDLE]
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # only the producer thread was changed
