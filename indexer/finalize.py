@@ -99,10 +99,15 @@ def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros) -> tuple
 
 def _ragged(rows: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
     """A list column of the first lengths[i] values of each row of `rows`."""
+    keep = np.arange(rows.shape[1])[None, :] < lengths[:, None]
+    return _list_column(rows[keep], lengths)
+
+
+def _list_column(values: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
+    """A list column of consecutive runs of `values`, lengths[i] values in list i."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    keep = np.arange(rows.shape[1])[None, :] < lengths[:, None]
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows[keep]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
@@ -142,7 +147,7 @@ def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
     parts = [_examples(acc.top, ctx, acc.window, lambda g: (g, None))]
     parts.append(_examples(acc.samples, ctx, acc.window, lambda g: (g // n_bands, g % n_bands)))
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "acts"}
-    offsets = np.concatenate([[0], np.cumsum(np.concatenate([p["lengths"] for p in parts]))]).astype(np.int32)
+    lengths = np.concatenate([p["lengths"] for p in parts])
     values = np.concatenate([p["acts"] for p in parts]).astype(np.float32)
     n_rows = columns["unit"].size
     band = columns["band"]
@@ -156,7 +161,7 @@ def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
         "pos": pa.array(columns["pos"].astype(np.int32)),
         "act": pa.array(columns["act"].astype(np.float32)),
         "start": pa.array(columns["start"].astype(np.int32)),
-        "acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        "acts": _list_column(values, lengths),
     })
 
 
