@@ -1,8 +1,8 @@
 """Produce the next items of an iterator in a background thread.
 
-Reading and tokenising the corpus then overlaps with the forward passes; the tokenizer
-releases the GIL while it works. When the consumer stops early, the producer is stopped
-and joined before the generator returns, so the tokenizer is never used by two threads.
+Reading the corpus's documents (files, or a Hub stream waiting on the network) then
+overlaps with the forward passes. When the consumer stops early, the producer is stopped
+and joined before the generator returns, so the source iterator is never left running.
 """
 
 from __future__ import annotations

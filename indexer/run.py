@@ -17,6 +17,7 @@ from .config import IndexConfig
 from .errors import ActscopeError
 
 SEQUENCE_FLUSH_BATCHES = 64  # token batches kept in memory before they go to the file
+DOCUMENT_PREFETCH = 64  # documents read ahead: two of the tokenizer's groups (corpus.py)
 
 
 def run_index(config: IndexConfig) -> str:
@@ -52,9 +53,18 @@ def run_index(config: IndexConfig) -> str:
 
     def batches():
         documents = iter_documents(config.dataset, config.text_column, config.split)
-        return prefetch(iter_batches(documents, loaded.tokenizer, bos_token_id=loaded.bos_token_id,
-                                     eos_token_id=loaded.eos_token_id, ctx=config.ctx,
-                                     batch_size=config.batch_size, max_sequences=max_sequences))
+        if device != "cpu":  # the CPU is free while the GPU works: tokenise beside it
+            return prefetch(iter_batches(documents, loaded.tokenizer, bos_token_id=loaded.bos_token_id,
+                                         eos_token_id=loaded.eos_token_id, ctx=config.ctx,
+                                         batch_size=config.batch_size, max_sequences=max_sequences))
+        # On the CPU the documents are read in the background (a Hub stream waits on the
+        # network there) but tokenised here, between forward passes: a tokenizer thread
+        # beside torch's workers preempts one of them and the other waits for it at the end
+        # of each parallel region, which cost the forward passes 1-4x the tokenizer's own
+        # CPU time, the more the busier the machine.
+        return iter_batches(prefetch(documents, depth=DOCUMENT_PREFETCH), loaded.tokenizer,
+                            bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id, ctx=config.ctx,
+                            batch_size=config.batch_size, max_sequences=max_sequences)
 
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
     state = None
