@@ -148,9 +148,10 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
                band_size, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
     """acts [B, P, U] float32; keys [B * P] float64; order: the rows b * P + p to visit
     (BOS excluded), in increasing key order, ties by row. scratch [n_parts, >= part width,
-    n_bins] int32, all zeros: each part counts its batch there (half the cache footprint of
-    the int64 histogram), adds the counts to `hist` and leaves it zeroed again; kept by the
-    caller, so no call allocates (and page-faults) a fresh table.
+    n_bins] int16 or int32 (wide enough for the batch's rows), all zeros: each part counts
+    its batch there (a fraction of the cache footprint of the int64 histogram), adds the
+    counts to `hist` and leaves it zeroed again; kept by the caller, so no call allocates
+    (and page-faults) a fresh table.
 
     The units are split into one contiguous part per thread (top_count.shape[0] parts),
     each part walking the rows, so every unit is updated by one thread in the same order
@@ -190,7 +191,7 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
         part_total_sq = total_sq[start:stop].copy()
         part_low = low[start:stop].copy()
         part_high = high[start:stop].copy()
-        counts = scratch[part]  # a batch never has 2**31 tokens
+        counts = scratch[part]
         bins = np.empty(width, np.uint32)  # unsigned: no negative-index handling
         n_top = 0
         n_sample = 0

@@ -207,3 +207,28 @@ def _compare_fused_and_torch(runner, sources, batches, grids, expect_top_k: bool
             assert torch.equal(a.token, b.token), (source.slug, name)
             torch.testing.assert_close(a.payload["win"], b.payload["win"], equal_nan=True)
         assert (fused.samples.token >= 0).sum() > 100
+
+
+@pytest.mark.parametrize("n_pos", [129, 16385])  # 256 and 32768 rows: int16 and int32 count tables
+def test_fused_dense_counts_a_bin_past_int16(n_pos):
+    """dense_pass counts each batch in int16 tables when no bin can pass 2**15 and in int32
+    ones otherwise: a unit whose every value lands in one bin, over 32768 tokens, still
+    gets its exact count, as the torch path gives."""
+    from indexer.accumulate_dense import DenseAccumulator
+    from indexer.calibrate import _dense_grid
+    from indexer.sampling import token_keys
+
+    generator = torch.Generator().manual_seed(5)
+    acts = torch.randn(2, n_pos, 4, generator=generator)
+    acts[:, :, 1] = 0.25  # one bin takes all of unit 1's tokens
+    grid = _dense_grid(acts[:, :64], 4, 64)
+    keys = token_keys(torch.arange(2 * n_pos).view(2, n_pos), 0)
+    paths = [DenseAccumulator(4, grid, top_k=3, band_size=2, window=(2, 1), device="cpu", fused=fused)
+             for fused in (True, False)]
+    for accumulator in paths:
+        accumulator.update(acts, 0, keys)
+    fused, plain = paths
+    assert torch.equal(fused.stats.hist, plain.stats.hist)
+    assert int(fused.stats.hist[1].max()) == 2 * (n_pos - 1)
+    assert int(fused.stats.hist.sum()) == 4 * 2 * (n_pos - 1)
+    assert fused._counts.dtype == (torch.int16 if 2 * (n_pos - 1) < 1 << 15 else torch.int32)
