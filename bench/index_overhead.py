@@ -5,7 +5,12 @@ figure that matters is their ratio. These machines are shared and noisy, so each
 run is compared with the floor runs just before and after it, and the median of those
 `--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
-    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--fresh-processes]
+    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--interleaved 3] [--fresh-processes]
+
+The machine's speed also drifts from one run to the next (floors of the same tokens have
+ranged from 12 to 21 s within minutes), so `--interleaved ROUNDS` (default 3) then also
+runs the indexer with the floor's forward pass of each batch run right beside the
+indexer's own, timed apart: both sides then see the machine at the same seconds.
 
 Much of the noise is system time: the kernel zeroing fresh pages for the forward pass's
 large tensors, whose number depends on the allocator's state, i.e. on what the process
@@ -75,6 +80,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--fresh-processes", action="store_true",
                         help="each floor and indexer run in a new process, after the same warm-up")
+    parser.add_argument("--interleaved", type=int, default=3, metavar="ROUNDS",
+                        help="then ROUNDS indexer runs with the floor's pass of each batch beside the "
+                             "indexer's own (0: none; not with --fresh-processes)")
     parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
@@ -151,6 +159,42 @@ def main() -> None:
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
+    def interleaved(round_: int) -> tuple[float, float]:
+        """(floor s, indexer s) of one indexer run with a floor forward pass of each batch's
+        tokens run beside the indexer's own: just before it on even batches, just after it
+        on odd ones. The indexer's time is the run's minus those floor passes, so both sides
+        see the machine at the same seconds, however its speed drifts."""
+        original_call = ActivationRunner.__call__
+        floor_time = [0.0]
+
+        def floor_pass(tokens) -> None:
+            start = time.perf_counter()
+            original_call(runner, tokens)
+            floor_time[0] += time.perf_counter() - start
+
+        def beside(self, tokens, consume=None):
+            if self is runner:
+                return original_call(self, tokens, consume)
+            even = calls[0] % 2 == 0
+            calls[0] += 1
+            if even:
+                floor_pass(tokens)
+            result = original_call(self, tokens, consume)
+            if not even:
+                floor_pass(tokens)
+            return result
+
+        calls = [0]
+        ActivationRunner.__call__ = beside
+        try:
+            wall = indexer(round_)[0]
+        finally:
+            ActivationRunner.__call__ = original_call
+        # The calibration batches are accumulated from kept activations, without a forward
+        # pass of their own; each batch still got one floor pass.
+        assert calls[0] == len(batches), (calls[0], len(batches))
+        return floor_time[0], wall - floor_time[0]
+
     if not args.fresh_processes:
         floor()  # warm-up: first-call allocations and thread pools
         # Warm-up: the compiled kernels loaded (or compiled, on the first run after an install).
@@ -176,6 +220,14 @@ def main() -> None:
               f"indexer (everything, incl. calibration and writing) {best_indexer:.2f}s = "
               f"{n_tokens / best_indexer:,.0f} tokens/s; fastest / fastest = {best_indexer / best_floor:.3f}; "
               f"median of the rounds' ratios = {statistics.median(r[which] for r in ratios):.3f}")
+    if args.interleaved and not args.fresh_processes:
+        side_by_side = []
+        for round_ in range(args.interleaved):
+            floor_s, indexer_s = interleaved(round_)
+            side_by_side.append(indexer_s / floor_s)
+            print(f"interleaved round {round_ + 1}: floor {floor_s:.2f}s, indexer {indexer_s:.2f}s, "
+                  f"ratio {side_by_side[-1]:.3f}")
+        print(f"interleaved: median of the rounds' ratios = {statistics.median(side_by_side):.3f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
