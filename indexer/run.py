@@ -135,11 +135,13 @@ def run_index(config: IndexConfig) -> str:
 
 def _abandon(writer, config: IndexConfig) -> None:
     """After a failed run: the file closed (an error of its own dropped: the run's is the
-    one to report) and deleted, unless a checkpoint can resume from it."""
+    one to report) and deleted with its write-ahead log, unless a checkpoint can resume
+    from it."""
     with contextlib.suppress(Exception):
         writer.close()
     if not config.checkpoint_path.exists():
         config.tmp_path.unlink(missing_ok=True)
+        Path(str(config.tmp_path) + ".wal").unlink(missing_ok=True)  # DuckDB's log, if it left one
 
 
 def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:

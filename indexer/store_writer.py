@@ -77,9 +77,13 @@ class StoreWriter:
         except duckdb.Error as exc:
             self.con.close()
             raise ActscopeError(f"cannot open {self.tmp_path} for writing: {exc}") from exc
-        self.con.execute(f"USE {self._alias}")
-        if fresh:
-            schema.create_all(self.con)
+        try:
+            self.con.execute(f"USE {self._alias}")
+            if fresh:
+                schema.create_all(self.con)
+        except BaseException:
+            self._detach()  # else the file stays attached and the next writer of it fails
+            raise
         self._pending: list[tuple[int, np.ndarray]] = []
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actscope-writer")
         self._submitted: list[Future] = []
@@ -161,8 +165,11 @@ class StoreWriter:
             self.wait()
         finally:
             self._worker.shutdown(wait=True, cancel_futures=True)
-            try:
-                self.con.execute("USE memory")
-                self.con.execute(f"DETACH {self._alias}")
-            finally:
-                self.con.close()
+            self._detach()
+
+    def _detach(self) -> None:
+        try:
+            self.con.execute("USE memory")
+            self.con.execute(f"DETACH {self._alias}")
+        finally:
+            self.con.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -132,7 +133,33 @@ def test_error_after_calibration_leaves_no_file_and_the_next_run_works(inputs, t
     assert result.exit_code == 2, result.output
     assert f"{corpus}:{len(docs) + 1} is not valid JSON" in result.stderr
     assert not out.exists() and not Path(str(out) + ".tmp").exists()
+    assert not Path(str(out) + ".tmp.wal").exists()
 
     result = run_cli(*common, "--dataset", inputs["corpus"])
     assert result.exit_code == 0, result.output
     assert out.exists() and not Path(str(out) + ".tmp").exists()
+
+
+def test_writer_that_fails_to_start_leaves_its_file_free(tmp_path, monkeypatch):
+    """A failure while a new index file's tables are made detaches the file again: the
+    process's next writer of the same path starts, where it would find it still attached."""
+    from indexer import schema
+    from indexer.store_writer import StoreWriter
+
+    path = tmp_path / "index.duckdb.tmp"
+
+    def broken(con):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "create_all", broken)
+        with pytest.raises(RuntimeError, match="disk full"):
+            StoreWriter(path, "m", fresh=True)
+    writer = StoreWriter(path, "m", fresh=True)
+    writer.set_meta("k", "v")
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        assert con.execute("SELECT value FROM meta WHERE key = 'k'").fetchall() == [("v",)]
+    finally:
+        con.close()
