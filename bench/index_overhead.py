@@ -165,16 +165,14 @@ def main() -> None:
         on odd ones. The indexer's time is the run's minus those floor passes, so both sides
         see the machine at the same seconds, however its speed drifts."""
         original_call = ActivationRunner.__call__
-        floor_time = [0.0]
+        floor_time, calls = [0.0], [0]
 
         def floor_pass(tokens) -> None:
             start = time.perf_counter()
             original_call(runner, tokens)
             floor_time[0] += time.perf_counter() - start
 
-        def beside(self, tokens, consume=None):
-            if self is runner:
-                return original_call(self, tokens, consume)
+        def beside(self, tokens, consume=None):  # only the indexer's runner calls it
             even = calls[0] % 2 == 0
             calls[0] += 1
             if even:
@@ -184,7 +182,6 @@ def main() -> None:
                 floor_pass(tokens)
             return result
 
-        calls = [0]
         ActivationRunner.__call__ = beside
         try:
             wall = indexer(round_)[0]

@@ -57,9 +57,10 @@ class DenseAccumulator(MergeableAccumulator):
         body = acts[:, 1:, :]
         warm = not bool(self.top.filled().all())
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
-        scratch = self._count_scratch(body.shape[0] * body.shape[1])
+        n_rows = body.shape[0] * body.shape[1]
+        scratch = self._count_scratch(n_rows)
         candidates = self._run_pass(dense_pass, (acts, scratch, self.grid.band_start), keys, top_threshold, order)
-        self.stats.n_tokens += body.shape[0] * body.shape[1]
+        self.stats.n_tokens += n_rows
         self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
         if warm:
             self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)

@@ -53,18 +53,18 @@ def run_index(config: IndexConfig) -> str:
 
     def batches():
         documents = iter_documents(config.dataset, config.text_column, config.split)
-        if device != "cpu":  # the CPU is free while the GPU works: tokenise beside it
-            return prefetch(iter_batches(documents, loaded.tokenizer, bos_token_id=loaded.bos_token_id,
-                                         eos_token_id=loaded.eos_token_id, ctx=config.ctx,
-                                         batch_size=config.batch_size, max_sequences=max_sequences))
         # On the CPU the documents are read in the background (a Hub stream waits on the
         # network there) but tokenised here, between forward passes: a tokenizer thread
         # beside torch's workers preempts one of them and the other waits for it at the end
         # of each parallel region, which cost the forward passes 1-4x the tokenizer's own
-        # CPU time, the more the busier the machine.
-        return iter_batches(prefetch(documents, depth=DOCUMENT_PREFETCH), loaded.tokenizer,
-                            bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id, ctx=config.ctx,
-                            batch_size=config.batch_size, max_sequences=max_sequences)
+        # CPU time, the more the busier the machine. With a GPU the CPU is free while it
+        # works: the tokenizer then runs beside the forward passes.
+        on_cpu = device == "cpu"
+        stream = iter_batches(prefetch(documents, depth=DOCUMENT_PREFETCH) if on_cpu else documents,
+                              loaded.tokenizer, bos_token_id=loaded.bos_token_id,
+                              eos_token_id=loaded.eos_token_id, ctx=config.ctx, batch_size=config.batch_size,
+                              max_sequences=max_sequences)
+        return stream if on_cpu else prefetch(stream)
 
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
     state = None
@@ -137,11 +137,12 @@ def _abandon(writer, config: IndexConfig) -> None:
     """After a failed run: the file closed (an error of its own dropped: the run's is the
     one to report) and deleted with its write-ahead log, unless a checkpoint can resume
     from it."""
+    from .store_writer import delete_index_file
+
     with contextlib.suppress(Exception):
         writer.close()
     if not config.checkpoint_path.exists():
-        config.tmp_path.unlink(missing_ok=True)
-        Path(str(config.tmp_path) + ".wal").unlink(missing_ok=True)  # DuckDB's log, if it left one
+        delete_index_file(config.tmp_path)
 
 
 def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:

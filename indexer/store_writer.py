@@ -58,6 +58,12 @@ def _writer_connection():
     return _writer_database.cursor()
 
 
+def delete_index_file(path: Path) -> None:
+    """Remove a DuckDB file and its write-ahead log, where they exist."""
+    for part in (Path(path), Path(str(path) + ".wal")):
+        part.unlink(missing_ok=True)
+
+
 class StoreWriter:
     def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
         import duckdb
@@ -65,8 +71,7 @@ class StoreWriter:
         self.tmp_path = Path(tmp_path)
         self.model = model
         if fresh:
-            for path in (self.tmp_path, Path(str(self.tmp_path) + ".wal")):
-                path.unlink(missing_ok=True)
+            delete_index_file(self.tmp_path)
         elif not self.tmp_path.exists():
             raise ActscopeError(f"--resume: the partial index {self.tmp_path} is missing; rerun without --resume")
         self.con = _writer_connection()
