@@ -55,8 +55,10 @@ class DenseAccumulator(MergeableAccumulator):
         from .kernels_cpu import dense_pass
 
         body = acts[:, 1:, :]
-        warm = not bool(self.top.filled().all())
-        top_threshold = torch.full((self.n_units,), float("inf")) if warm else self.top.threshold().float()
+        # Until every unit has k examples, each batch is reduced to its own top-k per unit;
+        # not needed with a top floor, below which no token gets in anyway.
+        warm = self.grid.top_floor is None and not bool(self.top.filled().all())
+        top_threshold = torch.full((self.n_units,), float("inf")) if warm else self._top_threshold()
         n_rows = body.shape[0] * body.shape[1]
         scratch = self._count_scratch(n_rows)
         candidates = self._run_pass(dense_pass, (acts, scratch, self.grid.band_start), keys, top_threshold, order)

@@ -56,11 +56,11 @@ class SparseAccumulator(MergeableAccumulator):
         from .kernels_cpu import sparse_pass, sparse_topk_pass
 
         if top_k is None:
-            candidates = self._run_pass(sparse_pass, (acts,), keys, self.top.threshold().float(), order)
+            candidates = self._run_pass(sparse_pass, (acts,), keys, self._top_threshold(), order)
         else:
             values, indices = top_k
             candidates = self._run_pass(sparse_topk_pass, (values.contiguous(), indices.contiguous()), keys,
-                                        self.top.threshold().float(), order)
+                                        self._top_threshold(), order)
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
             b, p, units, values = _firing(acts) if top_k is None else _firing_top_k(*top_k)

@@ -19,11 +19,13 @@ from .sources import Source
 
 
 def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
-              hist_bins: int) -> tuple[dict[str, Grid], list]:
+              hist_bins: int, top_k: int = 0) -> tuple[dict[str, Grid], list]:
     """({slug: grid}, consumed) from the first `n_tokens` indexed tokens.
 
     The batches are taken from `batches`, which the caller then goes on reading; use
-    `replay` on `consumed` to get their activations back as the runner gave them.
+    `replay` on `consumed` to get their activations back as the runner gave them. With
+    `top_k`, the grids also get their `top_floor` for that k: only valid for accumulators
+    that are given these batches too (as the replay does), since it is read off them.
     """
     # Neuron activations are copied, for the replay and the grids, into one store per
     # source sized on the first batch. Keeping the runner's own tensors instead would leave
@@ -73,23 +75,26 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
         if source.kind == "neuron":
             store = stores.get(source.slug)
             grids[source.slug] = _dense_grid(store[:n_seqs] if store is not None else None, source.n_units,
-                                             hist_bins)
+                                             hist_bins, top_k)
         else:
-            grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins)
+            grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins, top_k)
     return grids, consumed
 
 
-def replay(consumed: list, buffer_of) -> Iterator[tuple]:
+def replay(consumed: list, buffer_of, skip: frozenset[str] = frozenset()) -> Iterator[tuple]:
     """(batch, activations, top_ks) of the calibration batches: the activations as the
     runner gave them ({slug: [B, P, U]}), and the top-k a TopK SAE gave ({slug: (values,
-    indices)}). A TopK SAE's dense activations are rebuilt in the buffer `buffer_of(slug,
-    shape, device)` gives (ActivationRunner.output_buffer: with `reuse_outputs`, the one
-    the runner reuses, already paged in), overwritten by the next batch: use each batch's
-    activations before taking the next."""
+    indices)}), for every source but those in `skip`. A TopK SAE's dense activations are
+    rebuilt in the buffer `buffer_of(slug, shape, device)` gives
+    (ActivationRunner.output_buffer: with `reuse_outputs`, the one the runner reuses,
+    already paged in), overwritten by the next batch: use each batch's activations before
+    taking the next."""
     while consumed:
         batch, kept, n_units = consumed.pop(0)  # released as soon as it is used
         acts, top_ks = {}, {}
         for slug, (act, top_k) in kept.items():
+            if slug in skip:
+                continue
             if top_k is not None:
                 values, indices = top_k
                 top_ks[slug] = top_k
@@ -99,7 +104,44 @@ def replay(consumed: list, buffer_of) -> Iterator[tuple]:
         yield batch, acts, top_ks
 
 
-def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int) -> Grid:
+def replay_steps(consumed: list, buffer_of, together: frozenset[str]) -> Iterator[tuple]:
+    """The calibration batches as accumulation steps (batches, tokens, first_seq,
+    activations, top_ks): each batch with the activations of the sources not in
+    `together` (`batches` empty: the batch is not complete yet), then one step of all the
+    batches, their tokens [S, ctx] from `first_seq` on, and the activations [S, P, U] of
+    the neuron sources in `together` over all of them.
+
+    Accumulated in one update, a neuron source's band sampling takes each band's samples
+    once, in increasing key order over all the calibration tokens, where batch by batch a
+    band took its samples in each batch anew until its threshold came down; the state is
+    the same. (SAE sources stay batch by batch: a TopK SAE's dense activations of all the
+    batches at once would be a large fresh buffer.)
+    """
+    batches = [batch for batch, _, _ in consumed]
+    if not batches:
+        return
+    joined = {slug: _joined([kept[slug][0] for _, kept, _ in consumed]) for slug in together}
+    for batch, acts, top_ks in replay(consumed, buffer_of, skip=together):
+        yield [], batch.tokens, batch.first_seq, acts, top_ks
+    yield batches, torch.cat([batch.tokens for batch in batches]), batches[0].first_seq, joined, {}
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Consecutive row ranges of one neuron source's store (see `calibrate`) as one tensor
+    over all of them, without a copy."""
+    first = parts[0]
+    n_rows = sum(part.shape[0] for part in parts)
+    joined = first.as_strided((n_rows, *first.shape[1:]), first.stride(), first.storage_offset())
+    row = 0
+    for part in parts:  # each part must be the joined tensor's rows, else copy
+        if part.data_ptr() != joined[row].data_ptr() or part.untyped_storage().data_ptr() != \
+                first.untyped_storage().data_ptr():
+            return torch.cat(parts)
+        row += part.shape[0]
+    return joined
+
+
+def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int, top_k: int = 0) -> Grid:
     """Grid from the calibration sequences' activations [S, P, U], BOS (position 0) left out."""
     if acts is None:  # no calibration tokens: one token of zeros
         acts = torch.zeros(1, 2, n_units)
@@ -109,17 +151,18 @@ def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int) -> Grid
     grid = uniform_grid(lo, hi, NEURON_BAND_LEVELS, hist_bins)
     counts = torch.zeros(n_units, grid.n_bins, dtype=torch.long)
     add_dense_bin_counts(grid, acts, counts)
-    return with_bands(grid, counts)
+    grid = with_bands(grid, counts)
+    return grid.with_top_floor(counts, top_k) if top_k else grid
 
 
-def _sparse_grid(parts, n_units: int, hist_bins: int) -> Grid:
+def _sparse_grid(parts, n_units: int, hist_bins: int, top_k: int = 0) -> Grid:
     units = torch.cat([u for u, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
     values = torch.cat([v for _, v in parts]) if parts else torch.zeros(0)
     lo = torch.full((n_units,), float("inf")).scatter_reduce(0, units, values, "amin")
     hi = torch.zeros(n_units).scatter_reduce(0, units, values, "amax")
     silent = torch.bincount(units, minlength=n_units) == 0
     lo[silent] = 0.0
-    grid = build_grid(lo, hi, SAE_BAND_LEVELS, hist_bins, units, values)
+    grid = build_grid(lo, hi, SAE_BAND_LEVELS, hist_bins, units, values, top_k)
     if bool(silent.any()):
         # Features silent during calibration get the source's pooled range and bands:
         # their counts stay exact, only their band edges are less tailored.

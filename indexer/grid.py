@@ -25,6 +25,11 @@ class Grid:
     band_of_bin: torch.Tensor  # [U, n_bins] int64
     levels: tuple[float, ...]  # nominal quantile levels of the band edges
     n_bins: int
+    # [U] float32: a value below the k-th largest of the unit's calibration values (k the
+    # run's top-k), -inf where none is known. The calibration tokens are part of the run,
+    # so no token at or below it can be among the unit's top-k: the accumulators need not
+    # look at those even before their top-k fills up.
+    top_floor: torch.Tensor | None = None
 
     @property
     def n_bands(self) -> int:
@@ -50,16 +55,31 @@ class Grid:
 
     def to(self, device) -> "Grid":
         return Grid(self.scale.to(device), self.base.to(device), self.band_start.to(device),
-                    self.band_of_bin.to(device), self.levels, self.n_bins)
+                    self.band_of_bin.to(device), self.levels, self.n_bins,
+                    None if self.top_floor is None else self.top_floor.to(device))
 
     def state_dict(self) -> dict:
         return {"scale": self.scale, "base": self.base, "band_start": self.band_start,
-                "band_of_bin": self.band_of_bin, "levels": list(self.levels), "n_bins": self.n_bins}
+                "band_of_bin": self.band_of_bin, "levels": list(self.levels), "n_bins": self.n_bins,
+                "top_floor": self.top_floor}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "Grid":
         return cls(state["scale"], state["base"], state["band_start"], state["band_of_bin"],
-                   tuple(state["levels"]), int(state["n_bins"]))
+                   tuple(state["levels"]), int(state["n_bins"]), state.get("top_floor"))
+
+    def with_top_floor(self, counts: torch.Tensor, k: int) -> "Grid":
+        """The grid with `top_floor` set from calibration bin counts [U, n_bins]: the lower
+        edge of the highest bin j >= 1 with at least k values in bins j and above. Every
+        value in those bins is above that edge (bins are closed on the right; the last one
+        also holds the values past the grid), so the k-th largest is too."""
+        at_or_above = counts.flip(1).cumsum(1).flip(1)  # values in bins j, j+1, ...
+        highest = (at_or_above >= k).sum(1) - 1  # -1 where fewer than k values
+        edge = self.bin_edge(highest.clamp(min=0)[:, None])[:, 0]
+        floor = edge.float()
+        floor = torch.where(floor.double() > edge, torch.nextafter(floor, torch.tensor(-torch.inf)), floor)
+        self.top_floor = torch.where(highest >= 1, floor, torch.tensor(-torch.inf))
+        return self
 
 
 def uniform_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int) -> Grid:
@@ -103,14 +123,15 @@ def with_bands(grid: Grid, counts: torch.Tensor) -> Grid:
 
 
 def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int,
-               units: torch.Tensor, values: torch.Tensor) -> Grid:
-    """Grid per unit over its calibrated range [lo, hi], bands from calibration (unit, value)
-    pairs."""
+               units: torch.Tensor, values: torch.Tensor, top_k: int = 0) -> Grid:
+    """Grid per unit over its calibrated range [lo, hi], bands (and, given `top_k`, the top
+    floor) from calibration (unit, value) pairs."""
     grid = uniform_grid(lo, hi, levels, hist_bins)
     index = grid.bins_of(values, units) + units * grid.n_bins
     n_units = lo.numel()
     counts = torch.bincount(index.reshape(-1), minlength=n_units * grid.n_bins).view(n_units, grid.n_bins)
-    return with_bands(grid, counts)
+    grid = with_bands(grid, counts)
+    return grid.with_top_floor(counts, top_k) if top_k else grid
 
 
 def band_starts(counts: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:

@@ -25,7 +25,7 @@ def run_index(config: IndexConfig) -> str:
     from tqdm import tqdm
 
     from .activations import ActivationRunner
-    from .calibrate import calibrate, replay
+    from .calibrate import calibrate, replay_steps
     from .checkpoint import load_checkpoint, save_checkpoint
     from .corpus import iter_batches, iter_documents
     from .model import load_model, pick_device, resolve_model_spec
@@ -81,7 +81,8 @@ def run_index(config: IndexConfig) -> str:
         if state is not None:
             grids, calibrated = state["grids"], []
         else:
-            grids, calibrated = calibrate(runner, stream, sources, config.calibration_tokens, config.hist_bins)
+            grids, calibrated = calibrate(runner, stream, sources, config.calibration_tokens, config.hist_bins,
+                                          config.top_k)
         accumulators = new_accumulators(sources, grids, config, device)
         batches_done, n_sequences = 0, 0
         if state is not None:
@@ -95,26 +96,32 @@ def run_index(config: IndexConfig) -> str:
         total = max_sequences * config.ctx if max_sequences else None
         progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
                         disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
+        neuron_slugs = frozenset(s.slug for s in sources if s.kind == "neuron")
+        # Steps (batches completed, tokens, first_seq, activations, top_ks): the calibration
+        # batches first, without a second forward pass, then the rest.
+        steps = itertools.chain(replay_steps(calibrated, runner.output_buffer, neuron_slugs),
+                                (([batch], batch.tokens, batch.first_seq, None, None) for batch in stream))
         with torch.inference_mode():
-            # The calibration batches first, without a second forward pass, then the rest.
-            replayed = replay(calibrated, runner.output_buffer)
-            for batch, acts, top_ks in itertools.chain(replayed, ((batch, None, None) for batch in stream)):
-                if batch.index < batches_done:
+            for done, step_tokens, first_seq, acts, top_ks in steps:
+                if done and done[-1].index < batches_done:
                     continue  # already in the checkpoint
-                tokens = batch.tokens.to(device)
+                tokens = step_tokens.to(device)
                 if acts is None:  # each source accumulated as soon as the forward pass yields it
-                    update = accumulate_each(accumulators, tokens, batch.first_seq, config.seed)
+                    update = accumulate_each(accumulators, tokens, first_seq, config.seed)
                     runner(tokens, consume=update)
                 else:
-                    accumulate(accumulators, sources, acts, tokens, batch.first_seq, config.seed, top_ks)
-                writer.add_sequences(batch.first_seq, batch.tokens.numpy())
-                batches_done = batch.index + 1
-                n_sequences = batch.first_seq + tokens.shape[0]
-                progress.update(tokens.numel())
-                if config.checkpoint_every and batches_done % config.checkpoint_every == 0:
+                    accumulate(accumulators, sources, acts, tokens, first_seq, config.seed, top_ks)
+                if not done:
+                    continue
+                for batch in done:
+                    writer.add_sequences(batch.first_seq, batch.tokens.numpy())
+                    progress.update(batch.tokens.numel())
+                before, batches_done = batches_done, done[-1].index + 1
+                n_sequences = done[-1].first_seq + done[-1].tokens.shape[0]
+                if config.checkpoint_every and batches_done // config.checkpoint_every > before // config.checkpoint_every:
                     writer.flush(wait=True)  # the checkpoint must not get ahead of the file
                     save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
-                elif batches_done % SEQUENCE_FLUSH_BATCHES == 0:
+                elif batches_done // SEQUENCE_FLUSH_BATCHES > before // SEQUENCE_FLUSH_BATCHES:
                     writer.flush()  # memory stays flat however long the corpus
         progress.close()
         if n_sequences == 0:
@@ -159,11 +166,12 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
 
 def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int,
                top_ks: dict | None = None) -> None:
-    """Every source's accumulator updated with the activations `acts` of `tokens` [batch, ctx]
-    (and, for TopK SAEs, their top-k in `top_ks`, as ActivationRunner passes it)."""
+    """The accumulator of every source in `acts` updated with its activations of `tokens`
+    [batch, ctx] (and, for TopK SAEs, their top-k in `top_ks`, as ActivationRunner passes it)."""
     update = accumulate_each(accumulators, tokens, first_seq, seed)
     for source in sources:
-        update(source.slug, acts[source.slug], (top_ks or {}).get(source.slug))
+        if source.slug in acts:
+            update(source.slug, acts[source.slug], (top_ks or {}).get(source.slug))
 
 
 def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):

@@ -157,6 +157,14 @@ class MergeableAccumulator:
                *self._candidates.args())
         return self._candidates
 
+    def _top_threshold(self) -> torch.Tensor:
+        """[U] float32: the value a token must beat to be a top-k candidate, for the compiled
+        passes: the k-th best so far, or the grid's top floor where that is higher (a unit
+        whose top-k is not full yet has a k-th best of -inf)."""
+        threshold = self.top.threshold().float()
+        floor = self.grid.top_floor
+        return threshold if floor is None else torch.maximum(threshold, floor)
+
     def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
         """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""
         add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,

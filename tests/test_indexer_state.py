@@ -31,8 +31,10 @@ def _tables(path: Path) -> dict[str, list]:
         con.close()
 
 
-def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: int, calibration: int):
-    """(runner, sources, batches, grids) of the tiny model, as an index run builds them."""
+def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: int, calibration: int,
+              top_k: int = 0):
+    """(runner, sources, batches, grids) of the tiny model, as an index run builds them (with
+    `top_k`, the grids have their top floors)."""
     from indexer.activations import ActivationRunner
     from indexer.calibrate import calibrate
     from indexer.corpus import iter_batches, iter_documents
@@ -47,7 +49,7 @@ def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: in
     batches = list(iter_batches(iter_documents(str(corpus_dir)), loaded.tokenizer,
                                 bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
                                 ctx=TINY_CTX, batch_size=batch_size, max_sequences=max_sequences))
-    grids, _ = calibrate(runner, iter(batches), sources, calibration, 128)
+    grids, _ = calibrate(runner, iter(batches), sources, calibration, 128, top_k)
     return runner, sources, batches, grids
 
 
@@ -92,7 +94,10 @@ def _index_command(model, sae, corpus, out, *extra):
             "--band-size", "2", "--window", "4,2", "--device", "cpu", "--quiet", *extra]
 
 
-RESUME_TOKENS = str(TINY_CTX * 2 * 120)
+# 360 batches of 2 sequences: the default 8192 calibration tokens take the first 133, so
+# the kill (after the first checkpoint) lands while the rest stream.
+RESUME_BATCHES = 360
+RESUME_TOKENS = str(TINY_CTX * 2 * RESUME_BATCHES)
 
 
 @pytest.mark.slow
@@ -100,7 +105,7 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i, path in enumerate(sorted(Path(tiny_corpus_dir).iterdir())):
-        for copy in range(2):  # a longer corpus, so the kill lands mid-run
+        for copy in range(6):  # a longer corpus, so the kill lands mid-run
             (corpus / f"{copy}-{i}.txt").write_text(path.read_text())
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     whole = tmp_path / "whole.duckdb"
@@ -119,6 +124,9 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
     assert checkpoint.exists()
     assert not out.exists(), "an interrupted run must not leave an index at --out"
+    saved = torch.load(checkpoint, weights_only=False)
+    assert 133 <= saved["batches_done"] < RESUME_BATCHES  # after calibration, before the end
+    assert all(grid["top_floor"] is not None for grid in saved["grids"].values())
 
     subprocess.run(_index_command(tiny_model_dir, tiny_sae_dir, corpus, out, "--resume", "--max-tokens", RESUME_TOKENS), check=True, env=env,
                    timeout=600)
@@ -126,7 +134,7 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
     resumed_tables, whole_tables = _tables(out), _tables(whole)
     for table in TABLE_ORDER:
         assert resumed_tables[table] == whole_tables[table], table
-    assert len(whole_tables["sequences"]) == 240
+    assert len(whole_tables["sequences"]) == 2 * RESUME_BATCHES
 
 
 def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
@@ -154,7 +162,8 @@ def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_corpus_dir,
     """The numba kernels and the tensor-operation path build the same accumulator state,
     whether the units are split across one thread or all of them, and when the kernels'
     candidate buffers overflow (capacity 3) and the candidates are found again. For the
-    TopK SAE the kernel reads the encode's top-k, the torch path the dense activations."""
+    TopK SAE the kernel reads the encode's top-k, the torch path the dense activations.
+    The kernels skip tokens at or below the grids' top floors; the torch path does not."""
     import numba
 
     from indexer import kernels_cpu
@@ -163,7 +172,8 @@ def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_corpus_dir,
         monkeypatch.setattr(kernels_cpu, "CANDIDATE_CAPACITY", capacity)
 
     sae_dir = request.getfixturevalue("tiny_sae_dir" if sae == "standard" else "tiny_topk_sae_dir")
-    runner, sources, batches, grids = _pipeline(tiny_model_dir, sae_dir, tiny_corpus_dir, 6, 60, 300)
+    runner, sources, batches, grids = _pipeline(tiny_model_dir, sae_dir, tiny_corpus_dir, 6, 60, 300, top_k=5)
+    assert all(bool(torch.isfinite(grid.top_floor).any()) for grid in grids.values())
     numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
     try:
         _compare_fused_and_torch(runner, sources, batches, grids, expect_top_k=sae == "topk")
@@ -232,3 +242,37 @@ def test_fused_dense_counts_a_bin_past_int16(n_pos):
     assert int(fused.stats.hist[1].max()) == 2 * (n_pos - 1)
     assert int(fused.stats.hist.sum()) == 4 * 2 * (n_pos - 1)
     assert fused._counts.dtype == (torch.int16 if 2 * (n_pos - 1) < 1 << 15 else torch.int32)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_top_floor_lies_just_below_the_kth_largest_calibration_value(kind):
+    """Grid.top_floor is strictly below each unit's k-th largest calibration value (values
+    on bin edges included) and at most one bin below it: at least k values lie above it,
+    fewer than k above the next bin edge."""
+    from indexer.calibrate import _dense_grid, _sparse_grid
+
+    generator = torch.Generator().manual_seed(11)
+    k, n_units = 5, 6
+    values = torch.randn(3, 41, n_units, generator=generator)
+    values[0, 1:, 2] = 0.5  # unit 2: its top values tied, exactly on a bin edge
+    values[:, :, 3] = -1.0  # unit 3: constant, all in bin 0 (dense), never firing (sparse)
+    values[1, 1:12, 4] = 4.0  # unit 4: more than k tied at its maximum
+    body = values[:, 1:, :].reshape(-1, n_units)  # BOS (position 0) is not calibrated
+    if kind == "dense":
+        grid = _dense_grid(values, n_units, 32, top_k=k)
+        firing = [body[:, u] for u in range(n_units)]
+    else:
+        rows, units = (body > 0).nonzero(as_tuple=True)
+        grid = _sparse_grid([(units, body[rows, units])], n_units, 32, top_k=k)
+        firing = [body[:, u][body[:, u] > 0] for u in range(n_units)]
+    assert grid.top_floor.dtype == torch.float32
+    assert float(grid.top_floor[3]) == float("-inf")  # no bin above bin 0 holds k values
+    for unit in (0, 1, 2, 4, 5):
+        floor = float(grid.top_floor[unit])
+        unit_values = firing[unit].double()
+        kth = float(unit_values.sort(descending=True).values[k - 1])
+        assert floor < kth, unit
+        if floor > float("-inf"):
+            width = float(grid.width[unit])
+            assert int((unit_values > floor).sum()) >= k
+            assert int((unit_values > floor + width).sum()) < k, unit
