@@ -14,6 +14,7 @@ import torch
 
 from .accumulate_dense import DenseAccumulator
 from .accumulate_sparse import SparseAccumulator
+from .store_writer import repeated
 
 DISPLAY_BINS = 64
 
@@ -46,8 +47,8 @@ def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.
     hist_edges, hist_counts = _display_histograms(hist, grid, first_bin, last_bin, grid_lo, grid_hi,
                                                   stats.n_tokens - n_fired.long() if sparse else None)
     stats_table = pa.table({
-        "model": pa.array([model] * acc.n_units),
-        "source": pa.array([slug] * acc.n_units),
+        "model": repeated(model, acc.n_units),
+        "source": repeated(slug, acc.n_units),
         "unit": pa.array(units.numpy().astype(np.int32)),
         "max": pa.array(unit_max.float().numpy()),
         "min": pa.array(unit_min.float().numpy()),
@@ -128,8 +129,8 @@ def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
     levels = torch.tensor(grid.levels, dtype=torch.float64)
     n = max(acc.stats.n_tokens, 1)
     return pa.table({
-        "model": pa.array([model] * (n_units * n_bands)),
-        "source": pa.array([slug] * (n_units * n_bands)),
+        "model": repeated(model, n_units * n_bands),
+        "source": repeated(slug, n_units * n_bands),
         "unit": pa.array(np.repeat(np.arange(n_units, dtype=np.int32), n_bands)),
         "band": pa.array(np.tile(np.arange(n_bands, dtype=np.int32), n_units)),
         "q_lo": pa.array(levels[:-1].repeat(n_units).numpy()),
@@ -152,8 +153,8 @@ def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
     n_rows = columns["unit"].size
     band = columns["band"]
     return pa.table({
-        "model": pa.array([model] * n_rows),
-        "source": pa.array([slug] * n_rows),
+        "model": repeated(model, n_rows),
+        "source": repeated(slug, n_rows),
         "unit": pa.array(columns["unit"].astype(np.int32)),
         "band": pa.array(band.astype(np.int32), mask=band < 0),
         "rank": pa.array(columns["rank"].astype(np.int32)),

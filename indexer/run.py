@@ -210,7 +210,7 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
     import torch
 
     from .finalize import example_rows, unit_rows
-    from .store_writer import fixed_width_lists
+    from .store_writer import fixed_width_lists, repeated
     from .weights import cos_in_out, logit_table
 
     model, slug = loaded.model, loaded.spec.slug
@@ -229,27 +229,26 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
         tables = {source.slug: logit_table(model, source) for source in sources}
     finally:
         torch.set_num_threads(threads)
-    for source in sources:
-        table = tables[source.slug]
-        if table is not None:
-            writer.write_table("logits", pa.table({
-                "model": pa.array([slug] * source.n_units),
-                "source": pa.array([source.slug] * source.n_units),
-                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
-                "top_ids": fixed_width_lists(table.top_ids.int().numpy()),
-                "top_values": fixed_width_lists(table.top_values.float().numpy()),
-                "bottom_ids": fixed_width_lists(table.bottom_ids.int().numpy()),
-                "bottom_values": fixed_width_lists(table.bottom_values.float().numpy()),
-            }))
-        writer.write_rows("sources", [{
-            **source.row(), "model": slug,
-            "band_levels": list(accumulators[source.slug].grid.levels),
-            "band_basis": "firing" if source.kind == "sae" else "all",
-        }])
+    logits = [pa.table({
+        "model": repeated(slug, source.n_units),
+        "source": repeated(source.slug, source.n_units),
+        "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
+        "top_ids": fixed_width_lists(table.top_ids.int().numpy()),
+        "top_values": fixed_width_lists(table.top_values.float().numpy()),
+        "bottom_ids": fixed_width_lists(table.bottom_ids.int().numpy()),
+        "bottom_values": fixed_width_lists(table.bottom_values.float().numpy()),
+    }) for source in sources if (table := tables[source.slug]) is not None]
+    if logits:
+        writer.write_table("logits", pa.concat_tables(logits))
+    writer.write_rows("sources", [{
+        **source.row(), "model": slug,
+        "band_levels": list(accumulators[source.slug].grid.levels),
+        "band_basis": "firing" if source.kind == "sae" else "all",
+    } for source in sources])
     vocab_size = int(model.cfg.d_vocab)
     tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
     writer.write_table("vocab", pa.table({
-        "model": pa.array([slug] * vocab_size),
+        "model": repeated(slug, vocab_size),
         "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
         "token": pa.array(tokens),
     }))
@@ -263,8 +262,7 @@ def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n
         "bos_token_id": loaded.bos_token_id, "eos_token_id": loaded.eos_token_id,
         "n_sequences": n_sequences, "n_tokens": n_sequences * (config.ctx - 1),
     }])
-    writer.set_meta("package_version", __version__)
-    writer.set_meta("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    writer.set_meta("run_config", config.to_dict())
-    writer.set_meta("dataset", config.dataset)
-    writer.set_meta("elapsed_seconds", round(time.perf_counter() - started, 2))
+    writer.set_meta("package_version", __version__,
+                    created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    run_config=config.to_dict(), dataset=config.dataset,
+                    elapsed_seconds=round(time.perf_counter() - started, 2))

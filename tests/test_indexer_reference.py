@@ -229,6 +229,10 @@ def test_vocab_and_run_record(con, reference):
     assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta["package_version"] == __version__
     assert json.loads(meta["run_config"])["top_k"] == TINY_INDEX_OPTIONS["top_k"]
+    assert set(meta) == {"schema_version", "package_version", "created_at", "run_config", "dataset",
+                         "elapsed_seconds"}
+    assert json.loads(meta["elapsed_seconds"]) > 0 and meta["created_at"].startswith("20")
+    assert meta["dataset"] == json.loads(meta["run_config"])["dataset"]
     spec = json.loads(con.execute("SELECT spec FROM models").fetchone()[0])
     assert spec["kind"] == "native" and spec["slug"] == "tiny"
     sae_spec = json.loads(con.execute("SELECT spec FROM sources WHERE kind = 'sae'").fetchone()[0])
