@@ -134,6 +134,39 @@ def _band_events(open_bands):
 
 
 @njit(inline="always")
+def _row_stats(row, total, total_sq, low, high):
+    """Sums, sums of squares (float64) and extremes of a part's units updated with one row."""
+    for i in range(row.shape[0]):
+        x = np.float64(row[i])
+        total[i] += x
+        total_sq[i] += x * x
+    for i in range(row.shape[0]):
+        low[i] = min(low[i], row[i])
+    for i in range(row.shape[0]):
+        high[i] = max(high[i], row[i])
+
+
+@njit(inline="always")
+def _four_row_stats(acts, order, k, start, stop, total, total_sq, low, high):
+    """_row_stats for rows order[k .. k+3] at once: each unit's running values are read and
+    written once per four rows instead of once per row (about 15% of dense_pass)."""
+    n_pos = acts.shape[1]
+    b0, b1, b2, b3 = order[k] // n_pos, order[k + 1] // n_pos, order[k + 2] // n_pos, order[k + 3] // n_pos
+    r0 = acts[b0, order[k] - b0 * n_pos, start:stop]
+    r1 = acts[b1, order[k + 1] - b1 * n_pos, start:stop]
+    r2 = acts[b2, order[k + 2] - b2 * n_pos, start:stop]
+    r3 = acts[b3, order[k + 3] - b3 * n_pos, start:stop]
+    for i in range(r0.shape[0]):
+        x0, x1, x2, x3 = np.float64(r0[i]), np.float64(r1[i]), np.float64(r2[i]), np.float64(r3[i])
+        total[i] += (x0 + x1) + (x2 + x3)
+        total_sq[i] += (x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3)
+    for i in range(r0.shape[0]):
+        low[i] = min(low[i], min(min(r0[i], r1[i]), min(r2[i], r3[i])))
+    for i in range(r0.shape[0]):
+        high[i] = max(high[i], max(max(r0[i], r1[i]), max(r2[i], r3[i])))
+
+
+@njit(inline="always")
 def _offer_top(out, part, n, b, p, u):
     """Top-k candidate (b, p) of unit u. Returns the new candidate count."""
     if n < out.shape[1]:
@@ -157,7 +190,7 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
     each part walking the rows, so every unit is updated by one thread in the same order
     whatever the number of threads. Each row is visited by several short loops over the
     part's units rather than one long one: with few arrays per loop the compiler
-    vectorises them. band_need [U, n_bands] is each band's sampling threshold (-inf for
+    vectorises them; the moments and extremes take four rows per visit of the units. band_need [U, n_bands] is each band's sampling threshold (-inf for
     bands no bin maps to). Rows come in increasing key order, so once a band has taken
     band_size candidates in this batch no later row can beat them: the band is closed,
     and a unit with every band closed looks at no more keys. This keeps the candidates
@@ -195,6 +228,7 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
         bins = np.empty(width, np.uint32)  # unsigned: no negative-index handling
         n_top = 0
         n_sample = 0
+        n_blocked = order.shape[0] - order.shape[0] % 4  # rows whose statistics go four at a time
         for k in range(order.shape[0]):
             b = order[k] // n_pos
             p = order[k] - b * n_pos
@@ -204,14 +238,10 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
                 i = event_unit[next_event]
                 min_bin[i] = _lowest_open_bin(i, start + i, key, open_bands, band_start, n_bins)
                 next_event += 1
-            for i in range(width):
-                x = np.float64(row[i])
-                part_total[i] += x
-                part_total_sq[i] += x * x
-            for i in range(width):
-                part_low[i] = min(part_low[i], row[i])
-            for i in range(width):
-                part_high[i] = max(part_high[i], row[i])
+            if k >= n_blocked:
+                _row_stats(row, part_total, part_total_sq, part_low, part_high)
+            elif k % 4 == 0:
+                _four_row_stats(acts, order, k, start, stop, part_total, part_total_sq, part_low, part_high)
             for i in range(width):
                 bins[i] = np.uint32(_fine_bin(row[i], unit_scale[i], offset[i], last_bin))
             for i in range(width):
