@@ -190,8 +190,9 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
     each part walking the rows, so every unit is updated by one thread in the same order
     whatever the number of threads. Each row is visited by several short loops over the
     part's units rather than one long one: with few arrays per loop the compiler
-    vectorises them; the moments and extremes take four rows per visit of the units. band_need [U, n_bands] is each band's sampling threshold (-inf for
-    bands no bin maps to). Rows come in increasing key order, so once a band has taken
+    vectorises them; the moments and extremes take four rows per visit of the units.
+    band_need [U, n_bands] is each band's sampling threshold (-inf for bands no bin maps
+    to). Rows come in increasing key order, so once a band has taken
     band_size candidates in this batch no later row can beat them: the band is closed,
     and a unit with every band closed looks at no more keys. This keeps the candidates
     few even in the first batches, when the thresholds are still infinite.

@@ -118,10 +118,10 @@ def run_index(config: IndexConfig) -> str:
                     progress.update(batch.tokens.numel())
                 before, batches_done = batches_done, done[-1].index + 1
                 n_sequences = done[-1].first_seq + done[-1].tokens.shape[0]
-                if config.checkpoint_every and batches_done // config.checkpoint_every > before // config.checkpoint_every:
+                if config.checkpoint_every and _passes_multiple(before, batches_done, config.checkpoint_every):
                     writer.flush(wait=True)  # the checkpoint must not get ahead of the file
                     save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
-                elif batches_done // SEQUENCE_FLUSH_BATCHES > before // SEQUENCE_FLUSH_BATCHES:
+                elif _passes_multiple(before, batches_done, SEQUENCE_FLUSH_BATCHES):
                     writer.flush()  # memory stays flat however long the corpus
         progress.close()
         if n_sequences == 0:
@@ -138,6 +138,12 @@ def run_index(config: IndexConfig) -> str:
     units = sum(s.n_units for s in sources)
     return (f"indexed {units} units ({', '.join(s.slug for s in sources)}) over {n_tokens:,} tokens "
             f"in {time.perf_counter() - started:.1f}s -> {config.out}")
+
+
+def _passes_multiple(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in before+1 .. after: a step of the run can
+    complete several batches (the calibration's), and must not skip a checkpoint."""
+    return after // every > before // every
 
 
 def _abandon(writer, config: IndexConfig) -> None:

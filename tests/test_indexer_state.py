@@ -276,3 +276,13 @@ def test_top_floor_lies_just_below_the_kth_largest_calibration_value(kind):
             width = float(grid.width[unit])
             assert int((unit_values > floor).sum()) >= k
             assert int((unit_values > floor + width).sum()) < k, unit
+
+
+@pytest.mark.parametrize("before, after, every, expected", [
+    (0, 3, 2, True),  # the calibration's three batches in one step pass batch 2
+    (0, 3, 5, False), (3, 4, 2, True), (4, 5, 2, False), (4, 5, 5, True), (5, 9, 5, False),
+])
+def test_a_step_of_several_batches_passes_the_multiples_inside_it(before, after, every, expected):
+    from indexer.run import _passes_multiple
+
+    assert _passes_multiple(before, after, every) is expected
