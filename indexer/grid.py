@@ -110,16 +110,17 @@ def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -
                      grid.n_bins, numba.get_num_threads(), counts.numpy())
 
 
-def with_bands(grid: Grid, counts: torch.Tensor) -> Grid:
+def with_bands(grid: Grid, counts: torch.Tensor, top_k: int = 0) -> Grid:
     """The grid with its bands placed from calibration bin counts [U, n_bins]: each band edge
-    at the bin edge where the unit's cumulative count is nearest to its quantile level."""
+    at the bin edge where the unit's cumulative count is nearest to its quantile level; with
+    `top_k`, also its top floor for that k (Grid.with_top_floor)."""
     n_units, n_bins = counts.shape
     grid.band_start = band_starts(counts, grid.levels)
     # Band of bin j = the number of inner band starts <= j: a running sum of start marks.
     marks = torch.zeros(n_units, n_bins, dtype=torch.long)
     marks.scatter_add_(1, grid.band_start[:, 1:-1], torch.ones_like(grid.band_start[:, 1:-1]))
     grid.band_of_bin = marks.cumsum(1)
-    return grid
+    return grid.with_top_floor(counts, top_k) if top_k else grid
 
 
 def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int,
@@ -130,8 +131,7 @@ def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hi
     index = grid.bins_of(values, units) + units * grid.n_bins
     n_units = lo.numel()
     counts = torch.bincount(index.reshape(-1), minlength=n_units * grid.n_bins).view(n_units, grid.n_bins)
-    grid = with_bands(grid, counts)
-    return grid.with_top_floor(counts, top_k) if top_k else grid
+    return with_bands(grid, counts, top_k)
 
 
 def band_starts(counts: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
