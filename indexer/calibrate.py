@@ -130,15 +130,14 @@ def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
     """Consecutive row ranges of one neuron source's store (see `calibrate`) as one tensor
     over all of them, without a copy."""
     first = parts[0]
-    n_rows = sum(part.shape[0] for part in parts)
-    joined = first.as_strided((n_rows, *first.shape[1:]), first.stride(), first.storage_offset())
+    row_bytes = first.stride(0) * first.element_size()
     row = 0
-    for part in parts:  # each part must be the joined tensor's rows, else copy
-        if part.data_ptr() != joined[row].data_ptr() or part.untyped_storage().data_ptr() != \
-                first.untyped_storage().data_ptr():
+    for part in parts:  # each part must start where the rows before it end, in one storage; else copy
+        if (part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+                or part.stride() != first.stride() or part.data_ptr() != first.data_ptr() + row * row_bytes):
             return torch.cat(parts)
         row += part.shape[0]
-    return joined
+    return first.as_strided((row, *first.shape[1:]), first.stride(), first.storage_offset())
 
 
 def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int, top_k: int = 0) -> Grid:
@@ -151,8 +150,7 @@ def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int, top_k: 
     grid = uniform_grid(lo, hi, NEURON_BAND_LEVELS, hist_bins)
     counts = torch.zeros(n_units, grid.n_bins, dtype=torch.long)
     add_dense_bin_counts(grid, acts, counts)
-    grid = with_bands(grid, counts)
-    return grid.with_top_floor(counts, top_k) if top_k else grid
+    return with_bands(grid, counts, top_k)
 
 
 def _sparse_grid(parts, n_units: int, hist_bins: int, top_k: int = 0) -> Grid:

@@ -286,3 +286,17 @@ def test_a_step_of_several_batches_passes_the_multiples_inside_it(before, after,
     from indexer.run import _passes_multiple
 
     assert _passes_multiple(before, after, every) is expected
+
+
+def test_calibration_rows_are_joined_without_a_copy_only_when_consecutive():
+    """replay_steps hands the neuron sources all calibration rows at once: a view of their
+    store when the batches' rows follow one another in it, else a copy of them."""
+    from indexer.calibrate import _joined
+
+    store = torch.arange(10 * 3 * 2, dtype=torch.float32).view(10, 3, 2)
+    joined = _joined([store[0:4], store[4:8], store[8:9]])
+    assert torch.equal(joined, store[:9]) and joined.data_ptr() == store.data_ptr()
+    small = torch.zeros(2, 3, 2)  # as_strided past this storage would fail: it must be copied
+    for parts in ([small, torch.ones(2, 3, 2)], [store[0:4], store[5:8]]):
+        joined = _joined(parts)
+        assert torch.equal(joined, torch.cat(parts)) and joined.data_ptr() != parts[0].data_ptr()
