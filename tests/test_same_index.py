@@ -1,0 +1,98 @@
+"""The index of fixed inputs, table by table, against a committed reference.
+
+The reference in tests/reference/index/ was written by the indexer as it stood before the
+package was restructured, from the committed inputs in tests/reference/inputs/ (the tiny
+model, a standard SAE and a TopK SAE) over the tiny corpus. A change that alters what the
+indexer stores fails here. The run record (the meta table: timestamps, elapsed time, the
+options with their paths) is left out, and the recorded load specs are compared without
+their absolute paths. Later changes may add tables and columns; the reference's own must
+stay as they are.
+
+To rewrite the reference (only when a change of the stored index is intended):
+    ACTSCOPE_WRITE_REFERENCE=1 .venv/bin/pytest tests/test_same_index.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fixtures_models import TINY_INDEX_OPTIONS
+
+REFERENCE = Path(__file__).parent / "reference"
+INPUTS = REFERENCE / "inputs"
+TABLES = ["models", "sources", "vocab", "sequences", "unit_stats", "bands", "examples", "logits"]
+ORDER = {
+    "models": ["model"], "sources": ["slug"], "vocab": ["token_id"], "sequences": ["seq"],
+    "unit_stats": ["source", "unit"], "bands": ["source", "unit", "band"],
+    "examples": ["source", "unit", "band", "rank"], "logits": ["source", "unit"],
+}
+WRITING = os.environ.get("ACTSCOPE_WRITE_REFERENCE") == "1"
+
+
+def _without_paths(spec: str) -> str:
+    """A recorded load spec (JSON) with any absolute path cut to its last component."""
+    data = json.loads(spec)
+    for key in ("name", "path"):
+        if isinstance(data.get(key), str) and data[key].startswith("/"):
+            data[key] = Path(data[key]).name
+    return json.dumps(data, sort_keys=True)
+
+
+def _read_table(con, table: str) -> pa.Table:
+    order = ", ".join(f'"{c}" NULLS FIRST' for c in ORDER[table])
+    result = con.execute(f'SELECT * FROM "{table}" ORDER BY {order}').to_arrow_table()
+    if "spec" in result.column_names:
+        specs = pa.array([_without_paths(s) for s in result.column("spec").to_pylist()])
+        result = result.set_column(result.column_names.index("spec"), "spec", specs)
+    return result
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_topk_sae_dir) -> Path:
+    if WRITING:
+        shutil.rmtree(INPUTS, ignore_errors=True)
+        for name, directory in [("model", tiny_model_dir), ("sae", tiny_sae_dir), ("sae-topk", tiny_topk_sae_dir)]:
+            shutil.copytree(directory, INPUTS / name)
+    return INPUTS
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory, inputs, tiny_corpus_dir) -> Path:
+    from indexer.config import IndexConfig
+    from indexer.run import run_index
+
+    out = tmp_path_factory.mktemp("same-index") / "reference.duckdb"
+    run_index(IndexConfig(model=str(inputs / "model"), dataset=str(tiny_corpus_dir), out=str(out),
+                          saes=[str(inputs / "sae"), str(inputs / "sae-topk")], **TINY_INDEX_OPTIONS))
+    return out
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_table_matches_reference(rebuilt, table):
+    con = duckdb.connect(str(rebuilt), read_only=True)
+    try:
+        actual = _read_table(con, table)
+    finally:
+        con.close()
+    path = REFERENCE / "index" / f"{table}.parquet"
+    if WRITING:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(actual, path)
+    expected = pq.read_table(path)
+    assert actual.num_rows == expected.num_rows > 0
+    for name in expected.column_names:
+        assert name in actual.column_names, f"{table}.{name} is gone"
+        want, got = expected.column(name).to_pylist(), actual.column(name).to_pylist()
+        assert got == want, f"{table}.{name} differs from the reference at row {_first_difference(got, want)}"
+
+
+def _first_difference(got: list, want: list) -> int:
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
