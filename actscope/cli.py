@@ -25,7 +25,7 @@ def user_errors(func):
 
     @wraps(func)
     def wrapper(*args, **kwargs):
-        from indexer.errors import ActscopeError
+        from actscope.indexer.errors import ActscopeError
 
         try:
             return func(*args, **kwargs)
@@ -56,17 +56,32 @@ def main() -> None:
 
 
 @main.command("index")
-@click.option("--model", "model", required=True,
-              help="TransformerLens model name, Hugging Face model directory, or actscope native directory.")
-@click.option("--dataset", required=True,
-              help="Hugging Face dataset name (streamed), local .txt/.jsonl/.parquet files (globs allowed), or a built-in corpus.")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="TransformerLens model name, Hugging Face model directory, or actscope native directory.",
+)
+@click.option(
+    "--dataset",
+    required=True,
+    help="Hugging Face dataset name (streamed), local .txt/.jsonl/.parquet files (globs allowed), or a built-in corpus.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The DuckDB file to write.")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text (jsonl, parquet, hub).")
 @click.option("--split", default="train", show_default=True, help="Dataset split (hub datasets).")
-@click.option("--sae", "saes", multiple=True,
-              help="SAELens SAE directory or RELEASE/SAE_ID (repeatable). The hook comes from the SAE config.")
-@click.option("--neurons", "neuron_hooks", multiple=True,
-              help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.")
+@click.option(
+    "--sae",
+    "saes",
+    multiple=True,
+    help="SAELens SAE directory or RELEASE/SAE_ID (repeatable). The hook comes from the SAE config.",
+)
+@click.option(
+    "--neurons",
+    "neuron_hooks",
+    multiple=True,
+    help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.",
+)
 @click.option("--no-neurons", is_flag=True, help="Index SAE features only.")
 @click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
 @click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")
@@ -74,18 +89,24 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--top-k", type=int, default=20, show_default=True, help="Top examples kept per unit.")
 @click.option("--band-size", type=int, default=8, show_default=True, help="Random examples kept per quantile band.")
-@click.option("--window", default="24,8", show_default=True, callback=parse_window,
-              help="Tokens kept before,after the focus token of each example.")
+@click.option(
+    "--window",
+    default="24,8",
+    show_default=True,
+    callback=parse_window,
+    help="Tokens kept before,after the focus token of each example.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for band sampling.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
-@click.option("--checkpoint-every", type=int, default=200, show_default=True,
-              help="Batches between checkpoints (0: never).")
+@click.option(
+    "--checkpoint-every", type=int, default=200, show_default=True, help="Batches between checkpoints (0: never)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def index_command(**options) -> None:
     """Index every neuron and SAE feature of a model over a corpus into a DuckDB file."""
-    from indexer.config import IndexConfig
-    from indexer.run import run_index
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
 
     config = IndexConfig.from_cli(options)
     summary = run_index(config)
@@ -100,7 +121,7 @@ def index_command(**options) -> None:
 @user_errors
 def serve_command(index_file: str, host: str, port: int, device: str) -> None:
     """Serve an index built by `actscope index` in the browser and as a JSON API."""
-    from app.server import serve
+    from actscope.app.server import serve
 
     serve(index_file, host=host, port=port, device=device)
 
@@ -114,24 +135,28 @@ def serve_command(index_file: str, host: str, port: int, device: str) -> None:
 @user_errors
 def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool) -> None:
     """Build the demo index of the bundled model (if needed) and serve it."""
-    from indexer.demo import build_demo_index
+    from actscope.indexer.demo import build_demo_index
 
     build_demo_index(out, rebuild=rebuild)
     if build_only:
         return
-    from app.server import serve
+    from actscope.app.server import serve
 
     serve(out, host=host, port=port, device="cpu")
 
 
 @main.command("train-default")
-@click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Where to write the model and SAE (default: the package's bundled folder).")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where to write the model and SAE (default: the package's bundled folder).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
 def train_default_command(out: str | None, seed: int) -> None:
     """Re-train the bundled toy model, its tokenizer and its SAE from the built-in corpora."""
-    from indexer.train_default import train_default
+    from actscope.indexer.bundled.train_model import train_default
 
     train_default(out_dir=out, seed=seed)
 

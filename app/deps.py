@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from indexer.store_reader import Store
-
-from .live_service import LiveService
-from .settings import Settings
+from actscope.app.live_service import LiveService
+from actscope.app.settings import Settings
+from actscope.indexer.store.reader import Store
 
 
 async def get_store(request: Request) -> Store:

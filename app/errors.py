@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.errors import ActscopeError
+from actscope.indexer.errors import ActscopeError
 
 log = logging.getLogger("actscope.app")
 
@@ -63,11 +63,19 @@ def respond(request: Request, status: int, message: str, headers: dict | None = 
     templates = request.app.state.templates
     path = request.url.path.rstrip("/")
     parent = path.rsplit("/", 1)[0] or "/"
-    context = {"status": status, "message": message, "title": f"{status} · actscope",
-               "json_url": "/api" + path, "parent": parent if parent != path else "/"}
+    context = {
+        "status": status,
+        "message": message,
+        "title": f"{status} · actscope",
+        "json_url": "/api" + path,
+        "parent": parent if parent != path else "/",
+    }
     return templates.TemplateResponse(
-        request, "error.html", context,
-        status_code=status, headers=headers,
+        request,
+        "error.html",
+        context,
+        status_code=status,
+        headers=headers,
     )
 
 

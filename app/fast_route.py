@@ -37,8 +37,7 @@ class PlainParamsRoute(APIRoute):
                 plan.append((name, "str", None))
             elif name in path_names and param.annotation in (int, "int"):
                 plan.append((name, "int", None))
-            elif name not in path_names and param.default is None and \
-                    param.annotation in ("str | None", str | None):
+            elif name not in path_names and param.default is None and param.annotation in ("str | None", str | None):
                 plan.append((name, _QUERY, None))
             else:
                 raise TypeError(f"{endpoint.__name__}: parameter {name!r} is not plain")

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.errors import ActscopeError
-from indexer.store_reader import ModelInfo, SourceInfo
-
-from .errors import AppError, bad_input, unavailable
+from actscope.app.errors import AppError, bad_input, unavailable
+from actscope.indexer.errors import ActscopeError
+from actscope.indexer.store.reader import ModelInfo, SourceInfo
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,20 @@ def clean_text(text: str | None, max_chars: int) -> tuple[str, bool]:
 
 
 class LiveService:
-    def __init__(self, model: ModelInfo, sources: list[SourceInfo], device: str = "cpu",
-                 max_waiting: int = 64, timeout_s: float = 20.0, max_chars: int = 20_000,
-                 cache_size: int = 256, enabled: bool = True, max_batch: int = 8,
-                 threads: int | None = None, token_strings=None):
+    def __init__(
+        self,
+        model: ModelInfo,
+        sources: list[SourceInfo],
+        device: str = "cpu",
+        max_waiting: int = 64,
+        timeout_s: float = 20.0,
+        max_chars: int = 20_000,
+        cache_size: int = 256,
+        enabled: bool = True,
+        max_batch: int = 8,
+        threads: int | None = None,
+        token_strings=None,
+    ):
         self.model = model
         self.sources = {s.slug: s for s in sources}
         self.device = device
@@ -80,7 +89,7 @@ class LiveService:
         with self._load_lock:
             if self._live is None and self._load_error is None:
                 try:
-                    from indexer.live import load_live
+                    from actscope.app.live import load_live
 
                     if self.threads:
                         import torch
@@ -88,12 +97,14 @@ class LiveService:
                         torch.set_num_threads(self.threads)
 
                     self._live = load_live(
-                        dict(self.model.row), [dict(s.row) for s in self.sources.values()],
+                        dict(self.model.row),
+                        [dict(s.row) for s in self.sources.values()],
                         device=self.device,
                     )
                 except (ActscopeError, ImportError, OSError, ValueError, RuntimeError) as exc:
-                    self._load_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() \
-                        else type(exc).__name__
+                    self._load_error = (
+                        str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                    )
         if self._live is None:
             raise unavailable(f"Live inference is unavailable: {self._load_error}")
         return self._live
@@ -130,8 +141,7 @@ class LiveService:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             job = _Job(source, text, None)
-            job.notify = lambda: loop.call_soon_threadsafe(
-                lambda: future.done() or future.set_result(None))
+            job.notify = lambda: loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
             self._submit(job)
             try:
                 await asyncio.wait_for(future, self.timeout_s)
@@ -147,8 +157,9 @@ class LiveService:
         ids = tuple(int(i) for i in token_ids)
         return self._run(("ids", ids, source), source, ids=list(ids))
 
-    def _run(self, key: tuple, source: str, text: str = "", cut: bool = False,
-             ids: list[int] | None = None) -> LiveResult:
+    def _run(
+        self, key: tuple, source: str, text: str = "", cut: bool = False, ids: list[int] | None = None
+    ) -> LiveResult:
         if source not in self.sources:
             raise bad_input(f"Unknown source {source!r}: expected one of {', '.join(sorted(self.sources))}.")
         with self._cache_lock:
@@ -169,7 +180,7 @@ class LiveService:
             self._waiting.release()
         return self._finish(job, key, cut)
 
-    def _finish(self, job: "_Job", key: tuple, cut: bool) -> LiveResult:
+    def _finish(self, job: _Job, key: tuple, cut: bool) -> LiveResult:
         if job.error is not None:
             raise job.error
         result = LiveResult(job.text, job.ids, job.tokens, job.acts, bool(job.truncated or cut))
@@ -180,7 +191,7 @@ class LiveService:
         return result
 
     # -- the model worker: one thread, requests batched per source ----------------------
-    def _submit(self, job: "_Job") -> None:
+    def _submit(self, job: _Job) -> None:
         with self._queue_cond:
             self._queue.append(job)
             if self._worker is None:
@@ -204,7 +215,7 @@ class LiveService:
             if batch:
                 self._run_batch(batch)
 
-    def _run_batch(self, batch: list["_Job"]) -> None:
+    def _run_batch(self, batch: list[_Job]) -> None:
         live = self._live
         try:
             for job in batch:
@@ -219,8 +230,7 @@ class LiveService:
                 outs = [live.activations(job.ids, source) for job in batch]
             for job, acts in zip(batch, outs):
                 job.acts = np.asarray(acts, dtype=np.float32)
-                job.tokens = list(self.token_strings(job.ids) if self.token_strings
-                                  else live.token_strings(job.ids))
+                job.tokens = list(self.token_strings(job.ids) if self.token_strings else live.token_strings(job.ids))
         except ActscopeError as exc:
             for job in batch:
                 job.error = bad_input(str(exc))
@@ -237,8 +247,7 @@ class LiveService:
 class _Job:
     """One live request waiting for the worker."""
 
-    __slots__ = ("source", "text", "ids", "truncated", "acts", "tokens", "error", "done", "cancelled",
-                 "notify")
+    __slots__ = ("source", "text", "ids", "truncated", "acts", "tokens", "error", "done", "cancelled", "notify")
 
     def __init__(self, source: str, text: str, ids: list[int] | None):
         self.source = source

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.store_reader import Example, ModelInfo, SourceInfo, Store
-
-from . import urls
-from .errors import bad_input, not_found
-from .live_service import LiveResult, LiveService
+from actscope.app import urls
+from actscope.app.errors import bad_input, not_found
+from actscope.app.live_service import LiveResult, LiveService
+from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store
 
 SORT_COLUMNS = ("unit", "max", "mean", "density", "cos_in_out")
 
@@ -39,22 +38,41 @@ def get_source(store: Store, model: str, source: str) -> SourceInfo:
 
 
 def source_dict(s: SourceInfo) -> dict[str, Any]:
-    return {"slug": s.slug, "hook_name": s.hook_name, "kind": s.kind, "layer": s.layer,
-            "n_units": s.n_units, "band_basis": s.band_basis}
+    return {
+        "slug": s.slug,
+        "hook_name": s.hook_name,
+        "kind": s.kind,
+        "layer": s.layer,
+        "n_units": s.n_units,
+        "band_basis": s.band_basis,
+    }
 
 
 def model_dict(store: Store, m: ModelInfo) -> dict[str, Any]:
     return {
-        "model": m.model, "n_layers": m.n_layers, "d_model": m.d_model, "d_vocab": m.d_vocab,
-        "n_ctx": m.n_ctx, "ctx": m.ctx, "n_sequences": m.n_sequences, "n_tokens": m.n_tokens,
+        "model": m.model,
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "d_vocab": m.d_vocab,
+        "n_ctx": m.n_ctx,
+        "ctx": m.ctx,
+        "n_sequences": m.n_sequences,
+        "n_tokens": m.n_tokens,
         "sources": [source_dict(s) for s in store.sources(m.model)],
     }
 
 
 def example_dict(store: Store, model: str, ex: Example) -> dict[str, Any]:
-    return {"seq": ex.seq, "pos": ex.pos, "act": ex.act, "start": ex.start,
-            "tokens": store.token_strings(model, ex.token_ids), "token_ids": ex.token_ids,
-            "acts": ex.acts, "focus": ex.focus}
+    return {
+        "seq": ex.seq,
+        "pos": ex.pos,
+        "act": ex.act,
+        "start": ex.start,
+        "tokens": store.token_strings(model, ex.token_ids),
+        "token_ids": ex.token_ids,
+        "acts": ex.acts,
+        "focus": ex.focus,
+    }
 
 
 # -- pages ----------------------------------------------------------------------------
@@ -64,7 +82,7 @@ def home_data(store: Store) -> dict[str, Any]:
         "models": models,
         "n_tokens": sum(m["n_tokens"] for m in models),
         "n_sequences": sum(m["n_sequences"] for m in models),
-        "meta": {k: v for k, v in store.meta.items()},
+        "meta": dict(store.meta),
     }
 
 
@@ -72,9 +90,18 @@ def model_data(store: Store, model: str) -> dict[str, Any]:
     return model_dict(store, get_model(store, model))
 
 
-def source_data(store: Store, model: str, source: str, sort: str = "max", order: str = "desc",
-                page: int = 1, per_page: int = 50, q: str = "", min_density: float | None = None,
-                max_density: float | None = None) -> dict[str, Any]:
+def source_data(
+    store: Store,
+    model: str,
+    source: str,
+    sort: str = "max",
+    order: str = "desc",
+    page: int = 1,
+    per_page: int = 50,
+    q: str = "",
+    min_density: float | None = None,
+    max_density: float | None = None,
+) -> dict[str, Any]:
     src = get_source(store, model, source)
     if sort not in SORT_COLUMNS:
         raise bad_input(f"sort must be one of {', '.join(SORT_COLUMNS)}, not {sort!r}.")
@@ -86,6 +113,7 @@ def source_data(store: Store, model: str, source: str, sort: str = "max", order:
     rows = store.unit_table(model, source)
     needle = q.lower() if q.strip() else ""
     if needle or min_density is not None or max_density is not None:
+
         def keep(r) -> bool:
             if min_density is not None and r.density < min_density:
                 return False
@@ -98,23 +126,44 @@ def source_data(store: Store, model: str, source: str, sort: str = "max", order:
 
         rows = [r for r in rows if keep(r)]
     missing_last = float("-inf") if order == "desc" else float("inf")
-    rows = sorted(rows, key=lambda r: (missing_last if getattr(r, sort) is None else getattr(r, sort)),
-                  reverse=(order == "desc"))
+    rows = sorted(
+        rows, key=lambda r: missing_last if getattr(r, sort) is None else getattr(r, sort), reverse=(order == "desc")
+    )
     total = len(rows)
     n_pages = max(1, -(-total // per_page))
     if page > n_pages:
         raise bad_input(f"page {page} is past the last page ({n_pages}).")
-    chunk = rows[(page - 1) * per_page: page * per_page]
-    params = {"sort": sort, "order": order, "q": q or None, "min_density": min_density,
-              "max_density": max_density, "per_page": per_page if per_page != 50 else None}
+    chunk = rows[(page - 1) * per_page : page * per_page]
+    params = {
+        "sort": sort,
+        "order": order,
+        "q": q or None,
+        "min_density": min_density,
+        "max_density": max_density,
+        "per_page": per_page if per_page != 50 else None,
+    }
     return {
-        "model": model, "source": source_dict(src), "sort": sort, "order": order, "q": q,
-        "min_density": min_density, "max_density": max_density,
-        "page": page, "per_page": per_page, "n_pages": n_pages, "total": total,
+        "model": model,
+        "source": source_dict(src),
+        "sort": sort,
+        "order": order,
+        "q": q,
+        "min_density": min_density,
+        "max_density": max_density,
+        "page": page,
+        "per_page": per_page,
+        "n_pages": n_pages,
+        "total": total,
         "units": [
-            {"index": r.unit, "max": r.max, "mean": r.mean, "density": r.density,
-             "cos_in_out": r.cos_in_out, "top_token_id": r.top_token_id,
-             "top_token": vocab[r.top_token_id] if r.top_token_id is not None else None}
+            {
+                "index": r.unit,
+                "max": r.max,
+                "mean": r.mean,
+                "density": r.density,
+                "cos_in_out": r.cos_in_out,
+                "top_token_id": r.top_token_id,
+                "top_token": vocab[r.top_token_id] if r.top_token_id is not None else None,
+            }
             for r in chunk
         ],
         "prev_page": urls.source(model, source, **params, page=page - 1) if page > 1 else None,
@@ -128,8 +177,7 @@ def check_index(src: SourceInfo, index: int) -> None:
         raise not_found(f"{src.slug} has units 0 to {src.n_units - 1}; there is no unit {index}.")
 
 
-def unit_data(store: Store, model: str, source: str, index: int,
-              examples_of: str | None = None) -> dict[str, Any]:
+def unit_data(store: Store, model: str, source: str, index: int, examples_of: str | None = None) -> dict[str, Any]:
     """A unit's page data. With `examples_of` ("top" or a band number), of the bands
     only that one carries its examples: a page shows one set, the other bands keep
     their range, count and share but no "examples" key. By default (the API) every
@@ -145,32 +193,57 @@ def unit_data(store: Store, model: str, source: str, index: int,
     if rec.logits is not None:
         lg = rec.logits
         logits = {
-            "top": [{"token": t, "token_id": i, "value": v} for i, t, v in
-                    zip(lg.top_ids, store.token_strings(model, lg.top_ids), lg.top_values)],
-            "bottom": [{"token": t, "token_id": i, "value": v} for i, t, v in
-                       zip(lg.bottom_ids, store.token_strings(model, lg.bottom_ids), lg.bottom_values)],
+            "top": [
+                {"token": t, "token_id": i, "value": v}
+                for i, t, v in zip(lg.top_ids, store.token_strings(model, lg.top_ids), lg.top_values)
+            ],
+            "bottom": [
+                {"token": t, "token_id": i, "value": v}
+                for i, t, v in zip(lg.bottom_ids, store.token_strings(model, lg.bottom_ids), lg.bottom_values)
+            ],
         }
     n = src.n_units
     return {
-        "model": model, "source": source_dict(src), "index": index,
-        "stats": {"max": st.max, "min": st.min, "mean": st.mean, "std": st.std,
-                  "density": st.density, "n_tokens": st.n_tokens, "n_fired": st.n_fired,
-                  "histogram": {"edges": st.hist_edges, "counts": st.hist_counts}},
+        "model": model,
+        "source": source_dict(src),
+        "index": index,
+        "stats": {
+            "max": st.max,
+            "min": st.min,
+            "mean": st.mean,
+            "std": st.std,
+            "density": st.density,
+            "n_tokens": st.n_tokens,
+            "n_fired": st.n_fired,
+            "histogram": {"edges": st.hist_edges, "counts": st.hist_counts},
+        },
         "cos_in_out": st.cos_in_out,
         "scale": scale,
         "top": [example_dict(store, model, ex) for ex in rec.top],
         "bands": [
-            {"band": b.band, "q_lo": b.q_lo, "q_hi": b.q_hi, "lo": b.lo, "hi": b.hi,
-             "count": b.count, "share": b.share,
-             **({"examples": [example_dict(store, model, ex) for ex in b.examples]}
-                if examples_of is None or examples_of == str(b.band) else {})}
+            {
+                "band": b.band,
+                "q_lo": b.q_lo,
+                "q_hi": b.q_hi,
+                "lo": b.lo,
+                "hi": b.hi,
+                "count": b.count,
+                "share": b.share,
+                **(
+                    {"examples": [example_dict(store, model, ex) for ex in b.examples]}
+                    if examples_of is None or examples_of == str(b.band)
+                    else {}
+                ),
+            }
             for b in rec.bands
         ],
         "logits": logits,
-        "links": {"prev": urls.unit(model, source, (index - 1) % n),
-                  "next": urls.unit(model, source, (index + 1) % n),
-                  "random": urls.random_unit(model, source),
-                  "source": urls.source(model, source)},
+        "links": {
+            "prev": urls.unit(model, source, (index - 1) % n),
+            "next": urls.unit(model, source, (index + 1) % n),
+            "random": urls.random_unit(model, source),
+            "source": urls.source(model, source),
+        },
     }
 
 
@@ -187,21 +260,28 @@ def sequence_data(store: Store, model: str, seq: int) -> dict[str, Any]:
     return {"model": model, "seq": seq, "token_ids": ids, "tokens": store.token_strings(model, ids)}
 
 
-def live_unit_data(live: LiveService, store: Store, model: str, source: str, index: int,
-                   text: str | None) -> dict[str, Any]:
+def live_unit_data(
+    live: LiveService, store: Store, model: str, source: str, index: int, text: str | None
+) -> dict[str, Any]:
     src = get_source(store, model, source)
     check_index(src, index)
     return live_unit_payload(store, model, source, index, live.run(text, source))
 
 
-def live_unit_payload(store: Store, model: str, source: str, index: int,
-                      res: LiveResult) -> dict[str, Any]:
+def live_unit_payload(store: Store, model: str, source: str, index: int, res: LiveResult) -> dict[str, Any]:
     acts = res.acts[:, index]
-    return {"model": model, "source": source, "index": index, "text": res.text,
-            "tokens": res.tokens, "token_ids": res.token_ids,
-            "acts": acts.tolist(), "truncated": res.truncated,
-            "max": float(acts[1:].max()) if len(acts) > 1 else 0.0,
-            "ctx": store.model(model).ctx}
+    return {
+        "model": model,
+        "source": source,
+        "index": index,
+        "text": res.text,
+        "tokens": res.tokens,
+        "token_ids": res.token_ids,
+        "acts": acts.tolist(),
+        "truncated": res.truncated,
+        "max": float(acts[1:].max()) if len(acts) > 1 else 0.0,
+        "ctx": store.model(model).ctx,
+    }
 
 
 def _top_units(res: LiveResult, k: int, skip_bos: bool = True) -> tuple[list, list]:
@@ -215,13 +295,16 @@ def _top_units(res: LiveResult, k: int, skip_bos: bool = True) -> tuple[list, li
     body = acts[1:] if skip_bos and acts.shape[0] > 1 else acts
     best = body.max(axis=0)
     order = np.argsort(-best, kind="stable")[:k]
-    overall = [{"index": int(i), "act": float(best[i]),
-                "pos": int(np.argmax(body[:, i])) + (1 if body is not acts else 0)} for i in order]
+    overall = [
+        {"index": int(i), "act": float(best[i]), "pos": int(np.argmax(body[:, i])) + (1 if body is not acts else 0)}
+        for i in order
+    ]
     return per_token, overall
 
 
-def live_top_data(live: LiveService, store: Store, model: str, source: str, text: str | None,
-                  k: int = 5, pos: int | None = None) -> dict[str, Any]:
+def live_top_data(
+    live: LiveService, store: Store, model: str, source: str, text: str | None, k: int = 5, pos: int | None = None
+) -> dict[str, Any]:
     get_source(store, model, source)
     if not 1 <= k <= 100:
         raise bad_input("k must be between 1 and 100.")
@@ -232,11 +315,20 @@ def live_top_data(live: LiveService, store: Store, model: str, source: str, text
     for units in per_token + [overall]:
         for u in units:
             u["url"] = urls.unit(model, source, u["index"])
-    return {"model": model, "source": source, "text": res.text, "tokens": res.tokens,
-            "token_ids": res.token_ids, "truncated": res.truncated, "k": k,
-            "top": per_token, "overall": overall, "pos": pos,
-            "max_per_token": [u[0]["act"] if u else 0.0 for u in per_token],
-            "ctx": store.model(model).ctx}
+    return {
+        "model": model,
+        "source": source,
+        "text": res.text,
+        "tokens": res.tokens,
+        "token_ids": res.token_ids,
+        "truncated": res.truncated,
+        "k": k,
+        "top": per_token,
+        "overall": overall,
+        "pos": pos,
+        "max_per_token": [u[0]["act"] if u else 0.0 for u in per_token],
+        "ctx": store.model(model).ctx,
+    }
 
 
 def search_token_data(store: Store, model: str, token: str, source: str | None) -> dict[str, Any]:
@@ -249,6 +341,13 @@ def search_token_data(store: Store, model: str, token: str, source: str | None) 
     if not ids and not token.startswith(" "):
         ids = store.token_ids_for(model, " " + token)
     hits = store.units_focusing_on(model, ids, source=source or None)
-    return {"model": model, "token": token, "token_ids": ids, "source": source,
-            "units": [{"source": s, "index": u, "n_top_examples": n, "best_act": b,
-                       "url": urls.unit(model, s, u)} for s, u, n, b in hits]}
+    return {
+        "model": model,
+        "token": token,
+        "token_ids": ids,
+        "source": source,
+        "units": [
+            {"source": s, "index": u, "n_top_examples": n, "best_act": b, "url": urls.unit(model, s, u)}
+            for s, u, n, b in hits
+        ],
+    }

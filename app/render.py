@@ -9,9 +9,9 @@ from typing import Any
 from jinja2_fragments.fastapi import Jinja2Blocks
 from markupsafe import Markup, escape
 
-from . import urls
-from .histogram import histogram_markup
-from .resources import resource_dir
+from actscope.app import urls
+from actscope.app.histogram import histogram_markup
+from actscope.app.resources import resource_dir
 
 
 def tint(act: float, scale: float) -> str:
@@ -66,12 +66,15 @@ def _span(cls: str, a: float, tok: str, act: float) -> str:
     """One token span; `a` is the tint strength in thousandths (clipped to 1000)."""
     before, after = _token_pieces(tok)
     value = f"{act:.4f}"
-    return (f'<span class="{cls}" style="--a:{_TINT[int(a + 0.5)] if a < 999.5 else "1.000"}'
-            f'{before}{value}" data-act="{value}{after}')
+    return (
+        f'<span class="{cls}" style="--a:{_TINT[int(a + 0.5)] if a < 999.5 else "1.000"}'
+        f'{before}{value}" data-act="{value}{after}'
+    )
 
 
-def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | None = None,
-                bos: bool = False) -> Markup:
+def tokens_html(
+    toks: list[str], acts: list[float], scale: float, focus: int | None = None, bos: bool = False
+) -> Markup:
     """Tinted token spans (the hot loop of every page, so built here, escaped here).
 
     Each span: class t (+ neg for negative values, + focus), --a = |act| / scale,
@@ -84,8 +87,9 @@ def tokens_html(toks: list[str], acts: list[float], scale: float, focus: int | N
     return Markup("".join(out))
 
 
-def _append_spans(out: list[str], toks: list[str], acts: list[float], scale: float,
-                  focus: int | None, bos: bool) -> None:
+def _append_spans(
+    out: list[str], toks: list[str], acts: list[float], scale: float, focus: int | None, bos: bool
+) -> None:
     """tokens_html() into `out`, so a list of examples is joined (copied) only once."""
     inv = 1000.0 / scale if scale > 0 else 0.0
     pos, neg, pieces = _OPEN, _OPEN_NEG, _PIECES
@@ -114,8 +118,7 @@ def _append_spans(out: list[str], toks: list[str], acts: list[float], scale: flo
     append("</span>")
 
 
-def example_items(examples: list[dict[str, Any]], model: str, source: str, index: int,
-                  scale: float) -> Markup:
+def example_items(examples: list[dict[str, Any]], model: str, source: str, index: int, scale: float) -> Markup:
     """The <li> of each example of a unit page: focus activation, tinted tokens, and a
     link that loads the full sequence into the item (htmx). Built here rather than in
     the template: a Jinja loop cost more than the token spans themselves."""
@@ -125,23 +128,34 @@ def example_items(examples: list[dict[str, Any]], model: str, source: str, index
     links = urls.sequences(model, source, index, [(ex["seq"], ex["pos"]) for ex in examples])
     for i, (ex, link) in enumerate(zip(examples, links)):
         surl = escape(link)
-        out.append(f'<li class="example" id="ex-{i}">\n'
-                   f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n')
+        out.append(
+            f'<li class="example" id="ex-{i}">\n'
+            f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n'
+        )
         _append_spans(out, ex["tokens"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
-        out.append(f'\n<a class="full-link" href="{surl}" hx-get="{surl}" hx-target="#full-{i}" '
-                   f'hx-swap="innerHTML">show full sequence</a>\n<div class="full" id="full-{i}"></div>\n</li>\n')
+        out.append(
+            f'\n<a class="full-link" href="{surl}" hx-get="{surl}" hx-target="#full-{i}" '
+            f'hx-swap="innerHTML">show full sequence</a>\n<div class="full" id="full-{i}"></div>\n</li>\n'
+        )
     return Markup("".join(out))
 
 
 def logit_rows(logits: list[dict[str, Any]], cls: str) -> Markup:
     """Table rows of a unit's logit effects: token, signed value (a Jinja loop of
     20 rows cost a sixth of a unit page)."""
-    return Markup("".join(f'<tr><td><code class="tok">{repr_token(lg["token"])}</code></td>'
-                          f'<td class="num {cls}">{lg["value"]:+.3f}</td></tr>' for lg in logits))
+    return Markup(
+        "".join(
+            f'<tr><td><code class="tok">{repr_token(lg["token"])}</code></td>'
+            f'<td class="num {cls}">{lg["value"]:+.3f}</td></tr>'
+            for lg in logits
+        )
+    )
 
 
-_TAB = ('<a role="tab" class="{cls}" aria-selected="{on}" href="{url}" hx-get="{url}" hx-target="#examples" '
-        'hx-swap="outerHTML" hx-push-url="true"{title}>{name}\n<span class="range">{range}</span>{share}</a>\n')
+_TAB = (
+    '<a role="tab" class="{cls}" aria-selected="{on}" href="{url}" hx-get="{url}" hx-target="#examples" '
+    'hx-swap="outerHTML" hx-push-url="true"{title}>{name}\n<span class="range">{range}</span>{share}</a>\n'
+)
 
 
 def example_tabs(d: dict[str, Any]) -> Markup:
@@ -152,15 +166,31 @@ def example_tabs(d: dict[str, Any]) -> Markup:
     model, slug, index, text, current = d["model"], d["source"]["slug"], d["index"], d["text"], d["band"]
     url = escape(urls.unit(model, slug, index, text=text))
     on = current == "top"
-    out = [_TAB.format(cls="tab active" if on else "tab", on="true" if on else "false", url=url, title="",
-                       name=f"Top {len(d['top'])}", range=f"max {fmt(d['stats']['max'])}", share="")]
+    out = [
+        _TAB.format(
+            cls="tab active" if on else "tab",
+            on="true" if on else "false",
+            url=url,
+            title="",
+            name=f"Top {len(d['top'])}",
+            range=f"max {fmt(d['stats']['max'])}",
+            share="",
+        )
+    ]
     for b in reversed(d["bands"]):
         url = escape(urls.unit(model, slug, index, band=b["band"], text=text))
         on = current == str(b["band"])
-        out.append(_TAB.format(
-            cls="tab band-tab active" if on else "tab band-tab", on="true" if on else "false", url=url,
-            title=f' title="quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])}"', name=f"B{b['band']}",
-            range=f"{fmt(b['lo'])} to {fmt(b['hi'])}", share=f' <span class="share">{escape(pct(b["share"]))} of tokens</span>'))
+        out.append(
+            _TAB.format(
+                cls="tab band-tab active" if on else "tab band-tab",
+                on="true" if on else "false",
+                url=url,
+                title=f' title="quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])}"',
+                name=f"B{b['band']}",
+                range=f"{fmt(b['lo'])} to {fmt(b['hi'])}",
+                share=f' <span class="share">{escape(pct(b["share"]))} of tokens</span>',
+            )
+        )
     return Markup("".join(out))
 
 
@@ -173,7 +203,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "\u2013"
     if isinstance(value, float):
-        if value != 0 and (abs(value) < 10 ** -(digits) or abs(value) >= 10 ** 6):
+        if value != 0 and (abs(value) < 10**-(digits) or abs(value) >= 10**6):
             return f"{value:.{digits}e}"
         return f"{value:.{digits}f}"
     return str(value)
@@ -181,7 +211,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def fmt_all(values: list[float], digits: int = 3) -> list[str]:
     """[fmt(v) for v in values], in one % format when no value needs the exponent form."""
-    small, big = 10.0 ** -digits, 10.0 ** 6
+    small, big = 10.0**-digits, 10.0**6
     if all(type(v) is float and (v == 0 or small <= abs(v) < big) for v in values):
         return (f"%.{digits}f\n" * len(values) % tuple(values)).split("\n")[:-1]
     return [fmt(v, digits) for v in values]
@@ -191,8 +221,8 @@ def pct(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "\u2013"
     v = value * 100
-    if 0 < v < 10 ** -digits:
-        return f"<{10 ** -digits:g}%"
+    if 0 < v < 10**-digits:
+        return f"<{10**-digits:g}%"
     return f"{v:.{digits}f}%"
 
 
@@ -200,9 +230,15 @@ def make_templates() -> Jinja2Blocks:
     directory = str(resource_dir("templates"))
     templates = Jinja2Blocks(directory=directory)
     env = templates.env
-    env.globals.update(urls=urls, histogram_markup=histogram_markup, tint=tint, tokens_html=tokens_html,
-                       example_items=example_items, example_tabs=example_tabs,
-                       logit_rows=logit_rows)
+    env.globals.update(
+        urls=urls,
+        histogram_markup=histogram_markup,
+        tint=tint,
+        tokens_html=tokens_html,
+        example_items=example_items,
+        example_tabs=example_tabs,
+        logit_rows=logit_rows,
+    )
     env.filters.update(fmt=fmt, pct=pct, show_token=show_token, repr_token=repr_token, ascii_html=ascii_html)
     env.trim_blocks = True
     env.lstrip_blocks = True

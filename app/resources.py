@@ -1,6 +1,6 @@
 """Where the templates and static files are.
 
-Installed, they are the packages `app.templates` and `app.static` (see pyproject). Run
+Installed, they are the packages `actscope.app.templates` and `actscope.app.static` (see pyproject). Run
 from a source checkout (`python -m ...` in the repository), they are the top-level
 `templates/` and `static/` folders.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def resource_dir(name: str) -> Path:
-    installed = Path(str(files("app") / name))
+    installed = Path(str(files("actscope.app") / name))
     if installed.is_dir():
         return installed
     checkout = Path(__file__).resolve().parent.parent / name

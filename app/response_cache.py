@@ -48,8 +48,7 @@ class ResponseCache:
 
     def put(self, key: tuple, response: Response) -> Response:
         body = getattr(response, "body", None)
-        if (self.max_bytes <= 0 or response.status_code != 200 or body is None
-                or len(body) > self.max_bytes // 8):
+        if self.max_bytes <= 0 or response.status_code != 200 or body is None or len(body) > self.max_bytes // 8:
             return response
         media_type = response.headers.get("content-type", "application/octet-stream")
         with self._lock:
@@ -77,9 +76,16 @@ class CacheMiddleware:
             item = self.cache.lookup(self.cache.key(scope))
             if item is not None:
                 body, media_type = item
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", media_type.encode("latin-1")),
-                                        (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", media_type.encode("latin-1")),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

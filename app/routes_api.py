@@ -12,14 +12,15 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from . import pages, schemas, urls, views
-from .deps import LiveDep, StoreDep
-from .fast_route import PlainParamsRoute
+from actscope.app import pages, schemas, urls, views
+from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.fast_route import PlainParamsRoute
 
-ERRORS = {404: {"model": schemas.ErrorOut, "description": "Unknown model, source, unit or sequence"},
-          422: {"model": schemas.ErrorOut, "description": "Invalid input"}}
-LIVE_ERRORS = {**ERRORS, 503: {"model": schemas.ErrorOut,
-                               "description": "Live inference busy or unavailable"}}
+ERRORS = {
+    404: {"model": schemas.ErrorOut, "description": "Unknown model, source, unit or sequence"},
+    422: {"model": schemas.ErrorOut, "description": "Invalid input"},
+}
+LIVE_ERRORS = {**ERRORS, 503: {"model": schemas.ErrorOut, "description": "Live inference busy or unavailable"}}
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -56,15 +57,17 @@ def api_model(store: StoreDep, model: str):
     return JSON(pages.model_data(store, model))
 
 
-@router.get("/{model}/sequences/{seq}", summary="The exact token ids of a corpus sequence",
-            **_doc(schemas.SequenceOut))
+@router.get("/{model}/sequences/{seq}", summary="The exact token ids of a corpus sequence", **_doc(schemas.SequenceOut))
 def api_sequence(store: StoreDep, model: str, seq: int):
     return JSON(pages.sequence_data(store, model, seq))
 
 
-@router.post("/{model}/activations", summary="Run the model on text (live inference)",
-             responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS},
-             response_class=JSON)
+@router.post(
+    "/{model}/activations",
+    summary="Run the model on text (live inference)",
+    responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS},
+    response_class=JSON,
+)
 async def api_activations(store: StoreDep, live: LiveDep, model: str, body: schemas.ActivationsIn):
     """With `index`: that unit's activation on every token (BOS first).
     Without: for every token, the `k` units of the source that fire most."""
@@ -75,63 +78,104 @@ async def api_activations(store: StoreDep, live: LiveDep, model: str, body: sche
         res = await live.arun(body.text, body.source)
         return JSON(pages.live_unit_payload(store, model, body.source, body.index, res))
     return await run_in_threadpool(
-        lambda: JSON(pages.live_top_data(live, store, model, body.source, body.text, k=body.k)))
+        lambda: JSON(pages.live_top_data(live, store, model, body.source, body.text, k=body.k))
+    )
 
 
-@router.get("/{model}/try", summary="Top units per token of a text (the try page)",
-            **_doc(schemas.LiveTopOut, LIVE_ERRORS))
-def api_try(store: StoreDep, live: LiveDep, model: str, text: str, source: str | None = None,
-            pos: int | None = None, k: Annotated[int, Query(ge=1, le=100)] = 5):
+@router.get(
+    "/{model}/try", summary="Top units per token of a text (the try page)", **_doc(schemas.LiveTopOut, LIVE_ERRORS)
+)
+def api_try(
+    store: StoreDep,
+    live: LiveDep,
+    model: str,
+    text: str,
+    source: str | None = None,
+    pos: int | None = None,
+    k: Annotated[int, Query(ge=1, le=100)] = 5,
+):
     data = views.try_view(store, live, model, source, text, pos=pos, k=k)
     return JSON(data["live"])
 
 
-@router.get("/{model}/search", summary="Units by focus token, or ranked by activation on a text",
-            **_doc(schemas.SearchOut, LIVE_ERRORS))
-def api_search(store: StoreDep, live: LiveDep, model: str, token: str | None = None,
-               text: str | None = None, source: str | None = None):
+@router.get(
+    "/{model}/search",
+    summary="Units by focus token, or ranked by activation on a text",
+    **_doc(schemas.SearchOut, LIVE_ERRORS),
+)
+def api_search(
+    store: StoreDep,
+    live: LiveDep,
+    model: str,
+    token: str | None = None,
+    text: str | None = None,
+    source: str | None = None,
+):
     return JSON(views.search_view(store, live, model, token, text, source))
 
 
-@router.get("/{model}/{source}", summary="A source's units: sortable, filterable, paginated",
-            **_doc(schemas.SourceTableOut))
-def api_source(store: StoreDep, model: str, source: str,
-               sort: str = "max", order: str = "desc", page: Annotated[int, Query(ge=1)] = 1,
-               per_page: Annotated[int, Query(ge=1, le=500)] = 50, q: str = "",
-               min_density: float | None = None, max_density: float | None = None):
-    return JSON(pages.source_data(store, model, source, sort=sort, order=order, page=page,
-                                  per_page=per_page, q=q, min_density=min_density,
-                                  max_density=max_density))
+@router.get(
+    "/{model}/{source}", summary="A source's units: sortable, filterable, paginated", **_doc(schemas.SourceTableOut)
+)
+def api_source(
+    store: StoreDep,
+    model: str,
+    source: str,
+    sort: str = "max",
+    order: str = "desc",
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=500)] = 50,
+    q: str = "",
+    min_density: float | None = None,
+    max_density: float | None = None,
+):
+    return JSON(
+        pages.source_data(
+            store,
+            model,
+            source,
+            sort=sort,
+            order=order,
+            page=page,
+            per_page=per_page,
+            q=q,
+            min_density=min_density,
+            max_density=max_density,
+        )
+    )
 
 
-@router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302,
-            responses=ERRORS)
+@router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302, responses=ERRORS)
 def api_random(store: StoreDep, model: str, source: str):
     index = pages.random_index(store, model, source)
     return RedirectResponse(urls.api(urls.unit(model, source, index)), status_code=302)
 
 
-@router.get("/{model}/{source}/export.{fmt}", summary="Bulk export of a whole source",
-            responses={200: {"content": {"application/vnd.apache.parquet": {},
-                                         "application/x-ndjson": {}}}, **ERRORS})
+@router.get(
+    "/{model}/{source}/export.{fmt}",
+    summary="Bulk export of a whole source",
+    responses={200: {"content": {"application/vnd.apache.parquet": {}, "application/x-ndjson": {}}}, **ERRORS},
+)
 def api_export(store: StoreDep, model: str, source: str, fmt: str):
     """Every unit of the source with its statistics, bands, examples and logit effects,
     one row per unit, as Parquet (`export.parquet`) or JSON lines (`export.jsonl`)."""
     pages.get_source(store, model, source)
     if fmt not in ("parquet", "jsonl"):
-        from .errors import not_found
+        from actscope.app.errors import not_found
 
         raise not_found(f"No export format {fmt!r}: use export.parquet or export.jsonl.")
     fd, path = tempfile.mkstemp(suffix="." + fmt, prefix="actscope-export-")
     os.close(fd)
     store.export_source(model, source, fmt, path)
     media = "application/vnd.apache.parquet" if fmt == "parquet" else "application/x-ndjson"
-    return FileResponse(path, media_type=media, filename=f"{model}-{source}.{fmt}",
-                        background=BackgroundTask(os.unlink, path))
+    return FileResponse(
+        path, media_type=media, filename=f"{model}-{source}.{fmt}", background=BackgroundTask(os.unlink, path)
+    )
 
 
-async def api_unit(request: Request, model: str, source: str, index: int,
-                   text: str | None = None, band: str | None = None):
+async def api_unit(
+    request: Request, model: str, source: str, index: int, text: str | None = None, band: str | None = None
+):
     """`text` adds `live`: the unit's activation on every token of that text."""
     # The hottest route reads app.state itself: two dependencies cost ~10% of a
     # first view (FastAPI resolves each per request).
@@ -141,9 +185,14 @@ async def api_unit(request: Request, model: str, source: str, index: int,
     return await run_in_threadpool(_api_unit, request, store, live, model, source, index, text, band)
 
 
-router.add_api_route("/{model}/{source}/{index}", api_unit, methods=["GET"],
-                     summary="A unit: statistics, examples, bands, logits",
-                     route_class_override=PlainParamsRoute, **_doc(schemas.UnitOut, LIVE_ERRORS))
+router.add_api_route(
+    "/{model}/{source}/{index}",
+    api_unit,
+    methods=["GET"],
+    summary="A unit: statistics, examples, bands, logits",
+    route_class_override=PlainParamsRoute,
+    **_doc(schemas.UnitOut, LIVE_ERRORS),
+)
 
 
 def _api_unit(request, store, live, model, source, index, text, band):

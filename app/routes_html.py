@@ -8,17 +8,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from . import pages, urls, views
-from .deps import LiveDep, StoreDep
-from .fast_route import PlainParamsRoute
-from .errors import AppError
+from actscope.app import pages, urls, views
+from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.errors import AppError
+from actscope.app.fast_route import PlainParamsRoute
 
 router = APIRouter(include_in_schema=False)
 
 
-def render(request: Request, template: str, data: dict[str, Any], *, html_url: str,
-         title: str, blocks: dict[str, str] | None = None, status: int = 200,
-         headers: dict[str, str] | None = None) -> HTMLResponse:
+def render(
+    request: Request,
+    template: str,
+    data: dict[str, Any],
+    *,
+    html_url: str,
+    title: str,
+    blocks: dict[str, str] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
     """Render a page, or only the block an htmx request targets (blocks: target -> block)."""
     templates = request.app.state.templates
     context = {"d": data, "title": title, "json_url": urls.api(html_url), "page_url": html_url}
@@ -30,8 +38,9 @@ def render(request: Request, template: str, data: dict[str, Any], *, html_url: s
                 block = name
                 break
     if block:
-        return templates.TemplateResponse(request, template, context, block_name=block,
-                                          status_code=status, headers=headers)
+        return templates.TemplateResponse(
+            request, template, context, block_name=block, status_code=status, headers=headers
+        )
     return templates.TemplateResponse(request, template, context, status_code=status, headers=headers)
 
 
@@ -56,8 +65,16 @@ def model_page(request: Request, store: StoreDep, model: str):
 
 
 @router.get("/{model}/try", response_class=HTMLResponse)
-def try_page(request: Request, store: StoreDep, live: LiveDep, model: str,
-             text: str | None = None, source: str | None = None, pos: int | None = None, k: int = 5):
+def try_page(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: str,
+    text: str | None = None,
+    source: str | None = None,
+    pos: int | None = None,
+    k: int = 5,
+):
     status, error = 200, None
     try:
         data = views.try_view(store, live, model, source, text, pos=pos, k=k)
@@ -68,13 +85,27 @@ def try_page(request: Request, store: StoreDep, live: LiveDep, model: str,
         data["text"] = text
         status, error = exc.status, exc.message
     data["error"] = error
-    return render(request, "try.html", data, html_url=_path(request), title=f"try · {model}",
-                blocks={"try-result": "result"}, status=status)
+    return render(
+        request,
+        "try.html",
+        data,
+        html_url=_path(request),
+        title=f"try · {model}",
+        blocks={"try-result": "result"},
+        status=status,
+    )
 
 
 @router.get("/{model}/search", response_class=HTMLResponse)
-def search_page(request: Request, store: StoreDep, live: LiveDep, model: str,
-                token: str | None = None, text: str | None = None, source: str | None = None):
+def search_page(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: str,
+    token: str | None = None,
+    text: str | None = None,
+    source: str | None = None,
+):
     status, error = 200, None
     try:
         data = views.search_view(store, live, model, token, text, source or None)
@@ -85,13 +116,20 @@ def search_page(request: Request, store: StoreDep, live: LiveDep, model: str,
         data.update(token=token, text=text, source=source)
         status, error = exc.status, exc.message
     data["error"] = error
-    return render(request, "search.html", data, html_url=_path(request), title=f"search · {model}",
-                status=status)
+    return render(request, "search.html", data, html_url=_path(request), title=f"search · {model}", status=status)
 
 
 @router.get("/{model}/sequences/{seq}", response_class=HTMLResponse)
-def sequence_page(request: Request, store: StoreDep, live: LiveDep, model: str, seq: int,
-                  source: str | None = None, index: int | None = None, pos: int | None = None):
+def sequence_page(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: str,
+    seq: int,
+    source: str | None = None,
+    index: int | None = None,
+    pos: int | None = None,
+):
     data = pages.sequence_data(store, model, seq)
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
@@ -105,18 +143,45 @@ def sequence_page(request: Request, store: StoreDep, live: LiveDep, model: str, 
             data["acts"] = [float(a) for a in res.acts[:, index]]
         except AppError as exc:
             data["live_error"] = exc.message
-    return render(request, "sequence.html", data, html_url=_path(request),
-                title=f"sequence {seq} · {model}", blocks={"full-*": "tokens"})
+    return render(
+        request,
+        "sequence.html",
+        data,
+        html_url=_path(request),
+        title=f"sequence {seq} · {model}",
+        blocks={"full-*": "tokens"},
+    )
 
 
 @router.get("/{model}/{source}", response_class=HTMLResponse)
-def source_page(request: Request, store: StoreDep, model: str, source: str,
-                sort: str = "max", order: str = "desc", page: int = 1, per_page: int = 50,
-                q: str = "", min_density: float | None = None, max_density: float | None = None):
-    data = pages.source_data(store, model, source, sort=sort, order=order, page=page,
-                             per_page=per_page, q=q, min_density=min_density, max_density=max_density)
-    return render(request, "source.html", data, html_url=_path(request),
-                title=f"{source} · {model}", blocks={"units": "units"})
+def source_page(
+    request: Request,
+    store: StoreDep,
+    model: str,
+    source: str,
+    sort: str = "max",
+    order: str = "desc",
+    page: int = 1,
+    per_page: int = 50,
+    q: str = "",
+    min_density: float | None = None,
+    max_density: float | None = None,
+):
+    data = pages.source_data(
+        store,
+        model,
+        source,
+        sort=sort,
+        order=order,
+        page=page,
+        per_page=per_page,
+        q=q,
+        min_density=min_density,
+        max_density=max_density,
+    )
+    return render(
+        request, "source.html", data, html_url=_path(request), title=f"{source} · {model}", blocks={"units": "units"}
+    )
 
 
 @router.get("/{model}/{source}/random")
@@ -125,8 +190,9 @@ def random_unit(store: StoreDep, model: str, source: str):
     return RedirectResponse(urls.unit(model, source, index), status_code=302)
 
 
-async def unit_page(request: Request, model: str, source: str, index: int, band: str | None = None,
-                    text: str | None = None):
+async def unit_page(
+    request: Request, model: str, source: str, index: int, band: str | None = None, text: str | None = None
+):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
     # view (FastAPI resolves each per request).
     store, live = request.app.state.store, request.app.state.live
@@ -137,8 +203,13 @@ async def unit_page(request: Request, model: str, source: str, index: int, band:
     return await run_in_threadpool(_unit_page, request, store, live, model, source, index, band, text)
 
 
-router.add_api_route("/{model}/{source}/{index}", unit_page, methods=["GET"], response_class=HTMLResponse,
-                     route_class_override=PlainParamsRoute)
+router.add_api_route(
+    "/{model}/{source}/{index}",
+    unit_page,
+    methods=["GET"],
+    response_class=HTMLResponse,
+    route_class_override=PlainParamsRoute,
+)
 
 
 def _unit_page(request, store, live, model, source, index, band, text):
@@ -153,14 +224,29 @@ def _unit_page(request, store, live, model, source, index, band, text):
         data["text"] = text
         status, live_error = exc.status, exc.message
     data["live_error"] = live_error
-    page = render(request, "unit.html", data, html_url=_path(request), title=f"{source}/{index} · {model}",
-                  status=status, blocks={"examples": "examples", "live-result": "live"})
+    page = render(
+        request,
+        "unit.html",
+        data,
+        html_url=_path(request),
+        title=f"{source}/{index} · {model}",
+        status=status,
+        blocks={"examples": "examples", "live-result": "live"},
+    )
     return request.app.state.response_cache.put_for(request, page)
 
 
 @router.get("/{model}/{source}/{index}/live", response_class=HTMLResponse)
-def unit_live(request: Request, store: StoreDep, live: LiveDep, model: str, source: str,
-              index: int, text: str | None = None, band: str | None = None):
+def unit_live(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: str,
+    source: str,
+    index: int,
+    text: str | None = None,
+    band: str | None = None,
+):
     """The live block of a unit page (htmx); the shareable URL is pushed to the address bar."""
     share = urls.unit(model, source, index, band=band if band not in (None, "top") else None, text=text)
     if not request.headers.get("hx-request"):
@@ -177,6 +263,11 @@ def unit_live(request: Request, store: StoreDep, live: LiveDep, model: str, sour
     templates = request.app.state.templates
     context = {"d": data, "title": "", "json_url": urls.api(share), "page_url": share}
     # htmx only swaps 2xx responses by default; the error is shown inside the block.
-    return templates.TemplateResponse(request, "unit.html", context, block_name="live",
-                                      status_code=200 if status < 500 else status,
-                                      headers={"HX-Push-Url": share, "X-Live-Status": str(status)})
+    return templates.TemplateResponse(
+        request,
+        "unit.html",
+        context,
+        block_name="live",
+        status_code=200 if status < 500 else status,
+        headers={"HX-Push-Url": share, "X-Live-Status": str(status)},
+    )

@@ -132,7 +132,7 @@ class UnitOut(BaseModel):
     bands: list[BandOut]
     logits: LogitsOut | None
     links: dict[str, str]
-    live: "LiveUnitOut | None" = None
+    live: LiveUnitOut | None = None
 
 
 class SequenceOut(BaseModel):

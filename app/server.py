@@ -10,15 +10,15 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from indexer.errors import ActscopeError
-from indexer.store_reader import Store
-
-from . import errors, routes_api, routes_html
-from .live_service import LiveService
-from .render import make_templates, prepare_tokens
-from .resources import resource_dir
-from .response_cache import CacheMiddleware, ResponseCache
-from .settings import Settings
+from actscope import __version__
+from actscope.app import errors, routes_api, routes_html
+from actscope.app.live_service import LiveService
+from actscope.app.render import make_templates, prepare_tokens
+from actscope.app.resources import resource_dir
+from actscope.app.response_cache import CacheMiddleware, ResponseCache
+from actscope.app.settings import Settings
+from actscope.indexer.errors import ActscopeError
+from actscope.indexer.store.reader import Store
 
 log = logging.getLogger("actscope.app")
 
@@ -36,12 +36,19 @@ def create_app(settings: Settings) -> FastAPI:
         raise ActscopeError(f"{settings.index_file}: the index holds no model")
     # One file holds one model; live inference runs that model.
     first = models[0]
-    live = LiveService(first, store.sources(first.model), device=settings.device,
-                       max_waiting=settings.live_max_waiting, timeout_s=settings.live_timeout_s,
-                       max_chars=settings.max_text_chars, cache_size=settings.live_cache_size,
-                       enabled=settings.live, max_batch=settings.live_max_batch,
-                       threads=settings.live_threads,
-                       token_strings=lambda ids: store.token_strings(first.model, ids))
+    live = LiveService(
+        first,
+        store.sources(first.model),
+        device=settings.device,
+        max_waiting=settings.live_max_waiting,
+        timeout_s=settings.live_timeout_s,
+        max_chars=settings.max_text_chars,
+        cache_size=settings.live_cache_size,
+        enabled=settings.live,
+        max_batch=settings.live_max_batch,
+        threads=settings.live_threads,
+        token_strings=lambda ids: store.token_strings(first.model, ids),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,8 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         store.close()
 
-    app = FastAPI(title="actscope", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
-                  redoc_url=None, docs_url=None)
+    app = FastAPI(
+        title="actscope", description=DESCRIPTION, version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None
+    )
     app.state.settings = settings
     app.state.store = store
     app.state.live = live
@@ -76,8 +84,11 @@ def _docs_route(app: FastAPI) -> None:
 
     vendor = resource_dir("static") / "vendor"
     local = (vendor / "swagger-ui-bundle.js").is_file() and (vendor / "swagger-ui.css").is_file()
-    urls = ({"swagger_js_url": "/static/vendor/swagger-ui-bundle.js",
-             "swagger_css_url": "/static/vendor/swagger-ui.css"} if local else {})
+    urls = (
+        {"swagger_js_url": "/static/vendor/swagger-ui-bundle.js", "swagger_css_url": "/static/vendor/swagger-ui.css"}
+        if local
+        else {}
+    )
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
@@ -116,11 +127,20 @@ def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: st
     workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
     # Fail here, with one line, on a missing, unreadable or incompatible file.
     Store(index_file, resident_mb=0).close()
-    print(f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)"
-          f" with {workers} worker process{'es' if workers > 1 else ''}")
+    print(
+        f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)"
+        f" with {workers} worker process{'es' if workers > 1 else ''}"
+    )
     if workers > 1:
-        uvicorn.run("app.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)
+        uvicorn.run(
+            "actscope.app.server:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
     else:
         # access_log off: at log level warning nothing is printed anyway, but uvicorn
         # would still format every request's log line.

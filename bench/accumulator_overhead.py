@@ -32,33 +32,45 @@ def main() -> None:
 
     import torch
 
-    from indexer import bundled
-    from indexer.activations import ActivationRunner
-    from indexer.calibrate import calibrate
-    from indexer.config import IndexConfig
-    from indexer.corpus import iter_batches, iter_documents
-    from indexer.memory import keep_freed_memory
-    from indexer.model import load_model, resolve_model_spec
-    from indexer.run import accumulate_each, new_accumulators
-    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
+    from actscope.indexer import bundled
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.corpus.batches import iter_batches
+    from actscope.indexer.corpus.documents import iter_documents
+    from actscope.indexer.kinds import SourceRequest, build_sources
+    from actscope.indexer.memory import keep_freed_memory
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
+    from actscope.indexer.model.runner import ActivationRunner
+    from actscope.indexer.model.saes import load_sae, resolve_sae_spec
+    from actscope.indexer.run import accumulate_each, new_accumulators
 
     keep_freed_memory()  # as `actscope index` does
     sae_name = bundled.bundled_sae_names()[0]
     loaded = load_model(resolve_model_spec(bundled.DEFAULT_MODEL), "cpu")
     spec = resolve_sae_spec(sae_name)
-    sources = neuron_sources(loaded.model, [])
-    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
+    sources = build_sources(loaded.model, SourceRequest(saes=[(spec, load_sae(spec))]))
     runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)
-    batches = list(iter_batches(iter_documents("stdlib"), loaded.tokenizer, bos_token_id=loaded.bos_token_id,
-                                eos_token_id=loaded.eos_token_id, ctx=args.ctx, batch_size=args.batch_size,
-                                max_sequences=args.max_tokens // args.ctx))
-    config = IndexConfig(model=bundled.DEFAULT_MODEL, dataset="stdlib", out="unused.duckdb", saes=[sae_name],
-                         device="cpu")
+    batches = list(
+        iter_batches(
+            iter_documents("stdlib"),
+            loaded.tokenizer,
+            bos_token_id=loaded.bos_token_id,
+            eos_token_id=loaded.eos_token_id,
+            ctx=args.ctx,
+            batch_size=args.batch_size,
+            max_sequences=args.max_tokens // args.ctx,
+        )
+    )
+    config = IndexConfig(
+        model=bundled.DEFAULT_MODEL, dataset="stdlib", out="unused.duckdb", saes=[sae_name], device="cpu"
+    )
     grids, _ = calibrate(runner, iter(batches), sources, config.calibration_tokens, config.hist_bins)
     warm, timed_batches = batches[:3], batches[3:]  # the first batches fill the empty top-k and bands
     n_tokens = sum(b.tokens.numel() for b in timed_batches)
-    print(f"{bundled.DEFAULT_MODEL} + {sae_name}: {sum(s.n_units for s in sources)} units, {n_tokens:,} tokens "
-          f"in {len(timed_batches)} timed batches; torch threads {torch.get_num_threads()}")
+    print(
+        f"{bundled.DEFAULT_MODEL} + {sae_name}: {sum(s.n_units for s in sources)} units, {n_tokens:,} tokens "
+        f"in {len(timed_batches)} timed batches; torch threads {torch.get_num_threads()}"
+    )
 
     def floor() -> float:
         start = time.perf_counter()
@@ -81,6 +93,7 @@ def main() -> None:
                 begin = time.perf_counter()
                 update(slug, acts, top_k)
                 inside += time.perf_counter() - begin
+
             return consume
 
         start = time.perf_counter()
@@ -97,8 +110,10 @@ def main() -> None:
         floors.append(floor())
         around = (floors[-2] + floors[-1]) / 2
         ratios.append(wall / around)
-        print(f"round {round_ + 1}: floors around {around:.2f}s, with accumulators {wall:.2f}s "
-              f"(inside them {inside:.2f}s, forward {wall - inside:.2f}s), ratio {ratios[-1]:.3f}")
+        print(
+            f"round {round_ + 1}: floors around {around:.2f}s, with accumulators {wall:.2f}s "
+            f"(inside them {inside:.2f}s, forward {wall - inside:.2f}s), ratio {ratios[-1]:.3f}"
+        )
     print(f"median ratio {statistics.median(ratios):.3f}")
 
 

@@ -39,12 +39,28 @@ def main() -> None:
     print(f"model {model}, SAE {sae}, dataset {args.dataset}")
     for tokens in (int(t) for t in args.tokens.split(",")):
         out = work / f"mem-{tokens}.duckdb"
-        command = [actscope, "index", "--model", model, "--dataset", args.dataset, "--out", str(out),
-                   "--max-tokens", str(tokens), "--device", "cpu", "--quiet"]
+        command = [
+            actscope,
+            "index",
+            "--model",
+            model,
+            "--dataset",
+            args.dataset,
+            "--out",
+            str(out),
+            "--max-tokens",
+            str(tokens),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
         if sae:
             command += ["--sae", sae]
-        peak_kb = json.loads(subprocess.run([sys.executable, "-c", MEASURE, *command], check=True,
-                                            capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        peak_kb = json.loads(
+            subprocess.run([sys.executable, "-c", MEASURE, *command], check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         print(f"{tokens:>10,} tokens: peak RSS {peak_kb / 1024:,.0f} MB, index {out.stat().st_size / 2**20:,.1f} MB")
         out.unlink()
 

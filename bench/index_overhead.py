@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
-import statistics
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def bench_model(work: Path) -> tuple[str, str]:
     """(model, sae) arguments for `actscope index`."""
-    from indexer import bundled
+    from actscope.indexer import bundled
 
     saes = bundled.bundled_sae_names()
     if bundled.model_dir(bundled.DEFAULT_MODEL) is not None and saes:
@@ -52,20 +52,30 @@ def bench_model(work: Path) -> tuple[str, str]:
     from tokenizers import ByteLevelBPETokenizer
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from indexer.builtin_corpora import iter_documents
-    from indexer.model import save_native
+    from actscope.indexer.corpus.builtin import iter_documents
+    from actscope.indexer.model.loading import save_native
 
     docs = [doc for _, doc in zip(range(400), iter_documents("stdlib"))]
     tokenizer = ByteLevelBPETokenizer()
     tokenizer.train_from_iterator(docs, vocab_size=8192, special_tokens=["<|endoftext|>"], show_progress=False)
     tokenizer.save(str(work / "tokenizer.json"))
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=256, d_head=32, n_heads=8, d_mlp=1024, n_ctx=256,
-                                  d_vocab=8192, act_fn="gelu", normalization_type="LN", seed=0)
-    model_dir = save_native(HookedTransformer(cfg), work / "tokenizer.json", work / "bench-2l", "bench-2l",
-                            "<|endoftext|>", "<|endoftext|>")
-    sae = TopKSAE(TopKSAEConfig(d_in=256, d_sae=4096, k=32,
-                                metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=256,
+        d_head=32,
+        n_heads=8,
+        d_mlp=1024,
+        n_ctx=256,
+        d_vocab=8192,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
+    model_dir = save_native(
+        HookedTransformer(cfg), work / "tokenizer.json", work / "bench-2l", "bench-2l", "<|endoftext|>", "<|endoftext|>"
+    )
+    sae = TopKSAE(TopKSAEConfig(d_in=256, d_sae=4096, k=32, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
     sae.save_model(str(work / "bench-sae"))
     return str(model_dir), str(work / "bench-sae")
 
@@ -78,11 +88,19 @@ def main() -> None:
     parser.add_argument("--dataset", default="stdlib")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--fresh-processes", action="store_true",
-                        help="each floor and indexer run in a new process, after the same warm-up")
-    parser.add_argument("--interleaved", type=int, default=3, metavar="ROUNDS",
-                        help="then ROUNDS indexer runs with the floor's pass of each batch beside the "
-                             "indexer's own (0: none; not with --fresh-processes)")
+    parser.add_argument(
+        "--fresh-processes",
+        action="store_true",
+        help="each floor and indexer run in a new process, after the same warm-up",
+    )
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=3,
+        metavar="ROUNDS",
+        help="then ROUNDS indexer runs with the floor's pass of each batch beside the "
+        "indexer's own (0: none; not with --fresh-processes)",
+    )
     parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
@@ -90,56 +108,81 @@ def main() -> None:
 
     import torch
 
-    from indexer.memory import keep_freed_memory
+    from actscope.indexer.memory import keep_freed_memory
 
     keep_freed_memory()  # as `actscope index` does, for the floor too (see indexer/memory.py)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from indexer.activations import ActivationRunner
-    from indexer.config import IndexConfig
-    from indexer.corpus import iter_batches, iter_documents
-    from indexer.model import load_model, resolve_model_spec
-    from indexer.run import run_index
-    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.corpus.batches import iter_batches
+    from actscope.indexer.corpus.documents import iter_documents
+    from actscope.indexer.kinds import SourceRequest, build_sources
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
+    from actscope.indexer.model.runner import ActivationRunner
+    from actscope.indexer.model.saes import load_sae, resolve_sae_spec
+    from actscope.indexer.run import run_index
 
     work = Path(tempfile.mkdtemp(prefix="actscope-bench-"))
     model_arg, sae_arg = (args.model, args.sae) if args.worker else bench_model(work)
     loaded = load_model(resolve_model_spec(model_arg), "cpu")
     spec = resolve_sae_spec(sae_arg)
-    sources = neuron_sources(loaded.model, [])
-    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
+    sources = build_sources(loaded.model, SourceRequest(saes=[(spec, load_sae(spec))]))
     runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # as the indexer runs it
-    batches = [b.tokens for b in iter_batches(
-        iter_documents(args.dataset), loaded.tokenizer, bos_token_id=loaded.bos_token_id,
-        eos_token_id=loaded.eos_token_id, ctx=args.ctx, batch_size=args.batch_size,
-        max_sequences=args.max_tokens // args.ctx)]
+    batches = [
+        b.tokens
+        for b in iter_batches(
+            iter_documents(args.dataset),
+            loaded.tokenizer,
+            bos_token_id=loaded.bos_token_id,
+            eos_token_id=loaded.eos_token_id,
+            ctx=args.ctx,
+            batch_size=args.batch_size,
+            max_sequences=args.max_tokens // args.ctx,
+        )
+    ]
     n_tokens = sum(b.numel() for b in batches)
     units = sum(s.n_units for s in sources)
-    print(f"model {model_arg}, SAE {sae_arg}: {len(sources)} sources, {units} units; "
-          f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {model_arg}, SAE {sae_arg}: {len(sources)} sources, {units} units; "
+        f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     def timed(work) -> tuple[float, float, float, int]:
         """(wall s, cpu s, of which system s, minor page faults) of work()."""
         before, start, cpu = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), time.process_time()
         work()
         after = resource.getrusage(resource.RUSAGE_SELF)
-        return (time.perf_counter() - start, time.process_time() - cpu, after.ru_stime - before.ru_stime,
-                after.ru_minflt - before.ru_minflt)
+        return (
+            time.perf_counter() - start,
+            time.process_time() - cpu,
+            after.ru_stime - before.ru_stime,
+            after.ru_minflt - before.ru_minflt,
+        )
 
     def floor() -> tuple[float, float, float, int]:
         def forward_all() -> None:
             with torch.inference_mode():
                 for tokens in batches:
                     runner(tokens)
+
         return timed(forward_all)
 
     def indexer(round_: int, max_tokens: int = args.max_tokens) -> tuple[float, float, float, int]:
         out = work / f"bench-{round_}.duckdb"
-        config = IndexConfig(model=model_arg, dataset=args.dataset, out=str(out), saes=[sae_arg],
-                             max_tokens=max_tokens, ctx=args.ctx, batch_size=args.batch_size,
-                             device="cpu", quiet=True, checkpoint_every=0)
+        config = IndexConfig(
+            model=model_arg,
+            dataset=args.dataset,
+            out=str(out),
+            saes=[sae_arg],
+            max_tokens=max_tokens,
+            ctx=args.ctx,
+            batch_size=args.batch_size,
+            device="cpu",
+            quiet=True,
+            checkpoint_every=0,
+        )
         elapsed = timed(lambda: run_index(config))
         out.unlink()
         return elapsed
@@ -153,9 +196,26 @@ def main() -> None:
         """One run of `side`: here, or in a new process after the same warm-up."""
         if not args.fresh_processes:
             return floor() if side == "floor" else indexer(round_)
-        command = [sys.executable, __file__, "--worker", side, "--model", model_arg, "--sae", sae_arg,
-                   "--max-tokens", str(args.max_tokens), "--ctx", str(args.ctx), "--batch-size",
-                   str(args.batch_size), "--dataset", args.dataset, "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            side,
+            "--model",
+            model_arg,
+            "--sae",
+            sae_arg,
+            "--max-tokens",
+            str(args.max_tokens),
+            "--ctx",
+            str(args.ctx),
+            "--batch-size",
+            str(args.batch_size),
+            "--dataset",
+            args.dataset,
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -205,25 +265,33 @@ def main() -> None:
         floors.append(measure("floor", round_))
         around = [(floors[-2][k] + floors[-1][k]) / 2 for k in (0, 1)]
         ratios.append(tuple(indexers[-1][k] / around[k] for k in (0, 1)))
-        print(f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
-              f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
-              f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu")
-        print(f"         system time (page faults): floors {floors[-2][2]:.2f}s ({floors[-2][3]:,}) and "
-              f"{floors[-1][2]:.2f}s ({floors[-1][3]:,}), indexer {indexers[-1][2]:.2f}s ({indexers[-1][3]:,})")
+        print(
+            f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
+            f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
+            f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu"
+        )
+        print(
+            f"         system time (page faults): floors {floors[-2][2]:.2f}s ({floors[-2][3]:,}) and "
+            f"{floors[-1][2]:.2f}s ({floors[-1][3]:,}), indexer {indexers[-1][2]:.2f}s ({indexers[-1][3]:,})"
+        )
     for label, which in (("wall", 0), ("cpu", 1)):
         best_floor = min(f[which] for f in floors)
         best_indexer = min(i[which] for i in indexers)
-        print(f"{label}: floor (forward + SAE encode) {best_floor:.2f}s = {n_tokens / best_floor:,.0f} tokens/s; "
-              f"indexer (everything, incl. calibration and writing) {best_indexer:.2f}s = "
-              f"{n_tokens / best_indexer:,.0f} tokens/s; fastest / fastest = {best_indexer / best_floor:.3f}; "
-              f"median of the rounds' ratios = {statistics.median(r[which] for r in ratios):.3f}")
+        print(
+            f"{label}: floor (forward + SAE encode) {best_floor:.2f}s = {n_tokens / best_floor:,.0f} tokens/s; "
+            f"indexer (everything, incl. calibration and writing) {best_indexer:.2f}s = "
+            f"{n_tokens / best_indexer:,.0f} tokens/s; fastest / fastest = {best_indexer / best_floor:.3f}; "
+            f"median of the rounds' ratios = {statistics.median(r[which] for r in ratios):.3f}"
+        )
     if args.interleaved and not args.fresh_processes:
         side_by_side = []
         for round_ in range(args.interleaved):
             floor_s, indexer_s = interleaved(round_)
             side_by_side.append(indexer_s / floor_s)
-            print(f"interleaved round {round_ + 1}: floor {floor_s:.2f}s, indexer {indexer_s:.2f}s, "
-                  f"ratio {side_by_side[-1]:.3f}")
+            print(
+                f"interleaved round {round_ + 1}: floor {floor_s:.2f}s, indexer {indexer_s:.2f}s, "
+                f"ratio {side_by_side[-1]:.3f}"
+            )
         print(f"interleaved: median of the rounds' ratios = {statistics.median(side_by_side):.3f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -26,7 +26,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -36,9 +35,58 @@ from pathlib import Path
 TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}
 # Cached passes are measured against the same targets.
 TARGETS_MS.update({k + " cached": v for k, v in list(TARGETS_MS.items()) if k.startswith("unit")})
-WORDS = ("the of and to in is that for it as with was on be by this are from at or an which "
-         "return value def class import self if else while for print list dict none true false "
-         "king lord thou thee hath love night day sword crown heaven death").split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "with",
+    "was",
+    "on",
+    "be",
+    "by",
+    "this",
+    "are",
+    "from",
+    "at",
+    "or",
+    "an",
+    "which",
+    "return",
+    "value",
+    "def",
+    "class",
+    "import",
+    "self",
+    "if",
+    "else",
+    "while",
+    "for",
+    "print",
+    "list",
+    "dict",
+    "none",
+    "true",
+    "false",
+    "king",
+    "lord",
+    "thou",
+    "thee",
+    "hath",
+    "love",
+    "night",
+    "day",
+    "sword",
+    "crown",
+    "heaven",
+    "death",
+]
 
 
 def free_port() -> int:
@@ -50,8 +98,9 @@ def free_port() -> int:
 
 
 def get_json(url: str, data: dict | None = None, timeout: float = 120) -> dict:
-    req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=None if data is None else json.dumps(data).encode(), headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
@@ -147,24 +196,33 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", default=None, help="Index file (default: build/reuse demo.duckdb)")
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=1000,
-                    help="Distinct units per page scenario (each requested twice: first view, cached)")
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=1000,
+        help="Distinct units per page scenario (each requested twice: first view, cached)",
+    )
     ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     index = args.index
     if index is None:
-        from indexer.demo import build_demo_index
+        from actscope.indexer.demo import build_demo_index
 
         index = "demo.duckdb"
         build_demo_index(index)
     index = str(Path(index).resolve())
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-c", "from actscope.cli import main; main()", "serve", index,
-           "--port", str(port)]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [sys.executable, "-c", "from actscope.cli import main; main()", "serve", index, "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -176,15 +234,16 @@ def main() -> int:
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     print(server.stderr.read().decode()[-2000:], file=sys.stderr)
-                    raise SystemExit("server did not start")
+                    raise SystemExit("server did not start") from None
                 time.sleep(0.2)
         model = home["models"][0]
         sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
         slug_live, n_live = sources[0]
         rng = random.Random(args.seed)
         # Warm-up: the live model loads; pages and caches warm.
-        probe = get_json(base + f"/api/{model['model']}/activations",
-                         {"text": long_text(rng), "source": slug_live, "index": 0})
+        probe = get_json(
+            base + f"/api/{model['model']}/activations", {"text": long_text(rng), "source": slug_live, "index": 0}
+        )
         n_live_tokens = len(probe["token_ids"])
         for i in range(20):  # warm code paths on units the scenarios do not use
             urllib.request.urlopen(f"{base}/{model['model']}/{sources[0][0]}/{i % sources[0][1]}?band=0").read()
@@ -195,7 +254,7 @@ def main() -> int:
         rng.shuffle(all_units)
         n_pages = min(args.requests, len(all_units) // 2)
         json_units = all_units[:n_pages]
-        html_units = all_units[n_pages:2 * n_pages]
+        html_units = all_units[n_pages : 2 * n_pages]
 
         def unit_path(units, i: int) -> str:
             slug, u = units[i]
@@ -207,21 +266,36 @@ def main() -> int:
             ("unit JSON cached", lambda i: ("GET", "/api" + unit_path(json_units, i), None), n_pages),
             ("unit HTML", lambda i: ("GET", unit_path(html_units, i), None), n_pages),
             ("unit HTML cached", lambda i: ("GET", unit_path(html_units, i), None), n_pages),
-            ("live 128 tokens", lambda i: ("POST", f"/api/{model['model']}/activations",
-                                           json.dumps({"text": texts[i], "source": slug_live,
-                                                       "index": rng.randrange(n_live)}).encode()),
-             args.live_requests),
+            (
+                "live 128 tokens",
+                lambda i: (
+                    "POST",
+                    f"/api/{model['model']}/activations",
+                    json.dumps({"text": texts[i], "source": slug_live, "index": rng.randrange(n_live)}).encode(),
+                ),
+                args.live_requests,
+            ),
         ]
         single_texts = [long_text(rng) for _ in range(60)]
-        single = ("live 128 tokens, 1 client", lambda i: (
-            "POST", f"/api/{model['model']}/activations",
-            json.dumps({"text": single_texts[i], "source": slug_live, "index": 0}).encode()), 60)
+        single = (
+            "live 128 tokens, 1 client",
+            lambda i: (
+                "POST",
+                f"/api/{model['model']}/activations",
+                json.dumps({"text": single_texts[i], "source": slug_live, "index": 0}).encode(),
+            ),
+            60,
+        )
         n_units = sum(n for _, n in sources)
-        print(f"index {index}: model {model['model']}, {len(sources)} sources, {n_units:,} units, "
-              f"{model['n_tokens']:,} tokens; live texts of {n_live_tokens} tokens on {slug_live}")
+        print(
+            f"index {index}: model {model['model']}, {len(sources)} sources, {n_units:,} units, "
+            f"{model['n_tokens']:,} tokens; live texts of {n_live_tokens} tokens on {slug_live}"
+        )
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"{args.clients} concurrent clients on loopback, {os.cpu_count()} CPUs shared with the "
-              f"load generator; load average before the run: {load}")
+        print(
+            f"{args.clients} concurrent clients on loopback, {os.cpu_count()} CPUs shared with the "
+            f"load generator; load average before the run: {load}"
+        )
         print(f"{'scenario':<27}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  target p50")
         ok = True
         for name, make, n in scenarios + [single]:
@@ -231,8 +305,10 @@ def main() -> int:
             target = TARGETS_MS.get(name, TARGETS_MS["live 128 tokens"])
             good = p50 <= target and not errors
             ok &= good
-            print(f"{name:<27}{len(lat):>9}{len(errors):>8}{p50:>9.1f}{p99:>9.1f}{len(lat) / wall:>9.0f}"
-                  f"  <= {target:.0f} ms {'ok' if good else 'MISSED'}")
+            print(
+                f"{name:<27}{len(lat):>9}{len(errors):>8}{p50:>9.1f}{p99:>9.1f}{len(lat) / wall:>9.0f}"
+                f"  <= {target:.0f} ms {'ok' if good else 'MISSED'}"
+            )
             for e in errors[:3]:
                 print("   error:", e)
         return 0 if ok else 1

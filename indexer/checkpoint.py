@@ -13,16 +13,22 @@ from typing import Any
 
 import torch
 
-from .errors import ActscopeError
-from .grid import Grid
+from actscope.indexer.accumulate.grid import Grid
+from actscope.indexer.errors import ActscopeError
 
 
 def _normalise(identity: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(identity, default=str))
 
 
-def save_checkpoint(path: Path, identity: dict[str, Any], batches_done: int, n_sequences: int,
-                    grids: dict[str, Grid], accumulators: dict) -> None:
+def save_checkpoint(
+    path: Path,
+    identity: dict[str, Any],
+    batches_done: int,
+    n_sequences: int,
+    grids: dict[str, Grid],
+    accumulators: dict,
+) -> None:
     state = {
         "identity": _normalise(identity),
         "batches_done": batches_done,

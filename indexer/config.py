@@ -7,13 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ActscopeError
-
-# Band edges for neurons, as quantiles of the activation over all indexed tokens
-# (the seed tools' 50/75/90/95/99/99.9% edges), and for SAE features as quantiles
-# over the tokens where the feature fires.
-NEURON_BAND_LEVELS = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
-SAE_BAND_LEVELS = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+from actscope.indexer.errors import ActscopeError
 
 
 @dataclass
@@ -52,9 +46,7 @@ class IndexConfig:
         if self.ctx < 2:
             raise ActscopeError("--ctx must be at least 2 (BOS plus one token)")
         if self.max_tokens is not None and self.max_tokens < self.ctx:
-            raise ActscopeError(
-                f"--max-tokens {self.max_tokens} is smaller than one sequence (--ctx {self.ctx})"
-            )
+            raise ActscopeError(f"--max-tokens {self.max_tokens} is smaller than one sequence (--ctx {self.ctx})")
         if self.no_neurons and self.neuron_hooks:
             raise ActscopeError("--no-neurons contradicts --neurons")
         if self.no_neurons and not self.saes:
@@ -90,6 +82,6 @@ class IndexConfig:
         return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
     @classmethod
-    def from_cli(cls, options: dict[str, Any]) -> "IndexConfig":
+    def from_cli(cls, options: dict[str, Any]) -> IndexConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in options.items() if k in names})

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from .errors import ActscopeError
+from actscope.indexer.errors import ActscopeError
 
 DEMO_MODEL = "toy-2l"
 DEMO_DATASET = "default"
@@ -27,12 +27,12 @@ DEMO_BATCH = 32
 
 def demo_options(out: str | Path) -> dict:
     """The `actscope index` options of the demo (also what the compose file runs)."""
-    from . import bundled
+    from actscope.indexer import bundled
 
     saes = bundled.bundled_sae_names()
     if not saes or bundled.model_dir(DEMO_MODEL) is None:
         raise ActscopeError(
-            "the bundled toy model is missing from this installation (indexer/default/); "
+            "the bundled toy model is missing from this installation (indexer/bundled/default/); "
             "reinstall actscope or run `actscope train-default`"
         )
     return {
@@ -48,7 +48,7 @@ def demo_options(out: str | Path) -> dict:
 
 
 def package_version() -> str:
-    from . import __version__  # what the indexer records in meta.package_version
+    from actscope import __version__
 
     return __version__
 
@@ -72,7 +72,7 @@ def read_meta(path: str | Path) -> dict[str, str] | None:
 
 def index_is_current(path: str | Path) -> bool:
     """True if `path` is a demo index written by this version with the demo settings."""
-    from .schema import SCHEMA_VERSION
+    from actscope.indexer.store.schema import SCHEMA_VERSION
 
     meta = read_meta(path)
     if meta is None:
@@ -103,14 +103,16 @@ def build_demo_index(out: str | Path, rebuild: bool = False, log=print) -> Path:
     if not rebuild and index_is_current(out):
         log(f"demo: {out} is up to date (actscope {package_version()}); serving it")
         return out
-    from .config import IndexConfig
-    from .run import run_index
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
 
     if out.exists():
         log(f"demo: {out} was written by another actscope version or with other settings; rebuilding")
     options = demo_options(out)
-    log(f"demo: indexing {options['model']} ({', '.join(options['saes'])}) over "
-        f"--dataset {options['dataset']}, {options['max_tokens']:,} tokens; about a minute on 2 free cores")
+    log(
+        f"demo: indexing {options['model']} ({', '.join(options['saes'])}) over "
+        f"--dataset {options['dataset']}, {options['max_tokens']:,} tokens; about a minute on 2 free cores"
+    )
     started = time.time()
     summary = run_index(IndexConfig(**options))
     log(str(summary))

@@ -1,4 +1,4 @@
-"""One indexing run: load, calibrate, stream every batch through all accumulators, write."""
+"""One indexing run, top to bottom: load -> calibrate -> stream -> finalize."""
 
 from __future__ import annotations
 
@@ -7,137 +7,207 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .config import IndexConfig
-from .errors import ActscopeError
+from actscope import __version__
+from actscope.indexer.config import IndexConfig
+from actscope.indexer.errors import ActscopeError
 
 SEQUENCE_FLUSH_BATCHES = 64  # token batches kept in memory before they go to the file
-DOCUMENT_PREFETCH = 64  # documents read ahead: two of the tokenizer's groups (corpus.py)
+DOCUMENT_PREFETCH = 64  # documents read ahead: two of the tokenizer's groups (corpus/batches.py)
+
+
+@dataclass
+class Loaded:
+    """What a run works with once loaded: the model, its sources, the runner, and the
+    identity a checkpoint of the run must match."""
+
+    config: IndexConfig
+    device: str
+    model: Any  # model.loading.LoadedModel
+    sources: list  # [kinds.Source]
+    runner: Any  # model.runner.ActivationRunner
+    identity: dict[str, Any]
+
+    @property
+    def max_sequences(self) -> int | None:
+        return self.config.max_tokens // self.config.ctx if self.config.max_tokens else None
+
+
+@dataclass
+class Progress:
+    """How far the stream has come: batches completed, and the sequences they hold."""
+
+    batches_done: int = 0
+    n_sequences: int = 0
 
 
 def run_index(config: IndexConfig) -> str:
-    import torch
-    from tqdm import tqdm
-
-    from .activations import ActivationRunner
-    from .calibrate import calibrate, replay_steps
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .corpus import iter_batches, iter_documents
-    from .model import load_model, pick_device, resolve_model_spec
-    from .prefetch import prefetch
-    from .sources import load_sae, neuron_sources, resolve_sae_spec, sae_processing, sae_sources
-    from .store_writer import StoreWriter
-
-    from .memory import keep_freed_memory
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.checkpoint import load_checkpoint
+    from actscope.indexer.memory import keep_freed_memory
+    from actscope.indexer.store.writer import StoreWriter
 
     started = time.perf_counter()
     keep_freed_memory()  # the batches' tensors reuse resident memory instead of faulting in fresh pages
+    run = load(config)
+    state = None
+    if config.resume:
+        state = load_checkpoint(config.checkpoint_path, run.identity, run.device)
+        if state is None:
+            print(f"no checkpoint at {config.checkpoint_path}: starting from the beginning", file=sys.stderr)
+    # The file is opened before the first forward pass: the first index a process writes
+    # starts its DuckDB instance, which trims the C heap (see store/writer.py); done now,
+    # that hands back none of the memory the forward passes page in.
+    writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
+    try:
+        stream = batches(run)
+        if state is not None:
+            grids, calibrated = state["grids"], []
+        else:
+            grids, calibrated = calibrate(
+                run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k
+            )
+        accumulators = new_accumulators(run.sources, grids, config, run.device)
+        done = Progress()
+        if state is not None:
+            for slug, acc in accumulators.items():
+                acc.load_state_dict(state["accumulators"][slug])
+            done = Progress(state["batches_done"], state["n_sequences"])
+            writer.truncate_sequences(done.n_sequences)
+        else:
+            config.checkpoint_path.unlink(missing_ok=True)
+        done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
+        if done.n_sequences == 0:
+            raise ActscopeError(
+                f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
+            )
+        finalize(writer, run, accumulators, done.n_sequences, started)
+        writer.finish(Path(config.out))
+    except BaseException:
+        _abandon(writer, config)
+        raise
+    config.checkpoint_path.unlink(missing_ok=True)
+    n_tokens = done.n_sequences * (config.ctx - 1)
+    units = sum(s.n_units for s in run.sources)
+    return (
+        f"indexed {units} units ({', '.join(s.slug for s in run.sources)}) over {n_tokens:,} tokens "
+        f"in {time.perf_counter() - started:.1f}s -> {config.out}"
+    )
+
+
+def load(config: IndexConfig) -> Loaded:
+    """The SAEs (first: they say how the model must be processed), the model, the sources."""
+    from actscope.indexer import kinds
+    from actscope.indexer.model.loading import load_model, pick_device, resolve_model_spec
+    from actscope.indexer.model.runner import ActivationRunner
+    from actscope.indexer.model.saes import load_sae, resolve_sae_spec, sae_processing
+
     device = pick_device(config.device)
     model_spec = resolve_model_spec(config.model)
     sae_specs = [resolve_sae_spec(text) for text in config.saes]
     saes = [load_sae(spec, "cpu") for spec in sae_specs]
     model_spec.processing = sae_processing(saes)
     loaded = load_model(model_spec, device)
-    model = loaded.model
     if config.ctx > loaded.n_ctx:
         raise ActscopeError(f"--ctx {config.ctx} is larger than the model's context of {loaded.n_ctx} tokens")
-    sources = [] if config.no_neurons else neuron_sources(model, config.neuron_hooks)
-    sources += sae_sources(model, saes, sae_specs, {s.slug for s in sources})
-    runner = ActivationRunner(model, sources, reuse_outputs=True)  # each batch consumed before the next
-    max_sequences = config.max_tokens // config.ctx if config.max_tokens else None
-
-    def batches():
-        documents = iter_documents(config.dataset, config.text_column, config.split)
-        # On the CPU the documents are read in the background (a Hub stream waits on the
-        # network there) but tokenised here, between forward passes: a tokenizer thread
-        # beside torch's workers preempts one of them and the other waits for it at the end
-        # of each parallel region, which cost the forward passes 1-4x the tokenizer's own
-        # CPU time, the more the busier the machine. With a GPU the CPU is free while it
-        # works: the tokenizer then runs beside the forward passes.
-        on_cpu = device == "cpu"
-        stream = iter_batches(prefetch(documents, depth=DOCUMENT_PREFETCH) if on_cpu else documents,
-                              loaded.tokenizer, bos_token_id=loaded.bos_token_id,
-                              eos_token_id=loaded.eos_token_id, ctx=config.ctx, batch_size=config.batch_size,
-                              max_sequences=max_sequences)
-        return stream if on_cpu else prefetch(stream)
-
+    request = kinds.SourceRequest(config.neuron_hooks, config.no_neurons, list(zip(sae_specs, saes)))
+    sources = kinds.build_sources(loaded.model, request)
+    runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # each batch consumed before the next
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
-    state = None
-    if config.resume:
-        state = load_checkpoint(config.checkpoint_path, identity, device)
-        if state is None:
-            print(f"no checkpoint at {config.checkpoint_path}: starting from the beginning", file=sys.stderr)
-    # The file is opened before the first forward pass: the first index a process writes
-    # starts its DuckDB instance, which trims the C heap (see store_writer.py); done now,
-    # that hands back none of the memory the forward passes page in.
-    writer = StoreWriter(config.tmp_path, model_spec.slug, fresh=state is None)
-    try:
-        stream = batches()
-        if state is not None:
-            grids, calibrated = state["grids"], []
-        else:
-            grids, calibrated = calibrate(runner, stream, sources, config.calibration_tokens, config.hist_bins,
-                                          config.top_k)
-        accumulators = new_accumulators(sources, grids, config, device)
-        batches_done, n_sequences = 0, 0
-        if state is not None:
-            for slug, acc in accumulators.items():
-                acc.load_state_dict(state["accumulators"][slug])
-            batches_done, n_sequences = state["batches_done"], state["n_sequences"]
-            writer.truncate_sequences(n_sequences)
-        else:
-            config.checkpoint_path.unlink(missing_ok=True)
+    return Loaded(config, device, loaded, sources, runner, identity)
 
-        total = max_sequences * config.ctx if max_sequences else None
-        progress = tqdm(total=total, initial=n_sequences * config.ctx, unit="tok", unit_scale=True,
-                        disable=config.quiet, desc="indexing", file=sys.stderr, dynamic_ncols=True)
-        neuron_slugs = frozenset(s.slug for s in sources if s.kind == "neuron")
-        # Steps (batches completed, tokens, first_seq, activations, top_ks): the calibration
-        # batches first, without a second forward pass, then the rest.
-        steps = itertools.chain(replay_steps(calibrated, runner.output_buffer, neuron_slugs),
-                                (([batch], batch.tokens, batch.first_seq, None, None) for batch in stream))
-        with torch.inference_mode():
-            for done, step_tokens, first_seq, acts, top_ks in steps:
-                if done and done[-1].index < batches_done:
-                    continue  # already in the checkpoint
-                tokens = step_tokens.to(device)
-                if acts is None:  # each source accumulated as soon as the forward pass yields it
-                    update = accumulate_each(accumulators, tokens, first_seq, config.seed)
-                    runner(tokens, consume=update)
-                else:
-                    accumulate(accumulators, sources, acts, tokens, first_seq, config.seed, top_ks)
-                if not done:
-                    continue
-                for batch in done:
-                    writer.add_sequences(batch.first_seq, batch.tokens.numpy())
-                    progress.update(batch.tokens.numel())
-                before, batches_done = batches_done, done[-1].index + 1
-                n_sequences = done[-1].first_seq + done[-1].tokens.shape[0]
-                if config.checkpoint_every and _passes_multiple(before, batches_done, config.checkpoint_every):
-                    writer.flush(wait=True)  # the checkpoint must not get ahead of the file
-                    save_checkpoint(config.checkpoint_path, identity, batches_done, n_sequences, grids, accumulators)
-                elif _passes_multiple(before, batches_done, SEQUENCE_FLUSH_BATCHES):
-                    writer.flush()  # memory stays flat however long the corpus
-        progress.close()
-        if n_sequences == 0:
-            raise ActscopeError(
-                f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
-            )
-        _write_results(writer, config, loaded, sources, accumulators, n_sequences, started)
-        writer.finish(Path(config.out))
-    except BaseException:
-        _abandon(writer, config)
-        raise
-    config.checkpoint_path.unlink(missing_ok=True)
-    n_tokens = n_sequences * (config.ctx - 1)
-    units = sum(s.n_units for s in sources)
-    return (f"indexed {units} units ({', '.join(s.slug for s in sources)}) over {n_tokens:,} tokens "
-            f"in {time.perf_counter() - started:.1f}s -> {config.out}")
+
+def batches(run: Loaded) -> Iterator:
+    """The corpus as token batches [batch, ctx].
+
+    On the CPU the documents are read in the background (a Hub stream waits on the
+    network there) but tokenised here, between forward passes: a tokenizer thread beside
+    torch's workers preempts one of them, and the others wait for it. With a GPU the CPU
+    is free while it works: the tokenizer then runs beside the forward passes.
+    """
+    from actscope.indexer.corpus.batches import iter_batches
+    from actscope.indexer.corpus.documents import iter_documents
+    from actscope.indexer.corpus.prefetch import prefetch
+
+    config, model = run.config, run.model
+    documents = iter_documents(config.dataset, config.text_column, config.split)
+    on_cpu = run.device == "cpu"
+    stream = iter_batches(
+        prefetch(documents, depth=DOCUMENT_PREFETCH) if on_cpu else documents,
+        model.tokenizer,
+        bos_token_id=model.bos_token_id,
+        eos_token_id=model.eos_token_id,
+        ctx=config.ctx,
+        batch_size=config.batch_size,
+        max_sequences=run.max_sequences,
+    )
+    return stream if on_cpu else prefetch(stream)
+
+
+def steps(run: Loaded, calibrated: list, stream: Iterator) -> Iterator:
+    """Accumulation steps: the calibration batches first, without a second forward pass,
+    then every other batch of the stream."""
+    from actscope.indexer.accumulate.calibrate import Step, replay_steps
+
+    dense = frozenset(s.slug for s in run.sources if not s.kind.sparse)
+    return itertools.chain(
+        replay_steps(calibrated, run.runner.output_buffer, dense),
+        (Step([batch], batch.tokens, batch.first_seq) for batch in stream),
+    )
+
+
+def stream_all(run: Loaded, all_steps: Iterator, accumulators: dict, grids: dict, writer, done: Progress) -> Progress:
+    """Every step through the accumulators; sequences to the file, checkpoints on the way."""
+    import torch
+    from tqdm import tqdm
+
+    from actscope.indexer.checkpoint import save_checkpoint
+
+    config = run.config
+    total = run.max_sequences * config.ctx if run.max_sequences else None
+    progress = tqdm(
+        total=total,
+        initial=done.n_sequences * config.ctx,
+        unit="tok",
+        unit_scale=True,
+        disable=config.quiet,
+        desc="indexing",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    with torch.inference_mode():
+        for step in all_steps:
+            if step.batches and step.batches[-1].index < done.batches_done:
+                continue  # already in the checkpoint
+            tokens = step.tokens.to(run.device)
+            if step.acts is None:  # each source accumulated as soon as the forward pass yields it
+                run.runner(tokens, consume=accumulate_each(accumulators, tokens, step.first_seq, config.seed))
+            else:
+                accumulate(accumulators, run.sources, step.acts, tokens, step.first_seq, config.seed, step.top_ks)
+            if not step.batches:
+                continue
+            for batch in step.batches:
+                writer.add_sequences(batch.first_seq, batch.tokens.numpy())
+                progress.update(batch.tokens.numel())
+            before = done.batches_done
+            last = step.batches[-1]
+            done = Progress(last.index + 1, last.first_seq + last.tokens.shape[0])
+            if config.checkpoint_every and _passes_multiple(before, done.batches_done, config.checkpoint_every):
+                writer.flush(wait=True)  # the checkpoint must not get ahead of the file
+                save_checkpoint(
+                    config.checkpoint_path, run.identity, done.batches_done, done.n_sequences, grids, accumulators
+                )
+            elif _passes_multiple(before, done.batches_done, SEQUENCE_FLUSH_BATCHES):
+                writer.flush()  # memory stays flat however long the corpus
+    progress.close()
+    return done
 
 
 def _passes_multiple(before: int, after: int, every: int) -> bool:
@@ -150,7 +220,7 @@ def _abandon(writer, config: IndexConfig) -> None:
     """After a failed run: the file closed (an error of its own dropped: the run's is the
     one to report) and deleted with its write-ahead log, unless a checkpoint can resume
     from it."""
-    from .store_writer import delete_index_file
+    from actscope.indexer.store.writer import delete_index_file
 
     with contextlib.suppress(Exception):
         writer.close()
@@ -159,19 +229,23 @@ def _abandon(writer, config: IndexConfig) -> None:
 
 
 def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
-    """One empty accumulator per source, on `device`."""
-    from .accumulate_dense import DenseAccumulator
-    from .accumulate_sparse import SparseAccumulator
+    """One empty accumulator per source, on `device`: sparse kinds accumulate their firing
+    entries only."""
+    from actscope.indexer.accumulate.dense import DenseAccumulator
+    from actscope.indexer.accumulate.sparse import SparseAccumulator
 
     common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
-    return {source.slug: (DenseAccumulator(source.n_units, grids[source.slug], **common)
-                          if source.kind == "neuron" else
-                          SparseAccumulator(source.n_units, grids[source.slug], **common))
-            for source in sources}
+    return {
+        source.slug: (SparseAccumulator if source.kind.sparse else DenseAccumulator)(
+            source.n_units, grids[source.slug], **common
+        )
+        for source in sources
+    }
 
 
-def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int,
-               top_ks: dict | None = None) -> None:
+def accumulate(
+    accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int, top_ks: dict | None = None
+) -> None:
     """The accumulator of every source in `acts` updated with its activations of `tokens`
     [batch, ctx] (and, for TopK SAEs, their top-k in `top_ks`, as ActivationRunner passes it)."""
     update = accumulate_each(accumulators, tokens, first_seq, seed)
@@ -180,12 +254,12 @@ def accumulate(accumulators: dict, sources, acts: dict, tokens, first_seq: int, 
             update(source.slug, acts[source.slug], (top_ks or {}).get(source.slug))
 
 
-def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
+def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Callable[..., None]:
     """update(slug, activations, top_k=None): one source's accumulator updated for `tokens`
     [batch, ctx]; `top_k` as ActivationRunner passes it to `consume`."""
     import torch
 
-    from .sampling import token_keys
+    from actscope.indexer.accumulate.sampling import token_keys
 
     batch, ctx = tokens.shape
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
@@ -194,7 +268,7 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     # The row order the compiled (CPU) passes visit, computed once for all sources.
     order = None
     if tokens.device.type == "cpu":
-        from .kernels_cpu import key_order
+        from actscope.indexer.accumulate.kernels_cpu import key_order
 
         order = key_order(keys)
 
@@ -207,68 +281,110 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int):
     return update
 
 
-def _write_results(writer, config: IndexConfig, loaded, sources, accumulators, n_sequences: int,
-                   started: float) -> None:
+def logit_threads(threads: int) -> int:
+    """Torch threads for the logit tables, of the `threads` torch uses (the machine's
+    cores, or OMP_NUM_THREADS / torch.set_num_threads): all but the one the writer's
+    DuckDB inserts with meanwhile."""
+    return max(1, threads - 1)
+
+
+def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started: float) -> None:
     """Everything but the sequences, into the file. The largest tables go first; the facts
-    read off the weights (logit tables, vocabulary) are computed while DuckDB inserts them,
-    on a core that would otherwise wait for it."""
+    read off the weights (logit tables, vocabulary) are computed while DuckDB inserts them."""
     import pyarrow as pa
     import torch
 
-    from .finalize import example_rows, unit_rows
-    from .store_writer import fixed_width_lists, repeated
-    from .weights import cos_in_out, logit_table
+    from actscope.indexer.accumulate.finalize import example_rows, unit_rows
+    from actscope.indexer.store.writer import fixed_width_lists, repeated
+    from actscope.indexer.weights import logit_table
 
+    config, loaded, sources = run.config, run.model, run.sources
     model, slug = loaded.model, loaded.spec.slug
-    # Each table in one insert, every source's rows in it: DuckDB then writes a large insert
-    # straight to the file in full row groups, where one insert per source went through its
-    # write-ahead log and a checkpoint (0.5 s instead of 0.75 s of DuckDB's work on the
-    # benchmark's tables). The examples first: they take DuckDB longest, and are quick to build.
-    writer.write_table("examples", pa.concat_tables(
-        [example_rows(slug, source.slug, accumulators[source.slug], config.ctx) for source in sources]))
-    rows = [unit_rows(slug, source.slug, accumulators[source.slug], cos_in_out(model, source)) for source in sources]
+    # Each table in one insert, every source's rows in it: DuckDB writes a large insert
+    # straight to the file in full row groups. The examples first: they take DuckDB longest.
+    writer.write_table(
+        "examples",
+        pa.concat_tables(
+            [example_rows(slug, source.slug, accumulators[source.slug], config.ctx) for source in sources]
+        ),
+    )
+    rows = [
+        unit_rows(slug, source.slug, accumulators[source.slug], source.kind.cos_in_out(model, source))
+        for source in sources
+    ]
     writer.write_table("unit_stats", pa.concat_tables([stats for stats, _ in rows]))
     writer.write_table("bands", pa.concat_tables([bands for _, bands in rows]))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the other core is DuckDB's
+    torch.set_num_threads(logit_threads(threads))
     try:
         tables = {source.slug: logit_table(model, source) for source in sources}
     finally:
         torch.set_num_threads(threads)
-    logits = [pa.table({
-        "model": repeated(slug, source.n_units),
-        "source": repeated(source.slug, source.n_units),
-        "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
-        "top_ids": fixed_width_lists(table.top_ids.int().numpy()),
-        "top_values": fixed_width_lists(table.top_values.float().numpy()),
-        "bottom_ids": fixed_width_lists(table.bottom_ids.int().numpy()),
-        "bottom_values": fixed_width_lists(table.bottom_values.float().numpy()),
-    }) for source in sources if (table := tables[source.slug]) is not None]
+    logits = [
+        pa.table(
+            {
+                "model": repeated(slug, source.n_units),
+                "source": repeated(source.slug, source.n_units),
+                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
+                "top_ids": fixed_width_lists(table.top_ids.int().numpy()),
+                "top_values": fixed_width_lists(table.top_values.float().numpy()),
+                "bottom_ids": fixed_width_lists(table.bottom_ids.int().numpy()),
+                "bottom_values": fixed_width_lists(table.bottom_values.float().numpy()),
+            }
+        )
+        for source in sources
+        if (table := tables[source.slug]) is not None
+    ]
     if logits:
         writer.write_table("logits", pa.concat_tables(logits))
-    writer.write_rows("sources", [{
-        **source.row(), "model": slug,
-        "band_levels": list(accumulators[source.slug].grid.levels),
-        "band_basis": "firing" if source.kind == "sae" else "all",
-    } for source in sources])
+    writer.write_rows(
+        "sources",
+        [
+            {
+                **source.row(),
+                "model": slug,
+                "band_levels": list(accumulators[source.slug].grid.levels),
+            }
+            for source in sources
+        ],
+    )
     vocab_size = int(model.cfg.d_vocab)
     tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
-    writer.write_table("vocab", pa.table({
-        "model": repeated(slug, vocab_size),
-        "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
-        "token": pa.array(tokens),
-    }))
+    writer.write_table(
+        "vocab",
+        pa.table(
+            {
+                "model": repeated(slug, vocab_size),
+                "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
+                "token": pa.array(tokens),
+            }
+        ),
+    )
     cfg = model.cfg
-    writer.write_rows("models", [{
-        "model": slug,
-        "spec": json.dumps(loaded.spec.to_dict()),
-        "processing": json.dumps(loaded.spec.processing),
-        "n_layers": int(cfg.n_layers), "d_model": int(cfg.d_model), "d_vocab": vocab_size,
-        "n_ctx": int(cfg.n_ctx), "ctx": config.ctx,
-        "bos_token_id": loaded.bos_token_id, "eos_token_id": loaded.eos_token_id,
-        "n_sequences": n_sequences, "n_tokens": n_sequences * (config.ctx - 1),
-    }])
-    writer.set_meta("package_version", __version__,
-                    created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    run_config=config.to_dict(), dataset=config.dataset,
-                    elapsed_seconds=round(time.perf_counter() - started, 2))
+    writer.write_rows(
+        "models",
+        [
+            {
+                "model": slug,
+                "spec": json.dumps(loaded.spec.to_dict()),
+                "processing": json.dumps(loaded.spec.processing),
+                "n_layers": int(cfg.n_layers),
+                "d_model": int(cfg.d_model),
+                "d_vocab": vocab_size,
+                "n_ctx": int(cfg.n_ctx),
+                "ctx": config.ctx,
+                "bos_token_id": loaded.bos_token_id,
+                "eos_token_id": loaded.eos_token_id,
+                "n_sequences": n_sequences,
+                "n_tokens": n_sequences * (config.ctx - 1),
+            }
+        ],
+    )
+    writer.set_meta(
+        "package_version",
+        __version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run_config=config.to_dict(),
+        dataset=config.dataset,
+        elapsed_seconds=round(time.perf_counter() - started, 2),
+    )

@@ -1,7 +1,8 @@
-"""Facts read off the weights: the output tokens a unit boosts, and cos(w_in, w_out).
+"""Facts read off the weights: the output tokens a unit boosts.
 
-A neuron writes W_out[n] into the residual stream, an SAE feature W_dec[f]; multiplied
-by the unembedding W_U that gives the unit's direct effect on each token's logit.
+A unit writes its output direction (its kind says which: a neuron W_out[n], an SAE
+feature W_dec[f]) into the residual stream; multiplied by the unembedding W_U that gives
+the unit's direct effect on each token's logit.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .sources import Source
+from actscope.indexer.kinds import Source
 
 N_LOGIT_TOKENS = 10
-RESIDUAL_WIDTH_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out",
-                        "hook_attn_out")
 
 
 @dataclass
@@ -25,17 +24,8 @@ class LogitTable:
     bottom_values: torch.Tensor
 
 
-def output_directions(model, source: Source) -> torch.Tensor | None:
-    """[U, d_model] direction each unit writes to the residual stream, if it has one."""
-    if source.kind == "neuron":
-        return model.blocks[source.layer].mlp.W_out.detach()
-    if source.hook_name.endswith(RESIDUAL_WIDTH_HOOKS):
-        return source.sae.W_dec.detach()
-    return None
-
-
 def logit_table(model, source: Source, n: int = N_LOGIT_TOKENS, chunk: int = 512) -> LogitTable | None:
-    directions = output_directions(model, source)
+    directions = source.kind.output_directions(model, source)
     if directions is None:
         return None
     unembed = model.W_U.detach()
@@ -44,25 +34,14 @@ def logit_table(model, source: Source, n: int = N_LOGIT_TOKENS, chunk: int = 512
     for block in directions.split(chunk):  # [chunk, vocab] at a time bounds memory
         effect = block.to(unembed.dtype) @ unembed
         if effect.device.type == "cpu" and effect.dtype == torch.float32:
-            from .kernels_cpu import row_extremes  # one pass instead of two sorts
+            from actscope.indexer.accumulate.kernels_cpu import row_extremes  # one pass instead of two sorts
 
             top_ids, bottom_ids = (torch.empty(len(effect), n, dtype=torch.long) for _ in range(2))
             top_values, bottom_values = (torch.empty(len(effect), n) for _ in range(2))
-            row_extremes(effect.numpy(), top_ids.numpy(), top_values.numpy(), bottom_ids.numpy(),
-                         bottom_values.numpy())
+            row_extremes(effect.numpy(), top_ids.numpy(), top_values.numpy(), bottom_ids.numpy(), bottom_values.numpy())
             parts.append((top_ids, top_values, bottom_ids, bottom_values))
             continue
         top = effect.topk(n, dim=1)
         bottom = effect.topk(n, dim=1, largest=False)
         parts.append((top.indices, top.values, bottom.indices, bottom.values))
     return LogitTable(*(torch.cat([p[i] for p in parts]).cpu() for i in range(4)))
-
-
-def cos_in_out(model, source: Source) -> torch.Tensor | None:
-    """[U] cosine between each neuron's input and output weights."""
-    if source.kind != "neuron":
-        return None
-    mlp = model.blocks[source.layer].mlp
-    w_in = mlp.W_in.detach().T  # [d_mlp, d_model]
-    w_out = mlp.W_out.detach()  # [d_mlp, d_model]
-    return torch.nn.functional.cosine_similarity(w_in, w_out, dim=1).float().cpu()

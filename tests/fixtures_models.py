@@ -13,13 +13,30 @@ from pathlib import Path
 import pytest
 
 TINY_CTX = 32
-CORPUS_MODULES = ["textwrap.py", "string.py", "bisect.py", "heapq.py", "json/decoder.py",
-                  "json/encoder.py", "colorsys.py", "keyword.py"]
+CORPUS_MODULES = [
+    "textwrap.py",
+    "string.py",
+    "bisect.py",
+    "heapq.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "colorsys.py",
+    "keyword.py",
+]
 # A document that must come out escaped on every page.
 HOSTILE_DOC = "<script>alert('actscope')</script> & <b>bold</b> \"quoted\"\n" * 3
-TINY_INDEX_OPTIONS = dict(ctx=TINY_CTX, batch_size=8, max_tokens=TINY_CTX * 8 * 12, top_k=5,
-                          band_size=3, window=(6, 3), calibration_tokens=600, hist_bins=128,
-                          quiet=True, device="cpu")
+TINY_INDEX_OPTIONS = dict(
+    ctx=TINY_CTX,
+    batch_size=8,
+    max_tokens=TINY_CTX * 8 * 12,
+    top_k=5,
+    band_size=3,
+    window=(6, 3),
+    calibration_tokens=600,
+    hist_bins=128,
+    quiet=True,
+    device="cpu",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,18 +64,32 @@ def tiny_model_dir(tmp_path_factory, tiny_corpus_dir) -> Path:
     from tokenizers import ByteLevelBPETokenizer
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from indexer.model import save_native
+    from actscope.indexer.model.loading import save_native
 
     work = tmp_path_factory.mktemp("tokenizer")
     tokenizer = ByteLevelBPETokenizer()
-    tokenizer.train([str(p) for p in sorted(tiny_corpus_dir.iterdir())], vocab_size=400,
-                    min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.train(
+        [str(p) for p in sorted(tiny_corpus_dir.iterdir())],
+        vocab_size=400,
+        min_frequency=2,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
     tokenizer_json = work / "tokenizer.json"
     tokenizer.save(str(tokenizer_json))
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=64,
-                                  d_vocab=tokenizer.get_vocab_size(), act_fn="gelu",
-                                  normalization_type="LN", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=64,
+        d_vocab=tokenizer.get_vocab_size(),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     model = HookedTransformer(cfg)
     out = tmp_path_factory.mktemp("models") / "tiny"
     return save_native(model, tokenizer_json, out, "tiny", "<|endoftext|>", "<|endoftext|>")
@@ -72,8 +103,7 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(1)
-    cfg = StandardSAEConfig(d_in=32, d_sae=128,
-                            metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))
+    cfg = StandardSAEConfig(d_in=32, d_sae=128, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))
     sae = StandardSAE(cfg)
     with torch.no_grad():
         sae.W_enc.normal_(0, 0.3)
@@ -95,8 +125,7 @@ def tiny_topk_sae_dir(tmp_path_factory) -> Path:
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(2)
-    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=128, k=6,
-                                metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
+    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=128, k=6, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
     with torch.no_grad():
         sae.W_enc.normal_(0, 0.3)
         sae.b_enc.fill_(-1.6)
@@ -107,12 +136,15 @@ def tiny_topk_sae_dir(tmp_path_factory) -> Path:
 
 def _build_tiny_index(tmp_path_factory, name: str, model_dir: Path, sae_dir: Path, corpus_dir: Path) -> Path:
     """A real index of the tiny model and one SAE, built with TINY_INDEX_OPTIONS."""
-    from indexer.config import IndexConfig
-    from indexer.run import run_index
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
 
     out = tmp_path_factory.mktemp("index") / f"{name}.duckdb"
-    run_index(IndexConfig(model=str(model_dir), dataset=str(corpus_dir), out=str(out), saes=[str(sae_dir)],
-                          **TINY_INDEX_OPTIONS))
+    run_index(
+        IndexConfig(
+            model=str(model_dir), dataset=str(corpus_dir), out=str(out), saes=[str(sae_dir)], **TINY_INDEX_OPTIONS
+        )
+    )
     return out
 
 

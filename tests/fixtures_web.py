@@ -18,15 +18,23 @@ def web_index(tiny_index):
 
 # -- app, server and browser ---------------------------------------------------------
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def make_client(index_path, **settings):
     from fastapi.testclient import TestClient
 
-    from app.server import create_app
-    from app.settings import Settings
+    from actscope.app.server import create_app
+    from actscope.app.settings import Settings
 
     app = create_app(Settings(index_file=index_path, **settings))
     return TestClient(app)
@@ -53,7 +61,8 @@ def xss_index(web_index, tmp_path):
     source = con.execute("SELECT slug FROM sources ORDER BY layer, kind, slug LIMIT 1").fetchone()[0]
     tok = con.execute(
         "SELECT s.token_ids[e.pos + 1] FROM examples e JOIN sequences s USING (model, seq) "
-        "WHERE e.source = ? AND e.unit = 0 AND e.band IS NULL ORDER BY e.rank LIMIT 1", [source]
+        "WHERE e.source = ? AND e.unit = 0 AND e.band IS NULL ORDER BY e.rank LIMIT 1",
+        [source],
     ).fetchone()[0]
     con.execute("UPDATE vocab SET token = ? WHERE token_id = ?", [XSS_TOKEN, tok])
     con.close()
@@ -74,8 +83,7 @@ class ServerThread:
         self.port = sock.getsockname()[1]
         sock.close()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -96,8 +104,8 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def live_server(web_index):
-    from app.server import create_app
-    from app.settings import Settings
+    from actscope.app.server import create_app
+    from actscope.app.settings import Settings
 
     app = create_app(Settings(index_file=web_index, preload_live=True))
     with ServerThread(app) as server:

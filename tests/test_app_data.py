@@ -9,8 +9,8 @@ import shutil
 import duckdb
 import pytest
 
-from app import schemas
-from indexer.errors import ActscopeError
+from actscope.app import schemas
+from actscope.indexer.errors import ActscopeError
 
 M = "tiny"
 
@@ -23,8 +23,7 @@ def db(web_index):
 
 
 def _units(db):
-    return db.execute("SELECT source, unit FROM unit_stats WHERE model = ? ORDER BY source, unit",
-                      [M]).fetchall()
+    return db.execute("SELECT source, unit FROM unit_stats WHERE model = ? ORDER BY source, unit", [M]).fetchall()
 
 
 def test_home_counts_match_the_file(client, db):
@@ -44,7 +43,9 @@ def test_unit_json_matches_the_file(client, db, which):
     schemas.UnitOut.model_validate(data)
     mx, mean, std, density, n_tokens, counts = db.execute(
         "SELECT max, mean, std, density, n_tokens, hist_counts FROM unit_stats "
-        "WHERE model = ? AND source = ? AND unit = ?", [M, source, unit]).fetchone()
+        "WHERE model = ? AND source = ? AND unit = ?",
+        [M, source, unit],
+    ).fetchone()
     st = data["stats"]
     assert st["max"] == pytest.approx(mx) and st["mean"] == pytest.approx(mean)
     assert st["std"] == pytest.approx(std) and st["density"] == pytest.approx(density)
@@ -52,37 +53,44 @@ def test_unit_json_matches_the_file(client, db, which):
     # Top examples: the stored activations, and the stored sequence's tokens.
     stored = db.execute(
         "SELECT seq, pos, act, start, acts FROM examples WHERE model = ? AND source = ? AND unit = ? "
-        "AND band IS NULL ORDER BY rank", [M, source, unit]).fetchall()
+        "AND band IS NULL ORDER BY rank",
+        [M, source, unit],
+    ).fetchall()
     assert len(data["top"]) == len(stored) > 0
     vocab = dict(db.execute("SELECT token_id, token FROM vocab WHERE model = ?", [M]).fetchall())
     for ex, (seq, pos, act, start, acts) in zip(data["top"], stored):
         assert (ex["seq"], ex["pos"], ex["start"]) == (seq, pos, start)
         assert ex["act"] == pytest.approx(act) and ex["acts"] == pytest.approx(list(acts))
         ids = db.execute("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [M, seq]).fetchone()[0]
-        assert ex["token_ids"] == list(ids[start:start + len(acts)])
+        assert ex["token_ids"] == list(ids[start : start + len(acts)])
         assert ex["tokens"] == [vocab[i] for i in ex["token_ids"]]
         assert ex["acts"][ex["focus"]] == pytest.approx(ex["act"])
         assert ex["start"] + ex["focus"] == ex["pos"]
     assert [e["act"] for e in data["top"]] == sorted((e["act"] for e in data["top"]), reverse=True)
     # Bands: edges and shares as stored, examples inside their band.
-    bands = db.execute("SELECT band, lo, hi, share FROM bands WHERE model = ? AND source = ? AND unit = ? "
-                       "ORDER BY band", [M, source, unit]).fetchall()
+    bands = db.execute(
+        "SELECT band, lo, hi, share FROM bands WHERE model = ? AND source = ? AND unit = ? ORDER BY band",
+        [M, source, unit],
+    ).fetchall()
     assert [(b["band"], b["lo"], b["hi"], b["share"]) for b in data["bands"]] == [
-        (b, pytest.approx(lo), pytest.approx(hi), pytest.approx(sh)) for b, lo, hi, sh in bands]
+        (b, pytest.approx(lo), pytest.approx(hi), pytest.approx(sh)) for b, lo, hi, sh in bands
+    ]
     for b in data["bands"]:
         for ex in b["examples"]:
             assert b["lo"] - 1e-5 <= ex["act"] <= b["hi"] + 1e-5
     # Logit effects.
-    top_ids, top_values = db.execute("SELECT top_ids, top_values FROM logits WHERE model = ? AND source = ? "
-                                     "AND unit = ?", [M, source, unit]).fetchone()
+    top_ids, top_values = db.execute(
+        "SELECT top_ids, top_values FROM logits WHERE model = ? AND source = ? AND unit = ?", [M, source, unit]
+    ).fetchone()
     assert [t["token_id"] for t in data["logits"]["top"]] == list(top_ids)
     assert [t["value"] for t in data["logits"]["top"]] == pytest.approx(list(top_values))
     assert [t["token"] for t in data["logits"]["top"]] == [vocab[i] for i in top_ids]
 
 
 def test_sequence_json_is_the_stored_token_ids(client, db):
-    seq, ids = db.execute("SELECT seq, token_ids FROM sequences WHERE model = ? ORDER BY seq DESC LIMIT 1",
-                          [M]).fetchone()
+    seq, ids = db.execute(
+        "SELECT seq, token_ids FROM sequences WHERE model = ? ORDER BY seq DESC LIMIT 1", [M]
+    ).fetchone()
     data = client.get(f"/api/{M}/sequences/{seq}").json()
     schemas.SequenceOut.model_validate(data)
     bos = db.execute("SELECT bos_token_id FROM models WHERE model = ?", [M]).fetchone()[0]
@@ -94,10 +102,12 @@ def test_source_table_matches_the_file(client, db):
     source = _units(db)[0][0]
     data = client.get(f"/api/{M}/{source}?sort=unit&order=asc&per_page=500").json()
     schemas.SourceTableOut.model_validate(data)
-    rows = db.execute("SELECT unit, max, density FROM unit_stats WHERE model = ? AND source = ? ORDER BY unit",
-                      [M, source]).fetchall()
+    rows = db.execute(
+        "SELECT unit, max, density FROM unit_stats WHERE model = ? AND source = ? ORDER BY unit", [M, source]
+    ).fetchall()
     assert [(u["index"], pytest.approx(u["max"]), pytest.approx(u["density"])) for u in data["units"]] == [
-        (u, pytest.approx(mx), pytest.approx(d)) for u, mx, d in rows]
+        (u, pytest.approx(mx), pytest.approx(d)) for u, mx, d in rows
+    ]
     # Filters: density range, and the top token text.
     lo = sorted(d for _, _, d in rows)[len(rows) // 2]
     dense = client.get(f"/api/{M}/{source}?min_density={lo}&per_page=500").json()
@@ -106,10 +116,10 @@ def test_source_table_matches_the_file(client, db):
     hits = client.get(f"/api/{M}/{source}", params={"q": tok, "per_page": 500}).json()
     assert 0 in [u["index"] for u in hits["units"]]
     # q matches the top token's text, or a unit number.
-    assert all(tok.lower() in (u["top_token"] or "").lower() or str(u["index"]) == tok.strip().lower()
-               for u in hits["units"])
-    assert hits["total"] < data["total"] or all(tok.lower() in (u["top_token"] or "").lower()
-                                                for u in data["units"])
+    assert all(
+        tok.lower() in (u["top_token"] or "").lower() or str(u["index"]) == tok.strip().lower() for u in hits["units"]
+    )
+    assert hits["total"] < data["total"] or all(tok.lower() in (u["top_token"] or "").lower() for u in data["units"])
 
 
 def test_search_by_token_finds_the_top_example_focus(client, db):
@@ -144,8 +154,8 @@ def test_export_parquet_and_jsonl(client, db):
 
 
 def test_missing_unreadable_or_wrong_version_files(web_index, tmp_path):
-    from app.server import create_app
-    from app.settings import Settings
+    from actscope.app.server import create_app
+    from actscope.app.settings import Settings
 
     with pytest.raises(ActscopeError, match="no such index file"):
         create_app(Settings(index_file=tmp_path / "missing.duckdb"))
@@ -178,7 +188,7 @@ def test_serve_reports_bad_files_as_one_line(tmp_path):
 
 def test_memory_resident_and_sql_reads_agree(web_index):
     """The in-memory tables (fast path) return exactly what SQL returns."""
-    from indexer.store_reader import Store
+    from actscope.indexer.store.reader import Store
 
     mem, sql = Store(web_index), Store(web_index, resident_mb=0)
     assert mem.resident and not sql.resident

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from bs4 import BeautifulSoup
 
-from app import schemas
-from app.errors import AppError
+from actscope.app import schemas
+from actscope.app.errors import AppError
 from fixtures_web import token_of
 
 M = "tiny"
@@ -23,7 +23,7 @@ def reference(tiny_model_dir, tiny_sae_dir):
     import torch
     from sae_lens import SAE
 
-    from indexer.model import ModelSpec, load_model
+    from actscope.indexer.model.loading import ModelSpec, load_model
 
     loaded = load_model(ModelSpec("native", str(tiny_model_dir), "tiny"), "cpu")
     sae = SAE.load_from_disk(str(tiny_sae_dir))
@@ -84,7 +84,7 @@ def test_live_on_a_stored_sequence_reproduces_the_stored_examples(client):
     toks = BeautifulSoup(html, "html.parser").select(".full-seq .toks .t")
     assert len(toks) == len(seq["token_ids"])
     live = [float(t["data-act"]) for t in toks]
-    window = live[ex["start"]:ex["start"] + len(ex["acts"])]
+    window = live[ex["start"] : ex["start"] + len(ex["acts"])]
     assert window == pytest.approx(ex["acts"], abs=2e-4)
     assert "focus" in toks[ex["pos"]]["class"]
 
@@ -147,8 +147,9 @@ def test_unknown_source_or_unit_in_live_requests(client):
 
 
 def test_try_page_and_search_by_inference(client):
-    soup = BeautifulSoup(client.get(f"/{M}/try", params={"text": TEXT, "source": "1-mlp", "pos": 2}).text,
-                         "html.parser")
+    soup = BeautifulSoup(
+        client.get(f"/{M}/try", params={"text": TEXT, "source": "1-mlp", "pos": 2}).text, "html.parser"
+    )
     twin = client.get(f"/api/{M}/try", params={"text": TEXT, "source": "1-mlp", "pos": 2}).json()
     toks = soup.select(".try-tokens a.t")
     assert len(toks) == len(twin["tokens"])
@@ -180,8 +181,8 @@ class SlowLive:
 
 
 def _service(web_index, **kw):
-    from indexer.store_reader import Store
-    from app.live_service import LiveService
+    from actscope.app.live_service import LiveService
+    from actscope.indexer.store.reader import Store
 
     store = Store(web_index)
     m = store.models()[0]

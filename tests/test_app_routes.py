@@ -220,8 +220,14 @@ def test_corpus_tokens_are_escaped(xss_index):
 def test_openapi_documents_the_api(client):
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
-    for p in ["/api", "/api/{model}/{source}/{index}", "/api/{model}/sequences/{seq}",
-              "/api/{model}/activations", "/api/{model}/{source}/export.{fmt}", "/api/{model}/search"]:
+    for p in [
+        "/api",
+        "/api/{model}/{source}/{index}",
+        "/api/{model}/sequences/{seq}",
+        "/api/{model}/activations",
+        "/api/{model}/{source}/export.{fmt}",
+        "/api/{model}/search",
+    ]:
         assert p in paths, p
     unit = paths["/api/{model}/{source}/{index}"]["get"]["responses"]
     assert "404" in unit and "422" in unit
@@ -231,11 +237,18 @@ def test_openapi_documents_the_api(client):
 def test_unit_page_parts_built_in_python_are_escaped():
     # Tabs, example items and logit rows are HTML built in app/render.py, not by
     # Jinja's autoescape: text that could hold markup must still come out escaped.
-    from app.render import example_items, example_tabs, logit_rows
+    from actscope.app.render import example_items, example_tabs, logit_rows
 
-    d = {"model": "m", "source": {"slug": "s"}, "index": 1, "text": 'a"&<b>', "band": "0",
-         "top": [], "stats": {"max": 1.0},
-         "bands": [{"band": 0, "q_lo": 0.0, "q_hi": 0.5, "lo": -1.0, "hi": 0.0, "share": 1e-6}]}
+    d = {
+        "model": "m",
+        "source": {"slug": "s"},
+        "index": 1,
+        "text": 'a"&<b>',
+        "band": "0",
+        "top": [],
+        "stats": {"max": 1.0},
+        "bands": [{"band": 0, "q_lo": 0.0, "q_hi": 0.5, "lo": -1.0, "hi": 0.0, "share": 1e-6}],
+    }
     tabs = BeautifulSoup(str(example_tabs(d)), "html.parser")
     assert tabs.select_one("a.band-tab.active .share").get_text() == "<0.01% of tokens"
     assert tabs.select_one("a.band-tab")["href"] == "/m/s/1?band=0&text=a%22%26%3Cb%3E"

@@ -172,7 +172,7 @@ def _showcase_path(base: str) -> str:
     index = table["units"][0]["index"]
     unit = json.load(urllib.request.urlopen(f"{base}/api/{model['model']}/{source}/{index}"))
     ex = unit["top"][0]
-    text = "".join(ex["tokens"][1 if ex["start"] == 0 else 0:]).strip() or "hello"
+    text = "".join(ex["tokens"][1 if ex["start"] == 0 else 0 :]).strip() or "hello"
     return f"/{model['model']}/{source}/{index}?" + urllib.parse.urlencode({"text": text})
 
 
@@ -183,10 +183,9 @@ def test_screenshots_light_and_dark(browser, live_server, tmp_path):
       ACTSCOPE_DEMO_INDEX=demo.duckdb ACTSCOPE_SCREENSHOTS_DIR=docs/screenshots \
         .venv/bin/pytest tests/test_browser_unit.py -k screenshots
     """
+    from actscope.app.server import create_app
+    from actscope.app.settings import Settings
     from fixtures_web import ServerThread
-
-    from app.server import create_app
-    from app.settings import Settings
 
     out = Path(os.environ.get("ACTSCOPE_SCREENSHOTS_DIR") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)

@@ -85,8 +85,11 @@ def test_dockerfile_default_command_and_torch_pin():
 
 
 def test_dockerignore_keeps_the_bundled_weights_and_readme():
-    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
-    for needed in ("indexer", "indexer/default", "README.md", "pyproject.toml"):
+    ignored = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for needed in ("indexer", "indexer/bundled/default", "README.md", "pyproject.toml"):
         assert needed not in ignored
     assert ".venv" in ignored and "*.duckdb" in ignored

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from indexer import builtin_corpora as bc
-from indexer.errors import ActscopeError
+from actscope.indexer.corpus import builtin as bc
+from actscope.indexer.errors import ActscopeError
 
 
 def identities(name: str) -> list[str]:
@@ -16,8 +16,16 @@ def identities(name: str) -> list[str]:
 
 
 def test_builtin_names_are_recognised():
-    for name in ("default", "stdlib", "stdlib:train", "stdlib:heldout", "shakespeare",
-                 "shakespeare:heldout", "mix:train", "mix:heldout"):
+    for name in (
+        "default",
+        "stdlib",
+        "stdlib:train",
+        "stdlib:heldout",
+        "shakespeare",
+        "shakespeare:heldout",
+        "mix:train",
+        "mix:heldout",
+    ):
         assert bc.is_builtin(name), name
     for name in ("stdlib:test", "Shakespeare", "pile", "default:train", ""):
         assert not bc.is_builtin(name), name

@@ -19,16 +19,34 @@ CTX = 128
 def actscope(*args: str) -> subprocess.CompletedProcess:
     """Run the installed CLI in a fresh process, as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "actscope.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=600, cwd="/")
+    return subprocess.run(
+        [sys.executable, "-m", "actscope.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd="/"
+    )
 
 
 @pytest.fixture(scope="module")
 def default_index(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("default-index") / "toy.duckdb"
-    result = actscope("index", "--model", "toy-2l", "--sae", SAE, "--dataset", "default",
-                      "--max-tokens", str(MAX_TOKENS), "--ctx", str(CTX), "--batch-size", "8",
-                      "--device", "cpu", "--quiet", "--out", str(out))
+    result = actscope(
+        "index",
+        "--model",
+        "toy-2l",
+        "--sae",
+        SAE,
+        "--dataset",
+        "default",
+        "--max-tokens",
+        str(MAX_TOKENS),
+        "--ctx",
+        str(CTX),
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.is_file()
     return out
@@ -47,25 +65,28 @@ def query(path: Path, sql: str, params=()):
 @pytest.mark.slow
 def test_index_covers_every_neuron_and_feature(default_index):
     sources = dict(query(default_index, "SELECT hook_name, n_units FROM sources"))
-    assert sources == {"blocks.0.mlp.hook_post": 1024, "blocks.1.mlp.hook_post": 1024,
-                       "blocks.1.hook_resid_pre": 4096}
-    per_source = dict(query(default_index,
-                            "SELECT s.hook_name, count(*) FROM unit_stats u JOIN sources s "
-                            "ON u.source = s.slug GROUP BY s.hook_name"))
+    assert sources == {"blocks.0.mlp.hook_post": 1024, "blocks.1.mlp.hook_post": 1024, "blocks.1.hook_resid_pre": 4096}
+    per_source = dict(
+        query(
+            default_index,
+            "SELECT s.hook_name, count(*) FROM unit_stats u JOIN sources s ON u.source = s.slug GROUP BY s.hook_name",
+        )
+    )
     assert per_source == sources
-    (model, n_layers, d_vocab, n_tokens), = query(
-        default_index, "SELECT model, n_layers, d_vocab, n_tokens FROM models")
+    ((model, n_layers, d_vocab, n_tokens),) = query(
+        default_index, "SELECT model, n_layers, d_vocab, n_tokens FROM models"
+    )
     assert (model, n_layers, d_vocab) == ("toy-2l", 2, 8192)
     assert n_tokens == (MAX_TOKENS // CTX) * (CTX - 1)
 
 
 @pytest.mark.slow
 def test_index_reads_heldout_text_first(default_index):
-    from indexer import builtin_corpora
-    from indexer.model import load_model, resolve_model_spec
+    from actscope.indexer.corpus import builtin as builtin_corpora
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
 
     loaded = load_model(resolve_model_spec("toy-2l"))
-    (token_ids,), = query(default_index, "SELECT token_ids FROM sequences WHERE seq = 0")
+    ((token_ids,),) = query(default_index, "SELECT token_ids FROM sequences WHERE seq = 0")
     first_doc = next(builtin_corpora.iter_documents("mix:heldout"))
     expected = loaded.tokenizer(first_doc, add_special_tokens=False)["input_ids"][: CTX - 1]
     assert token_ids == [loaded.bos_token_id] + expected
@@ -73,24 +94,25 @@ def test_index_reads_heldout_text_first(default_index):
 
 @pytest.mark.slow
 def test_neurons_and_features_have_examples(default_index):
-    rows = query(default_index,
-                 "SELECT source, count(DISTINCT unit) FROM examples WHERE band IS NULL GROUP BY source")
+    rows = query(default_index, "SELECT source, count(DISTINCT unit) FROM examples WHERE band IS NULL GROUP BY source")
     counts = dict(rows)
     # Every neuron has top examples (GELU is rarely exactly 0); features only where they fired.
     assert counts["0-mlp"] == counts["1-mlp"] == 1024
     assert 500 < counts["1-res-pre-sae"] < 4096
-    top = query(default_index, "SELECT act, acts, pos - start FROM examples "
-                "WHERE band IS NULL AND rank = 0 LIMIT 50")
+    top = query(default_index, "SELECT act, acts, pos - start FROM examples WHERE band IS NULL AND rank = 0 LIMIT 50")
     for act, acts, focus in top:
         assert acts[focus] == pytest.approx(act)
-    (fired,), = query(default_index, "SELECT avg(n_fired::DOUBLE / n_tokens) FROM unit_stats u "
-                      "JOIN sources s ON u.source = s.slug WHERE s.kind = 'sae'")
+    ((fired,),) = query(
+        default_index,
+        "SELECT avg(n_fired::DOUBLE / n_tokens) FROM unit_stats u "
+        "JOIN sources s ON u.source = s.slug WHERE s.band_basis = 'firing'",
+    )
     assert 0 < fired < 0.05  # TopK with k=32 of 4096: well under 1% on average
 
 
 @pytest.mark.slow
 def test_demo_reuses_an_up_to_date_index(default_index, tmp_path, monkeypatch):
-    from indexer import demo
+    from actscope.indexer import demo
 
     meta = dict(query(default_index, "SELECT key, value FROM meta"))
     assert meta["package_version"] == demo.package_version()
@@ -108,7 +130,7 @@ def test_demo_reuses_an_up_to_date_index(default_index, tmp_path, monkeypatch):
 
 
 def test_demo_rejects_foreign_files(tmp_path):
-    from indexer import demo
+    from actscope.indexer import demo
 
     junk = tmp_path / "demo.duckdb"
     junk.write_bytes(b"not a database")

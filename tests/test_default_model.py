@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import indexer
-from indexer import bundled
+import actscope.indexer as indexer_package
+from actscope.indexer import bundled
 
 REPO = Path(__file__).resolve().parents[1]
 SAE_NAME = "toy-2l/res1-topk"
@@ -27,7 +27,7 @@ SAE_EXPLAINED_VARIANCE_MIN = 0.93  # measured 0.973 on the test's rows (0.971 in
 
 @pytest.fixture(scope="module")
 def loaded():
-    from indexer.model import load_model, resolve_model_spec
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
 
     return load_model(resolve_model_spec("toy-2l"), device="cpu")
 
@@ -44,20 +44,28 @@ def heldout_rows(loaded):
     """8 rows of BOS + 127 held-out tokens: 4 of code, 4 of Shakespeare."""
     import torch
 
-    from indexer import builtin_corpora
-    from indexer.corpus import iter_batches
+    from actscope.indexer.corpus import builtin as builtin_corpora
+    from actscope.indexer.corpus.batches import iter_batches
 
     rows = []
     for name in ("stdlib:heldout", "shakespeare:heldout"):
-        batch = next(iter_batches(builtin_corpora.iter_documents(name), loaded.tokenizer,
-                                  bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
-                                  ctx=128, batch_size=4, max_sequences=4))
+        batch = next(
+            iter_batches(
+                builtin_corpora.iter_documents(name),
+                loaded.tokenizer,
+                bos_token_id=loaded.bos_token_id,
+                eos_token_id=loaded.eos_token_id,
+                ctx=128,
+                batch_size=4,
+                max_sequences=4,
+            )
+        )
         rows.append(batch.tokens)
     return torch.cat(rows)
 
 
 def test_bundle_comes_from_the_installed_package():
-    package = Path(indexer.__file__).resolve().parent
+    package = Path(indexer_package.__file__).resolve().parent
     assert package != (REPO / "indexer").resolve(), "tests must run against the installed package"
     assert "site-packages" in package.parts
     root = bundled.model_dir("toy-2l")

@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import ActscopeError
-from indexer.train_default import TrainSettings, default_out_dir, train_default
+from actscope.indexer.bundled.train_model import TrainSettings, default_out_dir, train_default
+from actscope.indexer.errors import ActscopeError
 
-WEIGHT_FILES = ["model/tokenizer.json", "model/model.safetensors", "model/actscope_model.json",
-                "saes/res1-topk/sae_weights.safetensors", "saes/res1-topk/cfg.json"]
+WEIGHT_FILES = [
+    "model/tokenizer.json",
+    "model/model.safetensors",
+    "model/actscope_model.json",
+    "saes/res1-topk/sae_weights.safetensors",
+    "saes/res1-topk/cfg.json",
+]
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -53,7 +58,7 @@ def test_sae_only_retraining_reproduces_the_sae(quick_runs, tmp_path):
 def test_trained_files_load_like_the_bundle(quick_runs):
     from sae_lens import SAE
 
-    from indexer.model import load_model, resolve_model_spec
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
 
     out, report = quick_runs[0]
     loaded = load_model(resolve_model_spec(str(out / "model")), device="cpu")

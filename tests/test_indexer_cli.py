@@ -35,56 +35,110 @@ def inputs(tmp_path_factory, tiny_model_dir, tiny_corpus_dir, tiny_sae_dir):
     (root / "short.txt").write_text("a b")
     (root / "bad.jsonl").write_text("{not json\n")
     wrong_width = root / "wrong_width_sae"
-    StandardSAE(StandardSAEConfig(d_in=16, d_sae=8, metadata=SAEMetadata(
-        hook_name="blocks.1.hook_resid_post"))).save_model(str(wrong_width))
+    StandardSAE(
+        StandardSAEConfig(d_in=16, d_sae=8, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))
+    ).save_model(str(wrong_width))
     wrong_hook = root / "wrong_hook_sae"
-    StandardSAE(StandardSAEConfig(d_in=32, d_sae=8, metadata=SAEMetadata(
-        hook_name="blocks.7.hook_resid_post"))).save_model(str(wrong_hook))
+    StandardSAE(
+        StandardSAEConfig(d_in=32, d_sae=8, metadata=SAEMetadata(hook_name="blocks.7.hook_resid_post"))
+    ).save_model(str(wrong_hook))
     locked = root / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     torch.manual_seed(0)
-    return {"root": root, "model": str(tiny_model_dir), "corpus": str(tiny_corpus_dir),
-            "sae": str(tiny_sae_dir), "wrong_width": str(wrong_width), "wrong_hook": str(wrong_hook)}
+    return {
+        "root": root,
+        "model": str(tiny_model_dir),
+        "corpus": str(tiny_corpus_dir),
+        "sae": str(tiny_sae_dir),
+        "wrong_width": str(wrong_width),
+        "wrong_hook": str(wrong_hook),
+    }
 
 
 CASES = [
-    ("unknown model name", lambda i: ["--model", "no-such-model-xyz", "--dataset", i["corpus"]],
-     "unknown model"),
-    ("directory that is not a model", lambda i: ["--model", str(i["root"] / "empty_model"), "--dataset", i["corpus"]],
-     "neither"),
-    ("missing model directory", lambda i: ["--model", str(i["root"] / "nope"), "--dataset", i["corpus"]],
-     "no such directory"),
-    ("dataset matching no files", lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "none" / "*.txt")],
-     "no files match"),
-    ("dataset without the text column", lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "no_text.jsonl")],
-     "no column 'text'"),
-    ("invalid JSON lines", lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "bad.jsonl")],
-     "not valid JSON"),
-    ("SAE of the wrong width", lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", i["wrong_width"]],
-     "d_in is 16"),
-    ("SAE on a hook the model lacks", lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", i["wrong_hook"]],
-     "does not exist"),
-    ("SAE directory missing", lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", str(i["root"] / "nope")],
-     "no such directory"),
-    ("ctx beyond the model's context", lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--ctx", "65"],
-     "larger than the model's context of 64"),
-    ("empty corpus", lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "empty_corpus")],
-     "empty or shorter than one sequence"),
-    ("corpus shorter than one sequence", lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "short.txt")],
-     "empty or shorter than one sequence"),
-    ("max-tokens below one sequence", lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--max-tokens", "10"],
-     "smaller than one sequence"),
-    ("unknown neuron hook", lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--neurons", "blocks.0.hook_resid_pre"],
-     "not an MLP neuron hook"),
+    ("unknown model name", lambda i: ["--model", "no-such-model-xyz", "--dataset", i["corpus"]], "unknown model"),
+    (
+        "directory that is not a model",
+        lambda i: ["--model", str(i["root"] / "empty_model"), "--dataset", i["corpus"]],
+        "neither",
+    ),
+    (
+        "missing model directory",
+        lambda i: ["--model", str(i["root"] / "nope"), "--dataset", i["corpus"]],
+        "no such directory",
+    ),
+    (
+        "dataset matching no files",
+        lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "none" / "*.txt")],
+        "no files match",
+    ),
+    (
+        "dataset without the text column",
+        lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "no_text.jsonl")],
+        "no column 'text'",
+    ),
+    (
+        "invalid JSON lines",
+        lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "bad.jsonl")],
+        "not valid JSON",
+    ),
+    (
+        "SAE of the wrong width",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", i["wrong_width"]],
+        "d_in is 16",
+    ),
+    (
+        "SAE on a hook the model lacks",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", i["wrong_hook"]],
+        "does not exist",
+    ),
+    (
+        "SAE directory missing",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", str(i["root"] / "nope")],
+        "no such directory",
+    ),
+    (
+        "ctx beyond the model's context",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--ctx", "65"],
+        "larger than the model's context of 64",
+    ),
+    (
+        "empty corpus",
+        lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "empty_corpus")],
+        "empty or shorter than one sequence",
+    ),
+    (
+        "corpus shorter than one sequence",
+        lambda i: ["--model", i["model"], "--dataset", str(i["root"] / "short.txt")],
+        "empty or shorter than one sequence",
+    ),
+    (
+        "max-tokens below one sequence",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--max-tokens", "10"],
+        "smaller than one sequence",
+    ),
+    (
+        "unknown neuron hook",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--neurons", "blocks.0.hook_resid_pre"],
+        "not an MLP neuron hook",
+    ),
 ]
 
 
 @pytest.mark.parametrize("name, make_args, message", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_line_error(inputs, tmp_path, name, make_args, message):
     out = tmp_path / "index.duckdb"
-    result = run_cli(*make_args(inputs), "--out", str(out), "--ctx" if "--ctx" not in make_args(inputs) else "--seed",
-                     str(TINY_CTX) if "--ctx" not in make_args(inputs) else "0", "--quiet", "--device", "cpu")
+    result = run_cli(
+        *make_args(inputs),
+        "--out",
+        str(out),
+        "--ctx" if "--ctx" not in make_args(inputs) else "--seed",
+        str(TINY_CTX) if "--ctx" not in make_args(inputs) else "0",
+        "--quiet",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -93,13 +147,15 @@ def test_bad_input_gives_one_line_error(inputs, tmp_path, name, make_args, messa
     assert not out.exists() and not Path(str(out) + ".tmp").exists()
 
 
-@pytest.mark.parametrize("where, message", [("missing/dir/x.duckdb", "does not exist"),
-                                            ("locked/x.duckdb", "not writable")])
+@pytest.mark.parametrize(
+    "where, message", [("missing/dir/x.duckdb", "does not exist"), ("locked/x.duckdb", "not writable")]
+)
 def test_bad_output_location(inputs, where, message):
     if where.startswith("locked") and os.geteuid() == 0:
         pytest.skip("root can write into a read-only directory")
-    result = run_cli("--model", inputs["model"], "--dataset", inputs["corpus"], "--out",
-                     str(inputs["root"] / where), "--quiet")
+    result = run_cli(
+        "--model", inputs["model"], "--dataset", inputs["corpus"], "--out", str(inputs["root"] / where), "--quiet"
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and message in result.stderr
 
@@ -107,8 +163,21 @@ def test_bad_output_location(inputs, where, message):
 def test_real_process_prints_no_traceback(inputs, tmp_path):
     """The installed console script, not just the click object, hides tracebacks."""
     exe = Path(sys.executable).parent / "actscope"
-    proc = subprocess.run([str(exe), "index", "--model", "no-such-model-xyz", "--dataset", inputs["corpus"],
-                           "--out", str(tmp_path / "x.duckdb")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(exe),
+            "index",
+            "--model",
+            "no-such-model-xyz",
+            "--dataset",
+            inputs["corpus"],
+            "--out",
+            str(tmp_path / "x.duckdb"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --model no-such-model-xyz")
     assert "Traceback" not in proc.stderr
@@ -117,8 +186,8 @@ def test_real_process_prints_no_traceback(inputs, tmp_path):
 def test_error_after_calibration_leaves_no_file_and_the_next_run_works(inputs, tmp_path):
     """A corpus that turns bad after the first batches: the partial file is removed, and the
     same process then writes an index at the same place."""
-    from indexer.config import IndexConfig
-    from indexer.model import load_model, resolve_model_spec
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
 
     docs = [path.read_text() for path in sorted(Path(inputs["corpus"]).glob("*.txt"))]
     tokenizer = load_model(resolve_model_spec(inputs["model"]), "cpu").tokenizer
@@ -143,8 +212,8 @@ def test_error_after_calibration_leaves_no_file_and_the_next_run_works(inputs, t
 def test_writer_that_fails_to_start_leaves_its_file_free(tmp_path, monkeypatch):
     """A failure while a new index file's tables are made detaches the file again: the
     process's next writer of the same path starts, where it would find it still attached."""
-    from indexer import schema
-    from indexer.store_writer import StoreWriter
+    from actscope.indexer.store import schema
+    from actscope.indexer.store.writer import StoreWriter
 
     path = tmp_path / "index.duckdb.tmp"
 

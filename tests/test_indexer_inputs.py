@@ -11,8 +11,18 @@ import pytest
 
 from fixtures_models import TINY_CTX
 
-SMALL = dict(ctx=TINY_CTX, batch_size=4, max_tokens=TINY_CTX * 16, top_k=3, band_size=2, window=(3, 1),
-             calibration_tokens=200, hist_bins=64, quiet=True, device="cpu")
+SMALL = dict(
+    ctx=TINY_CTX,
+    batch_size=4,
+    max_tokens=TINY_CTX * 16,
+    top_k=3,
+    band_size=2,
+    window=(3, 1),
+    calibration_tokens=200,
+    hist_bins=64,
+    quiet=True,
+    device="cpu",
+)
 
 
 def _docs(corpus_dir: Path) -> list[str]:
@@ -20,8 +30,8 @@ def _docs(corpus_dir: Path) -> list[str]:
 
 
 def _index(tmp_path, **options):
-    from indexer.config import IndexConfig
-    from indexer.run import run_index
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
 
     out = tmp_path / "index.duckdb"
     run_index(IndexConfig(out=str(out), **{**SMALL, **options}))
@@ -43,8 +53,10 @@ def test_text_column_of_jsonl_and_parquet(tmp_path, tiny_model_dir, tiny_corpus_
     (tmp_path / "txt").mkdir()
     from_files = _index(tmp_path / "txt", model=str(tiny_model_dir), dataset=str(tiny_corpus_dir))
     # Same documents in the same order: the same sequences, whatever the container.
-    assert con.execute("SELECT token_ids FROM sequences ORDER BY seq").fetchall() == \
-        from_files.execute("SELECT token_ids FROM sequences ORDER BY seq").fetchall()
+    assert (
+        con.execute("SELECT token_ids FROM sequences ORDER BY seq").fetchall()
+        == from_files.execute("SELECT token_ids FROM sequences ORDER BY seq").fetchall()
+    )
 
 
 def test_glob_selects_files(tmp_path, tiny_model_dir, tiny_corpus_dir):
@@ -62,11 +74,22 @@ def test_hugging_face_directory_model(tmp_path, tiny_model_dir, tiny_corpus_dir)
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tiny_model_dir / "tokenizer.json"),
-                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tiny_model_dir / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_ctx=64, n_embd=32,
-                                    n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_ctx=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    ).eval()
     model_dir = tmp_path / "hf-gpt2"
     hf.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -80,14 +103,18 @@ def test_hugging_face_directory_model(tmp_path, tiny_model_dir, tiny_corpus_dir)
     with torch.no_grad():
         hf(tokens)
     acts = captured["act"][:, 1:, :].reshape(-1, 128).numpy()  # GPT-2 MLP width is 4 * n_embd
-    stored = np.array(con.execute(
-        "SELECT max FROM unit_stats WHERE source = '1-mlp' ORDER BY unit").fetchall())[:, 0]
+    stored = np.array(con.execute("SELECT max FROM unit_stats WHERE source = '1-mlp' ORDER BY unit").fetchall())[:, 0]
     np.testing.assert_allclose(stored, acts.max(0), atol=1e-4)
 
 
 def test_neuron_hook_choice_and_window(tmp_path, tiny_model_dir, tiny_corpus_dir):
-    con = _index(tmp_path, model=str(tiny_model_dir), dataset=str(tiny_corpus_dir),
-                 neuron_hooks=["blocks.1.mlp.hook_pre"], window=(2, 0))
+    con = _index(
+        tmp_path,
+        model=str(tiny_model_dir),
+        dataset=str(tiny_corpus_dir),
+        neuron_hooks=["blocks.1.mlp.hook_pre"],
+        window=(2, 0),
+    )
     assert con.execute("SELECT slug, hook_name FROM sources").fetchall() == [("1-mlp-pre", "blocks.1.mlp.hook_pre")]
     lengths = {r[0] for r in con.execute("SELECT len(acts) FROM examples").fetchall()}
     assert lengths <= {1, 2, 3} and 3 in lengths
@@ -100,8 +127,9 @@ def test_same_seed_same_index_other_seed_other_samples(tmp_path, tiny_model_dir,
     def samples(seed, where):
         where.mkdir()
         con = _index(where, model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), seed=seed)
-        return con.execute("SELECT source, unit, band, seq, pos FROM examples WHERE band IS NOT NULL "
-                           "ORDER BY source, unit, band, rank").fetchall()
+        return con.execute(
+            "SELECT source, unit, band, seq, pos FROM examples WHERE band IS NOT NULL ORDER BY source, unit, band, rank"
+        ).fetchall()
 
     first, again, other = samples(1, tmp_path / "a"), samples(1, tmp_path / "b"), samples(2, tmp_path / "c")
     assert first == again

@@ -41,7 +41,7 @@ def reference(con, tiny_model_dir, indexed):
     import torch
     from sae_lens import SAE
 
-    from indexer.model import load_model, resolve_model_spec
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
 
     loaded = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu")
     sae = SAE.load_from_disk(str(indexed[1]))
@@ -49,11 +49,15 @@ def reference(con, tiny_model_dir, indexed):
     tokens = torch.tensor([r[0] for r in rows])
     with torch.no_grad():
         _, cache = loaded.model.run_with_cache(tokens)
-        return {
-            "0-mlp": cache["blocks.0.mlp.hook_post"].numpy(),
-            "1-mlp": cache["blocks.1.mlp.hook_post"].numpy(),
-            "1-res-sae": sae.encode(cache["blocks.1.hook_resid_post"]).numpy(),
-        }, tokens.numpy(), loaded
+        return (
+            {
+                "0-mlp": cache["blocks.0.mlp.hook_post"].numpy(),
+                "1-mlp": cache["blocks.1.mlp.hook_post"].numpy(),
+                "1-res-sae": sae.encode(cache["blocks.1.hook_resid_post"]).numpy(),
+            },
+            tokens.numpy(),
+            loaded,
+        )
 
 
 SOURCES = ["0-mlp", "1-mlp", "1-res-sae"]
@@ -93,7 +97,9 @@ def test_sequences_are_the_packed_corpus(con, reference, tiny_corpus_dir):
 def test_statistics(con, reference, slug):
     rows = con.execute(
         "SELECT unit, max, min, mean, std, density, n_tokens, n_fired, hist_edges, hist_counts "
-        "FROM unit_stats WHERE source = ? ORDER BY unit", [slug]).fetchall()
+        "FROM unit_stats WHERE source = ? ORDER BY unit",
+        [slug],
+    ).fetchall()
     assert len(rows) == reference[0][slug].shape[-1]
     for unit, mx, mn, mean, std, density, n_tokens, n_fired, edges, counts in rows:
         values = _unit_values(reference, slug, unit)
@@ -125,7 +131,9 @@ def test_top_k_is_exact(con, reference, slug):
         values = acts[:, 1:, unit]
         examples = con.execute(
             "SELECT rank, seq, pos, act, start, acts FROM examples "
-            "WHERE source = ? AND unit = ? AND band IS NULL ORDER BY rank", [slug, unit]).fetchall()
+            "WHERE source = ? AND unit = ? AND band IS NULL ORDER BY rank",
+            [slug, unit],
+        ).fetchall()
         flat = values.reshape(-1)
         eligible = flat > 0 if slug.endswith("sae") else np.ones_like(flat, dtype=bool)
         expected = np.sort(flat[eligible])[::-1][:k]
@@ -138,14 +146,14 @@ def test_top_k_is_exact(con, reference, slug):
             assert act == pytest.approx(acts[seq, pos, unit], abs=ATOL)
             assert start == max(0, pos - before)
             assert start + len(window) == min(TINY_CTX, pos + after + 1)
-            np.testing.assert_allclose(window, acts[seq, start:start + len(window), unit], atol=ATOL)
+            np.testing.assert_allclose(window, acts[seq, start : start + len(window), unit], atol=ATOL)
 
 
 @pytest.mark.parametrize("slug", SOURCES)
 def test_bands_counts_membership_and_samples(con, reference, slug):
-    from indexer.sampling import token_keys
-
     import torch
+
+    from actscope.indexer.accumulate.sampling import token_keys
 
     band_size = TINY_INDEX_OPTIONS["band_size"]
     acts = reference[0][slug]
@@ -155,8 +163,8 @@ def test_bands_counts_membership_and_samples(con, reference, slug):
     for unit in range(n_units):
         values = _unit_values(reference, slug, unit)
         bands = con.execute(
-            "SELECT band, lo, hi, count, share FROM bands WHERE source = ? AND unit = ? ORDER BY band",
-            [slug, unit]).fetchall()
+            "SELECT band, lo, hi, count, share FROM bands WHERE source = ? AND unit = ? ORDER BY band", [slug, unit]
+        ).fetchall()
         basis = values > 0 if slug.endswith("sae") else np.ones_like(values, dtype=bool)
         assert sum(b[3] for b in bands) == int(basis.sum())
         lowest = min(b[0] for b in bands if b[3] > 0) if basis.any() else -1
@@ -167,7 +175,8 @@ def test_bands_counts_membership_and_samples(con, reference, slug):
             assert share == pytest.approx(count / values.size)
             samples = con.execute(
                 "SELECT seq, pos, act FROM examples WHERE source = ? AND unit = ? AND band = ? ORDER BY rank",
-                [slug, unit, band]).fetchall()
+                [slug, unit, band],
+            ).fetchall()
             assert len(samples) == min(band_size, count)
             for seq, pos, act in samples:
                 assert lo <= act <= hi
@@ -179,11 +188,11 @@ def test_bands_counts_membership_and_samples(con, reference, slug):
 
 def test_band_edges_follow_quantiles(con, reference):
     """Neuron band edges sit near the calibrated 50/75/90/95/99/99.9% quantiles."""
-    levels = json.loads(json.dumps(con.execute(
-        "SELECT band_levels FROM sources WHERE slug = '0-mlp'").fetchone()[0]))
+    levels = json.loads(json.dumps(con.execute("SELECT band_levels FROM sources WHERE slug = '0-mlp'").fetchone()[0]))
     assert levels == [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0]
-    shares = np.array(con.execute(
-        "SELECT band, avg(share) FROM bands WHERE source = '0-mlp' GROUP BY band ORDER BY band").fetchall())
+    shares = np.array(
+        con.execute("SELECT band, avg(share) FROM bands WHERE source = '0-mlp' GROUP BY band ORDER BY band").fetchall()
+    )
     nominal = np.diff(levels)
     # Calibrated on 600 tokens and snapped to the grid: close to nominal on average.
     np.testing.assert_allclose(shares[:, 1], nominal, atol=0.06)
@@ -200,9 +209,12 @@ def test_logit_table_and_cosine(con, reference, slug, indexed):
     else:
         directions = model.blocks[int(slug[0])].mlp.W_out.detach()
     effect = (directions @ model.W_U.detach()).numpy()
-    rows = con.execute("SELECT unit, top_ids, top_values, bottom_ids, bottom_values, "
-                       "(SELECT cos_in_out FROM unit_stats s WHERE s.source = l.source AND s.unit = l.unit) "
-                       "FROM logits l WHERE source = ? ORDER BY unit", [slug]).fetchall()
+    rows = con.execute(
+        "SELECT unit, top_ids, top_values, bottom_ids, bottom_values, "
+        "(SELECT cos_in_out FROM unit_stats s WHERE s.source = l.source AND s.unit = l.unit) "
+        "FROM logits l WHERE source = ? ORDER BY unit",
+        [slug],
+    ).fetchall()
     assert len(rows) == effect.shape[0]
     for unit, top_ids, top_values, bottom_ids, bottom_values, cos in rows:
         order = np.argsort(-effect[unit], kind="stable")
@@ -223,14 +235,13 @@ def test_vocab_and_run_record(con, reference):
     assert len(vocab) == loaded.model.cfg.d_vocab
     assert vocab[loaded.bos_token_id] == "<|endoftext|>"
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-    from indexer import __version__
-    from indexer.schema import SCHEMA_VERSION
+    from actscope import __version__
+    from actscope.indexer.store.schema import SCHEMA_VERSION
 
     assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta["package_version"] == __version__
     assert json.loads(meta["run_config"])["top_k"] == TINY_INDEX_OPTIONS["top_k"]
-    assert set(meta) == {"schema_version", "package_version", "created_at", "run_config", "dataset",
-                         "elapsed_seconds"}
+    assert set(meta) == {"schema_version", "package_version", "created_at", "run_config", "dataset", "elapsed_seconds"}
     assert json.loads(meta["elapsed_seconds"]) > 0 and meta["created_at"].startswith("20")
     assert meta["dataset"] == json.loads(meta["run_config"])["dataset"]
     spec = json.loads(con.execute("SELECT spec FROM models").fetchone()[0])

@@ -17,9 +17,14 @@ import torch
 from fixtures_models import TINY_CTX
 
 TABLE_ORDER = {
-    "sequences": "seq", "unit_stats": "source, unit", "bands": "source, unit, band",
-    "examples": "source, unit, band NULLS FIRST, rank", "logits": "source, unit",
-    "vocab": "token_id", "sources": "slug", "models": "model",
+    "sequences": "seq",
+    "unit_stats": "source, unit",
+    "bands": "source, unit, band",
+    "examples": "source, unit, band NULLS FIRST, rank",
+    "logits": "source, unit",
+    "vocab": "token_id",
+    "sources": "slug",
+    "models": "model",
 }
 
 
@@ -31,36 +36,50 @@ def _tables(path: Path) -> dict[str, list]:
         con.close()
 
 
-def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: int, calibration: int,
-              top_k: int = 0):
+def _pipeline(model_dir, sae_dir, corpus_dir, batch_size: int, max_sequences: int, calibration: int, top_k: int = 0):
     """(runner, sources, batches, grids) of the tiny model, as an index run builds them (with
     `top_k`, the grids have their top floors)."""
-    from indexer.activations import ActivationRunner
-    from indexer.calibrate import calibrate
-    from indexer.corpus import iter_batches, iter_documents
-    from indexer.model import load_model, resolve_model_spec
-    from indexer.sources import load_sae, neuron_sources, resolve_sae_spec, sae_sources
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.corpus.batches import iter_batches
+    from actscope.indexer.corpus.documents import iter_documents
+    from actscope.indexer.kinds import SourceRequest, build_sources
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
+    from actscope.indexer.model.runner import ActivationRunner
+    from actscope.indexer.model.saes import load_sae, resolve_sae_spec
 
     loaded = load_model(resolve_model_spec(str(model_dir)), "cpu")
     spec = resolve_sae_spec(str(sae_dir))
-    sources = neuron_sources(loaded.model, [])
-    sources += sae_sources(loaded.model, [load_sae(spec)], [spec], {s.slug for s in sources})
+    sources = build_sources(loaded.model, SourceRequest(saes=[(spec, load_sae(spec))]))
     runner = ActivationRunner(loaded.model, sources)
-    batches = list(iter_batches(iter_documents(str(corpus_dir)), loaded.tokenizer,
-                                bos_token_id=loaded.bos_token_id, eos_token_id=loaded.eos_token_id,
-                                ctx=TINY_CTX, batch_size=batch_size, max_sequences=max_sequences))
+    batches = list(
+        iter_batches(
+            iter_documents(str(corpus_dir)),
+            loaded.tokenizer,
+            bos_token_id=loaded.bos_token_id,
+            eos_token_id=loaded.eos_token_id,
+            ctx=TINY_CTX,
+            batch_size=batch_size,
+            max_sequences=max_sequences,
+        )
+    )
     grids, _ = calibrate(runner, iter(batches), sources, calibration, 128, top_k)
     return runner, sources, batches, grids
 
 
 def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
-    from indexer.config import IndexConfig
-    from indexer.run import accumulate, new_accumulators
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import accumulate, new_accumulators
 
     runner, sources, batches, grids = _pipeline(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, 4, 40, 500)
     assert len(batches) == 10
-    config = IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out="/tmp/unused.duckdb",
-                         top_k=6, band_size=3, window=(4, 2))
+    config = IndexConfig(
+        model=str(tiny_model_dir),
+        dataset=str(tiny_corpus_dir),
+        out="/tmp/unused.duckdb",
+        top_k=6,
+        band_size=3,
+        window=(4, 2),
+    )
 
     def index(part):
         accumulators = new_accumulators(sources, grids, config, "cpu")
@@ -89,9 +108,32 @@ def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corp
 
 def _index_command(model, sae, corpus, out, *extra):
     exe = Path(sys.executable).parent / "actscope"
-    return [str(exe), "index", "--model", str(model), "--sae", str(sae), "--dataset", str(corpus),
-            "--out", str(out), "--ctx", str(TINY_CTX), "--batch-size", "2", "--top-k", "4",
-            "--band-size", "2", "--window", "4,2", "--device", "cpu", "--quiet", *extra]
+    return [
+        str(exe),
+        "index",
+        "--model",
+        str(model),
+        "--sae",
+        str(sae),
+        "--dataset",
+        str(corpus),
+        "--out",
+        str(out),
+        "--ctx",
+        str(TINY_CTX),
+        "--batch-size",
+        "2",
+        "--top-k",
+        "4",
+        "--band-size",
+        "2",
+        "--window",
+        "4,2",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 # 360 batches of 2 sequences: the default 8192 calibration tokens take the first 133, so
@@ -109,13 +151,21 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
             (corpus / f"{copy}-{i}.txt").write_text(path.read_text())
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     whole = tmp_path / "whole.duckdb"
-    subprocess.run(_index_command(tiny_model_dir, tiny_sae_dir, corpus, whole, "--max-tokens", RESUME_TOKENS), check=True, env=env, timeout=600)
+    subprocess.run(
+        _index_command(tiny_model_dir, tiny_sae_dir, corpus, whole, "--max-tokens", RESUME_TOKENS),
+        check=True,
+        env=env,
+        timeout=600,
+    )
 
     out = tmp_path / "resumed.duckdb"
     checkpoint = Path(str(out) + ".ckpt")
-    proc = subprocess.Popen(_index_command(tiny_model_dir, tiny_sae_dir, corpus, out, "--checkpoint-every", "5",
-                                           "--max-tokens", RESUME_TOKENS),
-                            env=env)
+    proc = subprocess.Popen(
+        _index_command(
+            tiny_model_dir, tiny_sae_dir, corpus, out, "--checkpoint-every", "5", "--max-tokens", RESUME_TOKENS
+        ),
+        env=env,
+    )
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -128,8 +178,12 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
     assert 133 <= saved["batches_done"] < RESUME_BATCHES  # after calibration, before the end
     assert all(grid["top_floor"] is not None for grid in saved["grids"].values())
 
-    subprocess.run(_index_command(tiny_model_dir, tiny_sae_dir, corpus, out, "--resume", "--max-tokens", RESUME_TOKENS), check=True, env=env,
-                   timeout=600)
+    subprocess.run(
+        _index_command(tiny_model_dir, tiny_sae_dir, corpus, out, "--resume", "--max-tokens", RESUME_TOKENS),
+        check=True,
+        env=env,
+        timeout=600,
+    )
     assert out.exists() and not checkpoint.exists() and not Path(str(out) + ".tmp").exists()
     resumed_tables, whole_tables = _tables(out), _tables(whole)
     for table in TABLE_ORDER:
@@ -143,11 +197,12 @@ def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae
     from actscope.cli import main
 
     out = tmp_path / "x.duckdb"
-    args = _index_command(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, out, "--checkpoint-every", "1",
-                          "--max-tokens", str(TINY_CTX * 4))[1:]
+    args = _index_command(
+        tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, out, "--checkpoint-every", "1", "--max-tokens", str(TINY_CTX * 4)
+    )[1:]
     assert CliRunner().invoke(main, args).exit_code == 0
     # Leave a checkpoint behind as an interrupted run would, then resume with another top-k.
-    from indexer.checkpoint import save_checkpoint
+    from actscope.indexer.checkpoint import save_checkpoint
 
     save_checkpoint(Path(str(out) + ".ckpt"), {"top_k": 4}, 1, 2, {}, {})
     result = CliRunner().invoke(main, [*args, "--resume", "--top-k", "5"])
@@ -157,8 +212,9 @@ def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae
 
 @pytest.mark.parametrize("sae", ["standard", "topk"])
 @pytest.mark.parametrize("threads, capacity", [("one", None), ("all", None), ("all", 3)])
-def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_corpus_dir, threads, capacity, sae,
-                                                request, monkeypatch):
+def test_fused_cpu_kernels_equal_the_torch_path(
+    tiny_model_dir, tiny_corpus_dir, threads, capacity, sae, request, monkeypatch
+):
     """The numba kernels and the tensor-operation path build the same accumulator state,
     whether the units are split across one thread or all of them, and when the kernels'
     candidate buffers overflow (capacity 3) and the candidates are found again. For the
@@ -166,7 +222,7 @@ def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_corpus_dir,
     The kernels skip tokens at or below the grids' top floors; the torch path does not."""
     import numba
 
-    from indexer import kernels_cpu
+    from actscope.indexer.accumulate import kernels_cpu
 
     if capacity is not None:
         monkeypatch.setattr(kernels_cpu, "CANDIDATE_CAPACITY", capacity)
@@ -182,20 +238,24 @@ def test_fused_cpu_kernels_equal_the_torch_path(tiny_model_dir, tiny_corpus_dir,
 
 
 def _compare_fused_and_torch(runner, sources, batches, grids, expect_top_k: bool) -> None:
-    from indexer.accumulate_dense import DenseAccumulator
-    from indexer.accumulate_sparse import SparseAccumulator
-    from indexer.sampling import token_keys
+    from actscope.indexer.accumulate.dense import DenseAccumulator
+    from actscope.indexer.accumulate.sampling import token_keys
+    from actscope.indexer.accumulate.sparse import SparseAccumulator
 
     for source in sources:
-        kind = DenseAccumulator if source.kind == "neuron" else SparseAccumulator
-        paths = [kind(source.n_units, grids[source.slug], top_k=5, band_size=3, window=(3, 2), device="cpu",
-                      fused=fused) for fused in (True, False)]
+        accumulator = SparseAccumulator if source.kind.sparse else DenseAccumulator
+        paths = [
+            accumulator(
+                source.n_units, grids[source.slug], top_k=5, band_size=3, window=(3, 2), device="cpu", fused=fused
+            )
+            for fused in (True, False)
+        ]
         with torch.inference_mode():
             for batch in batches:
                 given = {}
                 runner(batch.tokens, consume=lambda slug, acts, top_k: given.update({slug: (acts, top_k)}))
                 acts, top_k = given[source.slug]
-                assert (top_k is not None) == (expect_top_k and source.kind == "sae")
+                assert (top_k is not None) == (expect_top_k and source.kind.sparse)
                 if top_k is not None:  # the top-k scattered is the dense output
                     values, indices = top_k
                     assert torch.equal(torch.zeros_like(acts).scatter_(-1, indices, values), acts)
@@ -224,17 +284,20 @@ def test_fused_dense_counts_a_bin_past_int16(n_pos):
     """dense_pass counts each batch in int16 tables when no bin can pass 2**15 and in int32
     ones otherwise: a unit whose every value lands in one bin, over 32768 tokens, still
     gets its exact count, as the torch path gives."""
-    from indexer.accumulate_dense import DenseAccumulator
-    from indexer.calibrate import _dense_grid
-    from indexer.sampling import token_keys
+    from actscope.indexer.accumulate.calibrate import _dense_grid
+    from actscope.indexer.accumulate.dense import DenseAccumulator
+    from actscope.indexer.accumulate.sampling import token_keys
+    from actscope.indexer.kinds.neuron import NeuronKind
 
     generator = torch.Generator().manual_seed(5)
     acts = torch.randn(2, n_pos, 4, generator=generator)
     acts[:, :, 1] = 0.25  # one bin takes all of unit 1's tokens
-    grid = _dense_grid(acts[:, :64], 4, 64)
+    grid = _dense_grid(acts[:, :64], 4, 64, 0, NeuronKind.band_levels)
     keys = token_keys(torch.arange(2 * n_pos).view(2, n_pos), 0)
-    paths = [DenseAccumulator(4, grid, top_k=3, band_size=2, window=(2, 1), device="cpu", fused=fused)
-             for fused in (True, False)]
+    paths = [
+        DenseAccumulator(4, grid, top_k=3, band_size=2, window=(2, 1), device="cpu", fused=fused)
+        for fused in (True, False)
+    ]
     for accumulator in paths:
         accumulator.update(acts, 0, keys)
     fused, plain = paths
@@ -249,7 +312,9 @@ def test_top_floor_lies_just_below_the_kth_largest_calibration_value(kind):
     """Grid.top_floor is strictly below each unit's k-th largest calibration value (values
     on bin edges included) and at most one bin below it: at least k values lie above it,
     fewer than k above the next bin edge."""
-    from indexer.calibrate import _dense_grid, _sparse_grid
+    from actscope.indexer.accumulate.calibrate import _dense_grid, _sparse_grid
+    from actscope.indexer.kinds.neuron import NeuronKind
+    from actscope.indexer.kinds.sae import SaeKind
 
     generator = torch.Generator().manual_seed(11)
     k, n_units = 5, 6
@@ -259,11 +324,11 @@ def test_top_floor_lies_just_below_the_kth_largest_calibration_value(kind):
     values[1, 1:12, 4] = 4.0  # unit 4: more than k tied at its maximum
     body = values[:, 1:, :].reshape(-1, n_units)  # BOS (position 0) is not calibrated
     if kind == "dense":
-        grid = _dense_grid(values, n_units, 32, top_k=k)
+        grid = _dense_grid(values, n_units, 32, k, NeuronKind.band_levels)
         firing = [body[:, u] for u in range(n_units)]
     else:
         rows, units = (body > 0).nonzero(as_tuple=True)
-        grid = _sparse_grid([(units, body[rows, units])], n_units, 32, top_k=k)
+        grid = _sparse_grid([(units, body[rows, units])], n_units, 32, k, SaeKind.band_levels)
         firing = [body[:, u][body[:, u] > 0] for u in range(n_units)]
     assert grid.top_floor.dtype == torch.float32
     assert float(grid.top_floor[3]) == float("-inf")  # no bin above bin 0 holds k values
@@ -278,20 +343,27 @@ def test_top_floor_lies_just_below_the_kth_largest_calibration_value(kind):
             assert int((unit_values > floor + width).sum()) < k, unit
 
 
-@pytest.mark.parametrize("before, after, every, expected", [
-    (0, 3, 2, True),  # the calibration's three batches in one step pass batch 2
-    (0, 3, 5, False), (3, 4, 2, True), (4, 5, 2, False), (4, 5, 5, True), (5, 9, 5, False),
-])
+@pytest.mark.parametrize(
+    "before, after, every, expected",
+    [
+        (0, 3, 2, True),  # the calibration's three batches in one step pass batch 2
+        (0, 3, 5, False),
+        (3, 4, 2, True),
+        (4, 5, 2, False),
+        (4, 5, 5, True),
+        (5, 9, 5, False),
+    ],
+)
 def test_a_step_of_several_batches_passes_the_multiples_inside_it(before, after, every, expected):
-    from indexer.run import _passes_multiple
+    from actscope.indexer.run import _passes_multiple
 
     assert _passes_multiple(before, after, every) is expected
 
 
 def test_calibration_rows_are_joined_without_a_copy_only_when_consecutive():
-    """replay_steps hands the neuron sources all calibration rows at once: a view of their
+    """replay_steps hands the dense sources all calibration rows at once: a view of their
     store when the batches' rows follow one another in it, else a copy of them."""
-    from indexer.calibrate import _joined
+    from actscope.indexer.accumulate.calibrate import _joined
 
     store = torch.arange(10 * 3 * 2, dtype=torch.float32).view(10, 3, 2)
     joined = _joined([store[0:4], store[4:8], store[8:9]])

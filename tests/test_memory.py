@@ -12,7 +12,7 @@ import pytest
 BATCHES = """
 import resource, sys
 import numpy as np
-from indexer.memory import keep_freed_memory
+from actscope.indexer.memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def batch():
@@ -48,8 +48,8 @@ import resource, sys, tempfile, time
 from pathlib import Path
 import duckdb
 import torch  # its tensors, unlike numpy's large arrays, are not on transparent huge pages
-from indexer.memory import keep_freed_memory
-from indexer.store_writer import StoreWriter
+from actscope.indexer.memory import keep_freed_memory
+from actscope.indexer.store.writer import StoreWriter
 assert keep_freed_memory()
 work = Path(tempfile.mkdtemp())
 def batch():

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from indexer.errors import ActscopeError
-from indexer.prefetch import prefetch
+from actscope.indexer.corpus.prefetch import prefetch
+from actscope.indexer.errors import ActscopeError
 
 
 def test_items_in_order():
@@ -39,16 +39,18 @@ def test_early_stop_joins_the_producer():
 
 
 def test_cpu_run_reads_documents_in_the_background_and_tokenises_on_the_main_thread(
-        tmp_path, tiny_model_dir, tiny_corpus_dir, monkeypatch):
+    tmp_path, tiny_model_dir, tiny_corpus_dir, monkeypatch
+):
     """On the CPU, torch's workers use every core during the forward passes; a tokenizer
     thread beside them slows them down, so only reading documents is left to the
     background thread."""
-    from indexer import corpus
-    from indexer.config import IndexConfig
-    from indexer.run import run_index
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.corpus import batches as batch_module
+    from actscope.indexer.corpus import documents as document_module
+    from actscope.indexer.run import run_index
 
     read_in, tokenised_in = set(), set()
-    real_documents, real_token_stream = corpus.iter_documents, corpus.iter_token_stream
+    real_documents, real_token_stream = document_module.iter_documents, batch_module.iter_token_stream
 
     def documents(*args, **kwargs):
         for doc in real_documents(*args, **kwargs):
@@ -60,11 +62,21 @@ def test_cpu_run_reads_documents_in_the_background_and_tokenises_on_the_main_thr
             tokenised_in.add(threading.current_thread().name)
             yield ids
 
-    monkeypatch.setattr(corpus, "iter_documents", documents)
-    monkeypatch.setattr(corpus, "iter_token_stream", token_stream)
+    monkeypatch.setattr(document_module, "iter_documents", documents)
+    monkeypatch.setattr(batch_module, "iter_token_stream", token_stream)
     out = tmp_path / "tiny.duckdb"
-    run_index(IndexConfig(model=str(tiny_model_dir), dataset=str(tiny_corpus_dir), out=str(out),
-                          max_tokens=2048, ctx=64, batch_size=4, device="cpu", quiet=True))
+    run_index(
+        IndexConfig(
+            model=str(tiny_model_dir),
+            dataset=str(tiny_corpus_dir),
+            out=str(out),
+            max_tokens=2048,
+            ctx=64,
+            batch_size=4,
+            device="cpu",
+            quiet=True,
+        )
+    )
     assert read_in == {"actscope-prefetch"}
     assert tokenised_in == {threading.main_thread().name}
     assert not any(t.name == "actscope-prefetch" for t in threading.enumerate())

@@ -30,9 +30,14 @@ REFERENCE = Path(__file__).parent / "reference"
 INPUTS = REFERENCE / "inputs"
 TABLES = ["models", "sources", "vocab", "sequences", "unit_stats", "bands", "examples", "logits"]
 ORDER = {
-    "models": ["model"], "sources": ["slug"], "vocab": ["token_id"], "sequences": ["seq"],
-    "unit_stats": ["source", "unit"], "bands": ["source", "unit", "band"],
-    "examples": ["source", "unit", "band", "rank"], "logits": ["source", "unit"],
+    "models": ["model"],
+    "sources": ["slug"],
+    "vocab": ["token_id"],
+    "sequences": ["seq"],
+    "unit_stats": ["source", "unit"],
+    "bands": ["source", "unit", "band"],
+    "examples": ["source", "unit", "band", "rank"],
+    "logits": ["source", "unit"],
 }
 WRITING = os.environ.get("ACTSCOPE_WRITE_REFERENCE") == "1"
 
@@ -66,12 +71,19 @@ def inputs(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_topk_sae_dir) ->
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory, inputs, tiny_corpus_dir) -> Path:
-    from indexer.config import IndexConfig
-    from indexer.run import run_index
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
 
     out = tmp_path_factory.mktemp("same-index") / "reference.duckdb"
-    run_index(IndexConfig(model=str(inputs / "model"), dataset=str(tiny_corpus_dir), out=str(out),
-                          saes=[str(inputs / "sae"), str(inputs / "sae-topk")], **TINY_INDEX_OPTIONS))
+    run_index(
+        IndexConfig(
+            model=str(inputs / "model"),
+            dataset=str(tiny_corpus_dir),
+            out=str(out),
+            saes=[str(inputs / "sae"), str(inputs / "sae-topk")],
+            **TINY_INDEX_OPTIONS,
+        )
+    )
     return out
 
 

@@ -1,4 +1,4 @@
-"""Live inference for the app: the indexed model and SAEs, reloaded from the index's specs.
+"""Live inference: the indexed model and its sources, reloaded from the index's specs.
 
 Activations go through the same `ActivationRunner` as the indexer, with the same BOS
 handling, so a visitor's text is measured exactly as the corpus was. Not thread-safe:
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .activations import ActivationRunner
-from .errors import ActscopeError
-from .model import LoadedModel, ModelSpec, load_model
-from .sources import Source, load_sae
+from actscope.indexer.errors import ActscopeError
+from actscope.indexer.kinds import Source, reload_source
+from actscope.indexer.model.loading import LoadedModel, ModelSpec, load_model
+from actscope.indexer.model.runner import ActivationRunner
 
 
 class LiveModel:
@@ -72,12 +72,5 @@ def load_live(model_row: dict[str, Any], source_rows: list[dict[str, Any]], devi
     """Load the model and SAEs an index was built with (rows of its models/sources tables)."""
     spec = ModelSpec.from_dict(json.loads(model_row["spec"]))
     loaded = load_model(spec, device)
-    sources = []
-    for row in source_rows:
-        source_spec = json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"]
-        sae = load_sae(source_spec, device) if row["kind"] == "sae" else None
-        if sae is not None:
-            sae.eval()
-        sources.append(Source(row["slug"], row["hook_name"], row["kind"], int(row["layer"]),
-                              int(row["n_units"]), source_spec, sae))
+    sources = [reload_source(row, device) for row in source_rows]
     return LiveModel(loaded, sources, int(model_row["ctx"]), model_row["model"])

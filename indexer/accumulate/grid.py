@@ -53,22 +53,41 @@ class Grid:
         """[U] the bin starting just above 0 (0 is always inside the grid)."""
         return (-self.base).long()
 
-    def to(self, device) -> "Grid":
-        return Grid(self.scale.to(device), self.base.to(device), self.band_start.to(device),
-                    self.band_of_bin.to(device), self.levels, self.n_bins,
-                    None if self.top_floor is None else self.top_floor.to(device))
+    def to(self, device) -> Grid:
+        return Grid(
+            self.scale.to(device),
+            self.base.to(device),
+            self.band_start.to(device),
+            self.band_of_bin.to(device),
+            self.levels,
+            self.n_bins,
+            None if self.top_floor is None else self.top_floor.to(device),
+        )
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "base": self.base, "band_start": self.band_start,
-                "band_of_bin": self.band_of_bin, "levels": list(self.levels), "n_bins": self.n_bins,
-                "top_floor": self.top_floor}
+        return {
+            "scale": self.scale,
+            "base": self.base,
+            "band_start": self.band_start,
+            "band_of_bin": self.band_of_bin,
+            "levels": list(self.levels),
+            "n_bins": self.n_bins,
+            "top_floor": self.top_floor,
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Grid":
-        return cls(state["scale"], state["base"], state["band_start"], state["band_of_bin"],
-                   tuple(state["levels"]), int(state["n_bins"]), state.get("top_floor"))
+    def from_state_dict(cls, state: dict) -> Grid:
+        return cls(
+            state["scale"],
+            state["base"],
+            state["band_start"],
+            state["band_of_bin"],
+            tuple(state["levels"]),
+            int(state["n_bins"]),
+            state.get("top_floor"),
+        )
 
-    def with_top_floor(self, counts: torch.Tensor, k: int) -> "Grid":
+    def with_top_floor(self, counts: torch.Tensor, k: int) -> Grid:
         """The grid with `top_floor` set from calibration bin counts [U, n_bins]: the lower
         edge of the highest bin j >= 1 with at least k values in bins j and above. Every
         value in those bins is above that edge (bins are closed on the right; the last one
@@ -93,10 +112,14 @@ def uniform_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], 
     width = torch.pow(2.0, torch.ceil(torch.log2(width)))
     n_units = lo.numel()
     n_bins = hist_bins + 3  # bins to reach hi: ceil(hi / w) - base <= hist_bins + 2
-    return Grid(scale=(1.0 / width).float(), base=(torch.ceil(lo / width) - 1).float(),
-                band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
-                band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long), levels=tuple(levels),
-                n_bins=n_bins)
+    return Grid(
+        scale=(1.0 / width).float(),
+        base=(torch.ceil(lo / width) - 1).float(),
+        band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
+        band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long),
+        levels=tuple(levels),
+        n_bins=n_bins,
+    )
 
 
 def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -> None:
@@ -104,10 +127,17 @@ def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -
     BOS (position 0) left out."""
     import numba
 
-    from .kernels_cpu import dense_bin_counts
+    from actscope.indexer.accumulate.kernels_cpu import dense_bin_counts
 
-    dense_bin_counts(acts.float().cpu().contiguous().numpy(), 1, grid.scale.numpy(), grid.base.numpy(),
-                     grid.n_bins, numba.get_num_threads(), counts.numpy())
+    dense_bin_counts(
+        acts.float().cpu().contiguous().numpy(),
+        1,
+        grid.scale.numpy(),
+        grid.base.numpy(),
+        grid.n_bins,
+        numba.get_num_threads(),
+        counts.numpy(),
+    )
 
 
 def with_bands(grid: Grid, counts: torch.Tensor, top_k: int = 0) -> Grid:
@@ -123,8 +153,15 @@ def with_bands(grid: Grid, counts: torch.Tensor, top_k: int = 0) -> Grid:
     return grid.with_top_floor(counts, top_k) if top_k else grid
 
 
-def build_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], hist_bins: int,
-               units: torch.Tensor, values: torch.Tensor, top_k: int = 0) -> Grid:
+def build_grid(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    levels: tuple[float, ...],
+    hist_bins: int,
+    units: torch.Tensor,
+    values: torch.Tensor,
+    top_k: int = 0,
+) -> Grid:
     """Grid per unit over its calibrated range [lo, hi], bands (and, given `top_k`, the top
     floor) from calibration (unit, value) pairs."""
     grid = uniform_grid(lo, hi, levels, hist_bins)
@@ -145,5 +182,6 @@ def band_starts(counts: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor
     # The crossing bin joins the lower band when most of it lies below the quantile.
     inner = crossing + (reached - targets < targets - before).long()
     inner = torch.cummax(inner.clamp(1, n_bins - 1), dim=1).values
-    return torch.cat([torch.zeros(n_units, 1, dtype=torch.long), inner,
-                      torch.full((n_units, 1), n_bins, dtype=torch.long)], dim=1)
+    return torch.cat(
+        [torch.zeros(n_units, 1, dtype=torch.long), inner, torch.full((n_units, 1), n_bins, dtype=torch.long)], dim=1
+    )

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import schema
-from .errors import ActscopeError
+from actscope.indexer.errors import ActscopeError
+from actscope.indexer.store import schema
 
 
 def fixed_width_lists(rows: np.ndarray) -> pa.ListArray:
@@ -47,8 +47,11 @@ def repeated(value: str, n: int) -> pa.DictionaryArray:
 # the instance runs its work on the calling thread only, with no worker threads to idle.
 # Its allocator-flush thresholds are raised too, so that no large task or bulk free of a
 # big index trims either; so configured, only the instance's start and stop were seen to.
-_WRITER_DATABASE_CONFIG = {"threads": 1, "allocator_flush_threshold": "1000GB",
-                           "allocator_bulk_deallocation_flush_threshold": "1000GB"}
+_WRITER_DATABASE_CONFIG = {
+    "threads": 1,
+    "allocator_flush_threshold": "1000GB",
+    "allocator_bulk_deallocation_flush_threshold": "1000GB",
+}
 _writer_database = None
 _attached = itertools.count()
 
@@ -120,8 +123,7 @@ class StoreWriter:
 
     def truncate_sequences(self, n_sequences: int) -> None:
         """Drop sequences written after the checkpoint a resumed run starts from."""
-        self._submit(self.con.execute, "DELETE FROM sequences WHERE model = ? AND seq >= ?",
-                     [self.model, n_sequences])
+        self._submit(self.con.execute, "DELETE FROM sequences WHERE model = ? AND seq >= ?", [self.model, n_sequences])
 
     def add_sequences(self, first_seq: int, tokens: np.ndarray) -> None:
         self._pending.append((first_seq, tokens.astype(np.int32, copy=False)))
@@ -137,11 +139,16 @@ class StoreWriter:
         seqs = np.concatenate([first + np.arange(len(rows)) for first, rows in self._pending])
         rows = np.concatenate([rows for _, rows in self._pending])
         token_lists = fixed_width_lists(rows)
-        self.write_table("sequences", pa.table({
-            "model": repeated(self.model, len(seqs)),
-            "seq": pa.array(seqs.astype(np.int32)),
-            "token_ids": token_lists,
-        }))
+        self.write_table(
+            "sequences",
+            pa.table(
+                {
+                    "model": repeated(self.model, len(seqs)),
+                    "seq": pa.array(seqs.astype(np.int32)),
+                    "token_ids": token_lists,
+                }
+            ),
+        )
         self._pending.clear()
         self._submit(self.con.execute, "CHECKPOINT")
 

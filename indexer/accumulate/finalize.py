@@ -12,64 +12,52 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .accumulate_dense import DenseAccumulator
-from .accumulate_sparse import SparseAccumulator
-from .store_writer import repeated
+from actscope.indexer.store.writer import repeated
 
 DISPLAY_BINS = 64
 
 
 def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.Table, pa.Table]:
     """(unit_stats, bands) tables of one source."""
-    sparse = isinstance(acc, SparseAccumulator)
     stats, grid = acc.stats, acc.grid.to("cpu")
     hist = stats.hist.cpu()
     n = max(stats.n_tokens, 1)
     mean = (stats.sum / n).cpu()
     var = (stats.sum_sq / n).cpu() - mean**2
-    if sparse:
-        n_fired = hist.sum(1).double()  # only firing values are binned
-        fired_min = stats.min.cpu().where(n_fired > 0, torch.zeros(()))
-        fired_max = stats.max.cpu().where(n_fired > 0, torch.zeros(()))
-        unit_min = torch.where(n_fired < stats.n_tokens, torch.zeros(()), fired_min)
-        unit_max = fired_max
-        grid_lo, grid_hi = fired_min, fired_max
-    else:
-        assert isinstance(acc, DenseAccumulator)
-        # 0 is a bin edge and bins are closed on the right: positives are whole bins.
-        positive = torch.arange(grid.n_bins)[None, :] >= grid.first_positive_bin()[:, None]
-        n_fired = (hist * positive).sum(1).double()
-        unit_min, unit_max = stats.min.cpu(), stats.max.cpu()
-        grid_lo, grid_hi = unit_min, unit_max
+    summary = acc.summary(hist, grid)
+    n_fired = summary.n_fired
     units = torch.arange(acc.n_units)
-    first_bin = grid.bins_of(grid_lo, units)
-    last_bin = grid.bins_of(grid_hi, units)
-    hist_edges, hist_counts = _display_histograms(hist, grid, first_bin, last_bin, grid_lo, grid_hi,
-                                                  stats.n_tokens - n_fired.long() if sparse else None)
-    stats_table = pa.table({
-        "model": repeated(model, acc.n_units),
-        "source": repeated(slug, acc.n_units),
-        "unit": pa.array(units.numpy().astype(np.int32)),
-        "max": pa.array(unit_max.float().numpy()),
-        "min": pa.array(unit_min.float().numpy()),
-        "mean": pa.array(mean.numpy()),
-        "std": pa.array(var.clamp(min=0).sqrt().numpy()),
-        "density": pa.array((n_fired / n).numpy()),
-        "n_tokens": pa.array(np.full(acc.n_units, stats.n_tokens, dtype=np.int64)),
-        "n_fired": pa.array(n_fired.long().numpy()),
-        "cos_in_out": pa.array(cos.numpy() if cos is not None else [None] * acc.n_units, type=pa.float32()),
-        "hist_edges": hist_edges,
-        "hist_counts": hist_counts,
-    })
-    return stats_table, _band_rows(model, slug, acc, hist, grid, grid_lo, grid_hi)
+    first_bin = grid.bins_of(summary.lo, units)
+    last_bin = grid.bins_of(summary.hi, units)
+    hist_edges, hist_counts = _display_histograms(
+        hist, grid, first_bin, last_bin, summary.lo, summary.hi, summary.silent
+    )
+    stats_table = pa.table(
+        {
+            "model": repeated(model, acc.n_units),
+            "source": repeated(slug, acc.n_units),
+            "unit": pa.array(units.numpy().astype(np.int32)),
+            "max": pa.array(summary.max.float().numpy()),
+            "min": pa.array(summary.min.float().numpy()),
+            "mean": pa.array(mean.numpy()),
+            "std": pa.array(var.clamp(min=0).sqrt().numpy()),
+            "density": pa.array((n_fired / n).numpy()),
+            "n_tokens": pa.array(np.full(acc.n_units, stats.n_tokens, dtype=np.int64)),
+            "n_fired": pa.array(n_fired.long().numpy()),
+            "cos_in_out": pa.array(cos.numpy() if cos is not None else [None] * acc.n_units, type=pa.float32()),
+            "hist_edges": hist_edges,
+            "hist_counts": hist_counts,
+        }
+    )
+    return stats_table, _band_rows(model, slug, acc, hist, grid, summary.lo, summary.hi)
 
 
 def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros) -> tuple[pa.ListArray, pa.ListArray]:
     """(edges, counts) list columns: each unit's fine bins first_bin..last_bin merged, in
     runs of equal length, into at most DISPLAY_BINS bins; the outer edges are lo and hi.
 
-    For an SAE feature (`zeros` given: tokens where it is silent) a first bin [0, 0] holds
-    those tokens; a feature that never fired has only that bin. All units at once: a
+    For a unit of a sparse source (`zeros` given: tokens where it is silent) a first bin
+    [0, 0] holds those tokens; a unit that never fired has only that bin. All units at once: a
     Python loop over units was a tenth of a second of every run's last step.
     """
     hist_np = hist.numpy()
@@ -88,7 +76,7 @@ def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros) -> tuple
     edges[:, 0] = lo.double().numpy()
     edges[np.arange(n_units), n_counts] = hi.double().numpy()
     n_edges = n_counts + 1
-    if zeros is not None:  # SAE features: [0, 0] first, holding the silent tokens
+    if zeros is not None:  # sparse sources: [0, 0] first, holding the silent tokens
         silent = (hi.numpy() == 0.0) & (run_counts.sum(1) == 0)
         edges = np.concatenate([np.zeros((n_units, 1)), edges], axis=1)
         edges[:, 1] = 0.0
@@ -128,18 +116,20 @@ def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
     upper = torch.where(empty, point, upper)
     levels = torch.tensor(grid.levels, dtype=torch.float64)
     n = max(acc.stats.n_tokens, 1)
-    return pa.table({
-        "model": repeated(model, n_units * n_bands),
-        "source": repeated(slug, n_units * n_bands),
-        "unit": pa.array(np.repeat(np.arange(n_units, dtype=np.int32), n_bands)),
-        "band": pa.array(np.tile(np.arange(n_bands, dtype=np.int32), n_units)),
-        "q_lo": pa.array(levels[:-1].repeat(n_units).numpy()),
-        "q_hi": pa.array(levels[1:].repeat(n_units).numpy()),
-        "lo": pa.array(lower.reshape(-1).numpy()),
-        "hi": pa.array(upper.reshape(-1).numpy()),
-        "count": pa.array(counts.reshape(-1).numpy()),
-        "share": pa.array((counts.double() / n).reshape(-1).numpy()),
-    })
+    return pa.table(
+        {
+            "model": repeated(model, n_units * n_bands),
+            "source": repeated(slug, n_units * n_bands),
+            "unit": pa.array(np.repeat(np.arange(n_units, dtype=np.int32), n_bands)),
+            "band": pa.array(np.tile(np.arange(n_bands, dtype=np.int32), n_units)),
+            "q_lo": pa.array(levels[:-1].repeat(n_units).numpy()),
+            "q_hi": pa.array(levels[1:].repeat(n_units).numpy()),
+            "lo": pa.array(lower.reshape(-1).numpy()),
+            "hi": pa.array(upper.reshape(-1).numpy()),
+            "count": pa.array(counts.reshape(-1).numpy()),
+            "share": pa.array((counts.double() / n).reshape(-1).numpy()),
+        }
+    )
 
 
 def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
@@ -152,18 +142,20 @@ def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
     values = np.concatenate([p["acts"] for p in parts]).astype(np.float32)
     n_rows = columns["unit"].size
     band = columns["band"]
-    return pa.table({
-        "model": repeated(model, n_rows),
-        "source": repeated(slug, n_rows),
-        "unit": pa.array(columns["unit"].astype(np.int32)),
-        "band": pa.array(band.astype(np.int32), mask=band < 0),
-        "rank": pa.array(columns["rank"].astype(np.int32)),
-        "seq": pa.array(columns["seq"].astype(np.int32)),
-        "pos": pa.array(columns["pos"].astype(np.int32)),
-        "act": pa.array(columns["act"].astype(np.float32)),
-        "start": pa.array(columns["start"].astype(np.int32)),
-        "acts": _list_column(values, lengths),
-    })
+    return pa.table(
+        {
+            "model": repeated(model, n_rows),
+            "source": repeated(slug, n_rows),
+            "unit": pa.array(columns["unit"].astype(np.int32)),
+            "band": pa.array(band.astype(np.int32), mask=band < 0),
+            "rank": pa.array(columns["rank"].astype(np.int32)),
+            "seq": pa.array(columns["seq"].astype(np.int32)),
+            "pos": pa.array(columns["pos"].astype(np.int32)),
+            "act": pa.array(columns["act"].astype(np.float32)),
+            "start": pa.array(columns["start"].astype(np.int32)),
+            "acts": _list_column(values, lengths),
+        }
+    )
 
 
 def _examples(examples, ctx: int, window: tuple[int, int], split_group) -> dict[str, np.ndarray]:
@@ -181,7 +173,11 @@ def _examples(examples, ctx: int, window: tuple[int, int], split_group) -> dict[
     width = before + 1 + after
     keep = (np.arange(width)[None, :] >= lead[:, None]) & (np.arange(width)[None, :] < width - trail[:, None])
     return {
-        "unit": unit, "band": band, "rank": rank, "seq": seq, "pos": pos,
+        "unit": unit,
+        "band": band,
+        "rank": rank,
+        "seq": seq,
+        "pos": pos,
         "act": examples.payload["act"].cpu().numpy()[real],
         "start": pos - before + lead,
         "lengths": keep.sum(1),

@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .train_default import SaeSettings
+    from actscope.indexer.bundled.train_model import SaeSettings
 
 KEEP_FILES = ("cfg.json", "sae_weights.safetensors")
 
 
-def train_sae(model_dir: Path, rows, settings: "SaeSettings", saes_dir: Path, seed: int, log) -> Path:
+def train_sae(model_dir: Path, rows, settings: SaeSettings, saes_dir: Path, seed: int, log) -> Path:
     """Train on `rows` ([n, context_size] token ids) and save to saes_dir/<name>."""
     import torch
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
-    from .model import ModelSpec, load_model
+    from actscope.indexer.model.loading import ModelSpec, load_model
 
     loaded = load_model(ModelSpec("native", str(model_dir), "toy-2l"), device="cpu")
     model = loaded.model
@@ -100,7 +100,7 @@ def evaluate_sae(sae_dir: Path, loaded, rows, max_rows: int = 256) -> dict:
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     with torch.no_grad():
         for start in range(0, len(rows), 16):
-            batch = rows[start:start + 16]
+            batch = rows[start : start + 16]
             _, cache = model.run_with_cache(batch, names_filter=hook, return_type=None)
             acts = cache[hook]  # [b, pos, d_in]
             keep = batch != loaded.eos_token_id  # special tokens out, as in training
@@ -123,10 +123,12 @@ def evaluate_sae(sae_dir: Path, loaded, rows, max_rows: int = 256) -> dict:
                 return out
 
             ce["sae"] += float(model.run_with_hooks(batch, return_type="loss", fwd_hooks=[(hook, splice)])) * len(batch)
-            ce["zero"] += float(model.run_with_hooks(
-                batch, return_type="loss",
-                fwd_hooks=[(hook, lambda v, hook=None: splice(v, replace="zero"))])) * len(batch)
-    total_var = sum_x2 - float((sum_x ** 2).sum()) / n_tok
+            ce["zero"] += float(
+                model.run_with_hooks(
+                    batch, return_type="loss", fwd_hooks=[(hook, lambda v, hook=None: splice(v, replace="zero"))]
+                )
+            ) * len(batch)
+    total_var = sum_x2 - float((sum_x**2).sum()) / n_tok
     ce = {k: v / len(rows) for k, v in ce.items()}
     recovered = (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else 0.0
     return {

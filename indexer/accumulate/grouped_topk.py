@@ -15,8 +15,15 @@ import torch
 
 
 class GroupedTopK:
-    def __init__(self, n_groups: int, n: int, descending: bool, payload_shapes: dict[str, tuple],
-                 payload_dtypes: dict[str, torch.dtype], device) -> None:
+    def __init__(
+        self,
+        n_groups: int,
+        n: int,
+        descending: bool,
+        payload_shapes: dict[str, tuple],
+        payload_dtypes: dict[str, torch.dtype],
+        device,
+    ) -> None:
         self.n_groups = n_groups
         self.n = n
         self.descending = descending
@@ -25,9 +32,12 @@ class GroupedTopK:
         self.score = torch.full((n_groups, n), empty, dtype=torch.float64, device=device)
         self.token = torch.full((n_groups, n), -1, dtype=torch.int64, device=device)
         self.payload = {
-            name: torch.full((n_groups, n, *shape),
-                             float("nan") if payload_dtypes[name].is_floating_point else -1,
-                             dtype=payload_dtypes[name], device=device)
+            name: torch.full(
+                (n_groups, n, *shape),
+                float("nan") if payload_dtypes[name].is_floating_point else -1,
+                dtype=payload_dtypes[name],
+                device=device,
+            )
             for name, shape in payload_shapes.items()
         }
 
@@ -39,8 +49,13 @@ class GroupedTopK:
         """[G] bool: the group holds n real entries."""
         return self.token[:, -1] >= 0
 
-    def add(self, group: torch.Tensor, score: torch.Tensor, token: torch.Tensor,
-            payload_of: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> None:
+    def add(
+        self,
+        group: torch.Tensor,
+        score: torch.Tensor,
+        token: torch.Tensor,
+        payload_of: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    ) -> None:
         """Merge candidates (1-D group/score/token) into the state.
 
         `payload_of(indices)` returns the payload rows of the candidates at `indices`; it is
@@ -91,12 +106,16 @@ class GroupedTopK:
         # Sampling keys have 32-bit resolution in [0, 1); empty slots (inf) sort last.
         return torch.where(torch.isinf(score), torch.full_like(score, 2.0**32), score * 2.0**32).long()
 
-    def merge(self, other: "GroupedTopK") -> None:
+    def merge(self, other: GroupedTopK) -> None:
         real = other.token.reshape(-1) >= 0
         group = torch.arange(self.n_groups, device=real.device).repeat_interleave(self.n)[real]
         flat = {k: v.reshape(-1, *v.shape[2:])[real] for k, v in other.payload.items()}
-        self.add(group, other.score.reshape(-1)[real], other.token.reshape(-1)[real],
-                 lambda index: {k: v[index] for k, v in flat.items()})
+        self.add(
+            group,
+            other.score.reshape(-1)[real],
+            other.token.reshape(-1)[real],
+            lambda index: {k: v[index] for k, v in flat.items()},
+        )
 
     def state_dict(self) -> dict:
         return {"score": self.score, "token": self.token, "payload": dict(self.payload)}

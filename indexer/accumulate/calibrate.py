@@ -9,17 +9,52 @@ other SAEs' firing entries).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .config import NEURON_BAND_LEVELS, SAE_BAND_LEVELS
-from .grid import Grid, add_dense_bin_counts, build_grid, uniform_grid, with_bands
-from .sources import Source
+from actscope.indexer.accumulate.grid import Grid, add_dense_bin_counts, build_grid, uniform_grid, with_bands
+from actscope.indexer.kinds import Source
+
+TopK = tuple[torch.Tensor, torch.Tensor]  # (values, indices) [batch, pos, k]
 
 
-def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
-              hist_bins: int, top_k: int = 0) -> tuple[dict[str, Grid], list]:
+@dataclass
+class Kept:
+    """What calibration kept of one source's activations of one batch: the activations
+    themselves (dense [B, P, U], or a sparse tensor), or a TopK SAE's top-k."""
+
+    acts: torch.Tensor | None = None
+    top_k: TopK | None = None
+
+
+@dataclass
+class Consumed:
+    """One batch calibration took from the stream, with what it kept of each source."""
+
+    batch: Any  # corpus.batches.Batch
+    kept: dict[str, Kept]
+    n_units: dict[str, int]
+
+
+@dataclass
+class Step:
+    """One accumulation step of a run: activations of `tokens` [S, ctx] (sequences from
+    `first_seq` on), or None to run the model on them; `batches` are the corpus batches the
+    step completes (none: more steps of the same batches follow)."""
+
+    batches: list
+    tokens: torch.Tensor
+    first_seq: int
+    acts: dict[str, torch.Tensor] | None = None
+    top_ks: dict[str, TopK] | None = None
+
+
+def calibrate(
+    runner, batches: Iterator, sources: list[Source], n_tokens: int, hist_bins: int, top_k: int = 0
+) -> tuple[dict[str, Grid], list[Consumed]]:
     """({slug: grid}, consumed) from the first `n_tokens` indexed tokens.
 
     The batches are taken from `batches`, which the caller then goes on reading; use
@@ -31,57 +66,65 @@ def calibrate(runner, batches: Iterator, sources: list[Source], n_tokens: int,
     # source sized on the first batch. Keeping the runner's own tensors instead would leave
     # them scattered through the heap: the forward passes during and after calibration
     # then page in fresh memory (about 4 batches' worth), which costs more than the copy.
-    neurons = {s.slug for s in sources if s.kind == "neuron"}
+    dense = {s.slug for s in sources if not s.kind.sparse}
     stores: dict[str, torch.Tensor] = {}  # [sequences, P, U]; the first n_seqs rows filled
-    sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
-        s.slug: [] for s in sources if s.kind == "sae"}
+    sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s.slug: [] for s in sources if s.kind.sparse}
     n_units = {s.slug: s.n_units for s in sources}
-    seen, n_seqs, consumed = 0, 0, []
+    seen, n_seqs = 0, 0
+    consumed: list[Consumed] = []
     for batch in batches:
-        kept: dict[str, tuple] = {}
+        kept: dict[str, Kept] = {}
 
-        def keep(slug: str, acts: torch.Tensor, top_k) -> None:
-            if slug in neurons:
+        def keep(slug: str, acts: torch.Tensor, top_k: TopK | None) -> None:
+            if slug in dense:
                 if slug not in stores:  # room for the sequences calibration can take
                     batch_size, ctx = acts.shape[:2]
                     needed = -(-n_tokens // (ctx - 1))
                     capacity = -(-needed // batch_size) * batch_size
                     stores[slug] = torch.empty((capacity, *acts.shape[1:]), dtype=acts.dtype, device=acts.device)
-                rows = stores[slug][n_seqs:n_seqs + acts.shape[0]]
+                rows = stores[slug][n_seqs : n_seqs + acts.shape[0]]
                 rows.copy_(acts)
-                kept[slug] = (rows, None)
+                kept[slug] = Kept(acts=rows)
                 return
             if top_k is not None:
                 values, indices = top_k
                 b, p, k = torch.nonzero(values > 0, as_tuple=True)
                 firing_units, firing_values = indices[b, p, k], values[b, p, k]
                 body = p > 0
-                kept[slug] = (None, top_k)
+                kept[slug] = Kept(top_k=top_k)
             else:
-                kept[slug] = (acts.to_sparse(), None)
-                b, p, firing_units = kept[slug][0].indices()
-                firing_values = kept[slug][0].values()
+                entries = acts.to_sparse()
+                kept[slug] = Kept(acts=entries)
+                b, p, firing_units = entries.indices()
+                firing_values = entries.values()
                 body = (p > 0) & (firing_values > 0)
             sparse[slug].append((firing_units[body].cpu(), firing_values[body].cpu()))
 
         runner(batch.tokens, consume=keep)
-        consumed.append((batch, kept, n_units))
+        consumed.append(Consumed(batch, kept, n_units))
         seen += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
         n_seqs += batch.tokens.shape[0]
         if seen >= n_tokens:
             break
     grids = {}
     for source in sources:
-        if source.kind == "neuron":
-            store = stores.get(source.slug)
-            grids[source.slug] = _dense_grid(store[:n_seqs] if store is not None else None, source.n_units,
-                                             hist_bins, top_k)
+        levels = source.kind.band_levels
+        if source.kind.sparse:
+            grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins, top_k, levels)
         else:
-            grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins, top_k)
+            store = stores.get(source.slug)
+            grids[source.slug] = _dense_grid(
+                store[:n_seqs] if store is not None else None, source.n_units, hist_bins, top_k, levels
+            )
     return grids, consumed
 
 
-def replay(consumed: list, buffer_of, skip: frozenset[str] = frozenset()) -> Iterator[tuple]:
+BufferOf = Callable[[str, tuple[int, ...], Any], torch.Tensor]
+
+
+def replay(
+    consumed: list[Consumed], buffer_of: BufferOf, skip: frozenset[str] = frozenset()
+) -> Iterator[tuple[Any, dict[str, torch.Tensor], dict[str, TopK]]]:
     """(batch, activations, top_ks) of the calibration batches: the activations as the
     runner gave them ({slug: [B, P, U]}), and the top-k a TopK SAE gave ({slug: (values,
     indices)}), for every source but those in `skip`. A TopK SAE's dense activations are
@@ -90,83 +133,86 @@ def replay(consumed: list, buffer_of, skip: frozenset[str] = frozenset()) -> Ite
     already paged in), overwritten by the next batch: use each batch's activations before
     taking the next."""
     while consumed:
-        batch, kept, n_units = consumed.pop(0)  # released as soon as it is used
+        item = consumed.pop(0)  # released as soon as it is used
         acts, top_ks = {}, {}
-        for slug, (act, top_k) in kept.items():
+        for slug, kept in item.kept.items():
             if slug in skip:
                 continue
-            if top_k is not None:
-                values, indices = top_k
-                top_ks[slug] = top_k
-                buffer = buffer_of(slug, (*values.shape[:-1], n_units[slug]), values.device)
-                act = buffer.zero_().scatter_(-1, indices, values)
-            acts[slug] = act.to_dense() if act.is_sparse else act
-        yield batch, acts, top_ks
+            if kept.top_k is not None:
+                values, indices = kept.top_k
+                top_ks[slug] = kept.top_k
+                buffer = buffer_of(slug, (*values.shape[:-1], item.n_units[slug]), values.device)
+                acts[slug] = buffer.zero_().scatter_(-1, indices, values)
+            else:
+                assert kept.acts is not None
+                acts[slug] = kept.acts.to_dense() if kept.acts.is_sparse else kept.acts
+        yield item.batch, acts, top_ks
 
 
-def replay_steps(consumed: list, buffer_of, together: frozenset[str]) -> Iterator[tuple]:
-    """The calibration batches as accumulation steps (batches, tokens, first_seq,
-    activations, top_ks): each batch with the activations of the sources not in
-    `together` (`batches` empty: the batch is not complete yet), then one step of all the
-    batches, their tokens [S, ctx] from `first_seq` on, and the activations [S, P, U] of
-    the neuron sources in `together` over all of them.
+def replay_steps(consumed: list[Consumed], buffer_of: BufferOf, together: frozenset[str]) -> Iterator[Step]:
+    """The calibration batches as accumulation steps: each batch with the activations of
+    the sources not in `together` (no `batches`: the batch is not complete yet), then one
+    step of all the batches, their tokens [S, ctx], and the activations [S, P, U] of the
+    dense sources in `together` over all of them.
 
-    Accumulated in one update, a neuron source's band sampling takes each band's samples
+    Accumulated in one update, a dense source's band sampling takes each band's samples
     once, in increasing key order over all the calibration tokens, where batch by batch a
     band took its samples in each batch anew until its threshold came down; the state is
     the same. (SAE sources stay batch by batch: a TopK SAE's dense activations of all the
     batches at once would be a large fresh buffer.)
     """
-    batches = [batch for batch, _, _ in consumed]
+    batches = [item.batch for item in consumed]
     if not batches:
         return
-    joined = {slug: _joined([kept[slug][0] for _, kept, _ in consumed]) for slug in together}
+    joined = {slug: _joined([item.kept[slug].acts for item in consumed]) for slug in together}
     for batch, acts, top_ks in replay(consumed, buffer_of, skip=together):
-        yield [], batch.tokens, batch.first_seq, acts, top_ks
-    yield batches, torch.cat([batch.tokens for batch in batches]), batches[0].first_seq, joined, {}
+        yield Step([], batch.tokens, batch.first_seq, acts, top_ks)
+    yield Step(batches, torch.cat([batch.tokens for batch in batches]), batches[0].first_seq, joined, {})
 
 
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Consecutive row ranges of one neuron source's store (see `calibrate`) as one tensor
+    """Consecutive row ranges of one dense source's store (see `calibrate`) as one tensor
     over all of them, without a copy."""
     first = parts[0]
     row_bytes = first.stride(0) * first.element_size()
     row = 0
     for part in parts:  # each part must start where the rows before it end, in one storage; else copy
-        if (part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
-                or part.stride() != first.stride() or part.data_ptr() != first.data_ptr() + row * row_bytes):
+        if (
+            part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or part.stride() != first.stride()
+            or part.data_ptr() != first.data_ptr() + row * row_bytes
+        ):
             return torch.cat(parts)
         row += part.shape[0]
     return first.as_strided((row, *first.shape[1:]), first.stride(), first.storage_offset())
 
 
-def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int, top_k: int = 0) -> Grid:
+def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int, top_k: int, levels: tuple[float, ...]) -> Grid:
     """Grid from the calibration sequences' activations [S, P, U], BOS (position 0) left out."""
     if acts is None:  # no calibration tokens: one token of zeros
         acts = torch.zeros(1, 2, n_units)
     # Along positions first, then sequences: much faster than one reduction over both.
     lo = acts[:, 1:, :].amin(1).amin(0).cpu()
     hi = acts[:, 1:, :].amax(1).amax(0).cpu()
-    grid = uniform_grid(lo, hi, NEURON_BAND_LEVELS, hist_bins)
+    grid = uniform_grid(lo, hi, levels, hist_bins)
     counts = torch.zeros(n_units, grid.n_bins, dtype=torch.long)
     add_dense_bin_counts(grid, acts, counts)
     return with_bands(grid, counts, top_k)
 
 
-def _sparse_grid(parts, n_units: int, hist_bins: int, top_k: int = 0) -> Grid:
+def _sparse_grid(parts, n_units: int, hist_bins: int, top_k: int, levels: tuple[float, ...]) -> Grid:
     units = torch.cat([u for u, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
     values = torch.cat([v for _, v in parts]) if parts else torch.zeros(0)
     lo = torch.full((n_units,), float("inf")).scatter_reduce(0, units, values, "amin")
     hi = torch.zeros(n_units).scatter_reduce(0, units, values, "amax")
     silent = torch.bincount(units, minlength=n_units) == 0
     lo[silent] = 0.0
-    grid = build_grid(lo, hi, SAE_BAND_LEVELS, hist_bins, units, values, top_k)
+    grid = build_grid(lo, hi, levels, hist_bins, units, values, top_k)
     if bool(silent.any()):
         # Features silent during calibration get the source's pooled range and bands:
         # their counts stay exact, only their band edges are less tailored.
         pooled_hi = values.max().reshape(1) if values.numel() else torch.ones(1)
-        pooled = build_grid(torch.zeros(1), pooled_hi, SAE_BAND_LEVELS, hist_bins,
-                            torch.zeros_like(units), values)
+        pooled = build_grid(torch.zeros(1), pooled_hi, levels, hist_bins, torch.zeros_like(units), values)
         for name in ("scale", "base", "band_start", "band_of_bin"):
             getattr(grid, name)[silent] = getattr(pooled, name)[0]
     return grid

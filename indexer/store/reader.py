@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ActscopeError
-from .schema import SCHEMA_VERSION
-from .store_resident import ResidentTables
+from actscope.indexer.errors import ActscopeError
+from actscope.indexer.store.resident import ResidentTables
+from actscope.indexer.store.schema import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -202,13 +202,23 @@ class Store:
         out = []
         for values in cur.fetchall():
             row = dict(zip(names, values))
-            out.append(ModelInfo(
-                model=row["model"], spec=_json(row["spec"]), processing=_json(row["processing"]),
-                n_layers=row["n_layers"], d_model=row["d_model"], d_vocab=row["d_vocab"],
-                n_ctx=row["n_ctx"], ctx=row["ctx"], bos_token_id=row["bos_token_id"],
-                eos_token_id=row["eos_token_id"], n_sequences=row["n_sequences"],
-                n_tokens=row["n_tokens"], row=row,
-            ))
+            out.append(
+                ModelInfo(
+                    model=row["model"],
+                    spec=_json(row["spec"]),
+                    processing=_json(row["processing"]),
+                    n_layers=row["n_layers"],
+                    d_model=row["d_model"],
+                    d_vocab=row["d_vocab"],
+                    n_ctx=row["n_ctx"],
+                    ctx=row["ctx"],
+                    bos_token_id=row["bos_token_id"],
+                    eos_token_id=row["eos_token_id"],
+                    n_sequences=row["n_sequences"],
+                    n_tokens=row["n_tokens"],
+                    row=row,
+                )
+            )
         return out
 
     def _read_sources(self) -> list[SourceInfo]:
@@ -217,11 +227,20 @@ class Store:
         out = []
         for values in cur.fetchall():
             row = dict(zip(names, values))
-            out.append(SourceInfo(
-                model=row["model"], slug=row["slug"], hook_name=row["hook_name"], kind=row["kind"],
-                layer=row["layer"], n_units=row["n_units"], spec=_json(row["spec"]),
-                band_levels=list(row["band_levels"]), band_basis=row["band_basis"], row=row,
-            ))
+            out.append(
+                SourceInfo(
+                    model=row["model"],
+                    slug=row["slug"],
+                    hook_name=row["hook_name"],
+                    kind=row["kind"],
+                    layer=row["layer"],
+                    n_units=row["n_units"],
+                    spec=_json(row["spec"]),
+                    band_levels=list(row["band_levels"]),
+                    band_basis=row["band_basis"],
+                    row=row,
+                )
+            )
         return out
 
     # -- models, sources, vocabulary -------------------------------------------------
@@ -289,8 +308,7 @@ class Store:
         for band, seq, pos, act, start, acts, ids in example_rows:
             ex = Example(seq, pos, act, start, ids, acts)
             (top if band is None else by_band.setdefault(band, [])).append(ex)
-        bands = [Band(b, ql, qh, lo, hi, c, sh, by_band.get(b, []))
-                 for b, ql, qh, lo, hi, c, sh in band_rows]
+        bands = [Band(b, ql, qh, lo, hi, c, sh, by_band.get(b, [])) for b, ql, qh, lo, hi, c, sh in band_rows]
         logits = Logits(*logit_row) if logit_row is not None else None
         return UnitRecord(model, source, unit, stats, top, bands, logits)
 
@@ -303,31 +321,53 @@ class Store:
         if not rows:
             return None
         r = rows[0]
-        return {"max": float(r[0]), "min": float(r[1]), "mean": float(r[2]), "std": float(r[3]),
-                "density": float(r[4]), "n_tokens": int(r[5]), "n_fired": int(r[6]),
-                "cos_in_out": None if r[7] is None else float(r[7]),
-                "hist_edges": [float(x) for x in r[8]], "hist_counts": [int(x) for x in r[9]]}
+        return {
+            "max": float(r[0]),
+            "min": float(r[1]),
+            "mean": float(r[2]),
+            "std": float(r[3]),
+            "density": float(r[4]),
+            "n_tokens": int(r[5]),
+            "n_fired": int(r[6]),
+            "cos_in_out": None if r[7] is None else float(r[7]),
+            "hist_edges": [float(x) for x in r[8]],
+            "hist_counts": [int(x) for x in r[9]],
+        }
 
     def _unit_rows_sql(self, model: str, source: str, unit: int):
         params = [model, source, unit]
         example_rows = [
-            (None if band is None else int(band), int(seq), int(pos), float(act), int(start),
-             [float(a) for a in acts], list(ids))
+            (
+                None if band is None else int(band),
+                int(seq),
+                int(pos),
+                float(act),
+                int(start),
+                [float(a) for a in acts],
+                list(ids),
+            )
             for band, seq, pos, act, start, acts, ids in self._all(
                 "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
                 "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
                 "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
                 "WHERE e.model = ? AND e.source = ? AND e.unit = ? "
-                "ORDER BY e.band NULLS FIRST, e.rank", params)
+                "ORDER BY e.band NULLS FIRST, e.rank",
+                params,
+            )
         ]
         band_rows = [
             (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
             for b, ql, qh, lo, hi, c, sh in self._all(
                 "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band", params)
+                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band",
+                params,
+            )
         ]
-        rows = self._all("SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
-                         "WHERE model = ? AND source = ? AND unit = ?", params)
+        rows = self._all(
+            "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
+            "WHERE model = ? AND source = ? AND unit = ?",
+            params,
+        )
         logit_row = None
         if rows:
             t_ids, t_vals, b_ids, b_vals = rows[0]
@@ -351,8 +391,14 @@ class Store:
             [model, source, model, source],
         )
         table = [
-            UnitSummary(int(u), float(mx), float(mean), float(d), None if c is None else float(c),
-                        None if tok is None else int(tok))
+            UnitSummary(
+                int(u),
+                float(mx),
+                float(mean),
+                float(d),
+                None if c is None else float(c),
+                None if tok is None else int(tok),
+            )
             for u, mx, mean, d, c, tok in rows
         ]
         with self._lock:
@@ -366,8 +412,9 @@ class Store:
         rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
         return list(rows[0][0]) if rows else None
 
-    def units_focusing_on(self, model: str, token_ids: list[int], source: str | None = None,
-                          limit: int = 50) -> list[tuple[str, int, int, float]]:
+    def units_focusing_on(
+        self, model: str, token_ids: list[int], source: str | None = None, limit: int = 50
+    ) -> list[tuple[str, int, int, float]]:
         """Units whose top examples focus on one of `token_ids`.
 
         Returns (source, unit, number of top examples on those tokens, best activation),
@@ -384,8 +431,8 @@ class Store:
             "SELECT e.source, e.unit, count(*) AS n, max(e.act) AS best FROM examples e "
             "JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
             "WHERE e.model = ? AND e.band IS NULL AND list_contains(?, s.token_ids[e.pos + 1]) "
-            + where_source +
-            "GROUP BY e.source, e.unit ORDER BY n DESC, best DESC, e.source, e.unit LIMIT ?",
+            + where_source
+            + "GROUP BY e.source, e.unit ORDER BY n DESC, best DESC, e.source, e.unit LIMIT ?",
             params,
         )
         return [(s, int(u), int(n), float(b)) for s, u, n, b in rows]

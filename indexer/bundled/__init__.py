@@ -1,4 +1,4 @@
-"""The bundled default model and SAE, shipped as package data under indexer/default/.
+"""The bundled default model and SAE, shipped as package data under indexer/bundled/default/.
 
 `--model toy-2l` and `--sae toy-2l/<sae-name>` resolve here before anything else.
 """
@@ -12,7 +12,7 @@ DEFAULT_MODEL = "toy-2l"
 
 
 def _default_root() -> Path:
-    return Path(str(files("indexer") / "default"))
+    return Path(str(files("actscope.indexer.bundled") / "default"))
 
 
 def model_dir(name: str) -> Path | None:

@@ -139,7 +139,4 @@ def create_all(con) -> None:
     """Create every table of the current schema version in an empty database."""
     for ddl in TABLES.values():
         con.execute(ddl)
-    con.execute(
-        "INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-    )
-
+    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

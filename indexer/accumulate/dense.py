@@ -14,16 +14,32 @@ from __future__ import annotations
 
 import torch
 
-from .grid import Grid
-from .sampling import MergeableAccumulator, RunningStats, add_examples, band_thresholds, new_examples
+from actscope.indexer.accumulate.grid import Grid
+from actscope.indexer.accumulate.sampling import (
+    MergeableAccumulator,
+    RunningStats,
+    Summary,
+    add_examples,
+    band_thresholds,
+    new_examples,
+)
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
 
 
 class DenseAccumulator(MergeableAccumulator):
-    def __init__(self, n_units: int, grid: Grid, *, top_k: int,
-                 band_size: int, window: tuple[int, int], device, fused: bool | None = None) -> None:
+    def __init__(
+        self,
+        n_units: int,
+        grid: Grid,
+        *,
+        top_k: int,
+        band_size: int,
+        window: tuple[int, int],
+        device,
+        fused: bool | None = None,
+    ) -> None:
         self.n_units = n_units
         # On a CPU one fused kernel replaces the chain of tensor operations.
         self.fused = torch.device(device).type == "cpu" if fused is None else fused
@@ -51,8 +67,15 @@ class DenseAccumulator(MergeableAccumulator):
         self._bin_counts(scaled)
         self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
 
+    def summary(self, hist: torch.Tensor, grid: Grid) -> Summary:
+        """0 is a bin edge and bins are closed on the right: the positives are whole bins."""
+        positive = torch.arange(grid.n_bins)[None, :] >= grid.first_positive_bin()[:, None]
+        n_fired = (hist * positive).sum(1).double()
+        unit_min, unit_max = self.stats.min.cpu(), self.stats.max.cpu()
+        return Summary(n_fired, unit_min, unit_max, unit_min, unit_max, None)
+
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, order) -> None:
-        from .kernels_cpu import dense_pass
+        from actscope.indexer.accumulate.kernels_cpu import dense_pass
 
         body = acts[:, 1:, :]
         # Until every unit has k examples, each batch is reduced to its own top-k per unit;
@@ -125,8 +148,7 @@ class DenseAccumulator(MergeableAccumulator):
             counts = torch.bincount(scaled.view(-1).long(), minlength=total)
         self.stats.hist += counts.view(self.n_units, grid.n_bins)
 
-    def _update_top(self, acts: torch.Tensor, body: torch.Tensor, scaled: torch.Tensor,
-                    first_seq: int) -> None:
+    def _update_top(self, acts: torch.Tensor, body: torch.Tensor, scaled: torch.Tensor, first_seq: int) -> None:
         width = body.shape[1]
         if not bool(self.top.filled().all()):
             self._warm_up_top(acts, body, scaled, first_seq)
@@ -135,8 +157,7 @@ class DenseAccumulator(MergeableAccumulator):
         rows, units = (scaled > threshold).nonzero(as_tuple=True)
         self._add_top(acts, rows // width, rows % width + 1, units, first_seq)
 
-    def _warm_up_top(self, acts: torch.Tensor, body: torch.Tensor, values: torch.Tensor,
-                     first_seq: int) -> None:
+    def _warm_up_top(self, acts: torch.Tensor, body: torch.Tensor, values: torch.Tensor, first_seq: int) -> None:
         """Until every unit has k examples: reduce the batch to its own top-k per unit."""
         k_batch = min(self.top.n, values.shape[0])
         _, rows = values.topk(k_batch, dim=0)
@@ -144,8 +165,7 @@ class DenseAccumulator(MergeableAccumulator):
         units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
         self._add_top(acts, rows // body.shape[1], rows % body.shape[1] + 1, units, first_seq)
 
-    def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int,
-                        keys: torch.Tensor) -> None:
+    def _update_samples(self, acts: torch.Tensor, body: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """Priority sampling, visiting the batch's tokens in increasing key order.
 
         A unit can only accept a token whose key is below its largest band threshold, so
@@ -162,7 +182,7 @@ class DenseAccumulator(MergeableAccumulator):
             limit = int(torch.searchsorted(sorted_keys, need.max()))
             if start >= limit:
                 break
-            rows = order[start:min(limit, start + SAMPLE_CHUNK)]
+            rows = order[start : min(limit, start + SAMPLE_CHUNK)]
             units = (need > sorted_keys[start]).nonzero().squeeze(1)
             b, p = rows // width, rows % width
             values = body[b, p]
@@ -183,6 +203,15 @@ class DenseAccumulator(MergeableAccumulator):
         thresholds = self.samples.threshold()[units[None, :] * n_bands + bands]
         r, c = (keys[:, None] < thresholds).nonzero(as_tuple=True)
         cand_units = units[c]
-        add_examples(self.samples, cand_units * n_bands + bands[r, c], keys[r], acts,
-                     b[r], p[r] + 1, cand_units, first_seq, self.window, compiled=self.fused)
-
+        add_examples(
+            self.samples,
+            cand_units * n_bands + bands[r, c],
+            keys[r],
+            acts,
+            b[r],
+            p[r] + 1,
+            cand_units,
+            first_seq,
+            self.window,
+            compiled=self.fused,
+        )

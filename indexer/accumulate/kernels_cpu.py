@@ -177,8 +177,29 @@ def _offer_top(out, part, n, b, p, u):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need,
-               band_size, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+def dense_pass(
+    acts,
+    scratch,
+    band_start,
+    keys,
+    order,
+    scale,
+    base,
+    n_bins,
+    top_threshold,
+    band_of_bin,
+    band_need,
+    band_size,
+    total,
+    total_sq,
+    low,
+    high,
+    hist,
+    top_out,
+    top_count,
+    sample_out,
+    sample_count,
+):
     """acts [B, P, U] float32; keys [B * P] float64; order: the rows b * P + p to visit
     (BOS excluded), in increasing key order, ties by row. scratch [n_parts, >= part width,
     n_bins] int16 or int32 (wide enough for the batch's rows), all zeros: each part counts
@@ -261,8 +282,21 @@ def dense_pass(acts, scratch, band_start, keys, order, scale, base, n_bins, top_
                 for i in range(width):
                     if bins[i] >= min_bin[i]:
                         u = start + i
-                        offered = _offer_sample(key, i, band_of_bin[u, bins[i]], band_size, open_bands, taken,
-                                                need, sample_out, part, n_sample, b, p, u)
+                        offered = _offer_sample(
+                            key,
+                            i,
+                            band_of_bin[u, bins[i]],
+                            band_size,
+                            open_bands,
+                            taken,
+                            need,
+                            sample_out,
+                            part,
+                            n_sample,
+                            b,
+                            p,
+                            u,
+                        )
                         if offered != n_sample:  # taken: its band may have closed
                             min_bin[i] = _lowest_open_bin(i, u, key, open_bands, band_start, n_bins)
                         n_sample = offered
@@ -337,8 +371,23 @@ def _insert(g, s, t, b, p, u, acts, before, after, descending, state_score, stat
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def insert_examples(group, score, token, b, p, unit, acts, before, after, descending, n_parts,
-                    state_score, state_token, state_act, state_win):
+def insert_examples(
+    group,
+    score,
+    token,
+    b,
+    p,
+    unit,
+    acts,
+    before,
+    after,
+    descending,
+    n_parts,
+    state_score,
+    state_token,
+    state_act,
+    state_win,
+):
     """GroupedTopK.add for example candidates, in place (see _insert).
 
     Only the candidates that get in cost anything beyond a comparison with the group's
@@ -349,14 +398,47 @@ def insert_examples(group, score, token, b, p, unit, acts, before, after, descen
     for part in prange(n_parts):
         for c in range(group.shape[0]):
             if group[c] % n_parts == part:
-                _insert(group[c], score[c], token[c], b[c], p[c], unit[c], acts, before, after, descending,
-                        state_score, state_token, state_act, state_win)
+                _insert(
+                    group[c],
+                    score[c],
+                    token[c],
+                    b[c],
+                    p[c],
+                    unit[c],
+                    acts,
+                    before,
+                    after,
+                    descending,
+                    state_score,
+                    state_token,
+                    state_act,
+                    state_win,
+                )
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def insert_candidates(acts, keys, first_seq, before, after, n_bands, with_top, with_samples,
-                      top_out, top_count, sample_out, sample_count, top_score, top_token, top_act, top_win,
-                      sample_score, sample_token, sample_act, sample_win):
+def insert_candidates(
+    acts,
+    keys,
+    first_seq,
+    before,
+    after,
+    n_bands,
+    with_top,
+    with_samples,
+    top_out,
+    top_count,
+    sample_out,
+    sample_count,
+    top_score,
+    top_token,
+    top_act,
+    top_win,
+    sample_score,
+    sample_token,
+    sample_act,
+    sample_win,
+):
     """Merge a pass kernel's candidates into the top-k (scored by activation, group = unit)
     and the band samples (scored by key, group = unit * n_bands + band), in place.
 
@@ -369,13 +451,41 @@ def insert_candidates(acts, keys, first_seq, before, after, n_bands, with_top, w
         if with_top:
             for c in range(top_count[part]):
                 b, p, u = top_out[part, c, 0], top_out[part, c, 1], top_out[part, c, 2]
-                _insert(u, np.float64(acts[b, p, u]), (first_seq + b) * n_pos + p, b, p, u, acts, before, after,
-                        True, top_score, top_token, top_act, top_win)
+                _insert(
+                    u,
+                    np.float64(acts[b, p, u]),
+                    (first_seq + b) * n_pos + p,
+                    b,
+                    p,
+                    u,
+                    acts,
+                    before,
+                    after,
+                    True,
+                    top_score,
+                    top_token,
+                    top_act,
+                    top_win,
+                )
         if with_samples:
             for c in range(sample_count[part]):
                 b, p, u = sample_out[part, c, 0], sample_out[part, c, 1], sample_out[part, c, 2]
-                _insert(u * n_bands + sample_out[part, c, 3], keys[b * n_pos + p], (first_seq + b) * n_pos + p, b,
-                        p, u, acts, before, after, False, sample_score, sample_token, sample_act, sample_win)
+                _insert(
+                    u * n_bands + sample_out[part, c, 3],
+                    keys[b * n_pos + p],
+                    (first_seq + b) * n_pos + p,
+                    b,
+                    p,
+                    u,
+                    acts,
+                    before,
+                    after,
+                    False,
+                    sample_score,
+                    sample_token,
+                    sample_act,
+                    sample_win,
+                )
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -408,12 +518,37 @@ def row_extremes(values, top_index, top_value, bottom_index, bottom_value):
                     k -= 1
                 bottom_value[r, k] = x
                 bottom_index[r, k] = c
-            filled += 1
+            filled += 1  # noqa: SIM113 (numba compiles this loop; enumerate would not help it)
 
 
 @njit(inline="always")
-def _firing_update(x, u, i, key, b, p, scale, base, last_bin, total, total_sq, low, high, hist, top_threshold,
-                   band_of_bin, band_size, open_bands, taken, need, top_out, sample_out, part, n_top, n_sample):
+def _firing_update(
+    x,
+    u,
+    i,
+    key,
+    b,
+    p,
+    scale,
+    base,
+    last_bin,
+    total,
+    total_sq,
+    low,
+    high,
+    hist,
+    top_threshold,
+    band_of_bin,
+    band_size,
+    open_bands,
+    taken,
+    need,
+    top_out,
+    sample_out,
+    part,
+    n_top,
+    n_sample,
+):
     """A sparse pass's updates for firing value x of unit u = start + i at row (b, p):
     moments, extremes, its fine bin, and its top-k and band-sample candidacy. Returns the
     new (top, sample) candidate counts."""
@@ -427,8 +562,9 @@ def _firing_update(x, u, i, key, b, p, scale, base, last_bin, total, total_sq, l
     if x > top_threshold[u]:
         n_top = _offer_top(top_out, part, n_top, b, p, u)
     if key < need[i]:
-        n_sample = _offer_sample(key, i, band_of_bin[u, j], band_size, open_bands, taken, need, sample_out, part,
-                                 n_sample, b, p, u)
+        n_sample = _offer_sample(
+            key, i, band_of_bin[u, j], band_size, open_bands, taken, need, sample_out, part, n_sample, b, p, u
+        )
     return n_top, n_sample
 
 
@@ -436,8 +572,27 @@ FIRING_CHUNK = 16  # units whose activations are tested for firing at once
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need, band_size,
-                total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+def sparse_pass(
+    acts,
+    keys,
+    order,
+    scale,
+    base,
+    n_bins,
+    top_threshold,
+    band_of_bin,
+    band_need,
+    band_size,
+    total,
+    total_sq,
+    low,
+    high,
+    hist,
+    top_out,
+    top_count,
+    sample_out,
+    sample_count,
+):
     """dense_pass for a sparse source: only firing values (act > 0) count and are binned.
 
     Most values are 0, so each row is scanned in chunks of FIRING_CHUNK units: the largest
@@ -481,17 +636,60 @@ def sparse_pass(acts, keys, order, scale, base, n_bins, top_threshold, band_of_b
             for f in range(n_firing):
                 i = firing[f]
                 u = start + i
-                n_top, n_sample = _firing_update(acts[b, p, u], u, i, key, b, p, scale, base, last_bin, total,
-                                                 total_sq, low, high, hist, top_threshold, band_of_bin, band_size,
-                                                 open_bands, taken, need, top_out, sample_out, part, n_top,
-                                                 n_sample)
+                n_top, n_sample = _firing_update(
+                    acts[b, p, u],
+                    u,
+                    i,
+                    key,
+                    b,
+                    p,
+                    scale,
+                    base,
+                    last_bin,
+                    total,
+                    total_sq,
+                    low,
+                    high,
+                    hist,
+                    top_threshold,
+                    band_of_bin,
+                    band_size,
+                    open_bands,
+                    taken,
+                    need,
+                    top_out,
+                    sample_out,
+                    part,
+                    n_top,
+                    n_sample,
+                )
         top_count[part] = n_top
         sample_count[part] = n_sample
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sparse_topk_pass(values, indices, keys, order, scale, base, n_bins, top_threshold, band_of_bin, band_need,
-                     band_size, total, total_sq, low, high, hist, top_out, top_count, sample_out, sample_count):
+def sparse_topk_pass(
+    values,
+    indices,
+    keys,
+    order,
+    scale,
+    base,
+    n_bins,
+    top_threshold,
+    band_of_bin,
+    band_need,
+    band_size,
+    total,
+    total_sq,
+    low,
+    high,
+    hist,
+    top_out,
+    top_count,
+    sample_out,
+    sample_count,
+):
     """sparse_pass for a TopK SAE, from its top-k values and indices [B, P, k] instead of the
     dense activations: only k entries per row are read instead of every unit's value.
 
@@ -519,9 +717,32 @@ def sparse_topk_pass(values, indices, keys, order, scale, base, n_bins, top_thre
                 x = row[e]
                 if u < start or u >= stop or not x > 0:
                     continue
-                n_top, n_sample = _firing_update(x, u, u - start, key, b, p, scale, base, last_bin, total,
-                                                 total_sq, low, high, hist, top_threshold, band_of_bin, band_size,
-                                                 open_bands, taken, need, top_out, sample_out, part, n_top,
-                                                 n_sample)
+                n_top, n_sample = _firing_update(
+                    x,
+                    u,
+                    u - start,
+                    key,
+                    b,
+                    p,
+                    scale,
+                    base,
+                    last_bin,
+                    total,
+                    total_sq,
+                    low,
+                    high,
+                    hist,
+                    top_threshold,
+                    band_of_bin,
+                    band_size,
+                    open_bands,
+                    taken,
+                    need,
+                    top_out,
+                    sample_out,
+                    part,
+                    n_top,
+                    n_sample,
+                )
         top_count[part] = n_top
         sample_count[part] = n_sample

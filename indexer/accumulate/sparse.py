@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import torch
 
-from .grid import Grid
-from .sampling import MergeableAccumulator, RunningStats, add_examples, new_examples
+from actscope.indexer.accumulate.grid import Grid
+from actscope.indexer.accumulate.sampling import MergeableAccumulator, RunningStats, Summary, add_examples, new_examples
 
 
 class SparseAccumulator(MergeableAccumulator):
-    def __init__(self, n_units: int, grid: Grid, *, top_k: int, band_size: int,
-                 window: tuple[int, int], device, fused: bool | None = None) -> None:
+    def __init__(
+        self,
+        n_units: int,
+        grid: Grid,
+        *,
+        top_k: int,
+        band_size: int,
+        window: tuple[int, int],
+        device,
+        fused: bool | None = None,
+    ) -> None:
         self.n_units = n_units
         self.fused = torch.device(device).type == "cpu" if fused is None else fused
         self.grid = grid.to(device)
@@ -30,8 +39,14 @@ class SparseAccumulator(MergeableAccumulator):
         self.top = new_examples(n_units, top_k, True, width, device)
         self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
 
-    def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor,
-               top_k: tuple[torch.Tensor, torch.Tensor] | None = None, order=None) -> None:
+    def update(
+        self,
+        acts: torch.Tensor,
+        first_seq: int,
+        keys: torch.Tensor,
+        top_k: tuple[torch.Tensor, torch.Tensor] | None = None,
+        order=None,
+    ) -> None:
         """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys; top_k: for a
         TopK SAE, (values, indices) [B, P, k] whose scatter is acts (values >= 0); order:
         kernels_cpu.key_order(keys), if the caller has it (one per batch, for all sources)."""
@@ -47,20 +62,32 @@ class SparseAccumulator(MergeableAccumulator):
         stats.max.scatter_reduce_(0, units, values, reduce="amax")
         stats.min.scatter_reduce_(0, units, values, reduce="amin")
         bins = grid.bins_of(values, units)
-        stats.hist += torch.bincount(units * grid.n_bins + bins,
-                                     minlength=self.n_units * grid.n_bins).view(self.n_units, grid.n_bins)
+        stats.hist += torch.bincount(units * grid.n_bins + bins, minlength=self.n_units * grid.n_bins).view(
+            self.n_units, grid.n_bins
+        )
         self._update_top(acts, b, p, units, values, first_seq)
         self._update_samples(acts, b, p, units, bins, keys, first_seq)
 
+    def summary(self, hist: torch.Tensor, grid: Grid) -> Summary:
+        """Only firing values are binned: the histogram covers the firing range, and the
+        tokens outside it are the silent ones (their 0 is the minimum where there are any)."""
+        stats = self.stats
+        n_fired = hist.sum(1).double()
+        fired_min = stats.min.cpu().where(n_fired > 0, torch.zeros(()))
+        fired_max = stats.max.cpu().where(n_fired > 0, torch.zeros(()))
+        unit_min = torch.where(n_fired < stats.n_tokens, torch.zeros(()), fired_min)
+        return Summary(n_fired, unit_min, fired_max, fired_min, fired_max, stats.n_tokens - n_fired.long())
+
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, top_k, order) -> None:
-        from .kernels_cpu import sparse_pass, sparse_topk_pass
+        from actscope.indexer.accumulate.kernels_cpu import sparse_pass, sparse_topk_pass
 
         if top_k is None:
             candidates = self._run_pass(sparse_pass, (acts,), keys, self._top_threshold(), order)
         else:
             values, indices = top_k
-            candidates = self._run_pass(sparse_topk_pass, (values.contiguous(), indices.contiguous()), keys,
-                                        self._top_threshold(), order)
+            candidates = self._run_pass(
+                sparse_topk_pass, (values.contiguous(), indices.contiguous()), keys, self._top_threshold(), order
+            )
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
             b, p, units, values = _firing(acts) if top_k is None else _firing_top_k(*top_k)
@@ -79,8 +106,18 @@ class SparseAccumulator(MergeableAccumulator):
         group = units * grid.n_bands + grid.band_of_bin.view(-1)[units * grid.n_bins + bins]
         entry_keys = keys[b, p]
         keep = entry_keys < self.samples.threshold()[group]
-        add_examples(self.samples, group[keep], entry_keys[keep], acts, b[keep], p[keep],
-                     units[keep], first_seq, self.window, compiled=self.fused)
+        add_examples(
+            self.samples,
+            group[keep],
+            entry_keys[keep],
+            acts,
+            b[keep],
+            p[keep],
+            units[keep],
+            first_seq,
+            self.window,
+            compiled=self.fused,
+        )
 
 
 def _firing(acts: torch.Tensor):

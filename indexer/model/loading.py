@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ActscopeError
+from actscope.indexer.errors import ActscopeError
 
 NATIVE_CONFIG = "actscope_model.json"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -52,7 +52,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(**data)
 
 
@@ -78,7 +78,7 @@ def slugify(text: str) -> str:
 
 def resolve_model_spec(text: str) -> ModelSpec:
     """Turn the --model argument into a spec, checking what can be checked offline."""
-    from . import bundled
+    from actscope.indexer import bundled
 
     bundled_dir = bundled.model_dir(text)
     if bundled_dir is not None:
@@ -174,9 +174,7 @@ def _load_hf_dir(path: Path, device: str, processing: dict[str, Any]):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         hf_model = AutoModelForCausalLM.from_pretrained(str(path))
-        cfg = loading.get_pretrained_model_config(
-            str(path), fold_ln=processing["fold_ln"], device=device
-        )
+        cfg = loading.get_pretrained_model_config(str(path), fold_ln=processing["fold_ln"], device=device)
         state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -219,8 +217,9 @@ def _load_native(path: Path, device: str):
     return model.to(device), tokenizer
 
 
-def save_native(model, tokenizer_json: str | Path, out_dir: str | Path, name: str,
-                bos_token: str, eos_token: str) -> Path:
+def save_native(
+    model, tokenizer_json: str | Path, out_dir: str | Path, name: str, bos_token: str, eos_token: str
+) -> Path:
     """Write a HookedTransformer and its `tokenizers` JSON in actscope's native format."""
     import shutil
 

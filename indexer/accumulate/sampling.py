@@ -8,9 +8,11 @@ resumption or sharding, and merged shards keep exactly the samples one run would
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .grouped_topk import GroupedTopK
+from actscope.indexer.accumulate.grouped_topk import GroupedTopK
 
 _MASK64 = (1 << 64) - 1
 
@@ -39,8 +41,9 @@ def token_keys(token_ids: torch.Tensor, seed: int) -> torch.Tensor:
     return _shift_right(z, 32).double() * 2.0**-32
 
 
-def gather_windows(acts: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor,
-                   before: int, after: int) -> torch.Tensor:
+def gather_windows(
+    acts: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor, before: int, after: int
+) -> torch.Tensor:
     """[C, before+1+after] activations of unit u around (b, p); NaN outside the sequence."""
     ctx, n_units = acts.shape[1], acts.shape[2]
     positions = p[:, None] + torch.arange(-before, after + 1, device=acts.device)[None, :]
@@ -52,7 +55,9 @@ def gather_windows(acts: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torc
 
 def new_examples(n_groups: int, n: int, descending: bool, window_len: int, device) -> GroupedTopK:
     return GroupedTopK(
-        n_groups, n, descending,
+        n_groups,
+        n,
+        descending,
         payload_shapes={"act": (), "win": (window_len,)},
         payload_dtypes={"act": torch.float32, "win": torch.float32},
         device=device,
@@ -81,7 +86,7 @@ class RunningStats:
         self.min = torch.full((n_units,), float("inf"), device=device)
         self.hist = torch.zeros(n_units, n_bins, dtype=torch.int64, device=device)
 
-    def merge(self, other: "RunningStats") -> None:
+    def merge(self, other: RunningStats) -> None:
         self.n_tokens += other.n_tokens
         self.sum += other.sum
         self.sum_sq += other.sum_sq
@@ -97,8 +102,18 @@ class RunningStats:
             setattr(self, key, value)
 
 
-def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_seq: int,
-                 window: tuple[int, int], compiled: bool = False) -> None:
+def add_examples(
+    examples: GroupedTopK,
+    group,
+    score,
+    acts,
+    b,
+    p,
+    units,
+    first_seq: int,
+    window: tuple[int, int],
+    compiled: bool = False,
+) -> None:
     """Merge candidate tokens (b, p) of `units` into `examples`, with their windows.
 
     `compiled` (CPU only): insert them one by one with kernels_cpu.insert_examples, which
@@ -110,12 +125,25 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
     if compiled:
         import numba
 
-        from .kernels_cpu import insert_examples
+        from actscope.indexer.accumulate.kernels_cpu import insert_examples
 
-        insert_examples(group.numpy(), score.double().numpy(), token.numpy(), b.numpy(), p.numpy(),
-                        units.numpy(), acts.contiguous().numpy(), window[0], window[1], examples.descending,
-                        numba.get_num_threads(), examples.score.numpy(), examples.token.numpy(),
-                        examples.payload["act"].numpy(), examples.payload["win"].numpy())
+        insert_examples(
+            group.numpy(),
+            score.double().numpy(),
+            token.numpy(),
+            b.numpy(),
+            p.numpy(),
+            units.numpy(),
+            acts.contiguous().numpy(),
+            window[0],
+            window[1],
+            examples.descending,
+            numba.get_num_threads(),
+            examples.score.numpy(),
+            examples.token.numpy(),
+            examples.payload["act"].numpy(),
+            examples.payload["win"].numpy(),
+        )
         return
 
     def payload_of(index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -123,6 +151,20 @@ def add_examples(examples: GroupedTopK, group, score, acts, b, p, units, first_s
         return {"act": acts[bi, pi, ui], "win": gather_windows(acts, bi, pi, ui, *window)}
 
     examples.add(group, score, token, payload_of)
+
+
+@dataclass
+class Summary:
+    """Per unit [U], at the end of a run: tokens where it fired (activation > 0), its
+    extremes, the range its histogram covers, and, for a sparse source, the tokens where
+    it was silent (they get a [0, 0] histogram bin of their own)."""
+
+    n_fired: torch.Tensor  # float64
+    min: torch.Tensor
+    max: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    silent: torch.Tensor | None
 
 
 class MergeableAccumulator:
@@ -138,23 +180,37 @@ class MergeableAccumulator:
     samples: GroupedTopK
     _candidates = None  # CandidateBuffers of the compiled pass, made on first use
 
-    def _run_pass(self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor,
-                  top_threshold: torch.Tensor, order=None):
+    def _run_pass(
+        self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor, top_threshold: torch.Tensor, order=None
+    ):
         """One compiled pass (kernels_cpu.dense_pass, sparse_pass or sparse_topk_pass) over the
         batch given as `inputs` (the kernel's first arguments), visiting its rows in `order`
         (default: key_order(keys)); returns its candidate buffers."""
-        from .kernels_cpu import CandidateBuffers, key_order
+        from actscope.indexer.accumulate.kernels_cpu import CandidateBuffers, key_order
 
         stats, grid = self.stats, self.grid
         if self._candidates is None:
             self._candidates = CandidateBuffers()
         self._candidates.reset()
         order = key_order(keys) if order is None else order
-        kernel(*(tensor.numpy() for tensor in inputs), keys.reshape(-1).numpy(), order,
-               grid.scale.numpy(), grid.base.numpy(), grid.n_bins, top_threshold.numpy(), grid.band_of_bin.numpy(),
-               band_thresholds(self.samples, grid.band_start).numpy(), self.samples.n, stats.sum.numpy(),
-               stats.sum_sq.numpy(), stats.min.numpy(), stats.max.numpy(), stats.hist.numpy(),
-               *self._candidates.args())
+        kernel(
+            *(tensor.numpy() for tensor in inputs),
+            keys.reshape(-1).numpy(),
+            order,
+            grid.scale.numpy(),
+            grid.base.numpy(),
+            grid.n_bins,
+            top_threshold.numpy(),
+            grid.band_of_bin.numpy(),
+            band_thresholds(self.samples, grid.band_start).numpy(),
+            self.samples.n,
+            stats.sum.numpy(),
+            stats.sum_sq.numpy(),
+            stats.min.numpy(),
+            stats.max.numpy(),
+            stats.hist.numpy(),
+            *self._candidates.args(),
+        )
         return self._candidates
 
     def _top_threshold(self) -> torch.Tensor:
@@ -167,32 +223,46 @@ class MergeableAccumulator:
 
     def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
         """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""
-        add_examples(self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window,
-                     compiled=self.fused)
+        add_examples(
+            self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window, compiled=self.fused
+        )
 
     def _add_candidates(self, candidates, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """Merge a compiled pass's candidates into the top-k and the band samples, except a
         kind whose buffer overflowed (the caller finds those again)."""
-        from .kernels_cpu import insert_candidates
+        from actscope.indexer.accumulate.kernels_cpu import insert_candidates
 
         with_top, with_samples = not candidates.top_overflowed(), not candidates.samples_overflowed()
         if not (with_top or with_samples):
             return
         top, samples = self.top, self.samples
-        insert_candidates(acts.numpy(), keys.reshape(-1).numpy(), first_seq, self.window[0], self.window[1],
-                          self.grid.n_bands, with_top, with_samples, *candidates.args(), top.score.numpy(),
-                          top.token.numpy(), top.payload["act"].numpy(), top.payload["win"].numpy(),
-                          samples.score.numpy(), samples.token.numpy(), samples.payload["act"].numpy(),
-                          samples.payload["win"].numpy())
+        insert_candidates(
+            acts.numpy(),
+            keys.reshape(-1).numpy(),
+            first_seq,
+            self.window[0],
+            self.window[1],
+            self.grid.n_bands,
+            with_top,
+            with_samples,
+            *candidates.args(),
+            top.score.numpy(),
+            top.token.numpy(),
+            top.payload["act"].numpy(),
+            top.payload["win"].numpy(),
+            samples.score.numpy(),
+            samples.token.numpy(),
+            samples.payload["act"].numpy(),
+            samples.payload["win"].numpy(),
+        )
 
-    def merge(self, other: "MergeableAccumulator") -> None:
+    def merge(self, other: MergeableAccumulator) -> None:
         self.stats.merge(other.stats)
         self.top.merge(other.top)
         self.samples.merge(other.samples)
 
     def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(),
-                "samples": self.samples.state_dict()}
+        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(), "samples": self.samples.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state["stats"])

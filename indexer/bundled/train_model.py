@@ -1,7 +1,7 @@
 """`actscope train-default`: re-train the bundled toy model, its tokenizer and its SAE.
 
 Everything comes from the built-in corpora (`mix:train` for training, `mix:heldout`
-for evaluation) and one seed, so the shipped files under indexer/default/ can be
+for evaluation) and one seed, so the shipped files under indexer/bundled/default/ can be
 reproduced on a CPU. Steps:
   1. a byte-level BPE tokenizer (8,192 tokens, `<|endoftext|>` is both BOS and EOS);
   2. a 2-layer GELU HookedTransformer (d_model 256, d_mlp 1024, LayerNorm, n_ctx 256),
@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ActscopeError
+from actscope.indexer.errors import ActscopeError
 
 MODEL_NAME = "toy-2l"
 EOT = "<|endoftext|>"
@@ -54,7 +54,7 @@ class TrainSettings:
     weight_decay: float = 0.1
     eval_rows: int = 256  # held-out rows of n_ctx tokens for the loss report
     sample_tokens: int = 48
-    sae: "SaeSettings" = field(default_factory=lambda: SaeSettings())
+    sae: SaeSettings = field(default_factory=lambda: SaeSettings())
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -67,11 +67,22 @@ class TrainSettings:
         return self.train_tokens // (self.batch_rows * self.n_ctx)
 
     @classmethod
-    def quick(cls) -> "TrainSettings":
-        return cls(vocab_size=600, d_model=32, n_heads=2, d_mlp=64, n_ctx=64, batch_rows=4,
-                   train_tokens=4 * 64 * 6, warmup_steps=2, eval_rows=4, sample_tokens=4,
-                   sae=SaeSettings(d_sae=64, k=4, training_tokens=8192, context_size=32,
-                                   batch_tokens=512, dead_feature_window=4))
+    def quick(cls) -> TrainSettings:
+        return cls(
+            vocab_size=600,
+            d_model=32,
+            n_heads=2,
+            d_mlp=64,
+            n_ctx=64,
+            batch_rows=4,
+            train_tokens=4 * 64 * 6,
+            warmup_steps=2,
+            eval_rows=4,
+            sample_tokens=4,
+            sae=SaeSettings(
+                d_sae=64, k=4, training_tokens=8192, context_size=32, batch_tokens=512, dead_feature_window=4
+            ),
+        )
 
 
 @dataclass
@@ -92,9 +103,9 @@ class SaeSettings:
 
 
 def default_out_dir() -> Path:
-    """indexer/default/ of the source tree, if we run from a writable checkout."""
+    """indexer/bundled/default/ of the source tree, if we run from a writable checkout."""
     package = Path(__file__).resolve().parent
-    repo = package.parent
+    repo = package.parent.parent
     if (repo / "pyproject.toml").is_file() and os.access(package, os.W_OK):
         return package / "default"
     raise ActscopeError(
@@ -103,8 +114,13 @@ def default_out_dir() -> Path:
     )
 
 
-def train_default(out_dir: str | Path | None = None, seed: int = 0,
-                  settings: TrainSettings | None = None, log=print, sae_only: bool = False) -> dict:
+def train_default(
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    settings: TrainSettings | None = None,
+    log=print,
+    sae_only: bool = False,
+) -> dict:
     """Train tokenizer, model and SAE into `out_dir`; return the report (also written).
 
     sae_only: keep the tokenizer and model already in `out_dir` (as trained with the same
@@ -113,17 +129,23 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
     """
     import torch
 
-    from . import builtin_corpora, train_sae
+    from actscope.indexer.bundled import train_sae
+    from actscope.indexer.corpus import builtin as builtin_corpora
 
     settings = settings or TrainSettings()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.time()
-    report: dict = {"seed": seed, "settings": asdict(settings), "timings_s": {},
-                    # The stdlib corpus and float results depend on these.
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()}
+    report: dict = {
+        "seed": seed,
+        "settings": asdict(settings),
+        "timings_s": {},
+        # The stdlib corpus and float results depend on these.
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
     train_docs = builtin_corpora.documents("mix:train")
     random.Random(seed).shuffle(train_docs)  # mixes code and plays within every batch
@@ -149,8 +171,11 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
     train_rows = pack_rows(train_ids, eot, settings.n_ctx)
     generator = torch.Generator().manual_seed(seed)
     train_rows = train_rows[torch.randperm(len(train_rows), generator=generator)]
-    report["corpus"] = {"train_documents": len(train_texts), "train_rows_available": len(train_rows),
-                        "train_tokens_available": int(train_rows.numel())}
+    report["corpus"] = {
+        "train_documents": len(train_texts),
+        "train_rows_available": len(train_rows),
+        "train_tokens_available": int(train_rows.numel()),
+    }
 
     if not sae_only:
         train_language_model(out, train_rows, settings, seed, report, log)
@@ -166,7 +191,7 @@ def train_default(out_dir: str | Path | None = None, seed: int = 0,
 
 
 def train_language_model(out: Path, train_rows, settings: TrainSettings, seed: int, report: dict, log) -> None:
-    from .model import save_native
+    from actscope.indexer.model.loading import save_native
 
     t0 = time.time()
     model = build_model(settings, seed)
@@ -188,8 +213,11 @@ def write_report(out: Path, report: dict, settings: TrainSettings, log=print) ->
     report["evaluation"] = evaluate_bundle(out, settings)
     for name, value in report["evaluation"].items():
         log(f"{name}: {value}")
-    report["files_bytes"] = {p.relative_to(out).as_posix(): p.stat().st_size
-                             for p in sorted(out.rglob("*")) if p.is_file() and p.name != REPORT}
+    report["files_bytes"] = {
+        p.relative_to(out).as_posix(): p.stat().st_size
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != REPORT
+    }
     (out / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     log(f"wrote {out} ({sum(report['files_bytes'].values()) / 1e6:.1f} MB)")
     return report
@@ -199,8 +227,8 @@ def evaluate_bundle(out: Path, settings: TrainSettings) -> dict:
     """Held-out loss per token, greedy samples and SAE figures of a trained bundle."""
     from tokenizers import Tokenizer
 
-    from . import train_sae
-    from .model import ModelSpec, load_model
+    from actscope.indexer.bundled import train_sae
+    from actscope.indexer.model.loading import ModelSpec, load_model
 
     loaded = load_model(ModelSpec("native", str(out / "model"), MODEL_NAME), device="cpu")
     tokenizer = Tokenizer.from_file(str(out / "model" / "tokenizer.json"))
@@ -208,14 +236,15 @@ def evaluate_bundle(out: Path, settings: TrainSettings) -> dict:
     return {
         "heldout_loss_per_token": heldout_losses(loaded.model, tokenizer, settings),
         "samples": greedy_samples(loaded.model, tokenizer, settings.sample_tokens),
-        "saes": {p.name: train_sae.evaluate_sae(p, loaded, heldout_rows(tokenizer, settings.sae.context_size))
-                 for p in saes},
+        "saes": {
+            p.name: train_sae.evaluate_sae(p, loaded, heldout_rows(tokenizer, settings.sae.context_size)) for p in saes
+        },
     }
 
 
 def heldout_rows(tokenizer, n_ctx: int, corpus: str = "mix:heldout"):
     """Packed rows of held-out text, as the indexer would read them."""
-    from . import builtin_corpora
+    from actscope.indexer.corpus import builtin as builtin_corpora
 
     texts = [d.load() for d in builtin_corpora.documents(corpus)]
     return pack_rows(encode_all(tokenizer, texts), tokenizer.token_to_id(EOT), n_ctx)
@@ -229,7 +258,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
@@ -259,11 +290,20 @@ def build_model(settings: TrainSettings, seed: int):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=settings.n_layers, d_model=settings.d_model, n_heads=settings.n_heads,
-        d_head=settings.d_model // settings.n_heads, d_mlp=settings.d_mlp, n_ctx=settings.n_ctx,
-        d_vocab=settings.vocab_size, act_fn="gelu", normalization_type="LN",
-        positional_embedding_type="standard", seed=seed, device="cpu",
-        model_name=MODEL_NAME, original_architecture="actscope-toy",
+        n_layers=settings.n_layers,
+        d_model=settings.d_model,
+        n_heads=settings.n_heads,
+        d_head=settings.d_model // settings.n_heads,
+        d_mlp=settings.d_mlp,
+        n_ctx=settings.n_ctx,
+        d_vocab=settings.vocab_size,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        seed=seed,
+        device="cpu",
+        model_name=MODEL_NAME,
+        original_architecture="actscope-toy",
     )
     return HookedTransformer(cfg)
 
@@ -277,9 +317,9 @@ def train_model(model, rows, settings: TrainSettings, log) -> list[float]:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "W_pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "W_pos" not in n)]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr, betas=(0.9, 0.95),
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+        betas=(0.9, 0.95),
     )
     steps = settings.steps
     if steps * settings.batch_rows > len(rows):
@@ -295,7 +335,7 @@ def train_model(model, rows, settings: TrainSettings, log) -> list[float]:
     losses: list[float] = []
     started = time.time()
     for step in range(steps):
-        batch = rows[step * settings.batch_rows:(step + 1) * settings.batch_rows]
+        batch = rows[step * settings.batch_rows : (step + 1) * settings.batch_rows]
         loss = model(batch, return_type="loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,8 +345,10 @@ def train_model(model, rows, settings: TrainSettings, log) -> list[float]:
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             done = (step + 1) * settings.batch_rows * settings.n_ctx
-            log(f"step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
-                f"({done / (time.time() - started):.0f} tokens/s)")
+            log(
+                f"step {step + 1}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
+                f"({done / (time.time() - started):.0f} tokens/s)"
+            )
     model.eval()
     torch.set_grad_enabled(False)
     return losses
@@ -322,7 +364,7 @@ def heldout_losses(model, tokenizer, settings: TrainSettings) -> dict[str, float
         total, count = 0.0, 0
         with torch.no_grad():
             for start in range(0, len(rows), 16):
-                per_token = model(rows[start:start + 16], return_type="loss", loss_per_token=True)
+                per_token = model(rows[start : start + 16], return_type="loss", loss_per_token=True)
                 total += float(per_token.sum())  # per_token: [b, pos-1]
                 count += per_token.numel()
         result[name.split(":")[0]] = round(total / count, 4)
@@ -339,7 +381,7 @@ def greedy_samples(model, tokenizer, n_tokens: int) -> list[dict[str, str]]:
             ids = [eot] + tokenizer.encode(prompt, add_special_tokens=False).ids
             prompt_len = len(ids)
             for _ in range(n_tokens):
-                logits = model(torch.tensor([ids[-model.cfg.n_ctx:]]))  # [1, pos, vocab]
+                logits = model(torch.tensor([ids[-model.cfg.n_ctx :]]))  # [1, pos, vocab]
                 ids.append(int(logits[0, -1].argmax()))
             samples.append({"prompt": prompt, "completion": tokenizer.decode(ids[prompt_len:])})
     return samples

@@ -51,52 +51,66 @@ class ResidentTables:
     @staticmethod
     def size_estimate(cur, model: str) -> int:
         """Approximate bytes needed: dominated by example activations and token ids."""
-        n_acts = cur.execute("SELECT coalesce(sum(len(acts)), 0) FROM examples WHERE model = ?",
-                             [model]).fetchall()[0][0]
-        n_toks = cur.execute("SELECT coalesce(sum(len(token_ids)), 0) FROM sequences WHERE model = ?",
-                             [model]).fetchall()[0][0]
+        n_acts = cur.execute("SELECT coalesce(sum(len(acts)), 0) FROM examples WHERE model = ?", [model]).fetchall()[0][
+            0
+        ]
+        n_toks = cur.execute(
+            "SELECT coalesce(sum(len(token_ids)), 0) FROM sequences WHERE model = ?", [model]
+        ).fetchall()[0][0]
         n_rows = cur.execute("SELECT count(*) FROM examples WHERE model = ?", [model]).fetchall()[0][0]
         return int(n_acts) * 4 + int(n_toks) * 4 + int(n_rows) * 40
 
     @classmethod
-    def load(cls, cur, model: str) -> "ResidentTables":
+    def load(cls, cur, model: str) -> ResidentTables:
         self = cls()
         p = {"m": model}
 
-        t = cur.sql("SELECT source, unit, max, min, mean, std, density, n_tokens, n_fired, cos_in_out, "
-                    "hist_edges, hist_counts FROM unit_stats WHERE model = $m ORDER BY source, unit",
-                    params=p).to_arrow_table()
-        s = {name: t.column(name).to_numpy(zero_copy_only=False)
-             for name in ("max", "min", "mean", "std", "density", "n_tokens", "n_fired", "cos_in_out")}
+        t = cur.sql(
+            "SELECT source, unit, max, min, mean, std, density, n_tokens, n_fired, cos_in_out, "
+            "hist_edges, hist_counts FROM unit_stats WHERE model = $m ORDER BY source, unit",
+            params=p,
+        ).to_arrow_table()
+        s = {
+            name: t.column(name).to_numpy(zero_copy_only=False)
+            for name in ("max", "min", "mean", "std", "density", "n_tokens", "n_fired", "cos_in_out")
+        }
         s["edges"], s["edges_off"] = _lists(t.column("hist_edges"))
         s["counts"], s["counts_off"] = _lists(t.column("hist_counts"))
         s["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
         self.stats = s
 
-        t = cur.sql("SELECT source, unit, band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                    "WHERE model = $m ORDER BY source, unit, band", params=p).to_arrow_table()
-        b = {name: t.column(name).to_numpy(zero_copy_only=False)
-             for name in ("band", "q_lo", "q_hi", "lo", "hi", "count", "share")}
+        t = cur.sql(
+            "SELECT source, unit, band, q_lo, q_hi, lo, hi, count, share FROM bands "
+            "WHERE model = $m ORDER BY source, unit, band",
+            params=p,
+        ).to_arrow_table()
+        b = {
+            name: t.column(name).to_numpy(zero_copy_only=False)
+            for name in ("band", "q_lo", "q_hi", "lo", "hi", "count", "share")
+        }
         b["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
         self.bands = b
 
-        t = cur.sql("SELECT source, unit, top_ids, top_values, bottom_ids, bottom_values FROM logits "
-                    "WHERE model = $m ORDER BY source, unit", params=p).to_arrow_table()
+        t = cur.sql(
+            "SELECT source, unit, top_ids, top_values, bottom_ids, bottom_values FROM logits "
+            "WHERE model = $m ORDER BY source, unit",
+            params=p,
+        ).to_arrow_table()
         lg = {name: _lists(t.column(name)) for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")}
         lg["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
         self.logits = lg
 
-        t = cur.sql("SELECT source, unit, coalesce(band, -1) AS band, seq, pos, act, start, acts "
-                    "FROM examples WHERE model = $m ORDER BY source, unit, band NULLS FIRST, rank",
-                    params=p).to_arrow_table()
-        e = {name: t.column(name).to_numpy(zero_copy_only=False)
-             for name in ("band", "seq", "pos", "act", "start")}
+        t = cur.sql(
+            "SELECT source, unit, coalesce(band, -1) AS band, seq, pos, act, start, acts "
+            "FROM examples WHERE model = $m ORDER BY source, unit, band NULLS FIRST, rank",
+            params=p,
+        ).to_arrow_table()
+        e = {name: t.column(name).to_numpy(zero_copy_only=False) for name in ("band", "seq", "pos", "act", "start")}
         e["acts"], e["acts_off"] = _lists(t.column("acts"))
         e["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
         self.examples = e
 
-        t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq",
-                    params=p).to_arrow_table()
+        t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq", params=p).to_arrow_table()
         self.seq_values, self.seq_offsets = _lists(t.column("token_ids"))
         self.seq_row = {int(q): i for i, q in enumerate(t.column("seq").to_numpy())}
         return self
@@ -113,19 +127,33 @@ class ResidentTables:
         i = rng[0]
         cos = s["cos_in_out"][i]
         return {
-            "max": float(s["max"][i]), "min": float(s["min"][i]), "mean": float(s["mean"][i]),
-            "std": float(s["std"][i]), "density": float(s["density"][i]),
-            "n_tokens": int(s["n_tokens"][i]), "n_fired": int(s["n_fired"][i]),
+            "max": float(s["max"][i]),
+            "min": float(s["min"][i]),
+            "mean": float(s["mean"][i]),
+            "std": float(s["std"][i]),
+            "density": float(s["density"][i]),
+            "n_tokens": int(s["n_tokens"][i]),
+            "n_fired": int(s["n_fired"][i]),
             "cos_in_out": None if cos is None or np.isnan(cos) else float(cos),
-            "hist_edges": s["edges"][s["edges_off"][i]:s["edges_off"][i + 1]].tolist(),
-            "hist_counts": s["counts"][s["counts_off"][i]:s["counts_off"][i + 1]].tolist(),
+            "hist_edges": s["edges"][s["edges_off"][i] : s["edges_off"][i + 1]].tolist(),
+            "hist_counts": s["counts"][s["counts_off"][i] : s["counts_off"][i + 1]].tolist(),
         }
 
     def band_rows(self, source: str, unit: int) -> list[tuple]:
         b = self.bands
         lo, hi = b["rows"].get((source, unit), (0, 0))
-        return [(int(b["band"][i]), float(b["q_lo"][i]), float(b["q_hi"][i]), float(b["lo"][i]),
-                 float(b["hi"][i]), int(b["count"][i]), float(b["share"][i])) for i in range(lo, hi)]
+        return [
+            (
+                int(b["band"][i]),
+                float(b["q_lo"][i]),
+                float(b["q_hi"][i]),
+                float(b["lo"][i]),
+                float(b["hi"][i]),
+                int(b["count"][i]),
+                float(b["share"][i]),
+            )
+            for i in range(lo, hi)
+        ]
 
     def logit_row(self, source: str, unit: int) -> tuple[list, list, list, list] | None:
         lg = self.logits
@@ -136,7 +164,7 @@ class ResidentTables:
         out = []
         for name in ("top_ids", "top_values", "bottom_ids", "bottom_values"):
             values, off = lg[name]
-            out.append(values[off[i]:off[i + 1]].tolist())
+            out.append(values[off[i] : off[i + 1]].tolist())
         return tuple(out)
 
     def example_rows(self, source: str, unit: int) -> list[tuple]:
@@ -146,18 +174,19 @@ class ResidentTables:
         out = []
         acts, acts_off = e["acts"], e["acts_off"]
         for i in range(lo, hi):
-            a = acts[acts_off[i]:acts_off[i + 1]]
+            a = acts[acts_off[i] : acts_off[i + 1]]
             seq, start = int(e["seq"][i]), int(e["start"][i])
             row = self.seq_row[seq]
             base = int(self.seq_offsets[row]) + start
-            ids = self.seq_values[base:base + len(a)]
+            ids = self.seq_values[base : base + len(a)]
             band = int(e["band"][i])
-            out.append((None if band < 0 else band, seq, int(e["pos"][i]), float(e["act"][i]), start,
-                        a.tolist(), ids.tolist()))
+            out.append(
+                (None if band < 0 else band, seq, int(e["pos"][i]), float(e["act"][i]), start, a.tolist(), ids.tolist())
+            )
         return out
 
     def sequence(self, seq: int) -> list[int] | None:
         row = self.seq_row.get(seq)
         if row is None:
             return None
-        return self.seq_values[self.seq_offsets[row]:self.seq_offsets[row + 1]].tolist()
+        return self.seq_values[self.seq_offsets[row] : self.seq_offsets[row + 1]].tolist()

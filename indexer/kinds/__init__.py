@@ -1,0 +1,41 @@
+"""The unit-kind registry: every kind of unit actscope indexes, as one object each.
+
+Adding a kind is one new `UnitKind` subclass, registered here. Code outside this package
+asks a source's kind (`source.kind.sparse`, `.band_levels`, `.output_directions(...)`),
+never for its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actscope.indexer.errors import ActscopeError
+from actscope.indexer.kinds.base import Source, SourceRequest, UnitKind, hook_layer
+from actscope.indexer.kinds.neuron import NeuronKind
+from actscope.indexer.kinds.sae import SaeKind
+
+KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind())}  # in source order
+
+__all__ = ["KINDS", "Source", "SourceRequest", "UnitKind", "build_sources", "get", "hook_layer", "reload_source"]
+
+
+def get(name: str) -> UnitKind:
+    """The kind stored as `name` in an index."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ActscopeError(f"unknown unit kind {name!r} (known: {', '.join(KINDS)})") from None
+
+
+def build_sources(model, request: SourceRequest) -> list[Source]:
+    """Every source `request` asks for, kind by kind, with unique slugs."""
+    sources: list[Source] = []
+    taken: set[str] = set()
+    for kind in KINDS.values():
+        sources += kind.sources(model, request, taken)
+    return sources
+
+
+def reload_source(row: dict[str, Any], device: str) -> Source:
+    """The source of an index's `sources` row, ready for live inference."""
+    return get(row["kind"]).reload(row, device)

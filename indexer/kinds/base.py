@@ -1,0 +1,112 @@
+"""What every unit kind provides, and the source: a family of units of one kind at one hook.
+
+A kind is an object (see `actscope.indexer.kinds`): it says which hook its units read,
+how their activations come from that hook's activation, whether they are dense (a value
+on every token) or sparse (mostly exactly zero), the tokens its bands are quantiles of,
+the direction each unit writes into the residual stream, and how live inference gets
+the source back from an index. Nothing outside the registry asks a kind for its name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass
+class Source:
+    """One family of units: its URL slug, hook, kind, layer and width."""
+
+    slug: str
+    hook_name: str
+    kind: UnitKind
+    layer: int
+    n_units: int
+    spec: dict[str, Any] = field(default_factory=dict)  # how the kind reloads it (e.g. an SAE's path)
+    module: Any = None  # what the kind computes the units with (e.g. the loaded SAE); never serialised
+
+    def row(self) -> dict[str, Any]:
+        """The source's row of the index's `sources` table (band levels aside)."""
+        return {
+            "slug": self.slug,
+            "hook_name": self.hook_name,
+            "kind": self.kind.name,
+            "layer": self.layer,
+            "n_units": self.n_units,
+            "spec": json.dumps(self.spec),
+            "band_basis": self.kind.band_basis,
+        }
+
+
+@dataclass
+class SourceRequest:
+    """What a run asks to index: MLP neuron hooks (empty: every layer's mlp.hook_post;
+    `no_neurons`: none), and the loaded SAEs as (spec, SAE) pairs."""
+
+    neuron_hooks: list[str] = field(default_factory=list)
+    no_neurons: bool = False
+    saes: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+
+
+class UnitKind:
+    """A kind of unit. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]  # as stored in the index's sources.kind
+    sparse: ClassVar[bool]  # True: most activations are exactly 0, only firing entries are accumulated
+    band_basis: ClassVar[str]  # the tokens bands are quantiles of: "all" or "firing"
+    band_levels: ClassVar[tuple[float, ...]]  # nominal quantile levels of the band edges
+
+    def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
+        """The sources of this kind that `request` asks for, checked against the model
+        (`taken`: slugs in use, which this extends)."""
+        raise NotImplementedError
+
+    def prepare(self, source: Source) -> None:
+        """Called once before a runner computes the source's activations."""
+
+    def activations(self, source: Source, act: torch.Tensor, buffer: Callable[[], torch.Tensor | None]) -> torch.Tensor:
+        """[batch, pos, n_units] float32 unit activations from the hook's activation `act`;
+        `buffer()` gives a tensor of that shape to write them into, or None."""
+        raise NotImplementedError
+
+    def last_top_k(self, source: Source) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(values, indices) [batch, pos, k] of the last `activations` when only k units per
+        token can fire and the kind kept them (values >= 0; their scatter is the activations)."""
+        return None
+
+    def output_directions(self, model, source: Source) -> torch.Tensor | None:
+        """[n_units, d_model] direction each unit writes into the residual stream, if any."""
+        return None
+
+    def cos_in_out(self, model, source: Source) -> torch.Tensor | None:
+        """[n_units] cosine between each unit's input and output weights, where it has both."""
+        return None
+
+    def reload(self, row: dict[str, Any], device: str) -> Source:
+        """The source of an index's `sources` row, ready to compute (for live inference)."""
+        spec = json.loads(row["spec"]) if isinstance(row["spec"], str) else dict(row["spec"])
+        return Source(row["slug"], row["hook_name"], self, int(row["layer"]), int(row["n_units"]), spec)
+
+
+def hook_layer(hook_name: str) -> int:
+    match = LAYER.match(hook_name)
+    return int(match.group(1)) if match else -1
+
+
+def hook_dims(model, hooks: list[str]) -> dict[str, int]:
+    """Width of each hook's activation (heads flattened), from a two-token forward."""
+    seen: dict[str, int] = {}
+
+    def record(act, hook):
+        seen[hook.name] = int(act[0, 0].numel())
+
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
+    model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(h, record) for h in set(hooks)])
+    return seen
