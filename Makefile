@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench clean
+.PHONY: install lint typecheck test demo bench clean
 
 # Heavy dependencies are installed once per pyproject change; torch first, pinned,
 # so no other requirement can pull a CUDA build.
@@ -37,7 +37,16 @@ static/vendor/htmx.min.js: package.json package-lock.json
 install: $(BIN)/.deps-stamp static/vendor/htmx.min.js
 	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
 
-test: install
+lint: $(BIN)/.deps-stamp
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The package is checked as installed: its folders only form `actscope` once installed
+# (see pyproject's package-dir), so mypy runs outside the checkout.
+typecheck: install
+	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/$(VENV)/.mypy_cache -p actscope
+
+test: lint typecheck
 	bash tests/ensure_chromium.sh
 	$(BIN)/pytest -q
 

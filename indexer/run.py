@@ -68,8 +68,9 @@ def run_index(config: IndexConfig) -> str:
     writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
     try:
         stream = batches(run)
+        calibrated: list = []
         if state is not None:
-            grids, calibrated = state["grids"], []
+            grids = state["grids"]
         else:
             grids, calibrated = calibrate(
                 run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k

@@ -192,22 +192,40 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
 
 
 def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
+    """A checkpoint with the identity a real run of these options records is refused when
+    the run resumes with another top-k, and the message names the option that changed."""
     from click.testing import CliRunner
 
     from actscope.cli import main
+    from actscope.indexer.checkpoint import save_checkpoint
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import load
 
     out = tmp_path / "x.duckdb"
-    args = _index_command(
-        tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, out, "--checkpoint-every", "1", "--max-tokens", str(TINY_CTX * 4)
-    )[1:]
-    assert CliRunner().invoke(main, args).exit_code == 0
-    # Leave a checkpoint behind as an interrupted run would, then resume with another top-k.
-    from actscope.indexer.checkpoint import save_checkpoint
-
-    save_checkpoint(Path(str(out) + ".ckpt"), {"top_k": 4}, 1, 2, {}, {})
+    args = _index_command(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir, out, "--max-tokens", str(TINY_CTX * 4))[1:]
+    config = IndexConfig(
+        model=str(tiny_model_dir),
+        dataset=str(tiny_corpus_dir),
+        out=str(out),
+        saes=[str(tiny_sae_dir)],
+        ctx=TINY_CTX,
+        batch_size=2,
+        top_k=4,
+        band_size=2,
+        window=(4, 2),
+        device="cpu",
+        quiet=True,
+        max_tokens=TINY_CTX * 4,
+    )
+    # Left behind as an interrupted run of exactly these options would leave it.
+    save_checkpoint(Path(str(out) + ".ckpt"), load(config).identity, 1, 2, {}, {})
     result = CliRunner().invoke(main, [*args, "--resume", "--top-k", "5"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --resume: the checkpoint") and "other options" in result.stderr
+    assert "top_k: 4 then, 5 now" in result.stderr
+    # The same options are not refused as other options (the empty state then fails to load).
+    same = CliRunner().invoke(main, [*args, "--resume"])
+    assert "other options" not in (same.stderr or "") + str(same.exception or "")
 
 
 @pytest.mark.parametrize("sae", ["standard", "topk"])

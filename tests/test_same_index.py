@@ -53,7 +53,7 @@ def _without_paths(spec: str) -> str:
 
 def _read_table(con, table: str) -> pa.Table:
     order = ", ".join(f'"{c}" NULLS FIRST' for c in ORDER[table])
-    result = con.execute(f'SELECT * FROM "{table}" ORDER BY {order}').to_arrow_table()
+    result = con.sql(f'SELECT * FROM "{table}" ORDER BY {order}').to_arrow_table()
     if "spec" in result.column_names:
         specs = pa.array([_without_paths(s) for s in result.column("spec").to_pylist()])
         result = result.set_column(result.column_names.index("spec"), "spec", specs)

@@ -164,10 +164,15 @@ def replay_steps(consumed: list[Consumed], buffer_of: BufferOf, together: frozen
     batches = [item.batch for item in consumed]
     if not batches:
         return
-    joined = {slug: _joined([item.kept[slug].acts for item in consumed]) for slug in together}
+    joined = {slug: _joined([_dense(item.kept[slug]) for item in consumed]) for slug in together}
     for batch, acts, top_ks in replay(consumed, buffer_of, skip=together):
         yield Step([], batch.tokens, batch.first_seq, acts, top_ks)
     yield Step(batches, torch.cat([batch.tokens for batch in batches]), batches[0].first_seq, joined, {})
+
+
+def _dense(kept: Kept) -> torch.Tensor:
+    assert kept.acts is not None, "a dense source keeps its activations"
+    return kept.acts
 
 
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -167,6 +167,8 @@ def train_default(
     log(f"tokenizer: {tokenizer.get_vocab_size()} tokens")
 
     eot = tokenizer.token_to_id(EOT)
+    if eot is None:
+        raise ActscopeError(f"train-default: the tokenizer has no {EOT} token")
     train_ids = encode_all(tokenizer, train_texts)
     train_rows = pack_rows(train_ids, eot, settings.n_ctx)
     generator = torch.Generator().manual_seed(seed)

@@ -107,6 +107,7 @@ def encode(sae, act: torch.Tensor, out: torch.Tensor | None = None) -> torch.Ten
         if part.data_ptr() != target.data_ptr():
             target.copy_(part)
         if recording is not None:
+            assert recording.last is not None
             top_ks.append(recording.last)
     if recording is not None:
         recording.target = None
@@ -138,13 +139,14 @@ def record_top_k(sae) -> None:
     from sae_lens.saes.topk_sae import TopK
 
     activation = getattr(sae, "activation_fn", None)
-    if type(activation) is TopK and not activation.use_sparse_activations:
+    if isinstance(activation, TopK) and type(activation) is TopK and not activation.use_sparse_activations:
         sae.activation_fn = _RecordingTopK(activation.k)
 
 
 def last_top_k(sae) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(values, indices) [batch, pos, k] of the SAE's last encode, if it is a recording TopK SAE."""
-    if not isinstance(sae.activation_fn, _RecordingTopK):
+    recording = sae.activation_fn
+    if not isinstance(recording, _RecordingTopK) or recording.last is None:
         return None
-    values, indices = sae.activation_fn.last
+    values, indices = recording.last
     return values.float(), indices

@@ -96,7 +96,9 @@ class ResidentTables:
             "WHERE model = $m ORDER BY source, unit",
             params=p,
         ).to_arrow_table()
-        lg = {name: _lists(t.column(name)) for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")}
+        lg: dict[str, Any] = {
+            name: _lists(t.column(name)) for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")
+        }
         lg["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
         self.logits = lg
 
