@@ -246,7 +246,7 @@ def test_vocab_and_run_record(con, reference):
     assert meta["dataset"] == json.loads(meta["run_config"])["dataset"]
     spec = json.loads(con.execute("SELECT spec FROM models").fetchone()[0])
     assert spec["kind"] == "native" and spec["slug"] == "tiny"
-    sae_spec = json.loads(con.execute("SELECT spec FROM sources WHERE kind = 'sae'").fetchone()[0])
+    sae_spec = json.loads(con.execute("SELECT spec FROM sources WHERE band_basis = 'firing'").fetchone()[0])
     assert sae_spec["kind"] == "path"
 
 
