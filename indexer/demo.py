@@ -17,9 +17,8 @@ from actscope.indexer.errors import ActscopeError
 
 DEMO_MODEL = "toy-2l"
 DEMO_DATASET = "default"
-# All held-out text (mix:heldout holds ~500k tokens), then training text: 6,250
-# sequences of 128. Measured: 12.5k tokens/s for these 6,144 units on 2 free cores, so
-# the index step takes about 70 s (much longer when the machine is shared).
+# All held-out text first, then training text: sized to index in about a minute on two
+# cores (docs/benchmarks.md).
 DEMO_MAX_TOKENS = 800_000
 DEMO_CTX = 128
 DEMO_BATCH = 32

@@ -95,10 +95,7 @@ class SaeSettings:
     context_size: int = 128  # the indexer's default --ctx
     batch_tokens: int = 4096
     lr: float = 4e-4
-    # Steps a latent may stay silent before AuxK revives it. SAELens' default (1000) is
-    # about the whole run here; many latents of the shipped SAE never fire. A window of
-    # 100 (with 2M tokens, lr 5e-4) barely helped (dead 65.8% vs 68.9%), so the shipped
-    # settings are kept; a narrower SAE is the next thing to try.
+    # Steps a latent may stay silent before AuxK revives it: SAELens' default (docs/training.md).
     dead_feature_window: int = 1000
 
 

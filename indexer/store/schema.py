@@ -123,16 +123,9 @@ TABLES = {
 }
 
 # The tables written once at the end of a run (unit_stats, bands, logits, vocab) have no
-# primary key: each is one insert of rows unique by construction, in key order, and the
-# keys' indexes cost that insert up to half its time (bands 0.094 -> 0.044 s on the
-# benchmark's index) on the path to the finished file. Their lookups scan a few thousand
-# rows, which zone maps narrow further, as for the examples:
-#
-# No secondary indexes: each source's examples are written top-k first, then band samples,
-# each part in unit order, so DuckDB's zone maps already skip to a unit's rows. An ART
-# index on (model, source, unit) made unit pages no faster (median 5.5-6.6 ms either way
-# on the demo index, where the join with sequences dominates) and cost every run about
-# 0.15 s to build and store.
+# primary key: each is one insert of rows unique by construction, in key order, where a
+# key's index would be a large share of the insert. No secondary indexes either: rows are
+# written in unit order, so DuckDB's zone maps already skip to a unit's rows.
 
 
 def create_all(con) -> None:

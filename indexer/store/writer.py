@@ -63,8 +63,7 @@ def _writer_connection():
     global _writer_database
     if _writer_database is None:
         _writer_database = duckdb.connect(":memory:", config=_WRITER_DATABASE_CONFIG)
-        # ALP, DuckDB's float compression, was a fifth of writing an index (0.15-0.2 s of
-        # 0.9 s on the benchmark's) for 14% of the file: activations compress poorly.
+        # Activations compress poorly: ALP, DuckDB's float compression, costs more writing time than it saves space.
         _writer_database.execute("SET GLOBAL disabled_compression_methods = 'alp,alprd'")
     return _writer_database.cursor()
 
