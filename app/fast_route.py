@@ -13,6 +13,7 @@ and take `request` plus such parameters only (checked when the route is built).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request
@@ -23,7 +24,7 @@ _QUERY = "query"
 
 
 class PlainParamsRoute(APIRoute):
-    def get_route_handler(self):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         default = super().get_route_handler()
         endpoint = self.endpoint
         if not inspect.iscoroutinefunction(endpoint):

@@ -40,14 +40,16 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
             if label:
                 last_label = mx
             marks.append({"x": mx, "band": b["band"], "value": v, "label": label})
-    ticks = [
-        {"x": round(x(v), 2), "label": f"{v:.3g}", "anchor": anchor}
+    # (x, value, text-anchor) of the axis labels
+    at = [
+        (round(x(v), 2), v, anchor)
         for v, anchor in ((lo, "start"), (0.0, "middle"), (hi, "end"))
         if lo <= v <= hi and (v == 0.0 or abs(v) > 0.08 * span or v in (lo, hi))
     ]
     # Keep 0 only when it is not crowding an end label.
-    if len(ticks) == 3 and min(abs(ticks[1]["x"] - ticks[0]["x"]), abs(ticks[2]["x"] - ticks[1]["x"])) < 40:
-        ticks.pop(1)
+    if len(at) == 3 and min(at[1][0] - at[0][0], at[2][0] - at[1][0]) < 40:
+        at.pop(1)
+    ticks = [{"x": tx, "label": f"{v:.3g}", "anchor": anchor} for tx, v, anchor in at]
     return {
         "width": WIDTH,
         "height": HEIGHT,

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actscope.app.errors import AppError, bad_input, unavailable
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.store.reader import ModelInfo, SourceInfo
+
+if TYPE_CHECKING:  # the live model imports torch: only when it is loaded
+    from actscope.app.live import LiveModel
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class LiveService:
         enabled: bool = True,
         max_batch: int = 8,
         threads: int | None = None,
-        token_strings=None,
+        token_strings: Callable[[list[int]], list[str]] | None = None,
     ):
         self.model = model
         self.sources = {s.slug: s for s in sources}
@@ -62,7 +67,7 @@ class LiveService:
         self.enabled = enabled
         self.timeout_s = timeout_s
         self.max_chars = max_chars
-        self._live = None
+        self._live: LiveModel | None = None
         self._load_error: str | None = None
         self._load_lock = threading.Lock()
         self._queue: deque[_Job] = deque()
@@ -75,12 +80,13 @@ class LiveService:
         self.token_strings = token_strings
         self.forward_passes = 0  # batches run by the worker (for tests and monitoring)
         self._waiting = threading.BoundedSemaphore(max_waiting)
-        self._cache: OrderedDict[tuple[str, str], LiveResult] = OrderedDict()
+        # ("text", text, source) or ("ids", token ids, source) -> result
+        self._cache: OrderedDict[tuple, LiveResult] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------
-    def load(self):
+    def load(self) -> LiveModel:
         """Load the model once (lazily); raise 503 if it cannot be loaded."""
         if not self.enabled:
             raise unavailable("Live inference is switched off on this server.")
@@ -141,7 +147,12 @@ class LiveService:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             job = _Job(source, text, None)
-            job.notify = lambda: loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+            def wake() -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            job.notify = lambda: loop.call_soon_threadsafe(wake)
             self._submit(job)
             try:
                 await asyncio.wait_for(future, self.timeout_s)
@@ -183,6 +194,8 @@ class LiveService:
     def _finish(self, job: _Job, key: tuple, cut: bool) -> LiveResult:
         if job.error is not None:
             raise job.error
+        if job.ids is None or job.acts is None:  # the worker always sets them or an error
+            raise AppError(500, "Live inference returned no result.")
         result = LiveResult(job.text, job.ids, job.tokens, job.acts, bool(job.truncated or cut))
         with self._cache_lock:
             self._cache[key] = result
@@ -206,7 +219,7 @@ class LiveService:
                     self._queue_cond.wait()
                 first = self._queue.popleft()
                 batch = [first]
-                rest = deque()
+                rest: deque[_Job] = deque()
                 while self._queue and len(batch) < self.max_batch:
                     job = self._queue.popleft()
                     (batch if job.source == first.source else rest).append(job)
@@ -218,19 +231,23 @@ class LiveService:
     def _run_batch(self, batch: list[_Job]) -> None:
         live = self._live
         try:
+            if live is None:  # jobs are submitted after load() only
+                raise RuntimeError("the live model is not loaded")
+            ids: list[list[int]] = []
             for job in batch:
                 if job.ids is None:
                     job.ids, job.truncated = live.tokenize(job.text)
                 job.ids = [int(i) for i in job.ids]
+                ids.append(job.ids)
             source = batch[0].source
             self.forward_passes += 1
             if len(batch) > 1 and hasattr(live, "activations_batch"):
-                outs = live.activations_batch([job.ids for job in batch], source)
+                outs = live.activations_batch(ids, source)
             else:
-                outs = [live.activations(job.ids, source) for job in batch]
-            for job, acts in zip(batch, outs):
+                outs = [live.activations(job_ids, source) for job_ids in ids]
+            for job, job_ids, acts in zip(batch, ids, outs):
                 job.acts = np.asarray(acts, dtype=np.float32)
-                job.tokens = list(self.token_strings(job.ids) if self.token_strings else live.token_strings(job.ids))
+                job.tokens = list(self.token_strings(job_ids) if self.token_strings else live.token_strings(job_ids))
         except ActscopeError as exc:
             for job in batch:
                 job.error = bad_input(str(exc))
@@ -254,9 +271,9 @@ class _Job:
         self.text = text
         self.ids = ids
         self.truncated = False
-        self.acts = None
+        self.acts: np.ndarray | None = None  # float32 [n_tokens, n_units]
         self.tokens: list[str] = []
         self.error: Exception | None = None
         self.done = threading.Event()
         self.cancelled = False
-        self.notify = None  # called by the worker when done (async waiters)
+        self.notify: Callable[[], object] | None = None  # called by the worker when done (async waiters)
