@@ -113,17 +113,24 @@ def index_command(**options) -> None:
     click.echo(summary)
 
 
+ROOT_PATH_HELP = (
+    "Serve the site under this path prefix, behind a reverse proxy that strips it (e.g. /actscope). "
+    "Default: $ACTSCOPE_ROOT_PATH, or none."
+)
+
+
 @main.command("serve")
 @click.argument("index_file", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device for live inference.")
+@click.option("--root-path", default=None, metavar="PREFIX", help=ROOT_PATH_HELP)
 @user_errors
-def serve_command(index_file: str, host: str, port: int, device: str) -> None:
+def serve_command(index_file: str, host: str, port: int, device: str, root_path: str | None) -> None:
     """Serve an index built by `actscope index` in the browser and as a JSON API."""
     from actscope.app.server import serve
 
-    serve(index_file, host=host, port=port, device=device)
+    serve(index_file, host=host, port=port, device=device, root_path=root_path)
 
 
 @main.command("demo")
@@ -132,8 +139,9 @@ def serve_command(index_file: str, host: str, port: int, device: str) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if it is up to date.")
 @click.option("--build-only", is_flag=True, help="Build the index if needed, then exit without serving.")
+@click.option("--root-path", default=None, metavar="PREFIX", help=ROOT_PATH_HELP)
 @user_errors
-def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool) -> None:
+def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool, root_path: str | None) -> None:
     """Build the demo index of the bundled model (if needed) and serve it."""
     from actscope.indexer.demo import build_demo_index
 
@@ -142,7 +150,7 @@ def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool
         return
     from actscope.app.server import serve
 
-    serve(out, host=host, port=port, device="cpu")
+    serve(out, host=host, port=port, device="cpu", root_path=root_path)
 
 
 @main.command("train-default")

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actscope.app import urls as site_urls
 from actscope.indexer.errors import ActscopeError
 
 log = logging.getLogger("actscope.app")
@@ -43,8 +44,7 @@ def error_body(status: int, message: str) -> dict:
     return {"error": {"status": status, "message": message}}
 
 
-def _wants_json(request: Request) -> bool:
-    path = request.url.path
+def _wants_json(path: str) -> bool:
     return path == "/api" or path.startswith("/api/") or path.endswith(".json")
 
 
@@ -58,17 +58,19 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def respond(request: Request, status: int, message: str, headers: dict | None = None):
-    if _wants_json(request):
+    path = site_urls.route_path(request.scope)  # without the site's base path
+    if _wants_json(path):
         return JSONResponse(error_body(status, message), status_code=status, headers=headers)
     templates = request.app.state.templates
-    path = request.url.path.rstrip("/")
+    urls = site_urls.for_request(request)
+    path = path.rstrip("/")
     parent = path.rsplit("/", 1)[0] or "/"
     context = {
         "status": status,
         "message": message,
         "title": f"{status} · actscope",
-        "json_url": "/api" + path,
-        "parent": parent if parent != path else "/",
+        "json_url": urls.api(urls.site(path)),
+        "parent": urls.site(parent if parent != path else "/"),
     }
     return templates.TemplateResponse(
         request,
@@ -96,7 +98,7 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
-            message = f"No page at {request.url.path}."
+            message = f"No page at {site_urls.for_request(request).site(site_urls.route_path(request.scope))}."
         return respond(request, exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -1,7 +1,9 @@
 """The data behind every page: one function per page, used by the HTML and JSON routes.
 
 Each function returns plain JSON-ready data (dicts, lists, numbers, strings). Templates
-render it; the API serialises it unchanged. Errors are AppError (404/422/503).
+render it; the API serialises it unchanged (data first, rendering second). URLs in it
+are built by the `urls` builder of the request, so they carry the site's base path.
+Errors are AppError (404/422/503).
 """
 
 from __future__ import annotations
@@ -9,14 +11,11 @@ from __future__ import annotations
 import random as _random
 from typing import Any
 
-import numpy as np
-
-from actscope.app import urls
-from actscope.app.errors import bad_input, not_found
-from actscope.app.live_service import LiveResult, LiveService
+from actscope.app import live_data, params
+from actscope.app.errors import AppError, bad_input, not_found
+from actscope.app.live_service import LiveService
+from actscope.app.urls import URLs
 from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store
-
-SORT_COLUMNS = ("unit", "max", "mean", "density", "cos_in_out")
 
 
 # -- lookups --------------------------------------------------------------------------
@@ -92,6 +91,7 @@ def model_data(store: Store, model: str) -> dict[str, Any]:
 
 def source_data(
     store: Store,
+    urls: URLs,
     model: str,
     source: str,
     sort: str = "max",
@@ -103,12 +103,7 @@ def source_data(
     max_density: float | None = None,
 ) -> dict[str, Any]:
     src = get_source(store, model, source)
-    if sort not in SORT_COLUMNS:
-        raise bad_input(f"sort must be one of {', '.join(SORT_COLUMNS)}, not {sort!r}.")
-    if order not in ("asc", "desc"):
-        raise bad_input(f"order must be asc or desc, not {order!r}.")
-    if page < 1 or not 1 <= per_page <= 500:
-        raise bad_input("page must be >= 1 and per_page between 1 and 500.")
+    params.check_table(sort, order, page, per_page)
     vocab = store.vocab(model)
     rows = store.unit_table(model, source)
     needle = q.lower() if q.strip() else ""
@@ -131,10 +126,9 @@ def source_data(
     )
     total = len(rows)
     n_pages = max(1, -(-total // per_page))
-    if page > n_pages:
-        raise bad_input(f"page {page} is past the last page ({n_pages}).")
+    params.check_page_exists(page, n_pages)
     chunk = rows[(page - 1) * per_page : page * per_page]
-    params = {
+    query = {
         "sort": sort,
         "order": order,
         "q": q or None,
@@ -166,9 +160,9 @@ def source_data(
             }
             for r in chunk
         ],
-        "prev_page": urls.source(model, source, **params, page=page - 1) if page > 1 else None,
-        "next_page": urls.source(model, source, **params, page=page + 1) if page < n_pages else None,
-        "params": params,
+        "prev_page": urls.source(model, source, **query, page=page - 1) if page > 1 else None,
+        "next_page": urls.source(model, source, **query, page=page + 1) if page < n_pages else None,
+        "params": query,
     }
 
 
@@ -177,16 +171,31 @@ def check_index(src: SourceInfo, index: int) -> None:
         raise not_found(f"{src.slug} has units 0 to {src.n_units - 1}; there is no unit {index}.")
 
 
-def unit_data(store: Store, model: str, source: str, index: int, examples_of: str | None = None) -> dict[str, Any]:
-    """A unit's page data. With `examples_of` ("top" or a band number), of the bands
-    only that one carries its examples: a page shows one set, the other bands keep
-    their range, count and share but no "examples" key. By default (the API) every
-    band has them. The top examples are always there."""
+def unit_data(
+    store: Store,
+    live: LiveService,
+    urls: URLs,
+    model: str,
+    source: str,
+    index: int,
+    *,
+    band: str | None = None,
+    text: str | None = None,
+    shown_only: bool = False,
+) -> dict[str, Any]:
+    """A unit's page data: statistics, top examples, bands, logit effects, links, the
+    example set shown (`band`: "top" or a band number, checked) and, with `text`, the
+    unit's activation on every token of it (`live`).
+
+    With `shown_only` (the HTML page) only the band shown carries its examples: the
+    other bands keep their range, count and share but no "examples" key. By default
+    (the API) every band has them. The top examples are always there."""
     src = get_source(store, model, source)
     check_index(src, index)
     rec = store.unit(model, source, index)
     if rec is None:
         raise not_found(f"Unit {index} of {source} has no statistics in this index.")
+    shown = params.band_choice(band, len(rec.bands))
     st = rec.stats
     scale = max(abs(st.max), abs(st.min), 1e-9)
     logits = None
@@ -202,6 +211,10 @@ def unit_data(store: Store, model: str, source: str, index: int, examples_of: st
                 for i, t, v in zip(lg.bottom_ids, store.token_strings(model, lg.bottom_ids), lg.bottom_values)
             ],
         }
+    live_part = None
+    if text is not None:
+        ctx = get_model(store, model).ctx
+        live_part = live_data.unit_payload(live.run(text, source), model, source, index, ctx)
     n = src.n_units
     return {
         "model": model,
@@ -231,7 +244,7 @@ def unit_data(store: Store, model: str, source: str, index: int, examples_of: st
                 "share": b.share,
                 **(
                     {"examples": [example_dict(store, model, ex) for ex in b.examples]}
-                    if examples_of is None or examples_of == str(b.band)
+                    if not shown_only or shown == str(b.band)
                     else {}
                 ),
             }
@@ -244,6 +257,9 @@ def unit_data(store: Store, model: str, source: str, index: int, examples_of: st
             "random": urls.random_unit(model, source),
             "source": urls.source(model, source),
         },
+        "band": shown,
+        "text": text,
+        "live": live_part,
     }
 
 
@@ -260,78 +276,54 @@ def sequence_data(store: Store, model: str, seq: int) -> dict[str, Any]:
     return {"model": model, "seq": seq, "token_ids": ids, "tokens": store.token_strings(model, ids)}
 
 
-def live_unit_data(
-    live: LiveService, store: Store, model: str, source: str, index: int, text: str | None
-) -> dict[str, Any]:
-    src = get_source(store, model, source)
-    check_index(src, index)
-    return live_unit_payload(store, model, source, index, live.run(text, source))
-
-
-def live_unit_payload(store: Store, model: str, source: str, index: int, res: LiveResult) -> dict[str, Any]:
-    acts = res.acts[:, index]
-    return {
-        "model": model,
-        "source": source,
-        "index": index,
-        "text": res.text,
-        "tokens": res.tokens,
-        "token_ids": res.token_ids,
-        "acts": acts.tolist(),
-        "truncated": res.truncated,
-        "max": float(acts[1:].max()) if len(acts) > 1 else 0.0,
-        "ctx": store.model(model).ctx,
-    }
-
-
-def _top_units(res: LiveResult, k: int, skip_bos: bool = True) -> tuple[list, list]:
-    """Per token: the k units with the largest activation; over the text: by max."""
-    acts = res.acts
-    per_token = []
-    for p in range(acts.shape[0]):
-        row = acts[p]
-        idx = np.argsort(-row, kind="stable")[:k]
-        per_token.append([{"index": int(i), "act": float(row[i])} for i in idx])
-    body = acts[1:] if skip_bos and acts.shape[0] > 1 else acts
-    best = body.max(axis=0)
-    order = np.argsort(-best, kind="stable")[:k]
-    overall = [
-        {"index": int(i), "act": float(best[i]), "pos": int(np.argmax(body[:, i])) + (1 if body is not acts else 0)}
-        for i in order
-    ]
-    return per_token, overall
-
-
 def live_top_data(
-    live: LiveService, store: Store, model: str, source: str, text: str | None, k: int = 5, pos: int | None = None
+    live: LiveService,
+    store: Store,
+    urls: URLs,
+    model: str,
+    source: str,
+    text: str | None,
+    k: int = 5,
+    pos: int | None = None,
 ) -> dict[str, Any]:
+    """The units of `source` firing most on each token of `text`, and over all of it."""
+    info = get_model(store, model)
     get_source(store, model, source)
-    if not 1 <= k <= 100:
-        raise bad_input("k must be between 1 and 100.")
+    params.check_k(k)
     res = live.run(text, source)
-    per_token, overall = _top_units(res, k)
-    if pos is not None and not 0 <= pos < len(res.token_ids):
-        raise bad_input(f"pos must be between 0 and {len(res.token_ids) - 1}.")
-    for units in per_token + [overall]:
-        for u in units:
-            u["url"] = urls.unit(model, source, u["index"])
+    params.check_pos(pos, len(res.token_ids))
+    return live_data.top_payload(res, urls, model, source, k, pos, info.ctx)
+
+
+def try_data(
+    store: Store,
+    live: LiveService,
+    urls: URLs,
+    model: str,
+    source: str | None,
+    text: str | None,
+    pos: int | None = None,
+    k: int = 5,
+) -> dict[str, Any]:
+    """The try page: with `text`, its tokens and the units firing most on them (`live`)."""
+    info = get_model(store, model)
+    sources = store.sources(model)
+    if not sources:
+        raise AppError(404, f"Model {model!r} has no sources.")
+    slug = source or sources[0].slug
+    get_source(store, model, slug)
     return {
-        "model": model,
-        "source": source,
-        "text": res.text,
-        "tokens": res.tokens,
-        "token_ids": res.token_ids,
-        "truncated": res.truncated,
-        "k": k,
-        "top": per_token,
-        "overall": overall,
+        "model": info.model,
+        "source": slug,
+        "text": text,
         "pos": pos,
-        "max_per_token": [u[0]["act"] if u else 0.0 for u in per_token],
-        "ctx": store.model(model).ctx,
+        "k": k,
+        "sources": [source_dict(s) for s in sources],
+        "live": None if text is None else live_top_data(live, store, urls, model, slug, text, k=k, pos=pos),
     }
 
 
-def search_token_data(store: Store, model: str, token: str, source: str | None) -> dict[str, Any]:
+def search_token_data(store: Store, urls: URLs, model: str, token: str, source: str | None) -> dict[str, Any]:
     get_model(store, model)
     if source:
         get_source(store, model, source)
@@ -351,3 +343,33 @@ def search_token_data(store: Store, model: str, token: str, source: str | None) 
             for s, u, n, b in hits
         ],
     }
+
+
+def search_data(
+    store: Store,
+    live: LiveService,
+    urls: URLs,
+    model: str,
+    token: str | None,
+    text: str | None,
+    source: str | None,
+) -> dict[str, Any]:
+    """The search page: units focusing on `token`, units ranked by activation on `text`."""
+    get_model(store, model)
+    sources = store.sources(model)
+    data: dict[str, Any] = {
+        "model": model,
+        "token": token,
+        "token_ids": [],
+        "source": source,
+        "units": [],
+        "live": None,
+        "sources": [source_dict(s) for s in sources],
+    }
+    if token is not None and token != "":
+        data.update(search_token_data(store, urls, model, token, source))
+    if text is not None:
+        if not sources:
+            raise AppError(404, f"Model {model!r} has no sources.")
+        data["live"] = live_top_data(live, store, urls, model, source or sources[0].slug, text, k=20)
+    return data

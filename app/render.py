@@ -6,12 +6,15 @@ import json
 from functools import lru_cache
 from typing import Any
 
+import jinja2
 from jinja2_fragments.fastapi import Jinja2Blocks
 from markupsafe import Markup, escape
+from starlette.requests import Request
 
-from actscope.app import urls
+from actscope.app import urls as site_urls
 from actscope.app.histogram import histogram_markup
 from actscope.app.resources import resource_dir
+from actscope.app.urls import URLs
 
 
 def tint(act: float, scale: float) -> str:
@@ -118,7 +121,15 @@ def _append_spans(
     append("</span>")
 
 
-def example_items(examples: list[dict[str, Any]], model: str, source: str, index: int, scale: float) -> Markup:
+def example_items(
+    examples: list[dict[str, Any]],
+    model: str,
+    source: str,
+    index: int,
+    scale: float,
+    *,
+    urls: URLs = site_urls.ROOT,
+) -> Markup:
     """The <li> of each example of a unit page: focus activation, tinted tokens, and a
     link that loads the full sequence into the item (htmx). Built here rather than in
     the template: a Jinja loop cost more than the token spans themselves."""
@@ -158,7 +169,7 @@ _TAB = (
 )
 
 
-def example_tabs(d: dict[str, Any]) -> Markup:
+def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
     """The tabs of a unit page's example sets: Top, then every band from the highest,
     each labelled with its activation range and share of tokens, each a plain link
     that htmx turns into a swap of #examples. (Built here for the same reason as
@@ -226,12 +237,27 @@ def pct(value: float | None, digits: int = 2) -> str:
     return f"{v:.{digits}f}%"
 
 
+class _Environment(jinja2.Environment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """Jinja's `x.name` tries getattr(x, "name") first, which raises (slowly) on every
+        dict; page data are plain dicts, so look keys up first (hundreds per unit page)."""
+        if type(obj) is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
+def _site_urls(request: Request) -> dict[str, Any]:
+    """Every template gets `urls`: the URL builder of the site as the request reached it."""
+    return {"urls": site_urls.for_request(request)}
+
+
 def make_templates() -> Jinja2Blocks:
-    directory = str(resource_dir("templates"))
-    templates = Jinja2Blocks(directory=directory)
-    env = templates.env
+    env = _Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))), autoescape=True)
+    templates = Jinja2Blocks(env=env, context_processors=[_site_urls])
     env.globals.update(
-        urls=urls,
         histogram_markup=histogram_markup,
         tint=tint,
         tokens_html=tokens_html,
@@ -247,21 +273,5 @@ def make_templates() -> Jinja2Blocks:
     env.auto_reload = False
     # The search box of every page, a global rather than imported by each page (an
     # import costs a set difference over all globals on every render).
-    env.globals["search_form"] = env.get_template("_tokens.html").module.search_form
-    env.getattr = _dict_first_getattr(env.getattr)
+    env.globals["search_form"] = env.get_template("_tokens.html").module.__dict__["search_form"]
     return templates
-
-
-def _dict_first_getattr(base):
-    """Jinja's `x.name` tries getattr(x, "name") first, which raises (slowly) on every
-    dict; page data are plain dicts, so look keys up first (hundreds per unit page)."""
-
-    def getattr_(obj: Any, attribute: str) -> Any:
-        if type(obj) is dict:
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return base(obj, attribute)
-
-    return getattr_

@@ -24,10 +24,11 @@ class ResponseCache:
 
     @staticmethod
     def key(scope) -> tuple:
-        """Path, query and htmx target of a request's ASGI scope."""
+        """Base path, path, query and htmx target of a request's ASGI scope (the base
+        path is in every link of a page)."""
         headers = dict(scope.get("headers") or [])
         hx = headers.get(b"hx-target", b"").decode("latin-1") if b"hx-request" in headers else ""
-        return (scope["path"], scope.get("query_string", b"").decode("latin-1"), hx)
+        return (scope.get("root_path", ""), scope["path"], scope.get("query_string", b"").decode("latin-1"), hx)
 
     def lookup(self, key: tuple) -> tuple[bytes, str] | None:
         """(body, media type) of a cached response, or None."""

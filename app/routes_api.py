@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import pages, schemas, urls, views
+from actscope.app import live_data, pages, params, schemas
+from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.errors import not_found
 from actscope.app.fast_route import PlainParamsRoute
 
-ERRORS = {
+Responses = dict[int | str, dict[str, Any]]
+
+ERRORS: Responses = {
     404: {"model": schemas.ErrorOut, "description": "Unknown model, source, unit or sequence"},
     422: {"model": schemas.ErrorOut, "description": "Invalid input"},
 }
-LIVE_ERRORS = {**ERRORS, 503: {"model": schemas.ErrorOut, "description": "Live inference busy or unavailable"}}
+LIVE_ERRORS: Responses = {
+    **ERRORS,
+    503: {"model": schemas.ErrorOut, "description": "Live inference busy or unavailable"},
+}
 
 router = APIRouter(prefix="/api", tags=["api"])
-
-
-try:
-    import orjson
-except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback
-    orjson = None
 
 
 class JSON(Response):
@@ -38,12 +39,10 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        if orjson is not None:
-            return orjson.dumps(content)
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return orjson.dumps(content)
 
 
-def _doc(model, errors=ERRORS) -> dict:
+def _doc(model: Any, errors: Responses = ERRORS) -> dict[str, Any]:
     return {"response_class": JSON, "responses": {200: {"model": model}, **errors}}
 
 
@@ -68,17 +67,20 @@ def api_sequence(store: StoreDep, model: str, seq: int):
     responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS},
     response_class=JSON,
 )
-async def api_activations(store: StoreDep, live: LiveDep, model: str, body: schemas.ActivationsIn):
+async def api_activations(request: Request, store: StoreDep, live: LiveDep, model: str, body: schemas.ActivationsIn):
     """With `index`: that unit's activation on every token (BOS first).
     Without: for every token, the `k` units of the source that fire most."""
+    params.check_k(body.k)
     if body.index is not None:
         # Lookups are in memory; the model runs in the live worker, awaited here.
+        info = pages.get_model(store, model)
         src = pages.get_source(store, model, body.source)
         pages.check_index(src, body.index)
         res = await live.arun(body.text, body.source)
-        return JSON(pages.live_unit_payload(store, model, body.source, body.index, res))
+        return JSON(live_data.unit_payload(res, model, body.source, body.index, info.ctx))
+    urls = site_urls.for_request(request)
     return await run_in_threadpool(
-        lambda: JSON(pages.live_top_data(live, store, model, body.source, body.text, k=body.k))
+        lambda: JSON(pages.live_top_data(live, store, urls, model, body.source, body.text, k=body.k))
     )
 
 
@@ -86,15 +88,16 @@ async def api_activations(store: StoreDep, live: LiveDep, model: str, body: sche
     "/{model}/try", summary="Top units per token of a text (the try page)", **_doc(schemas.LiveTopOut, LIVE_ERRORS)
 )
 def api_try(
+    request: Request,
     store: StoreDep,
     live: LiveDep,
     model: str,
     text: str,
     source: str | None = None,
     pos: int | None = None,
-    k: Annotated[int, Query(ge=1, le=100)] = 5,
+    k: params.K = 5,
 ):
-    data = views.try_view(store, live, model, source, text, pos=pos, k=k)
+    data = pages.try_data(store, live, site_urls.for_request(request), model, source, text, pos=pos, k=k)
     return JSON(data["live"])
 
 
@@ -104,6 +107,7 @@ def api_try(
     **_doc(schemas.SearchOut, LIVE_ERRORS),
 )
 def api_search(
+    request: Request,
     store: StoreDep,
     live: LiveDep,
     model: str,
@@ -111,27 +115,29 @@ def api_search(
     text: str | None = None,
     source: str | None = None,
 ):
-    return JSON(views.search_view(store, live, model, token, text, source))
+    return JSON(pages.search_data(store, live, site_urls.for_request(request), model, token, text, source))
 
 
 @router.get(
     "/{model}/{source}", summary="A source's units: sortable, filterable, paginated", **_doc(schemas.SourceTableOut)
 )
 def api_source(
+    request: Request,
     store: StoreDep,
     model: str,
     source: str,
-    sort: str = "max",
-    order: str = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=500)] = 50,
+    sort: params.Sort = "max",
+    order: params.Order = "desc",
+    page: params.Page = 1,
+    per_page: params.PerPage = 50,
     q: str = "",
-    min_density: float | None = None,
-    max_density: float | None = None,
+    min_density: params.Density = None,
+    max_density: params.Density = None,
 ):
     return JSON(
         pages.source_data(
             store,
+            site_urls.for_request(request),
             model,
             source,
             sort=sort,
@@ -146,8 +152,9 @@ def api_source(
 
 
 @router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302, responses=ERRORS)
-def api_random(store: StoreDep, model: str, source: str):
+def api_random(request: Request, store: StoreDep, model: str, source: str):
     index = pages.random_index(store, model, source)
+    urls = site_urls.for_request(request)
     return RedirectResponse(urls.api(urls.unit(model, source, index)), status_code=302)
 
 
@@ -161,8 +168,6 @@ def api_export(store: StoreDep, model: str, source: str, fmt: str):
     one row per unit, as Parquet (`export.parquet`) or JSON lines (`export.jsonl`)."""
     pages.get_source(store, model, source)
     if fmt not in ("parquet", "jsonl"):
-        from actscope.app.errors import not_found
-
         raise not_found(f"No export format {fmt!r}: use export.parquet or export.jsonl.")
     fd, path = tempfile.mkstemp(suffix="." + fmt, prefix="actscope-export-")
     os.close(fd)
@@ -197,5 +202,6 @@ router.add_api_route(
 
 def _api_unit(request, store, live, model, source, index, text, band):
     # A cached answer never gets here: CacheMiddleware serves it before routing.
-    data = views.unit_view(store, live, model, source, index, text=text, band=band)
+    urls = site_urls.for_request(request)
+    data = pages.unit_data(store, live, urls, model, source, index, band=band, text=text)
     return request.app.state.response_cache.put_for(request, JSON(data))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import pages, urls, views
+from actscope.app import pages, params
+from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import AppError
 from actscope.app.fast_route import PlainParamsRoute
+from actscope.app.live_service import LiveService
+from actscope.indexer.store.reader import Store
 
 router = APIRouter(include_in_schema=False)
 
@@ -21,18 +25,21 @@ def render(
     template: str,
     data: dict[str, Any],
     *,
-    html_url: str,
+    page_url: str,
     title: str,
     blocks: dict[str, str] | None = None,
+    block: str | None = None,
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    """Render a page, or only the block an htmx request targets (blocks: target -> block)."""
+    """Render a page, or only the block an htmx request targets (blocks: target -> block),
+    or only `block`. `page_url`: the page's own URL (base path included), whose JSON
+    twin it announces."""
     templates = request.app.state.templates
-    context = {"d": data, "title": title, "json_url": urls.api(html_url), "page_url": html_url}
+    urls = site_urls.for_request(request)
+    context = {"d": data, "title": title, "json_url": urls.api(page_url), "page_url": page_url}
     target = request.headers.get("hx-target") if request.headers.get("hx-request") else None
-    block = None
-    if target:
+    if target and block is None:
         for key, name in (blocks or {}).items():
             if key == target or (key.endswith("*") and target.startswith(key[:-1])):
                 block = name
@@ -44,24 +51,43 @@ def render(
     return templates.TemplateResponse(request, template, context, status_code=status, headers=headers)
 
 
-def _path(request: Request) -> str:
-    # request.url.path and .query, straight from the ASGI scope (as Starlette's URL
-    # quotes them): building request.url costs more than all of a page's links.
-    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+def _here(request: Request) -> str:
+    # The request's URL (path and query, base path included), straight from the ASGI
+    # scope (as Starlette's URL quotes them): building request.url costs more than all
+    # of a page's links.
+    path = site_urls.route_path(request.scope).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
     q = request.scope.get("query_string", b"").decode()
-    return path + (f"?{q}" if q else "")
+    return site_urls.for_request(request).site(path) + (f"?{q}" if q else "")
+
+
+def _or_shown_error(
+    view: Callable[[], dict[str, Any]], fallback: Callable[[], dict[str, Any]], key: str = "error"
+) -> tuple[dict[str, Any], int]:
+    """(view(), 200); if the visitor's input fails it (any error but a 404: empty text,
+    busy model, bad position), the page without that input, fallback(), with the error's
+    message under data[key] and the error's status. A 404 stays a 404 page."""
+    try:
+        data, status, message = view(), 200, None
+    except AppError as exc:
+        if exc.status == 404:
+            raise
+        data, status, message = fallback(), exc.status, exc.message
+    data[key] = message
+    return data, status
 
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, store: StoreDep):
-    return render(request, "home.html", pages.home_data(store), html_url="/", title="actscope")
+    urls = site_urls.for_request(request)
+    return render(request, "home.html", pages.home_data(store), page_url=urls.home(), title="actscope")
 
 
 @router.get("/{model}", response_class=HTMLResponse)
 def model_page(request: Request, store: StoreDep, model: str):
+    urls = site_urls.for_request(request)
     data = pages.home_data(store)
     data["models"] = [pages.model_data(store, model)]
-    return render(request, "home.html", data, html_url=urls.model(model), title=f"{model} · actscope")
+    return render(request, "home.html", data, page_url=urls.model(model), title=f"{model} · actscope")
 
 
 @router.get("/{model}/try", response_class=HTMLResponse)
@@ -75,21 +101,16 @@ def try_page(
     pos: int | None = None,
     k: int = 5,
 ):
-    status, error = 200, None
-    try:
-        data = views.try_view(store, live, model, source, text, pos=pos, k=k)
-    except AppError as exc:
-        if exc.status == 404:
-            raise
-        data = views.try_view(store, live, model, source, None)
-        data["text"] = text
-        status, error = exc.status, exc.message
-    data["error"] = error
+    urls = site_urls.for_request(request)
+    data, status = _or_shown_error(
+        lambda: pages.try_data(store, live, urls, model, source, text, pos=pos, k=k),
+        lambda: {**pages.try_data(store, live, urls, model, source, None), "text": text},
+    )
     return render(
         request,
         "try.html",
         data,
-        html_url=_path(request),
+        page_url=_here(request),
         title=f"try · {model}",
         blocks={"try-result": "result"},
         status=status,
@@ -106,17 +127,17 @@ def search_page(
     text: str | None = None,
     source: str | None = None,
 ):
-    status, error = 200, None
-    try:
-        data = views.search_view(store, live, model, token, text, source or None)
-    except AppError as exc:
-        if exc.status == 404:
-            raise
-        data = views.search_view(store, live, model, None, None, None)
-        data.update(token=token, text=text, source=source)
-        status, error = exc.status, exc.message
-    data["error"] = error
-    return render(request, "search.html", data, html_url=_path(request), title=f"search · {model}", status=status)
+    urls = site_urls.for_request(request)
+    data, status = _or_shown_error(
+        lambda: pages.search_data(store, live, urls, model, token, text, source or None),
+        lambda: {
+            **pages.search_data(store, live, urls, model, None, None, None),
+            "token": token,
+            "text": text,
+            "source": source,
+        },
+    )
+    return render(request, "search.html", data, page_url=_here(request), title=f"search · {model}", status=status)
 
 
 @router.get("/{model}/sequences/{seq}", response_class=HTMLResponse)
@@ -147,7 +168,7 @@ def sequence_page(
         request,
         "sequence.html",
         data,
-        html_url=_path(request),
+        page_url=_here(request),
         title=f"sequence {seq} · {model}",
         blocks={"full-*": "tokens"},
     )
@@ -159,16 +180,17 @@ def source_page(
     store: StoreDep,
     model: str,
     source: str,
-    sort: str = "max",
-    order: str = "desc",
-    page: int = 1,
-    per_page: int = 50,
+    sort: params.Sort = "max",
+    order: params.Order = "desc",
+    page: params.Page = 1,
+    per_page: params.PerPage = 50,
     q: str = "",
-    min_density: float | None = None,
-    max_density: float | None = None,
+    min_density: params.Density = None,
+    max_density: params.Density = None,
 ):
     data = pages.source_data(
         store,
+        site_urls.for_request(request),
         model,
         source,
         sort=sort,
@@ -180,14 +202,14 @@ def source_page(
         max_density=max_density,
     )
     return render(
-        request, "source.html", data, html_url=_path(request), title=f"{source} · {model}", blocks={"units": "units"}
+        request, "source.html", data, page_url=_here(request), title=f"{source} · {model}", blocks={"units": "units"}
     )
 
 
 @router.get("/{model}/{source}/random")
-def random_unit(store: StoreDep, model: str, source: str):
+def random_unit(request: Request, store: StoreDep, model: str, source: str):
     index = pages.random_index(store, model, source)
-    return RedirectResponse(urls.unit(model, source, index), status_code=302)
+    return RedirectResponse(site_urls.for_request(request).unit(model, source, index), status_code=302)
 
 
 async def unit_page(
@@ -212,23 +234,33 @@ router.add_api_route(
 )
 
 
+def _unit_with_text(
+    request: Request,
+    store: Store,
+    live: LiveService,
+    model: str,
+    source: str,
+    index: int,
+    band: str | None,
+    text: str | None,
+) -> tuple[dict[str, Any], int]:
+    """A unit page's data with the visitor's text, or without it and the error shown."""
+    urls = site_urls.for_request(request)
+
+    def unit(text: str | None) -> dict[str, Any]:
+        return pages.unit_data(store, live, urls, model, source, index, band=band, text=text, shown_only=True)
+
+    return _or_shown_error(lambda: unit(text), lambda: {**unit(None), "text": text}, key="live_error")
+
+
 def _unit_page(request, store, live, model, source, index, band, text):
     # A cached page never gets here: CacheMiddleware serves it before routing.
-    status, live_error = 200, None
-    try:
-        data = views.unit_view(store, live, model, source, index, text=text, band=band, shown_only=True)
-    except AppError as exc:
-        if exc.status == 404 or text is None:
-            raise
-        data = views.unit_view(store, live, model, source, index, band=band, shown_only=True)
-        data["text"] = text
-        status, live_error = exc.status, exc.message
-    data["live_error"] = live_error
+    data, status = _unit_with_text(request, store, live, model, source, index, band, text)
     page = render(
         request,
         "unit.html",
         data,
-        html_url=_path(request),
+        page_url=_here(request),
         title=f"{source}/{index} · {model}",
         status=status,
         blocks={"examples": "examples", "live-result": "live"},
@@ -248,26 +280,20 @@ def unit_live(
     band: str | None = None,
 ):
     """The live block of a unit page (htmx); the shareable URL is pushed to the address bar."""
-    share = urls.unit(model, source, index, band=band if band not in (None, "top") else None, text=text)
+    share = site_urls.for_request(request).unit(
+        model, source, index, band=band if band not in (None, "top") else None, text=text
+    )
     if not request.headers.get("hx-request"):
         return RedirectResponse(share, status_code=303)
-    data = pages.unit_data(store, model, source, index)
-    data.update(text=text, live=None, live_error=None, band=band or "top")
-    status = 200
-    try:
-        data["live"] = pages.live_unit_data(live, store, model, source, index, text)
-    except AppError as exc:
-        if exc.status == 404:
-            raise
-        status, data["live_error"] = exc.status, exc.message
-    templates = request.app.state.templates
-    context = {"d": data, "title": "", "json_url": urls.api(share), "page_url": share}
+    data, status = _unit_with_text(request, store, live, model, source, index, band, text)
     # htmx only swaps 2xx responses by default; the error is shown inside the block.
-    return templates.TemplateResponse(
+    return render(
         request,
         "unit.html",
-        context,
-        block_name="live",
-        status_code=200 if status < 500 else status,
+        data,
+        page_url=share,
+        title="",
+        block="live",
+        status=200 if status < 500 else status,
         headers={"HX-Push-Url": share, "X-Live-Status": str(status)},
     )

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from actscope.app.params import K_MAX
+
 
 class ErrorDetail(BaseModel):
     status: int
@@ -146,7 +148,8 @@ class ActivationsIn(BaseModel):
     text: str = Field(description="Text to run the model on (BOS is prepended)")
     source: str = Field(description="Source slug, e.g. 1-mlp")
     index: int | None = Field(None, description="A unit: its activation on every token")
-    k: int = Field(5, ge=1, le=100, description="Without index: units per token")
+    # Checked by params.check_k, like the k of the try page.
+    k: int = Field(5, description="Without index: units per token", json_schema_extra={"minimum": 1, "maximum": K_MAX})
 
 
 class LiveUnitOut(BaseModel):

@@ -6,12 +6,16 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actscope import __version__
 from actscope.app import errors, routes_api, routes_html
+from actscope.app import urls as site_urls
 from actscope.app.live_service import LiveService
 from actscope.app.render import make_templates, prepare_tokens
 from actscope.app.resources import resource_dir
@@ -26,6 +30,20 @@ DESCRIPTION = """Browse what the MLP neurons and SAE features of a language mode
 
 Every page has a JSON twin under `/api` with the same data. Errors always have the shape
 `{"error": {"status": 404, "message": "..."}}`."""
+
+
+class RootPath:
+    """Serve under `settings.root_path` when the server did not set an ASGI root_path
+    itself (`actscope serve` has uvicorn set it; another server may not)."""
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not scope.get("root_path"):
+            scope["root_path"] = self.root_path
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -69,6 +87,8 @@ def create_app(settings: Settings) -> FastAPI:
         prepare_tokens(store.vocab(m.model))
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
+    if settings.root_path:
+        app.add_middleware(RootPath, root_path=settings.root_path)  # outermost: before the cache
     errors.install(app)
     app.mount("/static", StaticFiles(directory=str(resource_dir("static"))), name="static")
     _docs_route(app)
@@ -84,15 +104,18 @@ def _docs_route(app: FastAPI) -> None:
 
     vendor = resource_dir("static") / "vendor"
     local = (vendor / "swagger-ui-bundle.js").is_file() and (vendor / "swagger-ui.css").is_file()
-    urls = (
-        {"swagger_js_url": "/static/vendor/swagger-ui-bundle.js", "swagger_css_url": "/static/vendor/swagger-ui.css"}
-        if local
-        else {}
-    )
 
     @app.get("/docs", include_in_schema=False)
-    async def docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="actscope API", **urls)
+    async def docs(request: Request):
+        urls = site_urls.for_request(request)
+        if not local:
+            return get_swagger_ui_html(openapi_url=urls.openapi(), title="actscope API")
+        return get_swagger_ui_html(
+            openapi_url=urls.openapi(),
+            title="actscope API",
+            swagger_js_url=urls.static("vendor/swagger-ui-bundle.js"),
+            swagger_css_url=urls.static("vendor/swagger-ui.css"),
+        )
 
 
 def _preload(live: LiveService) -> None:
@@ -102,19 +125,39 @@ def _preload(live: LiveService) -> None:
         log.warning("live inference unavailable: %s", getattr(exc, "message", exc))
 
 
+def settings_from_env() -> Settings:
+    """Settings from the ACTSCOPE_* environment variables; invalid values are one
+    ActscopeError."""
+    try:
+        # index_file comes from ACTSCOPE_INDEX_FILE: pydantic-settings reads the
+        # environment, mypy only sees the fields' signature.
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(f"ACTSCOPE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ActscopeError(f"invalid setting: {problems}") from None
+
+
 def app_from_env() -> FastAPI:
     """The app of one `serve` worker process: settings from ACTSCOPE_* variables."""
-    return create_app(Settings())
+    return create_app(settings_from_env())
 
 
-def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
+def serve(
+    index_file: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    root_path: str | None = None,
+) -> None:
     """Run the explorer with uvicorn until interrupted.
 
     ACTSCOPE_WORKERS (default 1) processes each open the index read-only, load their own
     live model and keep their own response cache: on a machine with idle cores, more
     workers serve more pages per second (on the shared 2-core test machine they did
     not: bench/server.py measured no gain and a colder cache). ACTSCOPE_LIVE_THREADS
-    (default 1) torch threads per process.
+    (default 1) torch threads per process. `root_path` (default: ACTSCOPE_ROOT_PATH, or
+    none) is the path prefix the site is served under behind a reverse proxy that strips
+    it; uvicorn passes it to the app as the ASGI root_path.
     """
     import os
 
@@ -124,24 +167,24 @@ def serve(index_file: str, host: str = "127.0.0.1", port: int = 8000, device: st
     os.environ["ACTSCOPE_DEVICE"] = device
     os.environ.setdefault("ACTSCOPE_PRELOAD_LIVE", "true")
     os.environ.setdefault("ACTSCOPE_LIVE_THREADS", "1")
+    if root_path is not None:
+        os.environ["ACTSCOPE_ROOT_PATH"] = root_path
+    settings = settings_from_env()  # the worker processes read the same variables
     workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
     # Fail here, with one line, on a missing, unreadable or incompatible file.
     Store(index_file, resident_mb=0).close()
+    site = f"http://{host}:{port}{settings.root_path}"
+    behind = f" (behind a proxy that strips {settings.root_path})" if settings.root_path else ""
     print(
-        f"actscope: serving {index_file} on http://{host}:{port}/ (JSON API at /api, docs at /docs)"
+        f"actscope: serving {index_file} on {site}/{behind} (JSON API at {site}/api, docs at {site}/docs)"
         f" with {workers} worker process{'es' if workers > 1 else ''}"
     )
+    # access_log off: at log level warning nothing is printed anyway, but uvicorn would
+    # still format every request's log line.
+    options: dict[str, Any] = dict(
+        host=host, port=port, root_path=settings.root_path, log_level="warning", access_log=False
+    )
     if workers > 1:
-        uvicorn.run(
-            "actscope.app.server:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-        )
+        uvicorn.run("actscope.app.server:app_from_env", factory=True, workers=workers, **options)
     else:
-        # access_log off: at log level warning nothing is printed anyway, but uvicorn
-        # would still format every request's log line.
-        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(create_app(settings), **options)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 
 
 class Settings(BaseSettings):
@@ -12,6 +16,10 @@ class Settings(BaseSettings):
 
     index_file: Path
     device: str = "cpu"
+    # The path prefix the site is served under, behind a reverse proxy that strips it
+    # ("/actscope"; "" at the root of the host): the ASGI root_path. Every URL the app
+    # emits carries it.
+    root_path: str = ""
     # Live inference (text typed by visitors). Off: the pages and API still work, the
     # live features answer 503.
     live: bool = True
@@ -37,3 +45,14 @@ class Settings(BaseSettings):
     response_cache_mb: int = 128
     # Rows per page of a source's unit table (the visitor may ask for up to 500).
     page_size: int = 50
+
+    @field_validator("root_path")
+    @classmethod
+    def _check_root_path(cls, value: str) -> str:
+        """Normalised: "actscope/" and "/actscope" are the same prefix; "" and "/" are none."""
+        path = "/" + value.strip().strip("/") if value.strip().strip("/") else ""
+        if not _ROOT_PATH.fullmatch(path):
+            raise ValueError(
+                f"root path {value!r}: expected a path such as /actscope (letters, digits, '-', '.', '_', '~')"
+            )
+        return path

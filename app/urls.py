@@ -1,8 +1,17 @@
-"""Every URL the app links to is built here (one place, like Datasette's url_builder)."""
+"""Every URL the app emits is built here (one place, like Datasette's url_builder).
+
+A `URLs` builder is bound to the site's base path: the ASGI `root_path` of the request
+("" at the root of a host, "/actscope" behind a proxy that serves the site under that
+prefix and strips it). Page data, templates, redirects and headers all build their URLs
+with the builder of the request they answer (`for_request`), so the prefix comes from
+one place, the request's scope (which `actscope serve --root-path` sets).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 
@@ -26,61 +35,109 @@ def _qv(value: object) -> str:
     return _quote_short(text) if len(text) <= 64 else quote_plus(text)
 
 
-def _with_query(path: str, params: dict[str, object] | None) -> str:
+def _with_query(path: str, params: Mapping[str, object] | None) -> str:
     if not params:
         return path
     query = "&".join(f"{_qv(k)}={_qv(v)}" for k, v in params.items() if v is not None and v != "")
     return f"{path}?{query}" if query else path
 
 
-def home() -> str:
-    return "/"
+class URLs:
+    """URLs of the site served under `base` ("" or a path such as "/actscope")."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: str = "") -> None:
+        self.base = base.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"URLs({self.base!r})"
+
+    def site(self, path: str) -> str:
+        """A path of the app as the app's routes see it ("/tiny/0-mlp"), as a URL."""
+        return self.base + path
+
+    def home(self) -> str:
+        return self.base + "/"
+
+    def static(self, name: str) -> str:
+        return f"{self.base}/static/{name}"
+
+    def docs(self) -> str:
+        return f"{self.base}/docs"
+
+    def openapi(self) -> str:
+        return f"{self.base}/openapi.json"
+
+    def model(self, model: str) -> str:
+        return f"{self.base}/{_q(model)}"
+
+    def source(self, model: str, source: str, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}", params)
+
+    def unit(self, model: str, source: str, index: int, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}", params)
+
+    def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
+
+    def random_unit(self, model: str, source: str) -> str:
+        return f"{self.base}/{_q(model)}/{_q(source)}/random"
+
+    def sequence(self, model: str, seq: int, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/sequences/{int(seq)}", params)
+
+    def sequences(self, model: str, source: str, index: int, seq_pos: list[tuple[int, int]]) -> list[str]:
+        """[sequence(model, seq, source=source, index=index, pos=pos) for seq, pos in seq_pos],
+        the common parts quoted once (a unit page links every example's sequence)."""
+        head = f"{self.base}/{_q(model)}/sequences/"
+        query = f"?source={_qv(source)}&index={int(index)}&pos="
+        return [f"{head}{int(seq)}{query}{int(pos)}" for seq, pos in seq_pos]
+
+    def try_page(self, model: str, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/try", params)
+
+    def search(self, model: str, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/search", params)
+
+    def export(self, model: str, source: str, fmt: str) -> str:
+        return f"{self.base}/api/{_q(model)}/{_q(source)}/export.{fmt}"
+
+    def api(self, page_url: str) -> str:
+        """The JSON twin of a page URL built by this builder: the same path and query
+        under /api."""
+        path = page_url[len(self.base) :] if self.base and page_url.startswith(self.base) else page_url
+        return f"{self.base}/api" if path in ("", "/") else f"{self.base}/api{path}"
 
 
-def model(model: str) -> str:
-    return f"/{_q(model)}"
+ROOT = URLs("")
 
 
-def source(model: str, source: str, **params: object) -> str:
-    return _with_query(f"/{_q(model)}/{_q(source)}", params)
+@lru_cache(maxsize=64)
+def for_base(base: str) -> URLs:
+    """The (shared) builder of a base path."""
+    return URLs(base) if base.rstrip("/") else ROOT
 
 
-def unit(model: str, source: str, index: int, **params: object) -> str:
-    return _with_query(f"/{_q(model)}/{_q(source)}/{int(index)}", params)
+def base_path(scope: Mapping[str, Any]) -> str:
+    """The site's base path of a request: its ASGI root_path (that of the app, also
+    inside a mounted sub-app such as /static)."""
+    if "app_root_path" in scope:
+        return scope["app_root_path"]
+    return scope.get("root_path", "")
 
 
-def unit_live(model: str, source: str, index: int, **params: object) -> str:
-    return _with_query(f"/{_q(model)}/{_q(source)}/{int(index)}/live", params)
+def for_request(request: Any) -> URLs:
+    """The builder of the site as `request` reached it."""
+    return for_base(base_path(request.scope))
 
 
-def random_unit(model: str, source: str) -> str:
-    return f"/{_q(model)}/{_q(source)}/random"
-
-
-def sequence(model: str, seq: int, **params: object) -> str:
-    return _with_query(f"/{_q(model)}/sequences/{int(seq)}", params)
-
-
-def sequences(model: str, source: str, index: int, seq_pos: list[tuple[int, int]]) -> list[str]:
-    """[sequence(model, seq, source=source, index=index, pos=pos) for seq, pos in seq_pos],
-    the common parts quoted once (a unit page links every example's sequence)."""
-    head = f"/{_q(model)}/sequences/"
-    query = f"?source={_qv(source)}&index={int(index)}&pos="
-    return [f"{head}{int(seq)}{query}{int(pos)}" for seq, pos in seq_pos]
-
-
-def try_page(model: str, **params: object) -> str:
-    return _with_query(f"/{_q(model)}/try", params)
-
-
-def search(model: str, **params: object) -> str:
-    return _with_query(f"/{_q(model)}/search", params)
-
-
-def export(model: str, source: str, fmt: str) -> str:
-    return f"/api/{_q(model)}/{_q(source)}/export.{fmt}"
-
-
-def api(html_url: str) -> str:
-    """The JSON twin of a page URL: the same path and query under /api."""
-    return "/api" if html_url in ("", "/") else "/api" + html_url
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request's path as the app's routes see it: without the base path. (Servers
+    differ: uvicorn puts the root_path in front of `path`, Starlette's TestClient does
+    not; the router accepts both, so does this.)"""
+    path: str = scope["path"]
+    base = base_path(scope).rstrip("/")
+    if base and path.startswith(base) and (len(path) == len(base) or path[len(base)] == "/"):
+        return path[len(base) :] or "/"
+    return path

@@ -1,0 +1,76 @@
+"""The visitor's parameters: their checks, in one place, and their declarations.
+
+The page data functions (app/pages.py) call the checks, so an HTML page and its JSON
+twin refuse the same input with the same message. The route signatures of both
+routers use the `Annotated` declarations below: they document the bounds in the
+OpenAPI schema (`json_schema_extra`) without checking them a second time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query
+from pydantic import BeforeValidator
+
+from actscope.app.errors import bad_input
+
+SORT_COLUMNS = ("unit", "max", "mean", "density", "cos_in_out")
+ORDERS = ("asc", "desc")
+PER_PAGE_MAX = 500
+K_MAX = 100  # units per token of the try page and the activations API
+
+
+def check_table(sort: str, order: str, page: int, per_page: int) -> None:
+    """The sort, order and page of a source's unit table."""
+    if sort not in SORT_COLUMNS:
+        raise bad_input(f"sort must be one of {', '.join(SORT_COLUMNS)}, not {sort!r}.")
+    if order not in ORDERS:
+        raise bad_input(f"order must be asc or desc, not {order!r}.")
+    if page < 1 or not 1 <= per_page <= PER_PAGE_MAX:
+        raise bad_input(f"page must be >= 1 and per_page between 1 and {PER_PAGE_MAX}.")
+
+
+def check_page_exists(page: int, n_pages: int) -> None:
+    if page > n_pages:
+        raise bad_input(f"page {page} is past the last page ({n_pages}).")
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= K_MAX:
+        raise bad_input(f"k must be between 1 and {K_MAX}.")
+
+
+def check_pos(pos: int | None, n_tokens: int) -> None:
+    if pos is not None and not 0 <= pos < n_tokens:
+        raise bad_input(f"pos must be between 0 and {n_tokens - 1}.")
+
+
+def band_choice(band: str | None, n_bands: int) -> str:
+    """The example set a unit page shows: "top" (the default) or a band number."""
+    if band is None or band in ("", "top"):
+        return "top"
+    if band.isascii() and band.isdigit() and int(band) < n_bands:
+        return str(int(band))  # "01" shows band 1
+    raise bad_input(f"band must be 'top' or a band number from 0 to {n_bands - 1}, not {band!r}.")
+
+
+# -- declarations: documentation, and the parsing of form values; the checks above are
+# the only checks --------------------------------------------------------------------
+Sort = Annotated[str, Query(description="Column to sort by", json_schema_extra={"enum": list(SORT_COLUMNS)})]
+Order = Annotated[str, Query(description="Sort order", json_schema_extra={"enum": list(ORDERS)})]
+Page = Annotated[int, Query(description="Page number, from 1", json_schema_extra={"minimum": 1})]
+PerPage = Annotated[int, Query(description="Rows per page", json_schema_extra={"minimum": 1, "maximum": PER_PAGE_MAX})]
+K = Annotated[int, Query(description="Units per token", json_schema_extra={"minimum": 1, "maximum": K_MAX})]
+
+
+def _blank_is_none(value: object) -> object:
+    # A form's empty number box is sent as `name=`: no bound, not an invalid number.
+    return None if value == "" else value
+
+
+Density = Annotated[
+    float | None,
+    BeforeValidator(_blank_is_none),
+    Query(description="Bound on the share of tokens the unit fires on (0 to 1); empty: none"),
+]
