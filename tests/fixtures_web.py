@@ -70,9 +70,13 @@ def xss_index(web_index, tmp_path):
 
 
 class ServerThread:
-    """uvicorn serving an app on 127.0.0.1:<free port> in a thread of the test process."""
+    """uvicorn serving an app on 127.0.0.1:<free port> in a thread of the test process.
 
-    def __init__(self, app):
+    With `root_path`, uvicorn serves the app under that prefix as `actscope serve
+    --root-path` does: requests arrive without it (a reverse proxy strips it), the app
+    puts it in every URL it emits."""
+
+    def __init__(self, app, root_path: str = ""):
         import socket
         import threading
 
@@ -83,7 +87,9 @@ class ServerThread:
         self.port = sock.getsockname()[1]
         sock.close()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", root_path=root_path)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -110,6 +116,79 @@ def live_server(web_index):
     app = create_app(Settings(index_file=web_index, preload_live=True))
     with ServerThread(app) as server:
         yield server
+
+
+PREFIX = "/actscope"
+
+
+class StripPrefixProxy:
+    """A reverse proxy on 127.0.0.1:<free port> in a thread of the test process, as a
+    user puts in front of `actscope serve --root-path PREFIX` (nginx:
+    `location /actscope/ { proxy_pass http://127.0.0.1:8000/; }`): it forwards
+    PREFIX/... to the upstream server without the prefix; any other path is 404."""
+
+    def __init__(self, upstream_port: int, prefix: str = PREFIX):
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                if not (self.path == prefix or self.path.startswith(prefix + "/")):
+                    self.send_error(404, "not under the proxied prefix")
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                skip = ("host", "connection", "keep-alive")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
+                try:
+                    upstream.request(self.command, self.path[len(prefix) :] or "/", body=body, headers=headers)
+                    resp = upstream.getresponse()
+                    data = resp.read()
+                finally:
+                    upstream.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "content-length", "transfer-encoding", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = forward
+
+            def log_message(self, format, *args):  # quiet
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        import threading
+
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def prefixed_site(web_index):
+    """The app served as `actscope serve --root-path /actscope` does (uvicorn with a
+    root_path), behind a proxy that strips the prefix. Yields the proxy: the site is at
+    `proxy.url + PREFIX + "/"`."""
+    from actscope.app.server import create_app
+    from actscope.app.settings import Settings
+
+    app = create_app(Settings(index_file=web_index, preload_live=True))
+    with ServerThread(app, root_path=PREFIX) as server, StripPrefixProxy(server.port) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")
