@@ -115,6 +115,7 @@ def _docs_route(app: FastAPI) -> None:
             title="actscope API",
             swagger_js_url=urls.static("vendor/swagger-ui-bundle.js"),
             swagger_css_url=urls.static("vendor/swagger-ui.css"),
+            swagger_favicon_url=urls.favicon(),
         )
 
 
@@ -173,12 +174,14 @@ def serve(
     workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
     # Fail here, with one line, on a missing, unreadable or incompatible file.
     Store(index_file, resident_mb=0).close()
-    site = f"http://{host}:{port}{settings.root_path}"
-    behind = f" (behind a proxy that strips {settings.root_path})" if settings.root_path else ""
-    print(
-        f"actscope: serving {index_file} on {site}/{behind} (JSON API at {site}/api, docs at {site}/docs)"
-        f" with {workers} worker process{'es' if workers > 1 else ''}"
+    prefix = settings.root_path
+    where = (
+        f"http://{host}:{port}/ for a proxy that serves it under {prefix}/ and strips the prefix"
+        f" (JSON API at {prefix}/api, docs at {prefix}/docs)"
+        if prefix
+        else f"http://{host}:{port}/ (JSON API at /api, docs at /docs)"
     )
+    print(f"actscope: serving {index_file} on {where} with {workers} worker process{'es' if workers > 1 else ''}")
     # access_log off: at log level warning nothing is printed anyway, but uvicorn would
     # still format every request's log line.
     options: dict[str, Any] = dict(

@@ -42,6 +42,14 @@ def _with_query(path: str, params: Mapping[str, object] | None) -> str:
     return f"{path}?{query}" if query else path
 
 
+# The site's icon, inline: a browser never asks the host's root for /favicon.ico (outside
+# the site when it is served under a prefix), and /docs needs no icon from the network.
+FAVICON = (
+    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
+    "%3Crect width='16' height='16' rx='3' fill='%23e8590c'/%3E%3C/svg%3E"
+)
+
+
 class URLs:
     """URLs of the site served under `base` ("" or a path such as "/actscope")."""
 
@@ -62,6 +70,9 @@ class URLs:
 
     def static(self, name: str) -> str:
         return f"{self.base}/static/{name}"
+
+    def favicon(self) -> str:
+        return FAVICON
 
     def docs(self) -> str:
         return f"{self.base}/docs"
