@@ -119,12 +119,23 @@ ROOT_PATH_HELP = (
 )
 
 
+def parse_root_path(_ctx, _param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from actscope.app.settings import normalise_root_path
+
+    try:
+        return normalise_root_path(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command("serve")
 @click.argument("index_file", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device for live inference.")
-@click.option("--root-path", default=None, metavar="PREFIX", help=ROOT_PATH_HELP)
+@click.option("--root-path", default=None, metavar="PREFIX", callback=parse_root_path, help=ROOT_PATH_HELP)
 @user_errors
 def serve_command(index_file: str, host: str, port: int, device: str, root_path: str | None) -> None:
     """Serve an index built by `actscope index` in the browser and as a JSON API."""
@@ -139,7 +150,7 @@ def serve_command(index_file: str, host: str, port: int, device: str, root_path:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if it is up to date.")
 @click.option("--build-only", is_flag=True, help="Build the index if needed, then exit without serving.")
-@click.option("--root-path", default=None, metavar="PREFIX", help=ROOT_PATH_HELP)
+@click.option("--root-path", default=None, metavar="PREFIX", callback=parse_root_path, help=ROOT_PATH_HELP)
 @user_errors
 def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool, root_path: str | None) -> None:
     """Build the demo index of the bundled model (if needed) and serve it."""

@@ -11,6 +11,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 
 
+def normalise_root_path(value: str) -> str:
+    """A path prefix as the app uses it: "actscope/" and "/actscope" are "/actscope";
+    "" and "/" are none (""). ValueError for anything but a plain path."""
+    inner = value.strip().strip("/")
+    path = "/" + inner if inner else ""
+    if not _ROOT_PATH.fullmatch(path):
+        raise ValueError(
+            f"root path {value!r}: expected a path such as /actscope (letters, digits, '-', '.', '_', '~')"
+        )
+    return path
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACTSCOPE_")
 
@@ -49,10 +61,4 @@ class Settings(BaseSettings):
     @field_validator("root_path")
     @classmethod
     def _check_root_path(cls, value: str) -> str:
-        """Normalised: "actscope/" and "/actscope" are the same prefix; "" and "/" are none."""
-        path = "/" + value.strip().strip("/") if value.strip().strip("/") else ""
-        if not _ROOT_PATH.fullmatch(path):
-            raise ValueError(
-                f"root path {value!r}: expected a path such as /actscope (letters, digits, '-', '.', '_', '~')"
-            )
-        return path
+        return normalise_root_path(value)

@@ -346,6 +346,10 @@ def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch):
     monkeypatch.delenv("ACTSCOPE_ROOT_PATH")
     result = CliRunner().invoke(main, ["serve", str(web_index)])
     assert calls[-1]["root_path"] == ""
-    # A bad prefix is one line and exit status 2.
-    result = CliRunner().invoke(main, ["serve", str(web_index), "--root-path", "/a b"])
-    assert result.exit_code == 2 and result.output.startswith("error: ") and "root path" in result.output
+    # A bad prefix: exit status 2 and one line saying why, before anything is built.
+    for command in (["serve", str(web_index)], ["demo", "--out", str(web_index)]):
+        result = CliRunner().invoke(main, [*command, "--root-path", "/a b"])
+        assert result.exit_code == 2 and "root path '/a b'" in result.output, result.output
+    monkeypatch.setenv("ACTSCOPE_ROOT_PATH", "/a?b")
+    result = CliRunner().invoke(main, ["serve", str(web_index)])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "ACTSCOPE_ROOT_PATH" in result.output
