@@ -40,6 +40,18 @@ def make_client(index_path, **settings):
     return TestClient(app)
 
 
+@pytest.fixture
+def restored_environ():
+    """`actscope serve` writes ACTSCOPE_* variables into os.environ for its worker
+    processes; a test that runs it must not leave them to the apps built after it."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def client(web_index):
     """An in-process client over the test index (live inference on, loaded lazily)."""

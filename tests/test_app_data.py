@@ -176,7 +176,7 @@ def test_missing_unreadable_or_wrong_version_files(web_index, tmp_path):
         create_app(Settings(index_file=empty))
 
 
-def test_serve_reports_bad_files_as_one_line(tmp_path):
+def test_serve_reports_bad_files_as_one_line(tmp_path, restored_environ):
     from click.testing import CliRunner
 
     from actscope.cli import main

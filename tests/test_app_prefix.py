@@ -322,7 +322,7 @@ def test_without_a_prefix_urls_start_at_the_root(client):
     assert "url: '/openapi.json'" in docs and 'src="/static/vendor/swagger-ui-bundle.js"' in docs
 
 
-def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch):
+def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch, restored_environ):
     import uvicorn
     from click.testing import CliRunner
 
@@ -330,7 +330,6 @@ def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch):
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    # serve() sets ACTSCOPE_* variables for its worker processes: restored after the test.
     for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "WORKERS", "LIVE"):
         monkeypatch.delenv(f"ACTSCOPE_{var}", raising=False)
     monkeypatch.setenv("ACTSCOPE_LIVE", "false")
