@@ -36,6 +36,7 @@ def make_client(index_path, **settings):
     from actscope.app.server import create_app
     from actscope.app.settings import Settings
 
+    settings.setdefault("root_path", "")  # at the root whatever ACTSCOPE_ROOT_PATH says
     app = create_app(Settings(index_file=index_path, **settings))
     return TestClient(app)
 
@@ -125,7 +126,7 @@ def live_server(web_index):
     from actscope.app.server import create_app
     from actscope.app.settings import Settings
 
-    app = create_app(Settings(index_file=web_index, preload_live=True))
+    app = create_app(Settings(index_file=web_index, preload_live=True, root_path=""))
     with ServerThread(app) as server:
         yield server
 
@@ -198,7 +199,7 @@ def prefixed_site(web_index):
     from actscope.app.server import create_app
     from actscope.app.settings import Settings
 
-    app = create_app(Settings(index_file=web_index, preload_live=True))
+    app = create_app(Settings(index_file=web_index, preload_live=True, root_path=""))  # uvicorn's root_path
     with ServerThread(app, root_path=PREFIX) as server, StripPrefixProxy(server.port) as proxy:
         yield proxy
 

@@ -323,6 +323,8 @@ def test_without_a_prefix_urls_start_at_the_root(client):
 
 
 def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch, restored_environ):
+    import os
+
     import uvicorn
     from click.testing import CliRunner
 
@@ -330,25 +332,27 @@ def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch, restored_
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "WORKERS", "LIVE"):
-        monkeypatch.delenv(f"ACTSCOPE_{var}", raising=False)
-    monkeypatch.setenv("ACTSCOPE_LIVE", "false")
+    # The environment is set directly (serve writes it too): restored_environ puts it back.
+    env = os.environ
+    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "WORKERS"):
+        env.pop(f"ACTSCOPE_{var}", None)
+    env["ACTSCOPE_LIVE"] = "false"
     result = CliRunner().invoke(main, ["serve", str(web_index), "--root-path", "/actscope/"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["root_path"] == "/actscope"
     assert f"http://127.0.0.1:8000/ for a proxy that serves it under {PREFIX}/" in result.output
     # From the environment, as every other setting.
-    monkeypatch.setenv("ACTSCOPE_ROOT_PATH", "/from-env")
+    env["ACTSCOPE_ROOT_PATH"] = "/from-env"
     result = CliRunner().invoke(main, ["serve", str(web_index)])
     assert result.exit_code == 0, result.output
     assert calls[-1]["root_path"] == "/from-env"
-    monkeypatch.delenv("ACTSCOPE_ROOT_PATH")
+    del env["ACTSCOPE_ROOT_PATH"]
     result = CliRunner().invoke(main, ["serve", str(web_index)])
     assert calls[-1]["root_path"] == ""
     # A bad prefix: exit status 2 and one line saying why, before anything is built.
     for command in (["serve", str(web_index)], ["demo", "--out", str(web_index)]):
         result = CliRunner().invoke(main, [*command, "--root-path", "/a b"])
         assert result.exit_code == 2 and "root path '/a b'" in result.output, result.output
-    monkeypatch.setenv("ACTSCOPE_ROOT_PATH", "/a?b")
+    env["ACTSCOPE_ROOT_PATH"] = "/a?b"
     result = CliRunner().invoke(main, ["serve", str(web_index)])
     assert result.exit_code == 2 and result.output.startswith("error: ") and "ACTSCOPE_ROOT_PATH" in result.output
