@@ -18,7 +18,8 @@ export TOKENIZERS_PARALLELISM := false
 
 # Heavy dependencies are installed once per pyproject change; torch first, pinned,
 # so no other requirement can pull a CUDA build.
-$(BIN)/.deps-stamp: pyproject.toml
+# (The front-end files first: installing the extras builds the package, which ships them.)
+$(BIN)/.deps-stamp: pyproject.toml static/vendor/htmx.min.js
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0
@@ -35,6 +36,7 @@ static/vendor/htmx.min.js: package.json package-lock.json
 # Our own code is installed as a regular (non-editable) package so tests exercise
 # exactly what a user gets, including package data.
 install: $(BIN)/.deps-stamp static/vendor/htmx.min.js
+	rm -rf build  # a stale build/ would ship modules that no longer exist
 	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
 
 lint: $(BIN)/.deps-stamp

@@ -5,7 +5,7 @@ The routes return the page data directly (fast); these models document it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -24,7 +24,7 @@ class ErrorOut(BaseModel):
 class SourceOut(BaseModel):
     slug: str
     hook_name: str = Field(description="TransformerLens hook name, e.g. blocks.1.mlp.hook_post")
-    kind: Literal["neuron", "sae"]
+    kind: str = Field(description="The unit kind: its name in the kind registry, e.g. neuron or sae")
     layer: int
     n_units: int
     band_basis: str
