@@ -84,7 +84,7 @@ class DenseAccumulator(MergeableAccumulator):
         top_threshold = torch.full((self.n_units,), float("inf")) if warm else self._top_threshold()
         n_rows = body.shape[0] * body.shape[1]
         scratch = self._count_scratch(n_rows)
-        candidates = self._run_pass(dense_pass, (acts, scratch, self.grid.band_start), keys, top_threshold, order)
+        candidates = self._run_pass(dense_pass, (acts, scratch), keys, top_threshold, order)
         self.stats.n_tokens += n_rows
         self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
         if warm:

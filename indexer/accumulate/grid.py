@@ -13,8 +13,12 @@ the grid edges nearest to the calibrated quantiles: band counts are exact sums o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the kernels (numba) are imported on the compiled path only
+    from actscope.indexer.accumulate.kernels_cpu import BinGrid
 
 
 @dataclass
@@ -48,6 +52,18 @@ class Grid:
         raw = torch.ceil(values * self.scale[units]) - 1
         base = self.base[units]
         return (torch.minimum(torch.maximum(raw, base), base + (self.n_bins - 1)) - base).long()
+
+    def bin_grid(self) -> BinGrid:
+        """The grid's arrays, for the compiled kernels (CPU only)."""
+        from actscope.indexer.accumulate.kernels_cpu import BinGrid
+
+        return BinGrid(
+            scale=self.scale.numpy(),
+            base=self.base.numpy(),
+            n_bins=self.n_bins,
+            band_start=self.band_start.numpy(),
+            band_of_bin=self.band_of_bin.numpy(),
+        )
 
     def first_positive_bin(self) -> torch.Tensor:
         """[U] the bin starting just above 0 (0 is always inside the grid)."""
@@ -130,13 +146,7 @@ def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -
     from actscope.indexer.accumulate.kernels_cpu import dense_bin_counts
 
     dense_bin_counts(
-        acts.float().cpu().contiguous().numpy(),
-        1,
-        grid.scale.numpy(),
-        grid.base.numpy(),
-        grid.n_bins,
-        numba.get_num_threads(),
-        counts.numpy(),
+        acts.float().cpu().contiguous().numpy(), 1, grid.bin_grid(), numba.get_num_threads(), counts.numpy()
     )
 
 

@@ -9,9 +9,17 @@ threads by parts of the units, so every unit is updated by one thread, determini
 Candidates are written to fixed-size buffers per part; a count above the capacity means
 the buffer overflowed (during warm-up, when every token is a candidate) and the caller
 then finds that batch's candidates with the torch path instead.
+
+The kernels take their arrays grouped in named records (NamedTuples, which numba compiles
+as they are), so a caller cannot swap two arrays of one type unnoticed. Each parallel
+kernel unpacks its records into local arrays before its parallel loop, and the helpers
+inside that loop take arrays: numba drops writes made through a namedtuple's fields inside
+a prange loop (numba issues #5872, #7135, #10338), silently.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -21,30 +29,91 @@ from numba import njit, prange
 CANDIDATE_CAPACITY = 65536  # candidates of each kind buffered per part of the units
 
 
-class CandidateBuffers:
-    """Where a pass kernel writes its top-k and band-sample candidates, one region per part."""
+class UnitStats(NamedTuple):
+    """A source's running statistics, updated in place by the pass kernels (the arrays of
+    sampling.RunningStats)."""
 
-    def __init__(self) -> None:
-        self.top_out = self.sample_out = np.zeros((0, 0, 0), dtype=np.int64)
-        self.top_count = self.sample_count = np.zeros(0, dtype=np.int64)
+    sum: np.ndarray  # [U] float64
+    sum_sq: np.ndarray  # [U] float64
+    min: np.ndarray  # [U] float32
+    max: np.ndarray  # [U] float32
+    hist: np.ndarray  # [U, n_bins] int64: fine-bin counts
 
-    def reset(self) -> None:
-        """Empty buffers, one part per numba thread."""
-        n_parts = numba.get_num_threads()
-        if self.top_out.shape[:2] != (n_parts, CANDIDATE_CAPACITY):
-            self.top_out = np.zeros((n_parts, CANDIDATE_CAPACITY, 3), dtype=np.int64)
-            self.sample_out = np.zeros((n_parts, CANDIDATE_CAPACITY, 4), dtype=np.int64)
-        self.top_count = np.zeros(n_parts, dtype=np.int64)
-        self.sample_count = np.zeros(n_parts, dtype=np.int64)
 
-    def args(self) -> tuple:
-        return self.top_out, self.top_count, self.sample_out, self.sample_count
+class BinGrid(NamedTuple):
+    """Each unit's fine bins and the bands over them (the arrays of grid.Grid)."""
+
+    scale: np.ndarray  # [U] float32: 1 / bin width, a power of two
+    base: np.ndarray  # [U] float32: bin j holds ((base + j) w, (base + j + 1) w]
+    n_bins: int
+    band_start: np.ndarray  # [U, n_bands + 1] int64: first bin of each band; last = n_bins
+    band_of_bin: np.ndarray  # [U, n_bins] int64
+
+
+class CandidateTests(NamedTuple):
+    """What makes a token of the batch a candidate, per unit."""
+
+    top_threshold: np.ndarray  # [U] float32: the value to beat for the top-k
+    band_threshold: np.ndarray  # [U, n_bands] float64: the key to get under for a band sample; -inf: none
+    band_size: int  # samples kept per band: once it has this many candidates, a band takes no more keys
+
+
+class Candidates(NamedTuple):
+    """Where a pass kernel writes its candidates, one region of `capacity` rows per part of
+    the units; a count above the capacity means that region overflowed."""
+
+    top: np.ndarray  # [n_parts, capacity, 3] int64: (b, p, unit) of top-k candidates
+    n_top: np.ndarray  # [n_parts] int64
+    sample: np.ndarray  # [n_parts, capacity, 4] int64: (b, p, unit, band) of band-sample candidates
+    n_sample: np.ndarray  # [n_parts] int64
 
     def top_overflowed(self) -> bool:
-        return bool(self.top_count.max(initial=0) > self.top_out.shape[1])
+        return bool(self.n_top.max(initial=0) > self.top.shape[1])
 
     def samples_overflowed(self) -> bool:
-        return bool(self.sample_count.max(initial=0) > self.sample_out.shape[1])
+        return bool(self.n_sample.max(initial=0) > self.sample.shape[1])
+
+
+class ExampleState(NamedTuple):
+    """Examples kept per group (GroupedTopK): n slots per group, best first."""
+
+    score: np.ndarray  # [G, n] float64: activation (top-k) or sampling key (band samples)
+    token: np.ndarray  # [G, n] int64: global token id; -1 in an empty slot
+    act: np.ndarray  # [G, n] float32: the unit's activation on the token
+    win: np.ndarray  # [G, n, before + 1 + after] float32: activations around it, NaN outside the sequence
+
+
+class ExampleCandidates(NamedTuple):
+    """Tokens offered to insert_examples, one entry each [C]."""
+
+    group: np.ndarray  # int64
+    score: np.ndarray  # float64
+    token: np.ndarray  # int64: global token id
+    b: np.ndarray  # int64: sequence in the batch
+    p: np.ndarray  # int64: position in the sequence
+    unit: np.ndarray  # int64
+
+
+class Window(NamedTuple):
+    """Positions kept around an example's focus token."""
+
+    before: int
+    after: int
+
+
+class CandidateBuffers:
+    """The candidate regions of the pass kernels, kept from batch to batch."""
+
+    def __init__(self) -> None:
+        self.top = self.sample = np.zeros((0, 0, 0), dtype=np.int64)
+
+    def reset(self) -> Candidates:
+        """Empty buffers, one part per numba thread."""
+        n_parts = numba.get_num_threads()
+        if self.top.shape[:2] != (n_parts, CANDIDATE_CAPACITY):
+            self.top = np.zeros((n_parts, CANDIDATE_CAPACITY, 3), dtype=np.int64)
+            self.sample = np.zeros((n_parts, CANDIDATE_CAPACITY, 4), dtype=np.int64)
+        return Candidates(self.top, np.zeros(n_parts, dtype=np.int64), self.sample, np.zeros(n_parts, dtype=np.int64))
 
 
 def key_order(keys: torch.Tensor) -> np.ndarray:
@@ -177,54 +246,52 @@ def _offer_top(out, part, n, b, p, u):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_pass(
-    acts,
-    scratch,
-    band_start,
-    keys,
-    order,
-    scale,
-    base,
-    n_bins,
-    top_threshold,
-    band_of_bin,
-    band_need,
-    band_size,
-    total,
-    total_sq,
-    low,
-    high,
-    hist,
-    top_out,
-    top_count,
-    sample_out,
-    sample_count,
-):
-    """acts [B, P, U] float32; keys [B * P] float64; order: the rows b * P + p to visit
-    (BOS excluded), in increasing key order, ties by row. scratch [n_parts, >= part width,
+def dense_pass(acts, scratch, keys, order, grid, tests, stats, found):
+    """Update `stats` (UnitStats) with the batch acts [B, P, U] float32 and write its top-k
+    and band-sample candidates (CandidateTests `tests`) to `found` (Candidates), binned on
+    `grid` (BinGrid). keys [B * P] float64; order: the rows b * P + p to visit (BOS
+    excluded), in increasing key order, ties by row. scratch [n_parts, >= part width,
     n_bins] int16 or int32 (wide enough for the batch's rows), all zeros: each part counts
     its batch there (a fraction of the cache footprint of the int64 histogram), adds the
-    counts to `hist` and leaves it zeroed again; kept by the caller, so no call allocates
-    (and page-faults) a fresh table.
+    counts to `stats.hist` and leaves it zeroed again; kept by the caller, so no call
+    allocates (and page-faults) a fresh table.
 
-    The units are split into one contiguous part per thread (top_count.shape[0] parts),
+    The units are split into one contiguous part per thread (found.n_top.shape[0] parts),
     each part walking the rows, so every unit is updated by one thread in the same order
     whatever the number of threads. Each row is visited by several short loops over the
     part's units rather than one long one: with few arrays per loop the compiler
     vectorises them; the moments and extremes take four rows per visit of the units.
-    band_need [U, n_bands] is each band's sampling threshold (-inf for bands no bin maps
-    to). Rows come in increasing key order, so once a band has taken
+    tests.band_threshold [U, n_bands] is each band's sampling threshold (-inf for bands no
+    bin maps to). Rows come in increasing key order, so once a band has taken
     band_size candidates in this batch no later row can beat them: the band is closed,
     and a unit with every band closed looks at no more keys. This keeps the candidates
     few even in the first batches, when the thresholds are still infinite.
 
     Which tokens can become band samples is tested per row with one vectorised compare:
     each unit keeps the first bin of its lowest band still taking the row's key
-    (band_start [U, n_bands + 1], the grid's), raised as the keys pass the bands'
+    (grid.band_start [U, n_bands + 1]), raised as the keys pass the bands'
     thresholds (taken in threshold order) and as bands close. Band thresholds are far
     apart (a rare band's is high, a common band's tiny), so most rows with a low key
     still have no value in a band that would take it, and are passed over at once.
     """
+    # The records' arrays, taken out before the parallel loop (see the module docstring).
+    scale = grid.scale
+    base = grid.base
+    n_bins = grid.n_bins
+    band_start = grid.band_start
+    band_of_bin = grid.band_of_bin
+    top_threshold = tests.top_threshold
+    band_need = tests.band_threshold
+    band_size = tests.band_size
+    total = stats.sum
+    total_sq = stats.sum_sq
+    low = stats.min
+    high = stats.max
+    hist = stats.hist
+    top_out = found.top
+    top_count = found.n_top
+    sample_out = found.sample
+    sample_count = found.n_sample
     n_batch, n_pos, n_units = acts.shape
     n_parts = top_count.shape[0]
     last_bin = np.float32(n_bins - 1)
@@ -313,9 +380,12 @@ def dense_pass(
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_bin_counts(acts, first_pos, scale, base, n_bins, n_parts, counts):
-    """counts [U, n_bins] += the bins (those dense_pass computes) of acts [B, P, U] at
-    positions first_pos and after."""
+def dense_bin_counts(acts, first_pos, grid, n_parts, counts):
+    """counts [U, n_bins] += the bins on `grid` (BinGrid; those dense_pass computes) of
+    acts [B, P, U] at positions first_pos and after."""
+    scale = grid.scale
+    base = grid.base
+    n_bins = grid.n_bins
     n_batch, n_pos, n_units = acts.shape
     last_bin = np.float32(n_bins - 1)
     for part in prange(n_parts):
@@ -371,30 +441,27 @@ def _insert(g, s, t, b, p, u, acts, before, after, descending, state_score, stat
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def insert_examples(
-    group,
-    score,
-    token,
-    b,
-    p,
-    unit,
-    acts,
-    before,
-    after,
-    descending,
-    n_parts,
-    state_score,
-    state_token,
-    state_act,
-    state_win,
-):
-    """GroupedTopK.add for example candidates, in place (see _insert).
+def insert_examples(offered, acts, window, descending, n_parts, examples):
+    """GroupedTopK.add for example candidates `offered` (ExampleCandidates), in place in
+    `examples` (ExampleState), their windows (Window) read from acts (see _insert).
 
     Only the candidates that get in cost anything beyond a comparison with the group's
     worst entry. Reading a window is a cache miss per position, so the groups are shared
     out among n_parts threads (by group modulo n_parts: each group is still updated by one
     thread, in candidate order).
     """
+    group = offered.group
+    score = offered.score
+    token = offered.token
+    b = offered.b
+    p = offered.p
+    unit = offered.unit
+    before = window.before
+    after = window.after
+    state_score = examples.score
+    state_token = examples.token
+    state_act = examples.act
+    state_win = examples.win
     for part in prange(n_parts):
         for c in range(group.shape[0]):
             if group[c] % n_parts == part:
@@ -417,35 +484,29 @@ def insert_examples(
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def insert_candidates(
-    acts,
-    keys,
-    first_seq,
-    before,
-    after,
-    n_bands,
-    with_top,
-    with_samples,
-    top_out,
-    top_count,
-    sample_out,
-    sample_count,
-    top_score,
-    top_token,
-    top_act,
-    top_win,
-    sample_score,
-    sample_token,
-    sample_act,
-    sample_win,
-):
-    """Merge a pass kernel's candidates into the top-k (scored by activation, group = unit)
-    and the band samples (scored by key, group = unit * n_bands + band), in place.
+def insert_candidates(acts, keys, found, top, samples, first_seq, window, n_bands, with_top, with_samples):
+    """Merge a pass kernel's candidates `found` (Candidates) into the top-k `top` (scored by
+    activation, group = unit) and the band samples `samples` (ExampleState both; scored by
+    key, group = unit * n_bands + band), in place, with their windows (Window).
 
     A part's candidates are all of its own units, so the parts run in parallel without
     sharing a group. `with_top` / `with_samples`: which kind to merge (a kind whose buffer
     overflowed is merged by the caller instead).
     """
+    before = window.before
+    after = window.after
+    top_out = found.top
+    top_count = found.n_top
+    sample_out = found.sample
+    sample_count = found.n_sample
+    top_score = top.score
+    top_token = top.token
+    top_act = top.act
+    top_win = top.win
+    sample_score = samples.score
+    sample_token = samples.token
+    sample_act = samples.act
+    sample_win = samples.win
     n_pos = acts.shape[1]
     for part in prange(top_count.shape[0]):
         if with_top:
@@ -572,33 +633,30 @@ FIRING_CHUNK = 16  # units whose activations are tested for firing at once
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sparse_pass(
-    acts,
-    keys,
-    order,
-    scale,
-    base,
-    n_bins,
-    top_threshold,
-    band_of_bin,
-    band_need,
-    band_size,
-    total,
-    total_sq,
-    low,
-    high,
-    hist,
-    top_out,
-    top_count,
-    sample_out,
-    sample_count,
-):
+def sparse_pass(acts, keys, order, grid, tests, stats, found):
     """dense_pass for a sparse source: only firing values (act > 0) count and are binned.
 
     Most values are 0, so each row is scanned in chunks of FIRING_CHUNK units: the largest
     bit pattern of a chunk, as int32, is positive exactly when some value in it is above 0
     (or NaN), a test that vectorises; only such chunks are looked at value by value.
     """
+    # The records' arrays, taken out before the parallel loop (see the module docstring).
+    scale = grid.scale
+    base = grid.base
+    n_bins = grid.n_bins
+    band_of_bin = grid.band_of_bin
+    top_threshold = tests.top_threshold
+    band_need = tests.band_threshold
+    band_size = tests.band_size
+    total = stats.sum
+    total_sq = stats.sum_sq
+    low = stats.min
+    high = stats.max
+    hist = stats.hist
+    top_out = found.top
+    top_count = found.n_top
+    sample_out = found.sample
+    sample_count = found.n_sample
     n_batch, n_pos, n_units = acts.shape
     bits = acts.view(np.int32)
     n_parts = top_count.shape[0]
@@ -668,28 +726,7 @@ def sparse_pass(
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sparse_topk_pass(
-    values,
-    indices,
-    keys,
-    order,
-    scale,
-    base,
-    n_bins,
-    top_threshold,
-    band_of_bin,
-    band_need,
-    band_size,
-    total,
-    total_sq,
-    low,
-    high,
-    hist,
-    top_out,
-    top_count,
-    sample_out,
-    sample_count,
-):
+def sparse_topk_pass(values, indices, keys, order, grid, tests, stats, found):
     """sparse_pass for a TopK SAE, from its top-k values and indices [B, P, k] instead of the
     dense activations: only k entries per row are read instead of every unit's value.
 
@@ -697,6 +734,23 @@ def sparse_topk_pass(
     unit's updates come in the same row order; candidates of one row may be in another
     unit order, which no state depends on).
     """
+    # The records' arrays, taken out before the parallel loop (see the module docstring).
+    scale = grid.scale
+    base = grid.base
+    n_bins = grid.n_bins
+    band_of_bin = grid.band_of_bin
+    top_threshold = tests.top_threshold
+    band_need = tests.band_threshold
+    band_size = tests.band_size
+    total = stats.sum
+    total_sq = stats.sum_sq
+    low = stats.min
+    high = stats.max
+    hist = stats.hist
+    top_out = found.top
+    top_count = found.n_top
+    sample_out = found.sample
+    sample_count = found.n_sample
     n_batch, n_pos, k = values.shape
     n_units = hist.shape[0]
     n_parts = top_count.shape[0]

@@ -9,10 +9,20 @@ resumption or sharding, and merged shards keep exactly the samples one run would
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from actscope.indexer.accumulate.grid import Grid
 from actscope.indexer.accumulate.grouped_topk import GroupedTopK
+
+if TYPE_CHECKING:  # the kernels (numba) are imported on the compiled path only
+    from actscope.indexer.accumulate.kernels_cpu import (
+        CandidateBuffers,
+        Candidates,
+        ExampleState,
+        UnitStats,
+    )
 
 _MASK64 = (1 << 64) - 1
 
@@ -101,6 +111,22 @@ class RunningStats:
         for key, value in state.items():
             setattr(self, key, value)
 
+    def unit_stats(self) -> UnitStats:
+        """The arrays the compiled passes update in place (CPU only); they are replaced by a
+        merge or a load, so take them again for every pass."""
+        from actscope.indexer.accumulate.kernels_cpu import UnitStats
+
+        return UnitStats(self.sum.numpy(), self.sum_sq.numpy(), self.min.numpy(), self.max.numpy(), self.hist.numpy())
+
+
+def example_state(examples: GroupedTopK) -> ExampleState:
+    """The arrays of examples made by new_examples, for the compiled kernels (CPU only)."""
+    from actscope.indexer.accumulate.kernels_cpu import ExampleState
+
+    return ExampleState(
+        examples.score.numpy(), examples.token.numpy(), examples.payload["act"].numpy(), examples.payload["win"].numpy()
+    )
+
 
 def add_examples(
     examples: GroupedTopK,
@@ -125,24 +151,23 @@ def add_examples(
     if compiled:
         import numba
 
-        from actscope.indexer.accumulate.kernels_cpu import insert_examples
+        from actscope.indexer.accumulate.kernels_cpu import ExampleCandidates, Window, insert_examples
 
+        offered = ExampleCandidates(
+            group=group.numpy(),
+            score=score.double().numpy(),
+            token=token.numpy(),
+            b=b.numpy(),
+            p=p.numpy(),
+            unit=units.numpy(),
+        )
         insert_examples(
-            group.numpy(),
-            score.double().numpy(),
-            token.numpy(),
-            b.numpy(),
-            p.numpy(),
-            units.numpy(),
+            offered,
             acts.contiguous().numpy(),
-            window[0],
-            window[1],
+            Window(*window),
             examples.descending,
             numba.get_num_threads(),
-            examples.score.numpy(),
-            examples.token.numpy(),
-            examples.payload["act"].numpy(),
-            examples.payload["win"].numpy(),
+            example_state(examples),
         )
         return
 
@@ -169,49 +194,43 @@ class Summary:
 
 class MergeableAccumulator:
     """Saving, merging and the compiled-pass plumbing shared by the dense and sparse
-    accumulators.
-
-    Subclasses hold `stats` (RunningStats), `top` and `samples` (GroupedTopK), `grid`,
-    `window` and `fused`.
-    """
+    accumulators, whose constructors set the attributes below."""
 
     stats: RunningStats
     top: GroupedTopK
     samples: GroupedTopK
-    _candidates = None  # CandidateBuffers of the compiled pass, made on first use
+    grid: Grid
+    window: tuple[int, int]  # positions kept before and after an example's focus token
+    fused: bool  # the compiled CPU kernels update the state, not tensor operations
+    _candidates: CandidateBuffers | None = None  # of the compiled passes, made on first use
 
     def _run_pass(
         self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor, top_threshold: torch.Tensor, order=None
-    ):
+    ) -> Candidates:
         """One compiled pass (kernels_cpu.dense_pass, sparse_pass or sparse_topk_pass) over the
         batch given as `inputs` (the kernel's first arguments), visiting its rows in `order`
-        (default: key_order(keys)); returns its candidate buffers."""
-        from actscope.indexer.accumulate.kernels_cpu import CandidateBuffers, key_order
+        (default: key_order(keys)); returns its candidates."""
+        from actscope.indexer.accumulate.kernels_cpu import CandidateBuffers, CandidateTests, key_order
 
-        stats, grid = self.stats, self.grid
         if self._candidates is None:
             self._candidates = CandidateBuffers()
-        self._candidates.reset()
+        found = self._candidates.reset()
+        tests = CandidateTests(
+            top_threshold=top_threshold.numpy(),
+            band_threshold=band_thresholds(self.samples, self.grid.band_start).numpy(),
+            band_size=self.samples.n,
+        )
         order = key_order(keys) if order is None else order
         kernel(
             *(tensor.numpy() for tensor in inputs),
             keys.reshape(-1).numpy(),
             order,
-            grid.scale.numpy(),
-            grid.base.numpy(),
-            grid.n_bins,
-            top_threshold.numpy(),
-            grid.band_of_bin.numpy(),
-            band_thresholds(self.samples, grid.band_start).numpy(),
-            self.samples.n,
-            stats.sum.numpy(),
-            stats.sum_sq.numpy(),
-            stats.min.numpy(),
-            stats.max.numpy(),
-            stats.hist.numpy(),
-            *self._candidates.args(),
+            self.grid.bin_grid(),
+            tests,
+            self.stats.unit_stats(),
+            found,
         )
-        return self._candidates
+        return found
 
     def _top_threshold(self) -> torch.Tensor:
         """[U] float32: the value a token must beat to be a top-k candidate, for the compiled
@@ -227,33 +246,25 @@ class MergeableAccumulator:
             self.top, units, acts[b, p, units].double(), acts, b, p, units, first_seq, self.window, compiled=self.fused
         )
 
-    def _add_candidates(self, candidates, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
+    def _add_candidates(self, found: Candidates, acts: torch.Tensor, first_seq: int, keys: torch.Tensor) -> None:
         """Merge a compiled pass's candidates into the top-k and the band samples, except a
         kind whose buffer overflowed (the caller finds those again)."""
-        from actscope.indexer.accumulate.kernels_cpu import insert_candidates
+        from actscope.indexer.accumulate.kernels_cpu import Window, insert_candidates
 
-        with_top, with_samples = not candidates.top_overflowed(), not candidates.samples_overflowed()
+        with_top, with_samples = not found.top_overflowed(), not found.samples_overflowed()
         if not (with_top or with_samples):
             return
-        top, samples = self.top, self.samples
         insert_candidates(
             acts.numpy(),
             keys.reshape(-1).numpy(),
-            first_seq,
-            self.window[0],
-            self.window[1],
-            self.grid.n_bands,
-            with_top,
-            with_samples,
-            *candidates.args(),
-            top.score.numpy(),
-            top.token.numpy(),
-            top.payload["act"].numpy(),
-            top.payload["win"].numpy(),
-            samples.score.numpy(),
-            samples.token.numpy(),
-            samples.payload["act"].numpy(),
-            samples.payload["win"].numpy(),
+            found,
+            example_state(self.top),
+            example_state(self.samples),
+            first_seq=first_seq,
+            window=Window(*self.window),
+            n_bands=self.grid.n_bands,
+            with_top=with_top,
+            with_samples=with_samples,
         )
 
     def merge(self, other: MergeableAccumulator) -> None:
