@@ -78,18 +78,12 @@ class DenseAccumulator(MergeableAccumulator):
         from actscope.indexer.accumulate.kernels_cpu import dense_pass
 
         body = acts[:, 1:, :]
-        # Until every unit has k examples, each batch is reduced to its own top-k per unit;
-        # not needed with a top floor, below which no token gets in anyway.
-        warm = self.grid.top_floor is None and not bool(self.top.filled().all())
-        top_threshold = torch.full((self.n_units,), float("inf")) if warm else self._top_threshold()
         n_rows = body.shape[0] * body.shape[1]
         scratch = self._count_scratch(n_rows)
-        candidates = self._run_pass(dense_pass, (acts, scratch), keys, top_threshold, order)
+        candidates = self._run_pass(dense_pass, (acts, scratch), keys, self._top_threshold(), order)
         self.stats.n_tokens += n_rows
-        self._add_candidates(candidates, acts, first_seq, keys)  # none for the top-k while warm
-        if warm:
-            self._warm_up_top(acts, body, body.reshape(-1, self.n_units), first_seq)
-        elif candidates.top_overflowed():  # too many to buffer: find them again
+        self._add_candidates(candidates, acts, first_seq, keys)
+        if candidates.top_overflowed():  # too many to buffer (no top floor, top-k not full yet): find them again
             self._update_top(acts, body, body.reshape(-1, self.n_units) * self.grid.scale, first_seq)
         if candidates.samples_overflowed():
             self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
