@@ -146,7 +146,11 @@ def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -
     from actscope.indexer.accumulate.kernels_cpu import dense_bin_counts
 
     dense_bin_counts(
-        acts.float().cpu().contiguous().numpy(), 1, grid.bin_grid(), numba.get_num_threads(), counts.numpy()
+        acts.float().cpu().contiguous().numpy(),
+        grid.bin_grid(),
+        counts.numpy(),
+        first_pos=1,
+        n_parts=numba.get_num_threads(),
     )
 
 

@@ -113,7 +113,12 @@ class CandidateBuffers:
         if self.top.shape[:2] != (n_parts, CANDIDATE_CAPACITY):
             self.top = np.zeros((n_parts, CANDIDATE_CAPACITY, 3), dtype=np.int64)
             self.sample = np.zeros((n_parts, CANDIDATE_CAPACITY, 4), dtype=np.int64)
-        return Candidates(self.top, np.zeros(n_parts, dtype=np.int64), self.sample, np.zeros(n_parts, dtype=np.int64))
+        return Candidates(
+            top=self.top,
+            n_top=np.zeros(n_parts, dtype=np.int64),
+            sample=self.sample,
+            n_sample=np.zeros(n_parts, dtype=np.int64),
+        )
 
 
 def key_order(keys: torch.Tensor) -> np.ndarray:
@@ -380,9 +385,9 @@ def dense_pass(acts, scratch, keys, order, grid, tests, stats, found):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dense_bin_counts(acts, first_pos, grid, n_parts, counts):
+def dense_bin_counts(acts, grid, counts, first_pos, n_parts):
     """counts [U, n_bins] += the bins on `grid` (BinGrid; those dense_pass computes) of
-    acts [B, P, U] at positions first_pos and after."""
+    acts [B, P, U] at positions first_pos and after, in n_parts parts of the units."""
     scale = grid.scale
     base = grid.base
     n_bins = grid.n_bins
@@ -441,7 +446,7 @@ def _insert(g, s, t, b, p, u, acts, before, after, descending, state_score, stat
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def insert_examples(offered, acts, window, descending, n_parts, examples):
+def insert_examples(offered, acts, window, examples, descending, n_parts):
     """GroupedTopK.add for example candidates `offered` (ExampleCandidates), in place in
     `examples` (ExampleState), their windows (Window) read from acts (see _insert).
 

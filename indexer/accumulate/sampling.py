@@ -116,7 +116,13 @@ class RunningStats:
         merge or a load, so take them again for every pass."""
         from actscope.indexer.accumulate.kernels_cpu import UnitStats
 
-        return UnitStats(self.sum.numpy(), self.sum_sq.numpy(), self.min.numpy(), self.max.numpy(), self.hist.numpy())
+        return UnitStats(
+            sum=self.sum.numpy(),
+            sum_sq=self.sum_sq.numpy(),
+            min=self.min.numpy(),
+            max=self.max.numpy(),
+            hist=self.hist.numpy(),
+        )
 
 
 def example_state(examples: GroupedTopK) -> ExampleState:
@@ -124,7 +130,10 @@ def example_state(examples: GroupedTopK) -> ExampleState:
     from actscope.indexer.accumulate.kernels_cpu import ExampleState
 
     return ExampleState(
-        examples.score.numpy(), examples.token.numpy(), examples.payload["act"].numpy(), examples.payload["win"].numpy()
+        score=examples.score.numpy(),
+        token=examples.token.numpy(),
+        act=examples.payload["act"].numpy(),
+        win=examples.payload["win"].numpy(),
     )
 
 
@@ -165,9 +174,9 @@ def add_examples(
             offered,
             acts.contiguous().numpy(),
             Window(*window),
-            examples.descending,
-            numba.get_num_threads(),
             example_state(examples),
+            descending=examples.descending,
+            n_parts=numba.get_num_threads(),
         )
         return
 
@@ -258,8 +267,8 @@ class MergeableAccumulator:
             acts.numpy(),
             keys.reshape(-1).numpy(),
             found,
-            example_state(self.top),
-            example_state(self.samples),
+            top=example_state(self.top),  # both ExampleState: by name
+            samples=example_state(self.samples),
             first_seq=first_seq,
             window=Window(*self.window),
             n_bands=self.grid.n_bands,
