@@ -12,9 +12,10 @@ import pytest
 import torch
 
 
-def _accumulators():
+def _accumulators(monkeypatch):
     """(dense, sparse) fused accumulators of 8 units, updated with two batches each (the
     sparse one through the TopK pass and the plain sparse pass)."""
+    from actscope.indexer.accumulate import kernels_cpu
     from actscope.indexer.accumulate.calibrate import _dense_grid, _sparse_grid
     from actscope.indexer.accumulate.dense import DenseAccumulator
     from actscope.indexer.accumulate.sampling import token_keys
@@ -26,7 +27,9 @@ def _accumulators():
     acts = torch.randn(2, 33, 8, generator=generator)
     keys = token_keys(torch.arange(2 * 33).view(2, 33), 0)
     options = dict(top_k=2, band_size=2, window=(2, 1), device="cpu", fused=True)
-    # No top floor: the first batch warms the top-k up through insert_examples.
+    # No top floor and small candidate buffers: the first batch's candidates overflow, so
+    # the top-k is filled through insert_examples too.
+    monkeypatch.setattr(kernels_cpu, "CANDIDATE_CAPACITY", 4)
     dense = DenseAccumulator(8, _dense_grid(acts, 8, 16, 0, NeuronKind.band_levels), **options)
     values, indices = acts.relu().topk(3, dim=-1)
     firing = torch.zeros_like(acts).scatter_(-1, indices, values)
@@ -40,11 +43,11 @@ def _accumulators():
     return dense, sparse
 
 
-def test_records_hold_the_accumulators_own_arrays():
+def test_records_hold_the_accumulators_own_arrays(monkeypatch):
     """What a kernel writes into a record lands in the accumulator's tensors: no copies."""
     from actscope.indexer.accumulate.sampling import example_state
 
-    dense, _ = _accumulators()
+    dense, _ = _accumulators(monkeypatch)
     stats = dense.stats.unit_stats()
     for field, tensor in zip(stats, (dense.stats.sum, dense.stats.sum_sq, dense.stats.min, dense.stats.max)):
         assert np.shares_memory(field, tensor.numpy())
@@ -71,14 +74,14 @@ def test_candidates_tell_an_overflow_from_a_full_buffer():
     assert not found.top_overflowed() and found.samples_overflowed()
 
 
-def test_kernels_are_compiled_for_the_records():
+def test_kernels_are_compiled_for_the_records(monkeypatch):
     """Each kernel the accumulators call was compiled (nopython: numba has no other mode
     for njit) with the records as record types, not as anonymous tuples."""
     from numba.core import types
 
     from actscope.indexer.accumulate import kernels_cpu
 
-    _accumulators()
+    _accumulators(monkeypatch)
     expected = {
         "dense_pass": {"BinGrid", "CandidateTests", "UnitStats", "Candidates"},
         "sparse_pass": {"BinGrid", "CandidateTests", "UnitStats", "Candidates"},
