@@ -2,13 +2,14 @@
 # `docker compose up` (see docker-compose.yml) builds the demo index into a volume and
 # serves it at http://127.0.0.1:8000.
 
-# htmx comes from the npm registry at build time, never from the repository.
+# htmx and Swagger UI come from the npm registry at build time, never from the repository.
 FROM node:20-slim AS frontend
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --silent --no-audit --no-fund \
  && mkdir -p static/vendor \
- && cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
+ && cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js \
+ && cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css static/vendor/
 
 # Python 3.11, like the interpreter whose standard library the bundled model was trained on.
 FROM python:3.11-slim

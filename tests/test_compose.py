@@ -93,3 +93,13 @@ def test_dockerignore_keeps_the_bundled_weights_and_readme():
     for needed in ("indexer", "indexer/bundled/default", "README.md", "pyproject.toml"):
         assert needed not in ignored
     assert ".venv" in ignored and "*.duckdb" in ignored
+
+
+def test_the_image_gets_every_front_end_file_make_install_fetches():
+    """The Swagger UI of /docs and htmx: each vendor file the Makefile copies from npm, the
+    image's front-end stage copies too."""
+    makefile = (REPO / "Makefile").read_text()
+    dockerfile = (REPO / "Dockerfile").read_text()
+    fetched = set(re.findall(r"node_modules/[\w./-]+", makefile))
+    assert {"node_modules/htmx.org/dist/htmx.min.js", "node_modules/swagger-ui-dist/swagger-ui.css"} <= fetched
+    assert fetched <= set(re.findall(r"node_modules/[\w./-]+", dockerfile))
