@@ -28,10 +28,9 @@ def compose() -> dict:
 def parse_cli(argv: list[str]) -> tuple[str, dict]:
     """Parse `actscope ...` argv with the real click command, without running it."""
     assert argv[0] == "actscope", argv
-    group_ctx = main.make_context("actscope", list(argv[1:]), resilient_parsing=False)
-    args = [*group_ctx.protected_args, *group_ctx.args]
-    name, command, rest = main.resolve_command(group_ctx, args)
-    assert command is not None, f"unknown command {args[:1]}"
+    group_ctx = click.Context(main, info_name="actscope")  # the group takes no options of its own
+    name, command, rest = main.resolve_command(group_ctx, list(argv[1:]))
+    assert command is not None, f"unknown command {argv[1:2]}"
     ctx = command.make_context(name, rest, parent=group_ctx)
     return name, ctx.params
 
