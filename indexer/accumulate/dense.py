@@ -17,11 +17,9 @@ import torch
 from actscope.indexer.accumulate.grid import Grid
 from actscope.indexer.accumulate.sampling import (
     MergeableAccumulator,
-    RunningStats,
     Summary,
     add_examples,
     band_thresholds,
-    new_examples,
 )
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
@@ -29,27 +27,10 @@ HISTC_MIN_VALUES = 1 << 20
 
 
 class DenseAccumulator(MergeableAccumulator):
-    def __init__(
-        self,
-        n_units: int,
-        grid: Grid,
-        *,
-        top_k: int,
-        band_size: int,
-        window: tuple[int, int],
-        device,
-        fused: bool | None = None,
-    ) -> None:
-        self.n_units = n_units
-        # On a CPU one fused kernel replaces the chain of tensor operations.
-        self.fused = torch.device(device).type == "cpu" if fused is None else fused
-        self.grid = grid.to(device)
-        self.window = window
-        width = window[0] + 1 + window[1]
-        self.stats = RunningStats(n_units, grid.n_bins, device)
-        self.top = new_examples(n_units, top_k, True, width, device)
-        self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
-        units = torch.arange(n_units, device=device, dtype=torch.float32)
+    def __init__(self, n_units: int, grid: Grid, **options) -> None:
+        """`options`: as MergeableAccumulator's (top_k, band_size, window, device, fused)."""
+        super().__init__(n_units, grid, **options)
+        units = torch.arange(n_units, device=self.grid.base.device, dtype=torch.float32)
         # ceil(x * scale) + offset = unit * n_bins + bin + 1/2: one histc counts all units.
         self._bin_offset = units * grid.n_bins - self.grid.base - 0.5
         self._scratch: torch.Tensor | None = None  # reused buffer of the tensor path

@@ -202,8 +202,8 @@ class Summary:
 
 
 class MergeableAccumulator:
-    """Saving, merging and the compiled-pass plumbing shared by the dense and sparse
-    accumulators, whose constructors set the attributes below."""
+    """The state, saving, merging and compiled-pass plumbing shared by the dense and sparse
+    accumulators."""
 
     stats: RunningStats
     top: GroupedTopK
@@ -212,6 +212,27 @@ class MergeableAccumulator:
     window: tuple[int, int]  # positions kept before and after an example's focus token
     fused: bool  # the compiled CPU kernels update the state, not tensor operations
     _candidates: CandidateBuffers | None = None  # of the compiled passes, made on first use
+
+    def __init__(
+        self,
+        n_units: int,
+        grid: Grid,
+        *,
+        top_k: int,
+        band_size: int,
+        window: tuple[int, int],
+        device,
+        fused: bool | None = None,
+    ) -> None:
+        self.n_units = n_units
+        # On a CPU one fused kernel replaces the chain of tensor operations.
+        self.fused = torch.device(device).type == "cpu" if fused is None else fused
+        self.grid = grid.to(device)
+        self.window = window
+        width = window[0] + 1 + window[1]
+        self.stats = RunningStats(n_units, grid.n_bins, device)  # a sparse source bins its firing values only
+        self.top = new_examples(n_units, top_k, True, width, device)
+        self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
 
     def _run_pass(
         self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor, top_threshold: torch.Tensor, order=None

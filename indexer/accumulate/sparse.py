@@ -15,30 +15,10 @@ from __future__ import annotations
 import torch
 
 from actscope.indexer.accumulate.grid import Grid
-from actscope.indexer.accumulate.sampling import MergeableAccumulator, RunningStats, Summary, add_examples, new_examples
+from actscope.indexer.accumulate.sampling import MergeableAccumulator, Summary, add_examples
 
 
 class SparseAccumulator(MergeableAccumulator):
-    def __init__(
-        self,
-        n_units: int,
-        grid: Grid,
-        *,
-        top_k: int,
-        band_size: int,
-        window: tuple[int, int],
-        device,
-        fused: bool | None = None,
-    ) -> None:
-        self.n_units = n_units
-        self.fused = torch.device(device).type == "cpu" if fused is None else fused
-        self.grid = grid.to(device)
-        self.window = window
-        width = window[0] + 1 + window[1]
-        self.stats = RunningStats(n_units, grid.n_bins, device)  # hist of firing values only
-        self.top = new_examples(n_units, top_k, True, width, device)
-        self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
-
     def update(
         self,
         acts: torch.Tensor,

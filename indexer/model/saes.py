@@ -138,8 +138,8 @@ def record_top_k(sae) -> None:
     """Swap a TopK SAE's activation for the recording one; other SAEs are left alone."""
     from sae_lens.saes.topk_sae import TopK
 
-    activation = getattr(sae, "activation_fn", None)
-    if isinstance(activation, TopK) and type(activation) is TopK and not activation.use_sparse_activations:
+    activation: Any = getattr(sae, "activation_fn", None)  # exactly TopK: subclasses may differ
+    if type(activation) is TopK and not activation.use_sparse_activations:
         sae.activation_fn = _RecordingTopK(activation.k)
 
 
