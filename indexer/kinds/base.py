@@ -62,6 +62,8 @@ class UnitKind:
     sparse: ClassVar[bool]  # True: most activations are exactly 0, only firing entries are accumulated
     band_basis: ClassVar[str]  # the tokens bands are quantiles of: "all" or "firing"
     band_levels: ClassVar[tuple[float, ...]]  # nominal quantile levels of the band edges
+    hide_dead: ClassVar[bool] = False  # source tables hide units that never fired, by default
+    control: ClassVar[bool] = False  # a baseline (e.g. random directions), left out of "top units" views
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """The sources of this kind that `request` asks for, checked against the model

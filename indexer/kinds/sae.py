@@ -35,6 +35,7 @@ class SaeKind(UnitKind):
     name = "sae"
     sparse = True
     band_basis = "firing"
+    hide_dead = True  # SAEs often have many dead latents: a table of them reads as noise
     # Quantiles over the tokens where the feature fires.
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
