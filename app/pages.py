@@ -12,7 +12,7 @@ import random as _random
 from typing import Any
 
 from actscope.app import live_data, params
-from actscope.app.errors import AppError, bad_input, not_found
+from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
 from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store
@@ -293,83 +293,3 @@ def live_top_data(
     res = live.run(text, source)
     params.check_pos(pos, len(res.token_ids))
     return live_data.top_payload(res, urls, model, source, k, pos, info.ctx)
-
-
-def try_data(
-    store: Store,
-    live: LiveService,
-    urls: URLs,
-    model: str,
-    source: str | None,
-    text: str | None,
-    pos: int | None = None,
-    k: int = 5,
-) -> dict[str, Any]:
-    """The try page: with `text`, its tokens and the units firing most on them (`live`)."""
-    info = get_model(store, model)
-    sources = store.sources(model)
-    if not sources:
-        raise AppError(404, f"Model {model!r} has no sources.")
-    slug = source or sources[0].slug
-    get_source(store, model, slug)
-    return {
-        "model": info.model,
-        "source": slug,
-        "text": text,
-        "pos": pos,
-        "k": k,
-        "sources": [source_dict(s) for s in sources],
-        "live": None if text is None else live_top_data(live, store, urls, model, slug, text, k=k, pos=pos),
-    }
-
-
-def search_token_data(store: Store, urls: URLs, model: str, token: str, source: str | None) -> dict[str, Any]:
-    get_model(store, model)
-    if source:
-        get_source(store, model, source)
-    if token == "":
-        raise bad_input("Give a token to search for.")
-    ids = store.token_ids_for(model, token)
-    if not ids and not token.startswith(" "):
-        ids = store.token_ids_for(model, " " + token)
-    hits = store.units_focusing_on(model, ids, source=source or None)
-    return {
-        "model": model,
-        "token": token,
-        "token_ids": ids,
-        "source": source,
-        "units": [
-            {"source": s, "index": u, "n_top_examples": n, "best_act": b, "url": urls.unit(model, s, u)}
-            for s, u, n, b in hits
-        ],
-    }
-
-
-def search_data(
-    store: Store,
-    live: LiveService,
-    urls: URLs,
-    model: str,
-    token: str | None,
-    text: str | None,
-    source: str | None,
-) -> dict[str, Any]:
-    """The search page: units focusing on `token`, units ranked by activation on `text`."""
-    get_model(store, model)
-    sources = store.sources(model)
-    data: dict[str, Any] = {
-        "model": model,
-        "token": token,
-        "token_ids": [],
-        "source": source,
-        "units": [],
-        "live": None,
-        "sources": [source_dict(s) for s in sources],
-    }
-    if token is not None and token != "":
-        data.update(search_token_data(store, urls, model, token, source))
-    if text is not None:
-        if not sources:
-            raise AppError(404, f"Model {model!r} has no sources.")
-        data["live"] = live_top_data(live, store, urls, model, source or sources[0].slug, text, k=20)
-    return data

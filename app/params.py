@@ -46,6 +46,17 @@ def check_pos(pos: int | None, n_tokens: int) -> None:
         raise bad_input(f"pos must be between 0 and {n_tokens - 1}.")
 
 
+def check_page(page: int, per_page: int) -> None:
+    if page < 1 or not 1 <= per_page <= PER_PAGE_MAX:
+        raise bad_input(f"page must be >= 1 and per_page between 1 and {PER_PAGE_MAX}.")
+
+
+def visitor_text(text: str | None) -> str | None:
+    """A visitor's text with its line ends as the model reads them: a browser sends a
+    textarea's lines ending in CRLF, and the tokenizer would see every CR."""
+    return None if text is None else text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def band_choice(band: str | None, n_bands: int) -> str:
     """The example set a unit page shows: "top" (the default) or a band number."""
     if band is None or band in ("", "top"):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import live_data, pages, params, schemas
+from actscope.app import live_data, pages, params, schemas, search_data, try_data
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import not_found
@@ -85,19 +85,23 @@ async def api_activations(request: Request, store: StoreDep, live: LiveDep, mode
 
 
 @router.get(
-    "/{model}/try", summary="Top units per token of a text (the try page)", **_doc(schemas.LiveTopOut, LIVE_ERRORS)
+    "/{model}/try",
+    summary="Top units of every source per token of a text (the try page)",
+    **_doc(schemas.TryOut, LIVE_ERRORS),
 )
 def api_try(
     request: Request,
     store: StoreDep,
     live: LiveDep,
     model: str,
-    text: str,
-    source: str | None = None,
-    pos: int | None = None,
+    text: Annotated[str, Query(description="The text (BOS is prepended); CRLF and CR line ends read as LF")],
+    source: Annotated[str | None, Query(description="The source whose activations colour the tokens")] = None,
+    pos: Annotated[int | None, Query(description="The token selected, from 0 (BOS)")] = None,
     k: params.K = 5,
 ):
-    data = pages.try_data(store, live, site_urls.for_request(request), model, source, text, pos=pos, k=k)
+    """For each source of the model but control ones: the `k` units firing most on
+    every token of the text, and over all of it."""
+    data = try_data.try_data(store, live, site_urls.for_request(request), model, text, pos=pos, k=k, source=source)
     return JSON(data["live"])
 
 
@@ -111,11 +115,27 @@ def api_search(
     store: StoreDep,
     live: LiveDep,
     model: str,
-    token: str | None = None,
-    text: str | None = None,
-    source: str | None = None,
+    token: Annotated[
+        str | None,
+        Query(description="A token: matched with and without a leading space (space, Ġ or ▁), in any case"),
+    ] = None,
+    source: Annotated[str | None, Query(description="Token search in this source only (default: every source)")] = None,
+    page: params.Page = 1,
+    per_page: params.PerPage = search_data.PER_PAGE,
+    text: Annotated[str | None, Query(description="A text: units ranked by their activation on it")] = None,
+    text_source: Annotated[
+        str | None, Query(description="The source the text search ranks (default: the first)")
+    ] = None,
 ):
-    return JSON(pages.search_data(store, live, site_urls.for_request(request), model, token, text, source))
+    """`token`: units whose top examples focus on the token, most such examples first,
+    then by activation, one page of them. `text`: the units of `text_source` with the
+    largest activation on the text (`live`). Either or both."""
+    urls = site_urls.for_request(request)
+    return JSON(
+        search_data.search_data(
+            store, live, urls, model, token, text, source or None, text_source or None, page, per_page
+        )
+    )
 
 
 @router.get(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import pages, params
+from actscope.app import pages, params, search_data, try_data
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import AppError
@@ -99,12 +99,12 @@ def try_page(
     text: str | None = None,
     source: str | None = None,
     pos: int | None = None,
-    k: int = 5,
+    k: params.K = 5,
 ):
     urls = site_urls.for_request(request)
     data, status = _or_shown_error(
-        lambda: pages.try_data(store, live, urls, model, source, text, pos=pos, k=k),
-        lambda: {**pages.try_data(store, live, urls, model, source, None), "text": text},
+        lambda: try_data.try_data(store, live, urls, model, text, pos=pos, k=k, source=source),
+        lambda: {**try_data.try_data(store, live, urls, model, None), "text": params.visitor_text(text), "k": k},
     )
     return render(
         request,
@@ -126,17 +126,17 @@ def search_page(
     token: str | None = None,
     text: str | None = None,
     source: str | None = None,
+    text_source: str | None = None,
+    page: params.Page = 1,
+    per_page: params.PerPage = search_data.PER_PAGE,
 ):
     urls = site_urls.for_request(request)
-    data, status = _or_shown_error(
-        lambda: pages.search_data(store, live, urls, model, token, text, source or None),
-        lambda: {
-            **pages.search_data(store, live, urls, model, None, None, None),
-            "token": token,
-            "text": text,
-            "source": source,
-        },
+    errors: dict[str, AppError] = {}
+    data = search_data.search_data(
+        store, live, urls, model, token, text, source or None, text_source or None, page, per_page, errors=errors
     )
+    data["errors"] = {part: exc.message for part, exc in errors.items()}
+    status = max([exc.status for exc in errors.values()], default=200)
     return render(request, "search.html", data, page_url=_here(request), title=f"search · {model}", status=status)
 
 

@@ -187,21 +187,77 @@ class LiveTopOut(BaseModel):
     ctx: int
 
 
+class TrySourceOut(BaseModel):
+    source: str
+    hook_name: str
+    kind: str
+    top: list[list[UnitAct]] = Field(description="Per token: the k units of this source firing most")
+    overall: list[UnitAct] = Field(description="The k units with the largest activation over the text")
+    max_per_token: list[float]
+
+
+class TryOut(BaseModel):
+    model: str
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    truncated: bool
+    ctx: int
+    k: int
+    pos: int | None
+    source: str = Field(description="The source whose activations colour the tokens")
+    sources: list[TrySourceOut] = Field(description="Every source of the model but control ones")
+
+
+class SnippetOut(BaseModel):
+    seq: int
+    pos: int = Field(description="Focus position in its sequence")
+    act: float = Field(description="Activation at the focus token")
+    start: int = Field(description="Sequence position of tokens[0]")
+    tokens: list[str]
+    token_ids: list[int]
+    acts: list[float]
+    focus: int = Field(description="Index of the focus token in tokens")
+
+
+class TokenVariantOut(BaseModel):
+    token: str
+    token_id: int
+    match: str = Field(description='How it matches the query: "exact", "with leading space", "case", ...')
+    n_units: int = Field(description="Units whose strongest matching example is on this token")
+
+
 class SearchHit(BaseModel):
     source: str
     index: int
-    n_top_examples: int
-    best_act: float
+    n_top_examples: int = Field(description="Top examples of the unit whose focus is one of the matched tokens")
+    best_act: float = Field(description="The strongest of those examples' activation")
+    token: str = Field(description="The matched token of that example")
+    token_id: int
+    match: str = Field(description="How that token matches the query")
+    top_token: str | None = Field(description="The focus token of the unit's strongest top example")
+    top_token_id: int | None
+    snippet: SnippetOut | None = Field(description="A short window of the strongest matching example")
     url: str
 
 
 class SearchOut(BaseModel):
     model: str
     token: str | None = None
+    source: str | None = Field(None, description="The token search's source filter")
+    variants: list[TokenVariantOut] = Field([], description="The vocabulary's tokens the token matched")
     token_ids: list[int] = []
-    source: str | None = None
-    units: list[SearchHit] = []
+    total: int = Field(0, description="Units matching the token")
+    page: int = 1
+    per_page: int
+    n_pages: int = 1
+    units: list[SearchHit] = Field([], description="One page of them, most matching top examples first")
+    prev_page: str | None = None
+    next_page: str | None = None
+    text: str | None = None
+    text_source: str | None = Field(None, description="The source the text search ranks")
     live: LiveTopOut | None = None
+    sources: list[dict[str, Any]] = []
 
 
 UnitOut.model_rebuild()

@@ -8,7 +8,8 @@
     var text = el.getAttribute("data-tip") || el.getAttribute("title") || "";
     // The title is `"token": value`; keep the token part and show the exact value.
     var tok = text.replace(/: [^:]*$/, "");
-    return act === null ? text : tok + "  " + act;
+    var units = el.getAttribute("data-units");  // the try page: each source's top unit
+    return act === null ? text : tok + "  " + act + (units ? "  " + units : "");
   }
 
   function showTip(el) {
