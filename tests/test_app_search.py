@@ -6,9 +6,9 @@ from __future__ import annotations
 import duckdb
 import pytest
 from bs4 import BeautifulSoup
+from search_reference import expected_hits, one_unit_token, spaced_word
 
 from actscope.app import schemas
-from search_reference import expected_hits, one_unit_token, spaced_word
 
 M = "tiny"
 TEXT = "def wrap(text, width):\n    return text.split()"

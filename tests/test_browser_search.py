@@ -7,7 +7,6 @@ import re
 
 import duckdb
 import pytest
-
 from search_reference import expected_hits, spaced_word
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
