@@ -164,3 +164,16 @@ def test_try_reads_crlf_as_newlines(client):
     crlf = client.get(f"/api/{M}/try", params={"text": TEXT.replace("\n", "\r\n")}).json()
     plain = client.get(f"/api/{M}/try", params={"text": TEXT}).json()
     assert crlf["token_ids"] == plain["token_ids"] and crlf["text"] == TEXT
+
+
+def test_token_search_reads_the_same_from_sql_as_from_memory(web_index, client, word):
+    """An index too large for memory answers from SQL: the same results and snippets."""
+    from fixtures_web import make_client
+
+    params = {"token": word, "per_page": 500}
+    with make_client(web_index, resident_mb=0, live=False) as sql_client:
+        assert not sql_client.app.state.store.resident
+        assert (
+            sql_client.get(f"/api/{M}/search", params=params).json()
+            == client.get(f"/api/{M}/search", params=params).json()
+        )
