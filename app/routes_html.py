@@ -102,9 +102,17 @@ def try_page(
     k: params.K = 5,
 ):
     urls = site_urls.for_request(request)
+
+    def without_text() -> dict[str, Any]:
+        # The form as the visitor sent it: their source, unless the source is the error.
+        try:
+            data = try_data.try_data(store, live, urls, model, None, source=source)
+        except AppError:
+            data = try_data.try_data(store, live, urls, model, None)
+        return {**data, "text": params.visitor_text(text), "k": k}
+
     data, status = _or_shown_error(
-        lambda: try_data.try_data(store, live, urls, model, text, pos=pos, k=k, source=source),
-        lambda: {**try_data.try_data(store, live, urls, model, None), "text": params.visitor_text(text), "k": k},
+        lambda: try_data.try_data(store, live, urls, model, text, pos=pos, k=k, source=source), without_text
     )
     return render(
         request,

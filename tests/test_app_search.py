@@ -177,3 +177,14 @@ def test_token_search_reads_the_same_from_sql_as_from_memory(web_index, client, 
             sql_client.get(f"/api/{M}/search", params=params).json()
             == client.get(f"/api/{M}/search", params=params).json()
         )
+
+
+def test_try_page_shows_an_error_next_to_the_form_and_keeps_its_state(client):
+    r = client.get(f"/{M}/try", params={"text": "   ", "source": "1-mlp", "k": 7})
+    soup = BeautifulSoup(r.text, "html.parser")
+    assert r.status_code == 422 and "empty" in soup.select_one("#try-result .error-message").get_text()
+    assert soup.select_one("select[name=source] option[selected]")["value"] == "1-mlp"
+    assert soup.select_one("input[name=k]")["value"] == "7"
+    r = client.get(f"/{M}/try", params={"text": TEXT, "pos": 999})
+    assert r.status_code == 422 and "pos must be between 0 and" in r.text
+    assert BeautifulSoup(r.text, "html.parser").select_one("textarea[name=text]").get_text() == "\n" + TEXT
