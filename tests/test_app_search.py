@@ -188,3 +188,26 @@ def test_try_page_shows_an_error_next_to_the_form_and_keeps_its_state(client):
     r = client.get(f"/{M}/try", params={"text": TEXT, "pos": 999})
     assert r.status_code == 422 and "pos must be between 0 and" in r.text
     assert BeautifulSoup(r.text, "html.parser").select_one("textarea[name=text]").get_text() == "\n" + TEXT
+
+
+def test_token_spellings_with_each_leading_space_marker():
+    from actscope.indexer.store.token_search import TokenVariants
+
+    vocab = ["a", " a", "A", "\u0120a", "\u2581A", " ", "  ", "ab"]
+    labels = lambda q: {v.token: v.label for v in TokenVariants(vocab).match(q)}  # noqa: E731
+    assert labels("a") == {
+        "a": "exact",
+        "A": "case",
+        " a": "with leading space",
+        "\u0120a": "with leading space",
+        "\u2581A": "with leading space, case",
+    }
+    assert labels(" a") == {
+        " a": "exact",
+        "a": "without leading space",
+        "A": "without leading space, case",
+        "\u0120a": "leading space as \u0120",
+        "\u2581A": "leading space as \u2581, case",
+    }
+    assert labels(" ") == {" ": "exact", "  ": "with leading space"}  # a space alone is a word
+    assert [v.token for v in TokenVariants(vocab).match("A")][0] == "A" and labels("zz") == {}

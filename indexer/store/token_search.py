@@ -36,7 +36,7 @@ class Variant:
     token_id: int
     token: str
     exact: bool  # the token's text is the query's
-    space: str  # "" (same as the query), "with" or "without" a leading-space marker
+    space: str  # "" (as the query), "with" or "without" a leading-space marker, or "marker" (another one)
     case: bool  # differs from the query in case only
 
     @property
@@ -44,7 +44,10 @@ class Variant:
         """How it matched, as the search page says it."""
         if self.exact:
             return "exact"
-        parts = [f"{self.space} leading space"] if self.space else []
+        if self.space == "marker":
+            parts = [f"leading space as {self.token[0]}"]
+        else:
+            parts = [f"{self.space} leading space"] if self.space else []
         if self.case:
             parts.append("case")
         return ", ".join(parts) or "exact"
@@ -68,13 +71,16 @@ class TokenVariants:
         for token_id in self._groups.get(q_core.casefold(), []):
             token = self._vocab[token_id]
             space, core = split_marker(token)
-            marker_differs = space != q_space or (space and token[0] != query[0])
+            if space != q_space:
+                how = "with" if space else "without"
+            else:
+                how = "marker" if space and token[0] != query[0] else ""
             out.append(
                 Variant(
                     token_id=token_id,
                     token=token,
                     exact=token == query,
-                    space="" if not marker_differs else ("with" if space else "without"),
+                    space=how,
                     case=core != q_core,
                 )
             )
@@ -156,7 +162,7 @@ class FocusTable:
         self._top: list[np.ndarray] = []
         for code in range(len(sources)):
             mask = (self.codes == code) & (self.best_ranks == 0)
-            top = np.full(int(self.units[self.codes == code].max(initial=-1)) + 1, -1, dtype=np.int64)
+            top = np.full(int(self.units[self.codes == code].max(initial=-1)) + 1, -1, dtype=np.int32)
             top[self.units[mask]] = self.tokens[mask]
             self._top.append(top)
 
@@ -176,12 +182,13 @@ class FocusTable:
         recode = np.array([sources.index(n) for n in names], dtype=np.int32)
         return cls(
             sources,
-            t.column("tok").to_numpy().astype(np.int64),
+            # 4-byte columns: 2,048,000 top examples of 102,400 units take ~40 MB.
+            t.column("tok").to_numpy().astype(np.int32),
             recode[source_col.indices.to_numpy(zero_copy_only=False)] if names else np.zeros(0, dtype=np.int32),
-            t.column("unit").to_numpy().astype(np.int64),
-            t.column("n").to_numpy().astype(np.int64),
-            t.column("best").to_numpy().astype(np.float64),
-            t.column("best_rank").to_numpy().astype(np.int64),
+            t.column("unit").to_numpy().astype(np.int32),
+            t.column("n").to_numpy().astype(np.int32),
+            t.column("best").to_numpy().astype(np.float32),  # stored as REAL: exact
+            t.column("best_rank").to_numpy().astype(np.int32),
         )
 
     def top_token(self, code: int, unit: int) -> int | None:
@@ -193,7 +200,7 @@ class FocusTable:
         if given), their counts summed over those tokens, ranked."""
         lo = np.searchsorted(self.tokens, token_ids, side="left")
         hi = np.searchsorted(self.tokens, token_ids, side="right")
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)] or [np.zeros(0, dtype=np.int64)])
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)] or [np.zeros(0, dtype=np.intp)])
         if source is not None:
             if source not in self.sources:
                 rows = rows[:0]
@@ -203,7 +210,7 @@ class FocusTable:
         acts, ranks, tokens, counts = self.best_acts[rows], self.best_ranks[rows], self.tokens[rows], self.counts[rows]
         if len(token_ids) > 1 and len(rows):
             # One unit may match several spellings: sum its counts, keep its best example.
-            key = codes.astype(np.int64) << 32 | units
+            key = codes.astype(np.int64) << 32 | units.astype(np.int64)
             order = np.lexsort((ranks, key))  # per unit, its strongest example (lowest rank) first
             key, counts = key[order], counts[order]
             starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
