@@ -295,8 +295,8 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
     import pyarrow as pa
     import torch
 
-    from actscope.indexer.corpus.documents import describe_corpus
     from actscope.indexer.accumulate.finalize import example_rows, unit_rows
+    from actscope.indexer.corpus.documents import describe_corpus
     from actscope.indexer.store.writer import fixed_width_lists, repeated
     from actscope.indexer.weights import logit_table
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from bs4 import BeautifulSoup
-
 from contrast import contrast_of
 
 
