@@ -79,3 +79,25 @@ def test_docs_and_logit_values_follow_the_theme(browser, live_server, scheme):
         assert values.count() > 0
         assert contrast_of(values.first) >= 4.5, (scheme, cls)
     context.close()
+
+
+_PLACEHOLDER_FITS_JS = """el => {
+  const style = getComputedStyle(el);
+  const ctx = document.createElement("canvas").getContext("2d");
+  ctx.font = style.font;
+  const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  return {text: ctx.measureText(el.placeholder).width, room};
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [1280, 390])
+def test_header_search_placeholder_is_whole(browser, live_server, width):
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    page = context.new_page()
+    page.goto(live_server.url + "/tiny/1-mlp/3")
+    fit = page.locator("header .search input").evaluate(_PLACEHOLDER_FITS_JS)
+    assert fit["text"] <= fit["room"], fit
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    context.close()
