@@ -11,7 +11,7 @@ from __future__ import annotations
 import random as _random
 from typing import Any
 
-from actscope.app import live_data, params
+from actscope.app import index_record, live_data, params
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
@@ -81,7 +81,7 @@ def home_data(store: Store) -> dict[str, Any]:
         "models": models,
         "n_tokens": sum(m["n_tokens"] for m in models),
         "n_sequences": sum(m["n_sequences"] for m in models),
-        "meta": dict(store.meta),
+        **index_record.summary(store.meta),
     }
 
 

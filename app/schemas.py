@@ -42,11 +42,19 @@ class ModelOut(BaseModel):
     sources: list[SourceOut]
 
 
+class CorpusOut(BaseModel):
+    name: str = Field(description="The dataset spec (a built-in corpus, a Hub name, or local files by file name)")
+    source: str = Field(description='"built-in", "local files", "Hugging Face Hub", or "" for older indexes')
+    description: str
+
+
 class HomeOut(BaseModel):
     models: list[ModelOut]
     n_tokens: int
     n_sequences: int
-    meta: dict[str, Any]
+    corpus: CorpusOut
+    built_at: str | None = Field(description="When the index was written (UTC)")
+    meta: dict[str, Any] = Field(description="The run record, absolute paths reduced to file names")
 
 
 class UnitRowOut(BaseModel):

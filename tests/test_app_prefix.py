@@ -242,7 +242,7 @@ def test_openapi_servers_and_docs(crawled):
     # "Try it out" calls the server URL + the path.
     assert crawled.get(spec["servers"][0]["url"] + "/api").status_code == 200
     docs = crawled.get(f"{PREFIX}/docs").text
-    assert f"url: '{PREFIX}/openapi.json'" in docs
+    assert f'data-openapi="{PREFIX}/openapi.json"' in docs
     assert f'src="{PREFIX}/static/vendor/swagger-ui-bundle.js"' in docs
 
 
@@ -321,7 +321,7 @@ def test_without_a_prefix_urls_start_at_the_root(client):
     assert site and all(u.startswith("/") and not u.startswith(PREFIX) for u in site)
     assert "servers" not in client.get("/openapi.json").json()
     docs = client.get("/docs").text
-    assert "url: '/openapi.json'" in docs and 'src="/static/vendor/swagger-ui-bundle.js"' in docs
+    assert 'data-openapi="/openapi.json"' in docs and 'src="/static/vendor/swagger-ui-bundle.js"' in docs
 
 
 def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch, restored_environ):
