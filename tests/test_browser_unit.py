@@ -134,11 +134,17 @@ def test_keyboard_navigation(page, live_server):
 def test_show_full_sequence_inline(page, live_server):
     page.goto(live_server.url + "/tiny/0-mlp/1")
     first = page.locator("#examples li.example").first
+    key = first.locator("a.full-link").get_attribute("data-open")
     first.locator("a.full-link").click()
     full = first.locator(".full .full-seq .t")
     full.first.wait_for()
     assert full.count() > first.locator(".toks").first.locator(".t").count()
-    assert page.url.endswith("/tiny/0-mlp/1")
+    # The expanded example is in the URL; the same link collapses it again.
+    page.wait_for_url(re.compile(r"/tiny/0-mlp/1\?open=" + key.replace(":", "(:|%3A)") + "$"))
+    assert first.locator("a.full-link").inner_text() == "hide full sequence"
+    first.locator("a.full-link").click()
+    page.wait_for_url(re.compile(r"/tiny/0-mlp/1$"))
+    assert first.locator(".full .t").count() == 0
 
 
 def test_pages_work_without_javascript(browser, live_server):
