@@ -302,7 +302,13 @@ def unit_data(
         },
         "band": shown,
         "shown": shown_set,
-        "open": None if opened is None else {"seq": opened[0], "pos": opened[1]},
+        "open": None
+        if opened is None
+        else {
+            "seq": opened[0],
+            "pos": opened[1],
+            "url": urls.sequence(model, opened[0], source=source, index=index, pos=opened[1]),
+        },
         "text": text,
         "params": state,
         "live": live_part,

@@ -237,7 +237,7 @@ async def unit_page(
     # view (FastAPI resolves each per request).
     store, live = request.app.state.store, request.app.state.live
     state = UnitState(band, text, page, per_page, open)
-    if goto is not None:
+    if goto:  # an empty box asks for nothing
         return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
     # may query DuckDB or wait for the model goes to the threadpool.

@@ -132,6 +132,7 @@ class ShownOut(BaseModel):
 class OpenOut(BaseModel):
     seq: int
     pos: int
+    url: str = Field(description="The sequence's page, tinted by this unit")
 
 
 class LogitOut(BaseModel):

@@ -67,10 +67,18 @@
     document.querySelectorAll("a.full-link[data-open]").forEach(function (a) {
       a.setAttribute("href", fullLinkUrl(a, cur));
     });
-    document.querySelectorAll("input[data-state]").forEach(function (input) {
-      var name = input.getAttribute("data-state");
-      input.disabled = !cur.has(name);
-      input.value = cur.has(name) ? cur.get(name) : "";
+    // A form keeps the state its data-state names, as hidden fields.
+    document.querySelectorAll("form[data-state]").forEach(function (form) {
+      form.querySelectorAll("input.state").forEach(function (input) { input.remove(); });
+      form.getAttribute("data-state").split(" ").forEach(function (name) {
+        if (!cur.has(name)) return;
+        var input = document.createElement("input");
+        input.type = "hidden";
+        input.className = "state";
+        input.name = name;
+        input.value = cur.get(name);
+        form.prepend(input);
+      });
     });
   }
 

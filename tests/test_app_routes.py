@@ -192,7 +192,10 @@ def test_band_tab_shows_band_examples(client):
     band = data["bands"][-1]
     soup = BeautifulSoup(client.get(f"/{M}/{S}/0?band={band['band']}").text, "html.parser")
     assert len(soup.select("#examples li.example")) == len(band["examples"])
-    assert soup.select_one("nav.tabs a.active").get_text().strip().startswith(f"B{band['band']}")
+    active = soup.select_one("nav.tabs a.active")
+    assert active["aria-current"] == "page" and active["href"] == f"/{M}/{S}/0?band={band['band']}"
+    assert active.select_one(".band-no").get_text() == f"B{band['band']}"
+    assert not soup.select('[role="tab"], [role="tablist"]')  # plain links, marked as such
 
 
 def test_htmx_band_request_gets_only_the_examples_block(client):

@@ -244,7 +244,15 @@ def test_links_keep_the_state_that_applies(client, db):
         headers={"HX-Request": "true", "HX-Target": "live-result"},
     )
     assert _query(r.headers["HX-Push-Url"]) == {"band": str(band["band"]), "open": key, "text": "hi"}
-    assert client.get(f"/api/{M}/{source}/{unit}?open={key}").json()["open"] == {"seq": ex["seq"], "pos": ex["pos"]}
+    assert client.get(f"/api/{M}/{source}/{unit}?open={key}").json()["open"] == {
+        "seq": ex["seq"],
+        "pos": ex["pos"],
+        "url": f"/{M}/sequences/{ex['seq']}?source={source}&index={unit}&pos={ex['pos']}",
+    }
+    assert (
+        opened[0].select_one("a.seq-page")["href"]
+        == f"/{M}/sequences/{ex['seq']}?source={source}&index={unit}&pos={ex['pos']}"
+    )
     assert client.get(f"/api/{M}/{source}/{unit}?open=12").status_code == 422
 
 
@@ -255,6 +263,7 @@ def test_go_to_unit_box(client):
     assert form["action"] == f"/{M}/{SAE}/3" and form.select_one("input[name=goto]") is not None
     r = client.get(f"/{M}/{SAE}/3?goto=17&text=hi", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/{M}/{SAE}/17?text=hi"
+    assert _soup(client, f"/{M}/{SAE}/3?goto=").select_one(".jump-error") is None  # an empty box asks nothing
     for bad in ("128", "-1", "x"):
         soup = _soup(client, f"/{M}/{SAE}/3?goto={bad}", status=422)
         assert "from 0 to 127" in soup.select_one("form.jump .jump-error").get_text()

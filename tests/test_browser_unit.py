@@ -43,7 +43,7 @@ def test_home_to_source_to_unit(page, live_server):
     # Band tabs with their activation range and share.
     tabs = page.locator("nav.tabs a.tab")
     assert tabs.count() >= 2 and tabs.first.is_visible()
-    assert "of tokens" in tabs.nth(1).inner_text()
+    assert "of all tokens" in tabs.nth(1).inner_text()
 
 
 def test_hover_shows_token_and_activation(page, live_server):
@@ -113,7 +113,7 @@ def test_empty_live_text_shows_an_error(page, live_server):
 
 def test_keyboard_navigation(page, live_server):
     page.goto(live_server.url + "/tiny/1-mlp/5")
-    assert "j" in page.locator(".shortcuts").inner_text()
+    assert "j" in page.locator(".shortcuts").text_content()
     page.keyboard.press("j")
     page.wait_for_url(re.compile(r"/tiny/1-mlp/6$"))
     page.keyboard.press("k")
