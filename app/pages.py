@@ -229,12 +229,16 @@ def unit_data(
     prev, nxt = unit_view.neighbours(liveness.fired, index, n)
     basis = unit_view.basis_words(src.band_basis)
     if shown == "top":
+        shown_examples = rec.top
         shown_set = unit_view.example_page(len(rec.top), page_no, n_per_page, "the top examples")
         shown_set.update(band="top", empty=not rec.top)
     else:
         b = rec.bands[int(shown)]
+        shown_examples = b.examples
         shown_set = unit_view.example_page(len(b.examples), page_no, n_per_page, f"band {b.band}")
         shown_set.update(band=shown, empty=b.count == 0)
+    on_page = shown_examples[shown_set["first"] : shown_set["first"] + shown_set["count"]]
+    open_shown = opened is not None and any((ex.seq, ex.pos) == opened for ex in on_page)
 
     # The page's state as query parameters (None: the default), as its links keep it.
     state = {
@@ -308,6 +312,7 @@ def unit_data(
             "seq": opened[0],
             "pos": opened[1],
             "url": urls.sequence(model, opened[0], source=source, index=index, pos=opened[1]),
+            "on_page": open_shown,
         },
         "text": text,
         "params": state,
@@ -316,7 +321,7 @@ def unit_data(
     if data["dead"] and live_part is not None:
         # Nothing indexed gives a dead unit a scale: tint the visitor's text by its own values.
         data["scale"] = max([abs(a) for a in live_part["acts"][1:]] + [1e-9])
-    if with_full and opened is not None:
+    if with_full and opened is not None and open_shown:
         data["full"] = unit_view.full_sequence(store, live, model, source, index, *opened)
     return data
 

@@ -133,6 +133,7 @@ class OpenOut(BaseModel):
     seq: int
     pos: int
     url: str = Field(description="The sequence's page, tinted by this unit")
+    on_page: bool = Field(description="The example is among those the page shows")
 
 
 class LogitOut(BaseModel):

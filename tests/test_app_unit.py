@@ -244,16 +244,20 @@ def test_links_keep_the_state_that_applies(client, db):
         headers={"HX-Request": "true", "HX-Target": "live-result"},
     )
     assert _query(r.headers["HX-Push-Url"]) == {"band": str(band["band"]), "open": key, "text": "hi"}
-    assert client.get(f"/api/{M}/{source}/{unit}?open={key}").json()["open"] == {
+    assert client.get(f"/api/{M}/{source}/{unit}?band={band['band']}&open={key}").json()["open"] == {
         "seq": ex["seq"],
         "pos": ex["pos"],
         "url": f"/{M}/sequences/{ex['seq']}?source={source}&index={unit}&pos={ex['pos']}",
+        "on_page": True,
     }
     assert (
         opened[0].select_one("a.seq-page")["href"]
         == f"/{M}/sequences/{ex['seq']}?source={source}&index={unit}&pos={ex['pos']}"
     )
     assert client.get(f"/api/{M}/{source}/{unit}?open=12").status_code == 422
+    missing = _soup(client, f"/{M}/{source}/{unit}?band={band['band']}&per_page=1&open={key}")  # on page 2
+    assert "not among these" in missing.select_one(".open-missing").get_text()
+    assert not missing.select('a.full-link[aria-expanded="true"]')
 
 
 # -- go to unit -----------------------------------------------------------------------------
