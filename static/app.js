@@ -97,18 +97,32 @@
     syncState();
   }
 
+  function expand(a) {
+    // One example is open at a time: the URL names one.
+    document.querySelectorAll('a.full-link[aria-expanded="true"]').forEach(function (o) { setExpanded(o, false); });
+    var box = document.getElementById(a.getAttribute("aria-controls"));
+    return window.htmx.ajax("GET", a.getAttribute("data-seq"), { target: box, swap: "innerHTML" }).then(function () {
+      setExpanded(a, true);
+    });
+  }
+
   function toggleFull(a) {
     if (a.getAttribute("aria-expanded") === "true") {
       setExpanded(a, false);
       pushOpen(null);
       return;
     }
-    // One example is open at a time: the URL names one.
-    document.querySelectorAll('a.full-link[aria-expanded="true"]').forEach(function (o) { setExpanded(o, false); });
-    var box = document.getElementById(a.getAttribute("aria-controls"));
-    window.htmx.ajax("GET", a.getAttribute("data-seq"), { target: box, swap: "innerHTML" }).then(function () {
-      setExpanded(a, true);
-      pushOpen(a.getAttribute("data-open"));
+    expand(a).then(function () { pushOpen(a.getAttribute("data-open")); });
+  }
+
+  function showOpenOfUrl() {
+    // Back and Forward: the examples expanded as the URL says.
+    var key = new URLSearchParams(location.search).get("open");
+    document.querySelectorAll("a.full-link[data-open]").forEach(function (a) {
+      var want = a.getAttribute("data-open") === key;
+      if (want === (a.getAttribute("aria-expanded") === "true")) return;
+      if (want && window.htmx) expand(a).then(syncState);
+      else if (!want) setExpanded(a, false);
     });
   }
 
@@ -122,7 +136,7 @@
   ["htmx:pushedIntoHistory", "htmx:replacedInHistory", "htmx:historyRestore", "htmx:afterSettle"].forEach(function (name) {
     document.addEventListener(name, syncState);
   });
-  window.addEventListener("popstate", function () { setTimeout(syncState, 0); });
+  window.addEventListener("popstate", function () { setTimeout(function () { showOpenOfUrl(); syncState(); }, 0); });
 
   document.addEventListener("DOMContentLoaded", function () {
     tip = document.getElementById("tip");
