@@ -224,7 +224,7 @@ def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
                 title=f' title="band {b["band"]}: {name} {basis} (quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])})"',
                 name=f'{name}{named} <span class="band-no">B{b["band"]}</span>',
                 range=f"{fmt(b['lo'])} to {fmt(b['hi'])}",
-                share=f' <span class="share">{escape(pct(b["share"]))} of all tokens</span>',
+                share=f' <span class="share">{escape(pct(b["share"]))}<span class="share-words"> of all tokens</span></span>',
             )
         )
     return Markup("".join(out))
