@@ -169,6 +169,9 @@ def test_histogram_labels_do_not_overlap(page, live_server):
         labels = page.locator(".hist svg text").evaluate_all(boxes_js)
         assert sum(1 for b in labels if b["text"].startswith("B")) >= 3, path
         assert _overlaps(labels) == [], path
+        # Band labels stand above the bars, never on them.
+        bars_top = min(b["y"] for b in page.locator(".hist svg rect.bar").evaluate_all(boxes_js))
+        assert all(b["y"] + b["height"] <= bars_top + 0.5 for b in labels if b["text"].startswith("B")), path
         for b in labels:  # inside the drawing
             assert svg["x"] - 0.5 <= b["x"] and b["x"] + b["width"] <= svg["x"] + svg["width"] + 0.5, (path, b)
         _no_sideways_scroll(page)
