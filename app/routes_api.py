@@ -172,8 +172,18 @@ def api_source(
 
 
 @router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302, responses=ERRORS)
-def api_random(request: Request, store: StoreDep, model: str, source: str):
-    index = pages.random_index(store, model, source)
+def api_random(
+    request: Request,
+    store: StoreDep,
+    model: str,
+    source: str,
+    dead: Annotated[
+        bool, Query(description="Pick among the dead units (never fired on an indexed token) instead of the live ones")
+    ] = False,
+):
+    """A random unit that fired on some indexed token; with `dead=1`, one that never did
+    (404 if the source has none)."""
+    index = pages.random_index(store, model, source, dead=dead)
     urls = site_urls.for_request(request)
     return RedirectResponse(urls.api(urls.unit(model, source, index)), status_code=302)
 
@@ -199,15 +209,27 @@ def api_export(store: StoreDep, model: str, source: str, fmt: str):
 
 
 async def api_unit(
-    request: Request, model: str, source: str, index: int, text: str | None = None, band: str | None = None
+    request: Request,
+    model: str,
+    source: str,
+    index: int,
+    text: str | None = None,
+    band: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
 ):
-    """`text` adds `live`: the unit's activation on every token of that text."""
+    """`text` adds `live`: the unit's activation on every token of that text. `band`
+    (`top` or a band number), `page` (from 1) and `per_page` (1 to 200, default 20) say
+    which slice of a stored example set the page shows (`shown`); `open` (`SEQ:POS`) the
+    expanded example."""
     # The hottest route reads app.state itself: two dependencies cost ~10% of a
     # first view (FastAPI resolves each per request).
     store, live = request.app.state.store, request.app.state.live
+    args = (request, store, live, model, source, index, text, band, page, per_page, open)
     if store.resident and text is None:  # from memory: pure CPU, no hop to the threadpool
-        return _api_unit(request, store, live, model, source, index, text, band)
-    return await run_in_threadpool(_api_unit, request, store, live, model, source, index, text, band)
+        return _api_unit(*args)
+    return await run_in_threadpool(_api_unit, *args)
 
 
 router.add_api_route(
@@ -220,8 +242,10 @@ router.add_api_route(
 )
 
 
-def _api_unit(request, store, live, model, source, index, text, band):
+def _api_unit(request, store, live, model, source, index, text, band, page, per_page, open):
     # A cached answer never gets here: CacheMiddleware serves it before routing.
     urls = site_urls.for_request(request)
-    data = pages.unit_data(store, live, urls, model, source, index, band=band, text=text)
+    data = pages.unit_data(
+        store, live, urls, model, source, index, band=band, text=text, page=page, per_page=per_page, open=open
+    )
     return request.app.state.response_cache.put_for(request, JSON(data))

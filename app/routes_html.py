@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import pages, params, search_data, try_data
+from actscope.app import pages, params, search_data, try_data, unit_view
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import AppError
@@ -162,16 +163,9 @@ def sequence_page(
     data = pages.sequence_data(store, model, seq)
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
-        src = pages.get_source(store, model, source)
-        pages.check_index(src, index)
-        unit = store.unit(model, source, index)
-        if unit is not None:
-            data["scale"] = max(abs(unit.stats.max), abs(unit.stats.min), 1e-9)
-        try:
-            res = live.run_ids(data["token_ids"], source)
-            data["acts"] = [float(a) for a in res.acts[:, index]]
-        except AppError as exc:
-            data["live_error"] = exc.message
+        pages.check_index(pages.get_source(store, model, source), index)
+        full = unit_view.full_sequence(store, live, model, source, index, seq, pos)
+        data.update(acts=full["acts"], scale=full["scale"], live_error=full["live_error"])
     return render(
         request,
         "sequence.html",
@@ -215,22 +209,49 @@ def source_page(
 
 
 @router.get("/{model}/{source}/random")
-def random_unit(request: Request, store: StoreDep, model: str, source: str):
-    index = pages.random_index(store, model, source)
-    return RedirectResponse(site_urls.for_request(request).unit(model, source, index), status_code=302)
+def random_unit(
+    request: Request, store: StoreDep, model: str, source: str, dead: bool = False, text: str | None = None
+):
+    """A random unit that fired, or with `dead=1` one that never did."""
+    index = pages.random_index(store, model, source, dead=dead)
+    return RedirectResponse(site_urls.for_request(request).unit(model, source, index, text=text), status_code=302)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """What a unit page's URL says beyond the unit: the example set, its page, the
+    visitor's text and the expanded example (each as given, checked by pages.unit_data)."""
+
+    band: str | None = None
+    text: str | None = None
+    page: str | None = None
+    per_page: str | None = None
+    open: str | None = None
 
 
 async def unit_page(
-    request: Request, model: str, source: str, index: int, band: str | None = None, text: str | None = None
+    request: Request,
+    model: str,
+    source: str,
+    index: int,
+    band: str | None = None,
+    text: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
+    goto: str | None = None,
 ):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
     # view (FastAPI resolves each per request).
     store, live = request.app.state.store, request.app.state.live
+    state = UnitState(band, text, page, per_page, open)
+    if goto:  # an empty box asks for nothing
+        return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
     # may query DuckDB or wait for the model goes to the threadpool.
-    if store.resident and text is None:
-        return _unit_page(request, store, live, model, source, index, band, text)
-    return await run_in_threadpool(_unit_page, request, store, live, model, source, index, band, text)
+    if store.resident and text is None and open is None:
+        return _unit_page(request, store, live, model, source, index, state)
+    return await run_in_threadpool(_unit_page, request, store, live, model, source, index, state)
 
 
 router.add_api_route(
@@ -249,31 +270,59 @@ def _unit_with_text(
     model: str,
     source: str,
     index: int,
-    band: str | None,
-    text: str | None,
+    state: UnitState,
+    with_full: bool = True,
 ) -> tuple[dict[str, Any], int]:
     """A unit page's data with the visitor's text, or without it and the error shown."""
     urls = site_urls.for_request(request)
 
     def unit(text: str | None) -> dict[str, Any]:
-        return pages.unit_data(store, live, urls, model, source, index, band=band, text=text, shown_only=True)
+        return pages.unit_data(
+            store,
+            live,
+            urls,
+            model,
+            source,
+            index,
+            band=state.band,
+            text=text,
+            page=state.page,
+            per_page=state.per_page,
+            open=state.open,
+            shown_only=True,
+            with_full=with_full,
+        )
 
-    return _or_shown_error(lambda: unit(text), lambda: {**unit(None), "text": text}, key="live_error")
+    return _or_shown_error(lambda: unit(state.text), lambda: {**unit(None), "text": state.text}, key="live_error")
 
 
-def _unit_page(request, store, live, model, source, index, band, text):
+def _unit_page(request, store, live, model, source, index, state: UnitState, jump: tuple[str, str] | None = None):
     # A cached page never gets here: CacheMiddleware serves it before routing.
-    data, status = _unit_with_text(request, store, live, model, source, index, band, text)
+    data, status = _unit_with_text(request, store, live, model, source, index, state)
+    data["goto"], data["jump_error"] = jump or (None, None)
     page = render(
         request,
         "unit.html",
         data,
         page_url=_here(request),
         title=f"{source}/{index} · {model}",
-        status=status,
+        status=422 if jump else status,
         blocks={"examples": "examples", "live-result": "live"},
     )
     return request.app.state.response_cache.put_for(request, page)
+
+
+def _jump(request, store, live, model, source, index, state: UnitState, goto: str):
+    """The "go to unit" box: the unit asked for (with the visitor's text), or this page
+    with the error next to the box."""
+    src = pages.get_source(store, model, source)
+    pages.check_index(src, index)
+    try:
+        target = params.unit_number(goto, src.n_units)
+    except AppError as exc:
+        return _unit_page(request, store, live, model, source, index, state, jump=(goto, exc.message))
+    url = site_urls.for_request(request).unit(model, source, target, text=state.text)
+    return RedirectResponse(url, status_code=303)
 
 
 @router.get("/{model}/{source}/{index}/live", response_class=HTMLResponse)
@@ -286,14 +335,25 @@ def unit_live(
     index: int,
     text: str | None = None,
     band: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
 ):
     """The live block of a unit page (htmx); the shareable URL is pushed to the address bar."""
     share = site_urls.for_request(request).unit(
-        model, source, index, band=band if band not in (None, "top") else None, text=text
+        model,
+        source,
+        index,
+        band=band if band not in (None, "top") else None,
+        page=page,
+        per_page=per_page,
+        open=open,
+        text=text,
     )
     if not request.headers.get("hx-request"):
         return RedirectResponse(share, status_code=303)
-    data, status = _unit_with_text(request, store, live, model, source, index, band, text)
+    state = UnitState(band, text, page, per_page, open)
+    data, status = _unit_with_text(request, store, live, model, source, index, state, with_full=False)
     # htmx only swaps 2xx responses by default; the error is shown inside the block.
     return render(
         request,

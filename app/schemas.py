@@ -110,14 +110,38 @@ class StatsOut(BaseModel):
 
 
 class BandOut(BaseModel):
-    band: int
+    band: int = Field(description="Its number, 0 for the lowest; stable: `band=N` always means the same band")
+    name: str = Field(description='Its quantile range, e.g. "top 1%", "90–95%", "bottom 50%"')
+    label: str = Field(description='Its name with what it is a quantile of, e.g. "top 1% of active tokens"')
     q_lo: float
     q_hi: float
     lo: float
     hi: float
     count: int
     share: float = Field(description="Share of all indexed tokens inside the band")
+    empty: bool = Field(description="No indexed token fell inside it (count 0); pages offer no tab for it")
+    stored: int = Field(description="Examples stored for it (a uniform random sample, `--band-size`)")
     examples: list[ExampleOut]
+
+
+class ShownOut(BaseModel):
+    band: str = Field(description='The example set the page shows: "top" or a band number')
+    page: int
+    per_page: int
+    n_pages: int
+    stored: int = Field(description="Examples stored for the set")
+    first: int = Field(description="Index of the page's first example in the set's examples")
+    count: int = Field(description="Examples on the page: the set's examples[first:first + count]")
+    empty: bool = Field(description="The set is empty (a band no token fell in, or no top examples)")
+    prev_page: str | None
+    next_page: str | None
+
+
+class OpenOut(BaseModel):
+    seq: int
+    pos: int
+    url: str = Field(description="The sequence's page, tinted by this unit")
+    on_page: bool = Field(description="The example is among those the page shows")
 
 
 class LogitOut(BaseModel):
@@ -137,11 +161,20 @@ class UnitOut(BaseModel):
     index: int
     stats: StatsOut
     cos_in_out: float | None = Field(description="cos(w_in, w_out), neurons only")
+    dead: bool = Field(description="The unit never fired (activation > 0) on an indexed token")
+    n_dead: int = Field(description="Dead units in the source")
     scale: float
     top: list[ExampleOut]
     bands: list[BandOut]
     logits: LogitsOut | None
-    links: dict[str, str]
+    links: dict[str, str | None] = Field(
+        description="prev/next: the neighbouring units that fired (dead ones skipped); prev_any/next_any: the "
+        "units at index -1/+1; random (a unit that fired), random_dead (null without dead units), source"
+    )
+    band: str
+    shown: ShownOut
+    open: OpenOut | None = Field(description="The expanded example (`open=SEQ:POS`)")
+    text: str | None
     live: LiveUnitOut | None = None
 
 

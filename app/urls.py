@@ -90,8 +90,8 @@ class URLs:
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
 
-    def random_unit(self, model: str, source: str) -> str:
-        return f"{self.base}/{_q(model)}/{_q(source)}/random"
+    def random_unit(self, model: str, source: str, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/random", params)
 
     def sequence(self, model: str, seq: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/sequences/{int(seq)}", params)

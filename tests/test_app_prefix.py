@@ -216,7 +216,10 @@ def test_json_urls_carry_the_prefix(crawled):
     assert unit["links"] == {
         "prev": f"{PREFIX}/{M}/{S}/{unit['source']['n_units'] - 1}",
         "next": f"{PREFIX}/{M}/{S}/1",
+        "prev_any": f"{PREFIX}/{M}/{S}/{unit['source']['n_units'] - 1}",
+        "next_any": f"{PREFIX}/{M}/{S}/1",
         "random": f"{PREFIX}/{M}/{S}/random",
+        "random_dead": None,  # 0-mlp has no dead units
         "source": f"{PREFIX}/{M}/{S}",
     }
     table = crawled.get(f"{PREFIX}/api/{M}/{S}?per_page=2").json()

@@ -113,6 +113,15 @@ class UnitRecord:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """Which units of a source ever fired (activation > 0 on an indexed token): sorted
+    unit indices of the units that did (`fired`) and of the dead ones (`dead`)."""
+
+    fired: Any  # numpy int64 array
+    dead: Any  # numpy int64 array
+
+
+@dataclass(frozen=True)
 class UnitSummary:
     """One row of a source's unit table."""
 
@@ -148,12 +157,16 @@ class Store:
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
         self._unit_tables: dict[tuple[str, str], list[UnitSummary]] = {}
+        self._liveness: dict[tuple[str, str], Liveness] = {}
         self._resident: dict[str, ResidentTables] = {}
         self._variants: dict[str, TokenVariants] = {}
         self._focus: dict[str, FocusTable] = {}
         for m in self._models:
             if ResidentTables.size_estimate(self._cur(), m) <= resident_mb * 2**20:
                 self._resident[m] = ResidentTables.load(self._cur(), m)
+        for m, slug in self._sources:
+            if m in self._resident:
+                self.liveness(m, slug)  # read now: pages served from memory query nothing
 
     @property
     def resident(self) -> bool:
@@ -448,6 +461,25 @@ class Store:
         with self._lock:
             self._unit_tables[key] = table
         return table
+
+    def liveness(self, model: str, source: str) -> Liveness:
+        """The fired and dead units of a source (read once, cached)."""
+        key = (model, source)
+        found = self._liveness.get(key)
+        if found is not None:
+            return found
+        import numpy as np
+
+        info = self._sources.get(key)
+        n = info.n_units if info else 0
+        rows = self._all(
+            "SELECT unit FROM unit_stats WHERE model = ? AND source = ? AND n_fired > 0 ORDER BY unit", [model, source]
+        )
+        fired = np.array([r[0] for r in rows], dtype=np.int64)
+        found = Liveness(fired, np.setdiff1d(np.arange(n, dtype=np.int64), fired))
+        with self._lock:
+            self._liveness[key] = found
+        return found
 
     def sequence(self, model: str, seq: int) -> list[int] | None:
         resident = self._resident.get(model)
