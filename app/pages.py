@@ -12,7 +12,7 @@ import random as _random
 from typing import Any
 
 from actscope.app import index_record, live_data, params, unit_view
-from actscope.app.errors import AppError, bad_input, not_found
+from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
 from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store
