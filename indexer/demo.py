@@ -106,7 +106,13 @@ def build_demo_index(out: str | Path, rebuild: bool = False, log=print) -> Path:
     from actscope.indexer.run import run_index
 
     if out.exists():
-        log(f"demo: {out} was written by another actscope version or with other settings; rebuilding")
+        from actscope.indexer.store.schema import SCHEMA_VERSION
+
+        found = (read_meta(out) or {}).get("schema_version")
+        if found is not None and found != str(SCHEMA_VERSION):
+            log(f"demo: {out} has index schema version {found}, this actscope writes {SCHEMA_VERSION}; rebuilding")
+        else:
+            log(f"demo: {out} was written by another actscope version or with other settings; rebuilding")
     options = demo_options(out)
     log(
         f"demo: indexing {options['model']} ({', '.join(options['saes'])}) over "

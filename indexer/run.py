@@ -297,6 +297,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
 
     from actscope.indexer.accumulate.finalize import example_rows, unit_rows
     from actscope.indexer.corpus.documents import describe_corpus
+    from actscope.indexer.model.token_bytes import vocab_bytes
     from actscope.indexer.store.writer import fixed_width_lists, repeated
     from actscope.indexer.weights import logit_table
 
@@ -352,6 +353,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
     )
     vocab_size = int(model.cfg.d_vocab)
     tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
+    raw = vocab_bytes(loaded.tokenizer, vocab_size)
     writer.write_table(
         "vocab",
         pa.table(
@@ -359,6 +361,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
                 "model": repeated(slug, vocab_size),
                 "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
                 "token": pa.array(tokens),
+                "token_bytes": pa.array(raw, type=pa.binary()),
             }
         ),
     )

@@ -129,6 +129,30 @@ def test_demo_reuses_an_up_to_date_index(default_index, tmp_path, monkeypatch):
     assert "up to date" in messages[0]
 
 
+@pytest.mark.slow
+def test_demo_rebuilds_an_index_of_an_older_schema(default_index, tmp_path, monkeypatch):
+    import shutil
+
+    import duckdb
+
+    from actscope.indexer import demo
+
+    old = tmp_path / "demo.duckdb"
+    shutil.copyfile(default_index, old)
+    con = duckdb.connect(str(old))
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    monkeypatch.setattr(demo, "DEMO_MAX_TOKENS", MAX_TOKENS)
+    monkeypatch.setattr(demo, "DEMO_BATCH", 8)
+    assert demo.index_is_current(default_index) and not demo.index_is_current(old)
+    messages = []
+    monkeypatch.setattr("actscope.indexer.run.run_index", lambda config: "built")  # the rebuild itself: not here
+    demo.build_demo_index(old, log=messages.append)
+    from actscope.indexer.store.schema import SCHEMA_VERSION
+
+    assert f"schema version 2, this actscope writes {SCHEMA_VERSION}; rebuilding" in messages[0]
+
+
 def test_demo_rejects_foreign_files(tmp_path):
     from actscope.indexer import demo
 

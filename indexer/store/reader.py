@@ -151,7 +151,8 @@ class Store:
             raise ActscopeError(f"{path}: cannot open it as a DuckDB index ({first})") from exc
         self._local = threading.local()
         self._check_version()
-        self._vocab: dict[str, list[str]] = {}
+        self._vocab: dict[str, tuple[list[str], list[bytes]]] = {}
+        self._hex: dict[str, list[str | None]] = {}
         self._lock = threading.Lock()
         self.meta = self._read_meta()
         self._models = {m.model: m for m in self._read_models()}
@@ -274,6 +275,13 @@ class Store:
 
     def vocab(self, model: str) -> list[str]:
         """Token strings indexed by token id (loaded once)."""
+        return self._vocab_of(model)[0]
+
+    def vocab_bytes(self, model: str) -> list[bytes]:
+        """Each token's raw bytes, indexed by token id (loaded once)."""
+        return self._vocab_of(model)[1]
+
+    def _vocab_of(self, model: str) -> tuple[list[str], list[bytes]]:
         vocab = self._vocab.get(model)
         if vocab is None:
             with self._lock:
@@ -281,13 +289,26 @@ class Store:
                 if vocab is None:
                     info = self._models.get(model)
                     size = info.d_vocab if info else 0
-                    rows = self._all("SELECT token_id, token FROM vocab WHERE model = ?", [model])
-                    size = max([size] + [tid + 1 for tid, _ in rows])
-                    vocab = [""] * size
-                    for tid, tok in rows:
-                        vocab[tid] = tok
+                    rows = self._all("SELECT token_id, token, token_bytes FROM vocab WHERE model = ?", [model])
+                    size = max([size] + [tid + 1 for tid, _, _ in rows])
+                    strings = [""] * size
+                    raw = [b""] * size
+                    for tid, tok, tok_bytes in rows:
+                        strings[tid] = tok
+                        raw[tid] = bytes(tok_bytes)
+                    vocab = (strings, raw)
                     self._vocab[model] = vocab
         return vocab
+
+    def token_hex(self, model: str, ids: list[int]) -> list[str | None]:
+        """Per token: its bytes in hex where they are not valid UTF-8 on their own, else
+        None (the JSON's `token_bytes`)."""
+        hexes = self._hex.get(model)
+        if hexes is None:
+            hexes = [None if _is_utf8(b) else b.hex() for b in self.vocab_bytes(model)]
+            self._hex[model] = hexes
+        n = len(hexes)
+        return [hexes[i] if 0 <= i < n else None for i in ids]
 
     def token_strings(self, model: str, ids: list[int]) -> list[str]:
         vocab = self.vocab(model)
@@ -517,6 +538,14 @@ class Store:
             with open(out_path, "w", encoding="utf-8") as fh:
                 for row in table.to_pylist():
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _json(text: Any) -> dict[str, Any]:

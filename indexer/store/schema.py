@@ -16,7 +16,7 @@ Conventions:
 - `examples.acts` holds the unit's activation at positions start .. start+len(acts)-1.
 """
 
-SCHEMA_VERSION = 2  # 2: no primary keys on the tables written at the end of a run
+SCHEMA_VERSION = 3  # 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
 
 TABLES = {
     "meta": """
@@ -56,7 +56,9 @@ TABLES = {
         CREATE TABLE vocab (
             model VARCHAR NOT NULL,
             token_id INTEGER NOT NULL,
-            token VARCHAR NOT NULL          -- decoded text of the single token
+            token VARCHAR NOT NULL,         -- decoded text of the single token
+            token_bytes BLOB NOT NULL       -- the token's raw bytes (a token may hold part of a
+                                            -- character: its text then has U+FFFD)
         )""",
     "sequences": """
         CREATE TABLE sequences (
