@@ -13,8 +13,11 @@ from actscope.app.live_service import LiveResult
 from actscope.app.urls import URLs
 
 
-def unit_payload(res: LiveResult, model: str, source: str, index: int, ctx: int) -> dict[str, Any]:
-    """One unit's activation on every token of the text (BOS first)."""
+def unit_payload(
+    res: LiveResult, model: str, source: str, index: int, ctx: int, token_bytes: list[str | None]
+) -> dict[str, Any]:
+    """One unit's activation on every token of the text (BOS first). `token_bytes`: per
+    token, its bytes in hex where they are not UTF-8 on their own."""
     acts = res.acts[:, index]
     return {
         "model": model,
@@ -23,6 +26,7 @@ def unit_payload(res: LiveResult, model: str, source: str, index: int, ctx: int)
         "text": res.text,
         "tokens": res.tokens,
         "token_ids": res.token_ids,
+        "token_bytes": token_bytes,
         "acts": acts.tolist(),
         "truncated": res.truncated,
         "max": float(acts[1:].max()) if len(acts) > 1 else 0.0,
@@ -71,7 +75,14 @@ def _top_units(
 
 
 def top_payload(
-    res: LiveResult, urls: URLs, model: str, source: str, k: int, pos: int | None, ctx: int
+    res: LiveResult,
+    urls: URLs,
+    model: str,
+    source: str,
+    k: int,
+    pos: int | None,
+    ctx: int,
+    token_bytes: list[str | None],
 ) -> dict[str, Any]:
     """The units firing most on each token, and over the whole text."""
     per_token, overall = _top_units(res, k)
@@ -84,6 +95,7 @@ def top_payload(
         "text": res.text,
         "tokens": res.tokens,
         "token_ids": res.token_ids,
+        "token_bytes": token_bytes,
         "truncated": res.truncated,
         "k": k,
         "top": per_token,

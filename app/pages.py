@@ -69,9 +69,17 @@ def example_dict(store: Store, model: str, ex: Example) -> dict[str, Any]:
         "start": ex.start,
         "tokens": store.token_strings(model, ex.token_ids),
         "token_ids": ex.token_ids,
+        "token_bytes": store.token_hex(model, ex.token_ids),
         "acts": ex.acts,
         "focus": ex.focus,
     }
+
+
+def logit_list(store: Store, model: str, ids: list[int], values: list[float]) -> list[dict[str, Any]]:
+    return [
+        {"token": t, "token_id": i, "token_bytes": h, "value": v}
+        for i, t, h, v in zip(ids, store.token_strings(model, ids), store.token_hex(model, ids), values)
+    ]
 
 
 # -- pages ----------------------------------------------------------------------------
@@ -211,19 +219,14 @@ def unit_data(
     if rec.logits is not None:
         lg = rec.logits
         logits = {
-            "top": [
-                {"token": t, "token_id": i, "value": v}
-                for i, t, v in zip(lg.top_ids, store.token_strings(model, lg.top_ids), lg.top_values)
-            ],
-            "bottom": [
-                {"token": t, "token_id": i, "value": v}
-                for i, t, v in zip(lg.bottom_ids, store.token_strings(model, lg.bottom_ids), lg.bottom_values)
-            ],
+            "top": logit_list(store, model, lg.top_ids, lg.top_values),
+            "bottom": logit_list(store, model, lg.bottom_ids, lg.bottom_values),
         }
     live_part = None
     if text is not None:
         ctx = get_model(store, model).ctx
-        live_part = live_data.unit_payload(live.run(text, source), model, source, index, ctx)
+        res = live.run(text, source)
+        live_part = live_data.unit_payload(res, model, source, index, ctx, store.token_hex(model, res.token_ids))
     n = src.n_units
     liveness = store.liveness(model, source)
     prev, nxt = unit_view.neighbours(liveness.fired, index, n)
@@ -340,7 +343,13 @@ def sequence_data(store: Store, model: str, seq: int) -> dict[str, Any]:
     ids = store.sequence(model, seq)
     if ids is None:
         raise not_found(f"No sequence {seq} in the index of {model!r}.")
-    return {"model": model, "seq": seq, "token_ids": ids, "tokens": store.token_strings(model, ids)}
+    return {
+        "model": model,
+        "seq": seq,
+        "token_ids": ids,
+        "tokens": store.token_strings(model, ids),
+        "token_bytes": store.token_hex(model, ids),
+    }
 
 
 def live_top_data(
@@ -359,4 +368,4 @@ def live_top_data(
     params.check_k(k)
     res = live.run(text, source)
     params.check_pos(pos, len(res.token_ids))
-    return live_data.top_payload(res, urls, model, source, k, pos, info.ctx)
+    return live_data.top_payload(res, urls, model, source, k, pos, info.ctx, store.token_hex(model, res.token_ids))

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from actscope.app import urls as site_urls
 from actscope.app.histogram import histogram_markup
 from actscope.app.resources import resource_dir
+from actscope.app.token_html import TokenTable, append_spans, ascii_html, tokens_html
 from actscope.app.urls import URLs
 
 
@@ -23,105 +24,8 @@ def tint(act: float, scale: float) -> str:
     return f"--a:{a:.3f}"
 
 
-def ascii_html(text: str) -> Markup:
-    """`text` escaped, with every non-ASCII character as a character reference: the
-    browser shows the same text, and a page that is all ASCII is joined and encoded
-    by Python several times faster (a unit page: 2 us instead of 70 to encode)."""
-    return Markup(str(escape(text)).encode("ascii", "xmlcharrefreplace").decode("ascii"))
-
-
-@lru_cache(maxsize=65536)
-def repr_token(tok: str) -> Markup:
-    """A token as a quoted string (JSON), escaped for HTML and ASCII."""
-    return ascii_html(json.dumps(tok, ensure_ascii=False))
-
-
-# Tint strengths 0.000..1.000 by thousandths: a list index instead of a float format
-# per token.
-_TINT = tuple(f"{i / 1000:.3f}" for i in range(1001))
-# The opening of a token span by tint strength, positive and negative values.
-_OPEN = tuple(f'<span class="t" style="--a:{t}' for t in _TINT)
-_OPEN_NEG = tuple(f'<span class="t neg" style="--a:{t}' for t in _TINT)
-# token -> the two constant pieces of its span (escaped label, escaped text shown).
-# Bounded by the vocabularies served, so a plain dict; the cap only guards odd input.
-_PIECES: dict[str, tuple[str, str]] = {}
-
-
-def _token_pieces(tok: str) -> tuple[str, str]:
-    pieces = _PIECES.get(tok)
-    if pieces is None:
-        # Newline and tab marks as character references, like every non-ASCII character.
-        shown = str(ascii_html(tok)).replace("\n", "&#8629;\n").replace("\t", "&#8677;\t")
-        pieces = (f'" tabindex="0" title="{repr_token(tok)}: ', f'">{shown}</span>')
-        if len(_PIECES) < 1_000_000:
-            _PIECES[tok] = pieces
-    return pieces
-
-
-def prepare_tokens(vocab: list[str]) -> None:
-    """Build the span pieces of a whole vocabulary once (a few ms per 10k tokens), so
-    no page pays for escaping a token it is the first to show."""
-    for tok in vocab:
-        _token_pieces(tok)
-
-
-def _span(cls: str, a: float, tok: str, act: float) -> str:
-    """One token span; `a` is the tint strength in thousandths (clipped to 1000)."""
-    before, after = _token_pieces(tok)
-    value = f"{act:.4f}"
-    return (
-        f'<span class="{cls}" style="--a:{_TINT[int(a + 0.5)] if a < 999.5 else "1.000"}'
-        f'{before}{value}" data-act="{value}{after}'
-    )
-
-
-def tokens_html(
-    toks: list[str], acts: list[float], scale: float, focus: int | None = None, bos: bool = False
-) -> Markup:
-    """Tinted token spans (the hot loop of every page, so built here, escaped here).
-
-    Each span: class t (+ neg for negative values, + focus), --a = |act| / scale,
-    title `"<token>": <act>` for hover without JS, data-act for the tooltip and tests.
-    With `bos`, toks[0] is the BOS token: shown untinted (statistics never count it and
-    its activation is often off the scale), its value still in the title.
-    """
-    out: list[str] = []
-    _append_spans(out, toks, acts, scale, focus, bos)
-    return Markup("".join(out))
-
-
-def _append_spans(
-    out: list[str], toks: list[str], acts: list[float], scale: float, focus: int | None, bos: bool
-) -> None:
-    """tokens_html() into `out`, so a list of examples is joined (copied) only once."""
-    inv = 1000.0 / scale if scale > 0 else 0.0
-    pos, neg, pieces = _OPEN, _OPEN_NEG, _PIECES
-    first = len(out) + 1  # where the span of toks[0] goes
-    append = out.append
-    append('<span class="toks">')
-    n = min(len(toks), len(acts))
-    # All values in one % format (half the cost of one f-string per token).
-    values = ("%.4f\n" * n % tuple(acts[:n])).split("\n")
-    # The same span as _span(), inlined: hundreds of tokens per unit page. `a` is the tint
-    # strength in thousandths + 0.5 (rounding); NaN and inf fall to full strength.
-    for tok, act, value in zip(toks, acts, values):
-        before, after = pieces.get(tok) or _token_pieces(tok)
-        if act < 0:
-            a = 0.5 - act * inv
-            head = neg[int(a)] if a < 1000 else neg[1000]
-        else:
-            a = act * inv + 0.5
-            head = pos[int(a)] if a < 1000 else pos[1000]
-        append(f'{head}{before}{value}" data-act="{value}{after}')
-    if focus is not None and 0 <= focus < n and not (bos and focus == 0):
-        act = acts[focus]
-        out[first + focus] = _span("t neg focus" if act < 0 else "t focus", abs(act) * inv, toks[focus], act)
-    if bos and n:
-        out[first] = _span("t bos focus" if focus == 0 else "t bos", 0.0, toks[0], acts[0])
-    append("</span>")
-
-
 def example_items(
+    table: TokenTable,
     examples: list[dict[str, Any]],
     model: str,
     source: str,
@@ -153,7 +57,7 @@ def example_items(
             f'<li class="example" id="ex-{i}">\n'
             f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n'
         )
-        _append_spans(out, ex["tokens"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
+        append_spans(out, table, ex["token_ids"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
         key = f"{ex['seq']}:{ex['pos']}"
         href = closed if is_open else escape(urls.unit(model, source, index, **state, open=key))
         out.append(
@@ -165,13 +69,12 @@ def example_items(
     return Markup("".join(out))
 
 
-def logit_rows(logits: list[dict[str, Any]], cls: str) -> Markup:
-    """Table rows of a unit's logit effects: token, signed value (a Jinja loop of
-    20 rows cost a sixth of a unit page)."""
+def logit_rows(table: TokenTable, logits: list[dict[str, Any]], cls: str) -> Markup:
+    """Table rows of a unit's logit effects: token (its id on hover), signed value (a
+    Jinja loop of 20 rows cost a sixth of a unit page)."""
     return Markup(
         "".join(
-            f'<tr><td><code class="tok">{repr_token(lg["token"])}</code></td>'
-            f'<td class="num {cls}">{lg["value"]:+.3f}</td></tr>'
+            f'<tr><td>{table.code(lg["token_id"])}</td><td class="num {cls}">{lg["value"]:+.3f}</td></tr>'
             for lg in logits
         )
     )
@@ -230,8 +133,15 @@ def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
     return Markup("".join(out))
 
 
+@lru_cache(maxsize=65536)
+def repr_token(tok: str) -> Markup:
+    """Text (e.g. a token typed in a search box) as a quoted string (JSON), escaped for
+    HTML and ASCII. Tokens of a vocabulary are shown by token_code() instead."""
+    return ascii_html(json.dumps(tok, ensure_ascii=False))
+
+
 def show_token(tok: str) -> str:
-    """A token's text as shown in running text (newlines visible)."""
+    """Text as shown in running text (newlines visible)."""
     return tok.replace("\n", "\u21b5\n").replace("\t", "\u21e5\t")
 
 
@@ -279,16 +189,26 @@ def _site_urls(request: Request) -> dict[str, Any]:
     return {"urls": site_urls.for_request(request)}
 
 
-def make_templates() -> Jinja2Blocks:
+def make_templates(token_tables: dict[str, TokenTable]) -> Jinja2Blocks:
+    """The templates of one app; `token_tables` shows the tokens of each model served."""
     env = _Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))), autoescape=True)
     templates = Jinja2Blocks(env=env, context_processors=[_site_urls])
+
+    def table(model: str) -> TokenTable:
+        found = token_tables.get(model)
+        return found if found is not None else TokenTable([])
+
     env.globals.update(
         histogram_markup=histogram_markup,
         tint=tint,
-        tokens_html=tokens_html,
-        example_items=example_items,
+        # Token rendering takes the model first: its vocabulary says how each token shows.
+        tokens_html=lambda model, *a, **k: tokens_html(table(model), *a, **k),
+        example_items=lambda examples, model, *a, **k: example_items(table(model), examples, model, *a, **k),
+        logit_rows=lambda model, *a: logit_rows(table(model), *a),
+        token_code=lambda model, token_id: table(model).code(token_id),
+        token_title=lambda model, token_id: Markup(table(model).title(token_id)),
+        token_box=lambda model, token_id: Markup("".join(table(model).shown_html(token_id))),
         example_tabs=example_tabs,
-        logit_rows=logit_rows,
     )
     env.filters.update(fmt=fmt, pct=pct, show_token=show_token, repr_token=repr_token, ascii_html=ascii_html)
     env.trim_blocks = True

@@ -77,7 +77,8 @@ async def api_activations(request: Request, store: StoreDep, live: LiveDep, mode
         src = pages.get_source(store, model, body.source)
         pages.check_index(src, body.index)
         res = await live.arun(body.text, body.source)
-        return JSON(live_data.unit_payload(res, model, body.source, body.index, info.ctx))
+        hexes = store.token_hex(model, res.token_ids)
+        return JSON(live_data.unit_payload(res, model, body.source, body.index, info.ctx, hexes))
     urls = site_urls.for_request(request)
     return await run_in_threadpool(
         lambda: JSON(pages.live_top_data(live, store, urls, model, body.source, body.text, k=body.k))

@@ -89,6 +89,10 @@ class ExampleOut(BaseModel):
     start: int = Field(description="Sequence position of tokens[0]")
     tokens: list[str]
     token_ids: list[int]
+    token_bytes: list[str | None] = Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    )
     acts: list[float] = Field(description="One activation per token")
     focus: int = Field(description="Index of the focus token in tokens")
 
@@ -147,6 +151,9 @@ class OpenOut(BaseModel):
 class LogitOut(BaseModel):
     token: str
     token_id: int
+    token_bytes: str | None = Field(
+        description="The token's bytes in hex where they are not valid UTF-8 on their own, else null"
+    )
     value: float
 
 
@@ -183,6 +190,10 @@ class SequenceOut(BaseModel):
     seq: int
     token_ids: list[int] = Field(description="Exactly what was fed to the model, BOS first")
     tokens: list[str]
+    token_bytes: list[str | None] = Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    )
 
 
 class ActivationsIn(BaseModel):
@@ -200,6 +211,10 @@ class LiveUnitOut(BaseModel):
     text: str
     tokens: list[str]
     token_ids: list[int]
+    token_bytes: list[str | None] = Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    )
     acts: list[float]
     truncated: bool
     max: float
@@ -219,6 +234,10 @@ class LiveTopOut(BaseModel):
     text: str
     tokens: list[str]
     token_ids: list[int]
+    token_bytes: list[str | None] = Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    )
     truncated: bool
     k: int
     top: list[list[UnitAct]] = Field(description="Per token: the k units firing most")
@@ -242,6 +261,10 @@ class TryOut(BaseModel):
     text: str
     tokens: list[str]
     token_ids: list[int]
+    token_bytes: list[str | None] = Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    )
     truncated: bool
     ctx: int
     k: int
@@ -257,6 +280,10 @@ class SnippetOut(BaseModel):
     start: int = Field(description="Sequence position of tokens[0]")
     tokens: list[str]
     token_ids: list[int]
+    token_bytes: list[str | None] = Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    )
     acts: list[float]
     focus: int = Field(description="Index of the focus token in tokens")
 

@@ -40,6 +40,7 @@ def snippet(store: Store, model: str, ex: Example | None) -> dict[str, Any] | No
         "start": ex.start + lo + first,
         "tokens": toks[first:last],
         "token_ids": ex.token_ids[lo + first : lo + last],
+        "token_bytes": store.token_hex(model, ex.token_ids[lo + first : lo + last]),
         "acts": ex.acts[lo + first : lo + last],
         "focus": focus - first,
     }

@@ -18,10 +18,11 @@ from actscope import __version__
 from actscope.app import errors, routes_api, routes_html
 from actscope.app import urls as site_urls
 from actscope.app.live_service import LiveService
-from actscope.app.render import make_templates, prepare_tokens
+from actscope.app.render import make_templates
 from actscope.app.resources import resource_dir
 from actscope.app.response_cache import CacheMiddleware, ResponseCache
 from actscope.app.settings import Settings
+from actscope.app.token_html import TokenTable
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.store.reader import Store
 
@@ -83,9 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.live = live
-    app.state.templates = make_templates()
-    for m in models:
-        prepare_tokens(store.vocab(m.model))
+    app.state.templates = make_templates({m.model: TokenTable(store.vocab_bytes(m.model)) for m in models})
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
     if settings.root_path:

@@ -36,6 +36,7 @@ def try_sources(store: Store, model: str) -> list[SourceInfo]:
 
 def try_live(
     live: LiveService,
+    store: Store,
     urls: URLs,
     model: str,
     sources: list[SourceInfo],
@@ -49,9 +50,10 @@ def try_live(
     results = [live.run(text, s.slug) for s in sources]
     first = results[0]
     params.check_pos(pos, len(first.token_ids))
+    hexes = store.token_hex(model, first.token_ids)
     blocks = []
     for s, res in zip(sources, results):
-        payload = live_data.top_payload(res, urls, model, s.slug, k, pos, ctx)
+        payload = live_data.top_payload(res, urls, model, s.slug, k, pos, ctx, hexes)
         blocks.append(
             {
                 "source": s.slug,
@@ -67,6 +69,7 @@ def try_live(
         "text": first.text,
         "tokens": first.tokens,
         "token_ids": first.token_ids,
+        "token_bytes": hexes,
         "truncated": first.truncated,
         "ctx": ctx,
         "k": k,
@@ -108,5 +111,5 @@ def try_data(
     }
     if text is not None:
         params.check_k(k)
-        data["live"] = try_live(live, urls, model, sources, text, k, pos, colour, info.ctx)
+        data["live"] = try_live(live, store, urls, model, sources, text, k, pos, colour, info.ctx)
     return data

@@ -82,10 +82,12 @@ def full_sequence(
     if ids is None:
         raise AppError(404, f"No sequence {seq} in the index of {model!r}.")
     data: dict[str, Any] = {
+        "model": model,
         "seq": seq,
         "pos": pos,
         "token_ids": ids,
         "tokens": store.token_strings(model, ids),
+        "token_bytes": store.token_hex(model, ids),
         "acts": None,
         "scale": 1.0,
         "live_error": None,

@@ -7,7 +7,7 @@
   function tokenLabel(el) {
     var act = el.getAttribute("data-act");
     var text = el.getAttribute("data-tip") || el.getAttribute("title") || "";
-    // The title is `"token": value`; keep the token part and show the exact value.
+    // The title is `"token" (id N): value`; keep the token part and show the exact value.
     var tok = text.replace(/: [^:]*$/, "");
     var units = el.getAttribute("data-units");  // the try page: each source's top unit
     return act === null ? text : tok + "  " + act + (units ? "  " + units : "");

@@ -77,7 +77,7 @@ def xss_index(web_index, tmp_path):
         "WHERE e.source = ? AND e.unit = 0 AND e.band IS NULL ORDER BY e.rank LIMIT 1",
         [source],
     ).fetchone()[0]
-    con.execute("UPDATE vocab SET token = ? WHERE token_id = ?", [XSS_TOKEN, tok])
+    con.execute("UPDATE vocab SET token = ?, token_bytes = ? WHERE token_id = ?", [XSS_TOKEN, XSS_TOKEN.encode(), tok])
     con.close()
     return path, source, 0
 
@@ -218,11 +218,26 @@ def browser():
         b.close()
 
 
+def _title_parts(el) -> tuple[str, int]:
+    """(label, id) from a rendered token's title `"<label>" (id N)[ in "<chars>"]: <act>`."""
+    import json
+    import re
+
+    label, end = json.JSONDecoder().raw_decode(el["title"])
+    found = re.match(r" \(id (-?\d+)\)", el["title"][end:])
+    assert found, el["title"]
+    return label, int(found.group(1))
+
+
 def token_of(el) -> str:
-    """The exact token text of a rendered token (its title is `"<token>": <activation>`).
+    """The token as shown by a rendered token, from its title (`"<token>" (id N): <act>`):
+    its text, or its bytes as `<0xNN>` where they are no character.
 
     (html.parser collapses whitespace-only text nodes, so get_text() is not exact.)
     """
-    import json
+    return _title_parts(el)[0]
 
-    return json.loads(el["title"].rsplit(": ", 1)[0])
+
+def token_id_of(el) -> int:
+    """The token id in a rendered token's title."""
+    return _title_parts(el)[1]

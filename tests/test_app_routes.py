@@ -243,6 +243,9 @@ def test_unit_page_parts_built_in_python_are_escaped():
     # Tabs, example items and logit rows are HTML built in app/render.py, not by
     # Jinja's autoescape: text that could hold markup must still come out escaped.
     from actscope.app.render import example_items, example_tabs, logit_rows
+    from actscope.app.token_html import TokenTable
+
+    table = TokenTable([b"<x>", b"&", b"</td>"])
 
     d = {
         "model": "m",
@@ -260,11 +263,11 @@ def test_unit_page_parts_built_in_python_are_escaped():
     assert tabs.select_one("a.band-tab.active .share").get_text() == "<0.01% of all tokens"
     assert tabs.select_one("a.band-tab")["href"] == "/m/s/1?band=0&text=a%22%26%3Cb%3E"
     assert tabs.select_one("a.band-tab .tab-name").get_text().startswith("<i>")
-    ex = {"seq": 3, "pos": 2, "act": 1.5, "start": 1, "focus": 1, "tokens": ["<x>", "&"], "acts": [0.5, 1.5]}
-    item = BeautifulSoup(str(example_items([ex], "m", "s&t", 1, 2.0, state={"text": "<&>"})), "html.parser")
+    ex = {"seq": 3, "pos": 2, "act": 1.5, "start": 1, "focus": 1, "token_ids": [0, 1], "acts": [0.5, 1.5]}
+    item = BeautifulSoup(str(example_items(table, [ex], "m", "s&t", 1, 2.0, state={"text": "<&>"})), "html.parser")
     assert [t.get_text() for t in item.select(".t")] == ["<x>", "&"]
     link = item.select_one("a.full-link")
     assert link["href"] == "/m/s%26t/1?text=%3C%26%3E&open=3%3A2#ex-0"
     assert link["data-seq"] == "/m/sequences/3?source=s%26t&index=1&pos=2"
-    rows = BeautifulSoup(str(logit_rows([{"token": "</td>", "value": -0.25}], "neg-text")), "html.parser")
+    rows = BeautifulSoup(str(logit_rows(table, [{"token_id": 2, "value": -0.25}], "neg-text")), "html.parser")
     assert rows.select_one("code").get_text() == '"</td>"' and rows.select_one(".num").get_text() == "-0.250"

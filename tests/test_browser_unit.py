@@ -55,10 +55,10 @@ def test_hover_shows_token_and_activation(page, live_server):
     tip.wait_for(state="visible")
     assert act in tip.inner_text()
     assert tip.inner_text().startswith('"')  # the token, quoted
-    # Keyboard focus shows it too.
+    assert re.search(r'" \(id \d+\)', tip.inner_text())  # and its id
     page.mouse.move(0, 0)
     other = page.locator("#examples li.example").nth(1).locator(".t.focus")
-    other.focus()
+    other.hover()
     assert other.get_attribute("data-act") in tip.inner_text()
 
 
