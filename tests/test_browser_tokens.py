@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from contrast import contrast_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -92,30 +93,6 @@ def test_logit_table_shows_byte_tokens(page, live_server):
     assert len(set(same)) == len(same)
 
 
-# The contrast of an element's text over what is painted under it, from computed styles:
-# backgrounds of the element and its ancestors composited over the page (alpha blending
-# in sRGB, as color-mix(in srgb, ..., transparent) paints).
-CONTRAST_JS = """el => {
-  const parse = c => {
-    let m = c.match(/^rgba?\\(([^)]+)\\)$/);
-    if (m) { const p = m[1].split(',').map(Number); return [p[0] / 255, p[1] / 255, p[2] / 255, p.length > 3 ? p[3] : 1]; }
-    m = c.match(/^color\\(srgb ([^)]+)\\)$/);
-    if (m) { const p = m[1].replace('/', ' ').split(/\\s+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; }
-    throw new Error('colour ' + c);
-  };
-  const layers = [];
-  for (let e = el; e; e = e.parentElement) layers.push(parse(getComputedStyle(e).backgroundColor));
-  let bg = [1, 1, 1];  // the canvas under the root (the root paints its own anyway)
-  for (const [r, g, b, a] of layers.reverse()) bg = [r * a + bg[0] * (1 - a), g * a + bg[1] * (1 - a), b * a + bg[2] * (1 - a)];
-  const [fr, fg, fb, fa] = parse(getComputedStyle(el).color);
-  const fgc = [fr * fa + bg[0] * (1 - fa), fg * fa + bg[1] * (1 - fa), fb * fa + bg[2] * (1 - fa)];
-  const lum = ([r, g, b]) => [r, g, b].map(v => v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4))
-    .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
-  const [hi, lo] = [lum(fgc), lum(bg)].sort((a, b) => b - a);
-  return (hi + 0.05) / (lo + 0.05);
-}"""
-
-
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_tinted_tokens_keep_aa_contrast(browser, live_server, scheme):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, color_scheme=scheme)
@@ -133,13 +110,13 @@ def test_tinted_tokens_keep_aa_contrast(browser, live_server, scheme):
                  return [pick(false), pick(true)].filter(Boolean).map(e => e.getAttribute('title')); }"""
         )
         assert strongest
-        found = {"focus": focus.evaluate(CONTRAST_JS)}
+        found = {"focus": contrast_of(focus)}
         for title in strongest:
             loc = page.locator(f".t[title={_css_string(title)}]").first
-            found[title] = loc.evaluate(CONTRAST_JS)
+            found[title] = contrast_of(loc)
         # The legend's full-strength tints, positive and negative.
         for i, loc in enumerate(page.locator(".legend .t").all()):
-            found[f"legend {i}"] = loc.evaluate(CONTRAST_JS)
+            found[f"legend {i}"] = contrast_of(loc)
         low = {k: round(v, 2) for k, v in found.items() if v < 4.5}
         assert not low, f"{scheme}: below 4.5:1: {low}"
         assert focus.evaluate("el => getComputedStyle(el).getPropertyValue('--a')").strip() == "1.000"
