@@ -207,7 +207,9 @@ def make_templates(token_tables: dict[str, TokenTable]) -> Jinja2Blocks:
         logit_rows=lambda model, *a: logit_rows(table(model), *a),
         token_code=lambda model, token_id: table(model).code(token_id),
         token_title=lambda model, token_id: Markup(table(model).title(token_id)),
-        token_box=lambda model, token_id: Markup("".join(table(model).shown_html(token_id))),
+        # A token's box, and what follows it (a newline's line break): outside the box.
+        token_box=lambda model, token_id: Markup(table(model).shown_html(token_id)[0]),
+        token_after=lambda model, token_id: Markup(table(model).shown_html(token_id)[1]),
         example_tabs=example_tabs,
     )
     env.filters.update(fmt=fmt, pct=pct, show_token=show_token, repr_token=repr_token, ascii_html=ascii_html)

@@ -154,3 +154,19 @@ def test_labels_and_clusters_in_rendered_spans():
     # A stray byte stays a token of its own; a newline ends the token's box.
     assert spans[6].get_text() == "<0xC3>" and spans[6].parent == soup.select_one(".toks")
     assert spans[7].get_text() == "x\u21b5" and spans[7].next_sibling.startswith("\n")
+
+
+def test_try_page_tokens_show_bytes_ids_and_one_box_per_newline(client, stored_bytes):
+    text = TEXT + "\nx = 1\n    y"
+    data = client.get(f"/api/{M}/try", params={"text": text}).json()
+    soup = BeautifulSoup(client.get(f"/{M}/try", params={"text": text}).text, "html.parser")
+    links = soup.select(".try-tokens a.t")
+    assert [token_id_of(a) for a in links] == data["token_ids"]
+    for a, tid in zip(links, data["token_ids"]):
+        raw = stored_bytes[tid]
+        if not _utf8(raw):
+            assert a.get_text() == raw.decode("utf-8", errors="actscope-test-hex")
+        if b"\n" in raw:  # the box ends with the newline's mark; the line break follows it
+            assert "\n" not in a.get_text() and a.get_text().endswith("\u21b5")
+            assert a.next_sibling.startswith("\n")
+    assert any(b"\n" in stored_bytes[t] for t in data["token_ids"])
