@@ -241,7 +241,17 @@ def test_vocab_and_run_record(con, reference):
     assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta["package_version"] == __version__
     assert json.loads(meta["run_config"])["top_k"] == TINY_INDEX_OPTIONS["top_k"]
-    assert set(meta) == {"schema_version", "package_version", "created_at", "run_config", "dataset", "elapsed_seconds"}
+    assert set(meta) == {
+        "schema_version",
+        "package_version",
+        "created_at",
+        "run_config",
+        "dataset",
+        "corpus",
+        "elapsed_seconds",
+    }
+    corpus = json.loads(meta["corpus"])
+    assert corpus["source"] == "local files" and corpus["name"] == Path(meta["dataset"]).name
     assert json.loads(meta["elapsed_seconds"]) > 0 and meta["created_at"].startswith("20")
     assert meta["dataset"] == json.loads(meta["run_config"])["dataset"]
     spec = json.loads(con.execute("SELECT spec FROM models").fetchone()[0])
