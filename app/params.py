@@ -60,12 +60,17 @@ class DensityUnit:
     """How a density bound is written: a fraction (the API) or a percentage (the form)."""
 
     scale: float
-    names: tuple[str, str]  # the parameters' names (min, max)
+    params: tuple[str, str]  # the parameters (min, max)
+    names: tuple[str, str]  # the bounds as messages name them
     words: str
 
 
-FRACTION = DensityUnit(1.0, ("min_density", "max_density"), "a fraction of tokens, 0 to 1")
-PERCENT = DensityUnit(100.0, ("min_pct", "max_pct"), "a percentage of tokens, 0 to 100")
+FRACTION = DensityUnit(
+    1.0, ("min_density", "max_density"), ("min_density", "max_density"), "a fraction of tokens, 0 to 1"
+)
+PERCENT = DensityUnit(
+    100.0, ("min_pct", "max_pct"), ("density ≥ (min_pct)", "density ≤ (max_pct)"), "a percentage of tokens, 0 to 100"
+)
 
 
 def table_errors(query: TableQuery, unit: DensityUnit = FRACTION) -> dict[str, str]:
@@ -138,8 +143,10 @@ def parse_table_query(raw: Mapping[str, str], unit: DensityUnit = PERCENT) -> tu
     attempt("page", lambda: parse_int("page", raw.get("page", ""), "a page number"))
     attempt("per_page", lambda: parse_int("per_page", raw.get("per_page", ""), "a number of rows"))
     attempt("hide_dead", lambda: parse_bool("hide_dead", raw.get("hide_dead", "")))
-    for field, name in zip(("min_density", "max_density"), unit.names):
-        attempt(field, lambda name=name, field=field: _parse_density(field, name, raw.get(name, ""), unit))
+    for field, param, name in zip(("min_density", "max_density"), unit.params, unit.names):
+        attempt(
+            field, lambda param=param, name=name, field=field: _parse_density(field, name, raw.get(param, ""), unit)
+        )
     query = TableQuery(**values)  # type: ignore[arg-type]
     errors.update({f: m for f, m in table_errors(query, unit).items() if f not in errors})
     return query.without(errors), errors
@@ -223,7 +230,9 @@ def _density(bound: Literal["Lower", "Upper"]) -> object:
     return Query(
         description=f"{bound} bound on density, as a fraction of indexed tokens (0 to 1; the pages' "
         "form takes a percentage, min_pct/max_pct). Empty: no bound.",
-        json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "maxLength": 0}]},
+        json_schema_extra={
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "maxLength": 0}]
+        },
     )
 
 

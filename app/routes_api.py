@@ -161,7 +161,9 @@ def api_export(store: StoreDep, model: str, source: str, fmt: str):
         raise not_found(f"No export format {fmt!r}: use export.parquet or export.jsonl.")
     media = "application/vnd.apache.parquet" if fmt == "parquet" else "application/x-ndjson"
     filename = quote(f"{model}-{source}.{fmt}")
-    disposition = f"attachment; filename*=utf-8''{filename}" if "%" in filename else f'attachment; filename="{filename}"'
+    disposition = (
+        f"attachment; filename*=utf-8''{filename}" if "%" in filename else f'attachment; filename="{filename}"'
+    )
     # A sync iterator: Starlette asks for each piece in the threadpool (DuckDB off the loop).
     return StreamingResponse(
         store.export_chunks(model, source, fmt),

@@ -191,15 +191,18 @@ def source_page(request: Request, store: StoreDep, model: str, source: str):
         try:
             index = params.parse_int("unit", raw["unit"], "a unit number")
             if index is None or not 0 <= index < src.n_units:
-                raise params.FieldError("unit", f"{src.slug} has units 0 to {src.n_units - 1:,}; there is no unit {index}.")
+                raise params.FieldError(
+                    "unit", f"{src.slug} has units 0 to {src.n_units - 1:,}; there is no unit {index}."
+                )
             return RedirectResponse(urls.unit(model, source, index), status_code=303)
         except params.FieldError as exc:
             errors["unit"] = exc.message
     data = pages.source_data(store, urls, model, source, query, errors=errors)
+    typed = bool(errors.keys() & {"min_density", "max_density"})  # both were dropped: show them as typed
     data["form"] = {
         "q": raw["q"],
-        "min_pct": raw["min_pct"] if "min_density" in errors else params.density_text(data["min_density"]),
-        "max_pct": raw["max_pct"] if "max_density" in errors else params.density_text(data["max_density"]),
+        "min_pct": raw["min_pct"] if typed else params.density_text(data["min_density"]),
+        "max_pct": raw["max_pct"] if typed else params.density_text(data["max_density"]),
         "page": raw["page"] if "page" in data["errors"] else str(data["page"]),
         "unit": raw["unit"],
     }
