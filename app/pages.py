@@ -107,12 +107,15 @@ COLUMNS = {
 }
 
 
+DEFAULT_TABLE = params.TableQuery()
+
+
 def source_data(
     store: Store,
     urls: URLs,
     model: str,
     source: str,
-    query: params.TableQuery = params.TableQuery(),
+    query: params.TableQuery = DEFAULT_TABLE,
     *,
     errors: dict[str, str] | None = None,
 ) -> dict[str, Any]:

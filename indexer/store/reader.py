@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
