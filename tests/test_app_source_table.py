@@ -259,6 +259,11 @@ def test_go_to_unit(dclient):
         assert words in soup.select_one("form.goto #unit-error").get_text()
         assert soup.select_one("form.goto input[name=unit]")["value"] == bad
         assert soup.select("table.units tbody tr")
+    # A bad unit number keeps the table's view.
+    r = dclient.get(f"/{M}/{SAE}?sort=unit&order=asc&per_page=10&page=3&hide_dead=false&unit=999")
+    assert r.status_code == 422 and page_units(r.text) == list(range(20, 30))
+    kept = {i["name"]: i["value"] for i in BeautifulSoup(r.text, "html.parser").select("form.goto input[type=hidden]")}
+    assert kept == {"sort": "unit", "order": "asc", "hide_dead": "false", "per_page": "10", "page": "3"}
 
 
 def test_bad_input_never_500(dclient):
