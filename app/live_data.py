@@ -30,16 +30,36 @@ def unit_payload(res: LiveResult, model: str, source: str, index: int, ctx: int)
     }
 
 
+def _largest(acts: np.ndarray, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Per row of acts [n_tokens, n_units]: the indices and values of its k largest
+    values, largest first, ties by lower index (a stable sort's order). Each row's k-th
+    largest value first, for all rows at once: a sort per token cost ~0.3 s on 65,536
+    SAE features x 128 tokens."""
+    n_units = acts.shape[1]
+    kk = min(k, n_units)
+    if kk == 0:
+        return [[] for _ in acts], [[] for _ in acts]
+    import torch  # loaded with the live model; its top-k beats numpy's partition ~5x here
+
+    kth = torch.topk(torch.from_numpy(np.ascontiguousarray(acts)), kk, dim=1).values[:, -1:].numpy()
+    above_r, above_c = np.nonzero(acts > kth)  # fewer than k per row
+    above = np.split(above_c, np.searchsorted(above_r, np.arange(1, len(acts))))
+    idx_rows, val_rows = [], []
+    for row, t, hi in zip(acts, kth[:, 0], above):
+        cols = np.concatenate([hi, np.flatnonzero(row == t)[: kk - len(hi)]])
+        vals = row[cols]
+        order = np.lexsort((cols, -vals))
+        idx_rows.append(cols[order].tolist())
+        val_rows.append(vals[order].tolist())
+    return idx_rows, val_rows
+
+
 def _top_units(
     res: LiveResult, k: int, skip_bos: bool = True
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Per token: the k units with the largest activation; over the text: by max."""
     acts = res.acts
-    per_token = []
-    for p in range(acts.shape[0]):
-        row = acts[p]
-        idx = np.argsort(-row, kind="stable")[:k]
-        per_token.append([{"index": int(i), "act": float(row[i])} for i in idx])
+    per_token = [[{"index": i, "act": a} for i, a in zip(idx, vals)] for idx, vals in zip(*_largest(acts, k))]
     body = acts[1:] if skip_bos and acts.shape[0] > 1 else acts
     best = body.max(axis=0)
     order = np.argsort(-best, kind="stable")[:k]

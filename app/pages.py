@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from actscope.app import live_data, params
-from actscope.app.errors import AppError, bad_input, not_found
+from actscope.app import index_record, live_data, params, unit_view
+from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
 from actscope.indexer import kinds
@@ -86,7 +86,7 @@ def home_data(store: Store) -> dict[str, Any]:
         "models": models,
         "n_tokens": sum(m["n_tokens"] for m in models),
         "n_sequences": sum(m["n_sequences"] for m in models),
-        "meta": dict(store.meta),
+        **index_record.summary(store.meta),
     }
 
 
@@ -242,21 +242,30 @@ def unit_data(
     *,
     band: str | None = None,
     text: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
     shown_only: bool = False,
+    with_full: bool = False,
 ) -> dict[str, Any]:
     """A unit's page data: statistics, top examples, bands, logit effects, links, the
-    example set shown (`band`: "top" or a band number, checked) and, with `text`, the
-    unit's activation on every token of it (`live`).
+    example set shown (`band`: "top" or a band number, checked; `page` of `per_page` of
+    its stored examples: `shown`), the expanded example (`open`, "SEQ:POS") and, with
+    `text`, the unit's activation on every token of it (`live`). A unit that never fired
+    on an indexed token is `dead`.
 
     With `shown_only` (the HTML page) only the band shown carries its examples: the
     other bands keep their range, count and share but no "examples" key. By default
-    (the API) every band has them. The top examples are always there."""
+    (the API) every band has them. The top examples are always there. With `with_full`
+    (the HTML page), `full` is the expanded example's whole sequence, tinted."""
     src = get_source(store, model, source)
     check_index(src, index)
     rec = store.unit(model, source, index)
     if rec is None:
         raise not_found(f"Unit {index} of {source} has no statistics in this index.")
     shown = params.band_choice(band, len(rec.bands))
+    page_no, n_per_page = params.example_page(page, per_page)
+    opened = params.open_example(open)
     st = rec.stats
     scale = max(abs(st.max), abs(st.min), 1e-9)
     logits = None
@@ -277,10 +286,41 @@ def unit_data(
         ctx = get_model(store, model).ctx
         live_part = live_data.unit_payload(live.run(text, source), model, source, index, ctx)
     n = src.n_units
-    return {
+    liveness = store.liveness(model, source)
+    prev, nxt = unit_view.neighbours(liveness.fired, index, n)
+    basis = unit_view.basis_words(src.band_basis)
+    if shown == "top":
+        shown_examples = rec.top
+        shown_set = unit_view.example_page(len(rec.top), page_no, n_per_page, "the top examples")
+        shown_set.update(band="top", empty=not rec.top)
+    else:
+        b = rec.bands[int(shown)]
+        shown_examples = b.examples
+        shown_set = unit_view.example_page(len(b.examples), page_no, n_per_page, f"band {b.band}")
+        shown_set.update(band=shown, empty=b.count == 0)
+    on_page = shown_examples[shown_set["first"] : shown_set["first"] + shown_set["count"]]
+    open_shown = opened is not None and any((ex.seq, ex.pos) == opened for ex in on_page)
+
+    # The page's state as query parameters (None: the default), as its links keep it.
+    state = {
+        "band": None if shown == "top" else shown,
+        "page": page_no if page_no > 1 else None,
+        "per_page": n_per_page if n_per_page != params.EXAMPLES_PER_PAGE else None,
+        "open": None if opened is None else f"{opened[0]}:{opened[1]}",
+        "text": text,
+    }
+
+    def set_url(p: int) -> str:
+        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None})
+
+    shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
+    shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
+    data = {
         "model": model,
         "source": source_dict(src),
         "index": index,
+        "dead": st.n_fired == 0,
+        "n_dead": len(liveness.dead),
         "stats": {
             "max": st.max,
             "min": st.min,
@@ -297,12 +337,16 @@ def unit_data(
         "bands": [
             {
                 "band": b.band,
+                "name": unit_view.band_name(b.q_lo, b.q_hi),
+                "label": f"{unit_view.band_name(b.q_lo, b.q_hi)} {basis}",
                 "q_lo": b.q_lo,
                 "q_hi": b.q_hi,
                 "lo": b.lo,
                 "hi": b.hi,
                 "count": b.count,
                 "share": b.share,
+                "empty": b.count == 0,
+                "stored": len(b.examples),
                 **(
                     {"examples": [example_dict(store, model, ex) for ex in b.examples]}
                     if not shown_only or shown == str(b.band)
@@ -313,20 +357,43 @@ def unit_data(
         ],
         "logits": logits,
         "links": {
-            "prev": urls.unit(model, source, (index - 1) % n),
-            "next": urls.unit(model, source, (index + 1) % n),
-            "random": urls.random_unit(model, source),
+            "prev": urls.unit(model, source, prev, text=text),
+            "next": urls.unit(model, source, nxt, text=text),
+            "prev_any": urls.unit(model, source, (index - 1) % n, text=text),
+            "next_any": urls.unit(model, source, (index + 1) % n, text=text),
+            "random": urls.random_unit(model, source, text=text),
+            "random_dead": urls.random_unit(model, source, dead=1) if len(liveness.dead) else None,
             "source": urls.source(model, source),
         },
         "band": shown,
+        "shown": shown_set,
+        "open": None
+        if opened is None
+        else {
+            "seq": opened[0],
+            "pos": opened[1],
+            "url": urls.sequence(model, opened[0], source=source, index=index, pos=opened[1]),
+            "on_page": open_shown,
+        },
         "text": text,
+        "params": state,
         "live": live_part,
     }
+    if data["dead"] and live_part is not None:
+        # Nothing indexed gives a dead unit a scale: tint the visitor's text by its own values.
+        data["scale"] = max([abs(a) for a in live_part["acts"][1:]] + [1e-9])
+    if with_full and opened is not None and open_shown:
+        data["full"] = unit_view.full_sequence(store, live, model, source, index, *opened)
+    return data
 
 
-def random_index(store: Store, model: str, source: str) -> int:
+def random_index(store: Store, model: str, source: str, dead: bool = False) -> int:
+    """A random unit that fired (with `dead`: one that never did)."""
     src = get_source(store, model, source)
-    return _random.randrange(src.n_units)
+    index = unit_view.random_unit(store.liveness(model, source), src.n_units, dead, _random)
+    if index is None:
+        raise not_found(f"{source} has no dead units: every one of them fired." if dead else f"{source} has no units.")
+    return index
 
 
 def sequence_data(store: Store, model: str, seq: int) -> dict[str, Any]:
@@ -354,83 +421,3 @@ def live_top_data(
     res = live.run(text, source)
     params.check_pos(pos, len(res.token_ids))
     return live_data.top_payload(res, urls, model, source, k, pos, info.ctx)
-
-
-def try_data(
-    store: Store,
-    live: LiveService,
-    urls: URLs,
-    model: str,
-    source: str | None,
-    text: str | None,
-    pos: int | None = None,
-    k: int = 5,
-) -> dict[str, Any]:
-    """The try page: with `text`, its tokens and the units firing most on them (`live`)."""
-    info = get_model(store, model)
-    sources = store.sources(model)
-    if not sources:
-        raise AppError(404, f"Model {model!r} has no sources.")
-    slug = source or sources[0].slug
-    get_source(store, model, slug)
-    return {
-        "model": info.model,
-        "source": slug,
-        "text": text,
-        "pos": pos,
-        "k": k,
-        "sources": [source_dict(s) for s in sources],
-        "live": None if text is None else live_top_data(live, store, urls, model, slug, text, k=k, pos=pos),
-    }
-
-
-def search_token_data(store: Store, urls: URLs, model: str, token: str, source: str | None) -> dict[str, Any]:
-    get_model(store, model)
-    if source:
-        get_source(store, model, source)
-    if token == "":
-        raise bad_input("Give a token to search for.")
-    ids = store.token_ids_for(model, token)
-    if not ids and not token.startswith(" "):
-        ids = store.token_ids_for(model, " " + token)
-    hits = store.units_focusing_on(model, ids, source=source or None)
-    return {
-        "model": model,
-        "token": token,
-        "token_ids": ids,
-        "source": source,
-        "units": [
-            {"source": s, "index": u, "n_top_examples": n, "best_act": b, "url": urls.unit(model, s, u)}
-            for s, u, n, b in hits
-        ],
-    }
-
-
-def search_data(
-    store: Store,
-    live: LiveService,
-    urls: URLs,
-    model: str,
-    token: str | None,
-    text: str | None,
-    source: str | None,
-) -> dict[str, Any]:
-    """The search page: units focusing on `token`, units ranked by activation on `text`."""
-    get_model(store, model)
-    sources = store.sources(model)
-    data: dict[str, Any] = {
-        "model": model,
-        "token": token,
-        "token_ids": [],
-        "source": source,
-        "units": [],
-        "live": None,
-        "sources": [source_dict(s) for s in sources],
-    }
-    if token is not None and token != "":
-        data.update(search_token_data(store, urls, model, token, source))
-    if text is not None:
-        if not sources:
-            raise AppError(404, f"Model {model!r} has no sources.")
-        data["live"] = live_top_data(live, store, urls, model, source or sources[0].slug, text, k=20)
-    return data

@@ -183,6 +183,17 @@ def check_pos(pos: int | None, n_tokens: int) -> None:
         raise bad_input(f"pos must be between 0 and {n_tokens - 1}.")
 
 
+def check_page(page: int, per_page: int) -> None:
+    if page < 1 or not 1 <= per_page <= PER_PAGE_MAX:
+        raise bad_input(f"page must be >= 1 and per_page between 1 and {PER_PAGE_MAX}.")
+
+
+def visitor_text(text: str | None) -> str | None:
+    """A visitor's text with its line ends as the model reads them: a browser sends a
+    textarea's lines ending in CRLF, and the tokenizer would see every CR."""
+    return None if text is None else text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def band_choice(band: str | None, n_bands: int) -> str:
     """The example set a unit page shows: "top" (the default) or a band number."""
     if band is None or band in ("", "top"):
@@ -190,6 +201,48 @@ def band_choice(band: str | None, n_bands: int) -> str:
     if band.isascii() and band.isdigit() and int(band) < n_bands:
         return str(int(band))  # "01" shows band 1
     raise bad_input(f"band must be 'top' or a band number from 0 to {n_bands - 1}, not {band!r}.")
+
+
+EXAMPLES_PER_PAGE = 20  # examples of a unit page's set shown at once
+EXAMPLES_PER_PAGE_MAX = 200
+
+
+def _count(value: str | None, name: str, default: int, low: int, high: int | None = None) -> int:
+    if value is None or value == "":
+        return default
+    text = value.strip()
+    if text.isascii() and text.isdigit() and int(text) >= low and (high is None or int(text) <= high):
+        return int(text)
+    bound = f"between {low} and {high}" if high is not None else f"a whole number >= {low}"
+    raise bad_input(f"{name} must be {bound}, not {value!r}.")
+
+
+def example_page(page: str | None, per_page: str | None) -> tuple[int, int]:
+    """(page, examples per page) of a unit page's example set, from the visitor's text."""
+    return _count(page, "page", 1, 1), _count(per_page, "per_page", EXAMPLES_PER_PAGE, 1, EXAMPLES_PER_PAGE_MAX)
+
+
+def check_example_page(page: int, n_pages: int, what: str) -> None:
+    if page > n_pages:
+        raise bad_input(f"page {page} is past the last page of {what} ({n_pages}).")
+
+
+def open_example(value: str | None) -> tuple[int, int] | None:
+    """The expanded example of a unit page, `SEQ:POS` (sequence and focus position)."""
+    if value is None or value == "":
+        return None
+    seq, sep, pos = value.partition(":")
+    if sep and seq.isascii() and seq.isdigit() and pos.isascii() and pos.isdigit():
+        return int(seq), int(pos)
+    raise bad_input(f"open must be SEQ:POS (a sequence and a position, e.g. 12:40), not {value!r}.")
+
+
+def unit_number(value: str, n_units: int) -> int:
+    """The unit a "go to unit" box asks for, checked against the source's width."""
+    text = value.strip()
+    if text.isascii() and text.isdigit() and int(text) < n_units:
+        return int(text)
+    raise bad_input(f"Give a unit number from 0 to {n_units - 1}, not {value!r}.")
 
 
 # -- declarations: documentation, and the parsing of form values; the checks above are

@@ -129,24 +129,38 @@ def example_items(
     scale: float,
     *,
     urls: URLs = site_urls.ROOT,
+    state: dict[str, Any] | None = None,
+    open: dict[str, int] | None = None,
+    full: Markup | str = "",
+    first: int = 0,
 ) -> Markup:
     """The <li> of each example of a unit page: focus activation, tinted tokens, and a
-    link that loads the full sequence into the item (htmx). Built here rather than in
-    the template: a Jinja loop cost more than the token spans themselves."""
+    link that shows or hides its full sequence in the item. The link is the unit page
+    with the example open (`open=SEQ:POS`, plus the page's `state`: band, page, text),
+    or without it when it is the `open` one, whose item holds `full`; app.js toggles
+    it in place instead, loading the sequence's block (data-seq). `first`: the number of the first item on the
+    page. Built here rather than in the template: a Jinja loop cost more than the token
+    spans themselves."""
     if not examples:
         return Markup('<li class="empty">No examples in this set.</li>')
+    state = {k: v for k, v in (state or {}).items() if k != "open"}
+    closed = escape(urls.unit(model, source, index, **state))
     out: list[str] = []
     links = urls.sequences(model, source, index, [(ex["seq"], ex["pos"]) for ex in examples])
-    for i, (ex, link) in enumerate(zip(examples, links)):
-        surl = escape(link)
+    for i, (ex, link) in enumerate(zip(examples, links), start=first):
+        is_open = open is not None and (ex["seq"], ex["pos"]) == (open["seq"], open["pos"])
         out.append(
             f'<li class="example" id="ex-{i}">\n'
             f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n'
         )
         _append_spans(out, ex["tokens"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
+        key = f"{ex['seq']}:{ex['pos']}"
+        href = closed if is_open else escape(urls.unit(model, source, index, **state, open=key))
         out.append(
-            f'\n<a class="full-link" href="{surl}" hx-get="{surl}" hx-target="#full-{i}" '
-            f'hx-swap="innerHTML">show full sequence</a>\n<div class="full" id="full-{i}"></div>\n</li>\n'
+            f'\n<a class="full-link" href="{href}#ex-{i}" data-open="{key}" data-seq="{escape(link)}" '
+            f'aria-controls="full-{i}" aria-expanded="{"true" if is_open else "false"}">'
+            f"{'hide' if is_open else 'show'} full sequence</a>\n"
+            f'<div class="full" id="full-{i}">{full if is_open else ""}</div>\n</li>\n'
         )
     return Markup("".join(out))
 
@@ -164,42 +178,53 @@ def logit_rows(logits: list[dict[str, Any]], cls: str) -> Markup:
 
 
 _TAB = (
-    '<a role="tab" class="{cls}" aria-selected="{on}" href="{url}" hx-get="{url}" hx-target="#examples" '
-    'hx-swap="outerHTML" hx-push-url="true"{title}>{name}\n<span class="range">{range}</span>{share}</a>\n'
+    '<a class="{cls}"{current} href="{url}" hx-get="{url}" hx-target="#examples" hx-swap="outerHTML" '
+    'hx-push-url="true" data-keep="text per_page"{title}><span class="tab-name">{name}</span>\n'
+    '<span class="range">{range}</span>{share}</a>\n'
 )
 
 
 def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
-    """The tabs of a unit page's example sets: Top, then every band from the highest,
-    each labelled with its activation range and share of tokens, each a plain link
-    that htmx turns into a swap of #examples. (Built here for the same reason as
-    example_items.)"""
+    """The links to a unit page's example sets: Top, then every band that holds tokens
+    from the highest (an empty band has no link; band numbers stay those of the index),
+    each named by its quantile range and labelled with its activation range and share
+    of tokens; each keeps the page's text and examples per page. Plain links (the current one aria-current) that htmx turns into a swap of
+    #examples. (Built here for the same reason as example_items.)"""
     model, slug, index, text, current = d["model"], d["source"]["slug"], d["index"], d["text"], d["band"]
-    url = escape(urls.unit(model, slug, index, text=text))
-    on = current == "top"
-    out = [
-        _TAB.format(
-            cls="tab active" if on else "tab",
-            on="true" if on else "false",
-            url=url,
-            title="",
-            name=f"Top {len(d['top'])}",
-            range=f"max {fmt(d['stats']['max'])}",
-            share="",
+    per_page = d.get("params", {}).get("per_page")
+    firing = d["source"]["band_basis"] == "firing"
+    basis = "of active tokens" if firing else "of tokens"
+    named = ' <span class="basis">of active tokens</span>' if firing else ""  # SAE bands: not of all tokens
+    out = []
+    if d["top"]:
+        url = escape(urls.unit(model, slug, index, per_page=per_page, text=text))
+        on = current == "top"
+        out.append(
+            _TAB.format(
+                cls="tab active" if on else "tab",
+                current=' aria-current="page"' if on else "",
+                url=url,
+                title=' title="the strongest activations in the corpus"',
+                name=f"Top {len(d['top'])}",
+                range=f"max {fmt(d['stats']['max'])}",
+                share="",
+            )
         )
-    ]
     for b in reversed(d["bands"]):
-        url = escape(urls.unit(model, slug, index, band=b["band"], text=text))
+        if b["count"] == 0:
+            continue
+        url = escape(urls.unit(model, slug, index, band=b["band"], per_page=per_page, text=text))
         on = current == str(b["band"])
+        name = escape(b.get("name") or f"B{b['band']}")
         out.append(
             _TAB.format(
                 cls="tab band-tab active" if on else "tab band-tab",
-                on="true" if on else "false",
+                current=' aria-current="page"' if on else "",
                 url=url,
-                title=f' title="quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])}"',
-                name=f"B{b['band']}",
+                title=f' title="band {b["band"]}: {name} {basis} (quantiles {fmt(b["q_lo"])}&ndash;{fmt(b["q_hi"])})"',
+                name=f'{name}{named} <span class="band-no">B{b["band"]}</span>',
                 range=f"{fmt(b['lo'])} to {fmt(b['hi'])}",
-                share=f' <span class="share">{escape(pct(b["share"]))} of tokens</span>',
+                share=f' <span class="share">{escape(pct(b["share"]))}<span class="share-words"> of all tokens</span></span>',
             )
         )
     return Markup("".join(out))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import live_data, pages, params, schemas
+from actscope.app import live_data, pages, params, schemas, search_data, try_data
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import not_found
@@ -83,19 +83,23 @@ async def api_activations(request: Request, store: StoreDep, live: LiveDep, mode
 
 
 @router.get(
-    "/{model}/try", summary="Top units per token of a text (the try page)", **_doc(schemas.LiveTopOut, LIVE_ERRORS)
+    "/{model}/try",
+    summary="Top units of every source per token of a text (the try page)",
+    **_doc(schemas.TryOut, LIVE_ERRORS),
 )
 def api_try(
     request: Request,
     store: StoreDep,
     live: LiveDep,
     model: str,
-    text: str,
-    source: str | None = None,
-    pos: int | None = None,
+    text: Annotated[str, Query(description="The text (BOS is prepended); CRLF and CR line ends read as LF")],
+    source: Annotated[str | None, Query(description="The source whose activations colour the tokens")] = None,
+    pos: Annotated[int | None, Query(description="The token selected, from 0 (BOS)")] = None,
     k: params.K = 5,
 ):
-    data = pages.try_data(store, live, site_urls.for_request(request), model, source, text, pos=pos, k=k)
+    """For each source of the model but control ones: the `k` units firing most on
+    every token of the text, and over all of it."""
+    data = try_data.try_data(store, live, site_urls.for_request(request), model, text, pos=pos, k=k, source=source)
     return JSON(data["live"])
 
 
@@ -109,11 +113,27 @@ def api_search(
     store: StoreDep,
     live: LiveDep,
     model: str,
-    token: str | None = None,
-    text: str | None = None,
-    source: str | None = None,
+    token: Annotated[
+        str | None,
+        Query(description="A token: matched with and without a leading space (space, Ġ or ▁), in any case"),
+    ] = None,
+    source: Annotated[str | None, Query(description="Token search in this source only (default: every source)")] = None,
+    page: params.Page = 1,
+    per_page: params.PerPage = search_data.PER_PAGE,
+    text: Annotated[str | None, Query(description="A text: units ranked by their activation on it")] = None,
+    text_source: Annotated[
+        str | None, Query(description="The source the text search ranks (default: the first)")
+    ] = None,
 ):
-    return JSON(pages.search_data(store, live, site_urls.for_request(request), model, token, text, source))
+    """`token`: units whose top examples focus on the token, most such examples first,
+    then by activation, one page of them. `text`: the units of `text_source` with the
+    largest activation on the text (`live`). Either or both."""
+    urls = site_urls.for_request(request)
+    return JSON(
+        search_data.search_data(
+            store, live, urls, model, token, text, source or None, text_source or None, page, per_page
+        )
+    )
 
 
 @router.get(
@@ -141,8 +161,18 @@ def api_source(
 
 
 @router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302, responses=ERRORS)
-def api_random(request: Request, store: StoreDep, model: str, source: str):
-    index = pages.random_index(store, model, source)
+def api_random(
+    request: Request,
+    store: StoreDep,
+    model: str,
+    source: str,
+    dead: Annotated[
+        bool, Query(description="Pick among the dead units (never fired on an indexed token) instead of the live ones")
+    ] = False,
+):
+    """A random unit that fired on some indexed token; with `dead=1`, one that never did
+    (404 if the source has none)."""
+    index = pages.random_index(store, model, source, dead=dead)
     urls = site_urls.for_request(request)
     return RedirectResponse(urls.api(urls.unit(model, source, index)), status_code=302)
 
@@ -173,15 +203,27 @@ def api_export(store: StoreDep, model: str, source: str, fmt: str):
 
 
 async def api_unit(
-    request: Request, model: str, source: str, index: int, text: str | None = None, band: str | None = None
+    request: Request,
+    model: str,
+    source: str,
+    index: int,
+    text: str | None = None,
+    band: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
 ):
-    """`text` adds `live`: the unit's activation on every token of that text."""
+    """`text` adds `live`: the unit's activation on every token of that text. `band`
+    (`top` or a band number), `page` (from 1) and `per_page` (1 to 200, default 20) say
+    which slice of a stored example set the page shows (`shown`); `open` (`SEQ:POS`) the
+    expanded example."""
     # The hottest route reads app.state itself: two dependencies cost ~10% of a
     # first view (FastAPI resolves each per request).
     store, live = request.app.state.store, request.app.state.live
+    args = (request, store, live, model, source, index, text, band, page, per_page, open)
     if store.resident and text is None:  # from memory: pure CPU, no hop to the threadpool
-        return _api_unit(request, store, live, model, source, index, text, band)
-    return await run_in_threadpool(_api_unit, request, store, live, model, source, index, text, band)
+        return _api_unit(*args)
+    return await run_in_threadpool(_api_unit, *args)
 
 
 router.add_api_route(
@@ -194,8 +236,10 @@ router.add_api_route(
 )
 
 
-def _api_unit(request, store, live, model, source, index, text, band):
+def _api_unit(request, store, live, model, source, index, text, band, page, per_page, open):
     # A cached answer never gets here: CacheMiddleware serves it before routing.
     urls = site_urls.for_request(request)
-    data = pages.unit_data(store, live, urls, model, source, index, band=band, text=text)
+    data = pages.unit_data(
+        store, live, urls, model, source, index, band=band, text=text, page=page, per_page=per_page, open=open
+    )
     return request.app.state.response_cache.put_for(request, JSON(data))

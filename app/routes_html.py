@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import pages, params
+from actscope.app import pages, params, search_data, try_data, unit_view
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import AppError
@@ -100,12 +101,20 @@ def try_page(
     text: str | None = None,
     source: str | None = None,
     pos: int | None = None,
-    k: int = 5,
+    k: params.K = 5,
 ):
     urls = site_urls.for_request(request)
+
+    def without_text() -> dict[str, Any]:
+        # The form as the visitor sent it: their source, unless the source is the error.
+        try:
+            data = try_data.try_data(store, live, urls, model, None, source=source)
+        except AppError:
+            data = try_data.try_data(store, live, urls, model, None)
+        return {**data, "text": params.visitor_text(text), "k": k}
+
     data, status = _or_shown_error(
-        lambda: pages.try_data(store, live, urls, model, source, text, pos=pos, k=k),
-        lambda: {**pages.try_data(store, live, urls, model, source, None), "text": text},
+        lambda: try_data.try_data(store, live, urls, model, text, pos=pos, k=k, source=source), without_text
     )
     return render(
         request,
@@ -127,17 +136,17 @@ def search_page(
     token: str | None = None,
     text: str | None = None,
     source: str | None = None,
+    text_source: str | None = None,
+    page: params.Page = 1,
+    per_page: params.PerPage = search_data.PER_PAGE,
 ):
     urls = site_urls.for_request(request)
-    data, status = _or_shown_error(
-        lambda: pages.search_data(store, live, urls, model, token, text, source or None),
-        lambda: {
-            **pages.search_data(store, live, urls, model, None, None, None),
-            "token": token,
-            "text": text,
-            "source": source,
-        },
+    errors: dict[str, AppError] = {}
+    data = search_data.search_data(
+        store, live, urls, model, token, text, source or None, text_source or None, page, per_page, errors=errors
     )
+    data["errors"] = {part: exc.message for part, exc in errors.items()}
+    status = max([exc.status for exc in errors.values()], default=200)
     return render(request, "search.html", data, page_url=_here(request), title=f"search · {model}", status=status)
 
 
@@ -155,16 +164,9 @@ def sequence_page(
     data = pages.sequence_data(store, model, seq)
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
-        src = pages.get_source(store, model, source)
-        pages.check_index(src, index)
-        unit = store.unit(model, source, index)
-        if unit is not None:
-            data["scale"] = max(abs(unit.stats.max), abs(unit.stats.min), 1e-9)
-        try:
-            res = live.run_ids(data["token_ids"], source)
-            data["acts"] = [float(a) for a in res.acts[:, index]]
-        except AppError as exc:
-            data["live_error"] = exc.message
+        pages.check_index(pages.get_source(store, model, source), index)
+        full = unit_view.full_sequence(store, live, model, source, index, seq, pos)
+        data.update(acts=full["acts"], scale=full["scale"], live_error=full["live_error"])
     return render(
         request,
         "sequence.html",
@@ -175,28 +177,28 @@ def sequence_page(
     )
 
 
-TABLE_FIELDS = ("sort", "order", "page", "per_page", "q", "min_pct", "max_pct", "hide_dead", "unit")
+TABLE_FIELDS = ("sort", "order", "page", "per_page", "q", "min_pct", "max_pct", "hide_dead", "goto")
 
 
 @router.get("/{model}/{source}", response_class=HTMLResponse)
 def source_page(request: Request, store: StoreDep, model: str, source: str):
     """The unit table. Its parameters are read as text (see TABLE_FIELDS): bad input is
     shown next to the form it came from, with the visitor's text kept in the boxes.
-    `unit=N` (the "go to unit" box) redirects to that unit's page."""
+    `goto=N` (the "go to unit" box, as on unit pages) redirects to that unit's page."""
     urls = site_urls.for_request(request)
     raw = {f: request.query_params.get(f, "") for f in TABLE_FIELDS}
     query, errors = params.parse_table_query(raw)
-    if raw["unit"].strip():
+    if raw["goto"].strip():
         src = pages.get_source(store, model, source)
         try:
-            index = params.parse_int("unit", raw["unit"], "a unit number")
+            index = params.parse_int("goto", raw["goto"], "a unit number")
             if index is None or not 0 <= index < src.n_units:
                 raise params.FieldError(
-                    "unit", f"{src.slug} has units 0 to {src.n_units - 1:,}; there is no unit {index}."
+                    "goto", f"{src.slug} has units 0 to {src.n_units - 1:,}; there is no unit {index}."
                 )
             return RedirectResponse(urls.unit(model, source, index), status_code=303)
         except params.FieldError as exc:
-            errors["unit"] = exc.message
+            errors["goto"] = exc.message
     data = pages.source_data(store, urls, model, source, query, errors=errors)
     typed = bool(errors.keys() & {"min_density", "max_density"})  # both were dropped: show them as typed
     data["form"] = {
@@ -204,13 +206,13 @@ def source_page(request: Request, store: StoreDep, model: str, source: str):
         "min_pct": raw["min_pct"] if typed else params.density_text(data["min_density"]),
         "max_pct": raw["max_pct"] if typed else params.density_text(data["max_density"]),
         "page": raw["page"] if "page" in data["errors"] else str(data["page"]),
-        "unit": raw["unit"],
+        "goto": raw["goto"],
     }
     bad = data["errors"]
     data["form_errors"] = {
-        "filters": [m for f, m in bad.items() if f not in ("page", "unit")],
+        "filters": [m for f, m in bad.items() if f not in ("page", "goto")],
         "page": [bad["page"]] if "page" in bad else [],
-        "unit": [bad["unit"]] if "unit" in bad else [],
+        "goto": [bad["goto"]] if "goto" in bad else [],
     }
     api_query = {k: v for k, v in data["params"].items() if k not in ("min_pct", "max_pct")}
     api_query.update(min_density=data["min_density"], max_density=data["max_density"], page=data["page"])
@@ -229,22 +231,49 @@ def source_page(request: Request, store: StoreDep, model: str, source: str):
 
 
 @router.get("/{model}/{source}/random")
-def random_unit(request: Request, store: StoreDep, model: str, source: str):
-    index = pages.random_index(store, model, source)
-    return RedirectResponse(site_urls.for_request(request).unit(model, source, index), status_code=302)
+def random_unit(
+    request: Request, store: StoreDep, model: str, source: str, dead: bool = False, text: str | None = None
+):
+    """A random unit that fired, or with `dead=1` one that never did."""
+    index = pages.random_index(store, model, source, dead=dead)
+    return RedirectResponse(site_urls.for_request(request).unit(model, source, index, text=text), status_code=302)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """What a unit page's URL says beyond the unit: the example set, its page, the
+    visitor's text and the expanded example (each as given, checked by pages.unit_data)."""
+
+    band: str | None = None
+    text: str | None = None
+    page: str | None = None
+    per_page: str | None = None
+    open: str | None = None
 
 
 async def unit_page(
-    request: Request, model: str, source: str, index: int, band: str | None = None, text: str | None = None
+    request: Request,
+    model: str,
+    source: str,
+    index: int,
+    band: str | None = None,
+    text: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
+    goto: str | None = None,
 ):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
     # view (FastAPI resolves each per request).
     store, live = request.app.state.store, request.app.state.live
+    state = UnitState(band, text, page, per_page, open)
+    if goto:  # an empty box asks for nothing
+        return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
     # may query DuckDB or wait for the model goes to the threadpool.
-    if store.resident and text is None:
-        return _unit_page(request, store, live, model, source, index, band, text)
-    return await run_in_threadpool(_unit_page, request, store, live, model, source, index, band, text)
+    if store.resident and text is None and open is None:
+        return _unit_page(request, store, live, model, source, index, state)
+    return await run_in_threadpool(_unit_page, request, store, live, model, source, index, state)
 
 
 router.add_api_route(
@@ -263,31 +292,59 @@ def _unit_with_text(
     model: str,
     source: str,
     index: int,
-    band: str | None,
-    text: str | None,
+    state: UnitState,
+    with_full: bool = True,
 ) -> tuple[dict[str, Any], int]:
     """A unit page's data with the visitor's text, or without it and the error shown."""
     urls = site_urls.for_request(request)
 
     def unit(text: str | None) -> dict[str, Any]:
-        return pages.unit_data(store, live, urls, model, source, index, band=band, text=text, shown_only=True)
+        return pages.unit_data(
+            store,
+            live,
+            urls,
+            model,
+            source,
+            index,
+            band=state.band,
+            text=text,
+            page=state.page,
+            per_page=state.per_page,
+            open=state.open,
+            shown_only=True,
+            with_full=with_full,
+        )
 
-    return _or_shown_error(lambda: unit(text), lambda: {**unit(None), "text": text}, key="live_error")
+    return _or_shown_error(lambda: unit(state.text), lambda: {**unit(None), "text": state.text}, key="live_error")
 
 
-def _unit_page(request, store, live, model, source, index, band, text):
+def _unit_page(request, store, live, model, source, index, state: UnitState, jump: tuple[str, str] | None = None):
     # A cached page never gets here: CacheMiddleware serves it before routing.
-    data, status = _unit_with_text(request, store, live, model, source, index, band, text)
+    data, status = _unit_with_text(request, store, live, model, source, index, state)
+    data["goto"], data["jump_error"] = jump or (None, None)
     page = render(
         request,
         "unit.html",
         data,
         page_url=_here(request),
         title=f"{source}/{index} · {model}",
-        status=status,
+        status=422 if jump else status,
         blocks={"examples": "examples", "live-result": "live"},
     )
     return request.app.state.response_cache.put_for(request, page)
+
+
+def _jump(request, store, live, model, source, index, state: UnitState, goto: str):
+    """The "go to unit" box: the unit asked for (with the visitor's text), or this page
+    with the error next to the box."""
+    src = pages.get_source(store, model, source)
+    pages.check_index(src, index)
+    try:
+        target = params.unit_number(goto, src.n_units)
+    except AppError as exc:
+        return _unit_page(request, store, live, model, source, index, state, jump=(goto, exc.message))
+    url = site_urls.for_request(request).unit(model, source, target, text=state.text)
+    return RedirectResponse(url, status_code=303)
 
 
 @router.get("/{model}/{source}/{index}/live", response_class=HTMLResponse)
@@ -300,14 +357,25 @@ def unit_live(
     index: int,
     text: str | None = None,
     band: str | None = None,
+    page: str | None = None,
+    per_page: str | None = None,
+    open: str | None = None,
 ):
     """The live block of a unit page (htmx); the shareable URL is pushed to the address bar."""
     share = site_urls.for_request(request).unit(
-        model, source, index, band=band if band not in (None, "top") else None, text=text
+        model,
+        source,
+        index,
+        band=band if band not in (None, "top") else None,
+        page=page,
+        per_page=per_page,
+        open=open,
+        text=text,
     )
     if not request.headers.get("hx-request"):
         return RedirectResponse(share, status_code=303)
-    data, status = _unit_with_text(request, store, live, model, source, index, band, text)
+    state = UnitState(band, text, page, per_page, open)
+    data, status = _unit_with_text(request, store, live, model, source, index, state, with_full=False)
     # htmx only swaps 2xx responses by default; the error is shown inside the block.
     return render(
         request,

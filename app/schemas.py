@@ -42,11 +42,19 @@ class ModelOut(BaseModel):
     sources: list[SourceOut]
 
 
+class CorpusOut(BaseModel):
+    name: str = Field(description="The dataset spec (a built-in corpus, a Hub name, or local files by file name)")
+    source: str = Field(description='"built-in", "local files", "Hugging Face Hub", or "" for older indexes')
+    description: str
+
+
 class HomeOut(BaseModel):
     models: list[ModelOut]
     n_tokens: int
     n_sequences: int
-    meta: dict[str, Any]
+    corpus: CorpusOut
+    built_at: str | None = Field(description="When the index was written (UTC)")
+    meta: dict[str, Any] = Field(description="The run record, absolute paths reduced to file names")
 
 
 class UnitRowOut(BaseModel):
@@ -114,14 +122,38 @@ class StatsOut(BaseModel):
 
 
 class BandOut(BaseModel):
-    band: int
+    band: int = Field(description="Its number, 0 for the lowest; stable: `band=N` always means the same band")
+    name: str = Field(description='Its quantile range, e.g. "top 1%", "90–95%", "bottom 50%"')
+    label: str = Field(description='Its name with what it is a quantile of, e.g. "top 1% of active tokens"')
     q_lo: float
     q_hi: float
     lo: float
     hi: float
     count: int
     share: float = Field(description="Share of all indexed tokens inside the band")
+    empty: bool = Field(description="No indexed token fell inside it (count 0); pages offer no tab for it")
+    stored: int = Field(description="Examples stored for it (a uniform random sample, `--band-size`)")
     examples: list[ExampleOut]
+
+
+class ShownOut(BaseModel):
+    band: str = Field(description='The example set the page shows: "top" or a band number')
+    page: int
+    per_page: int
+    n_pages: int
+    stored: int = Field(description="Examples stored for the set")
+    first: int = Field(description="Index of the page's first example in the set's examples")
+    count: int = Field(description="Examples on the page: the set's examples[first:first + count]")
+    empty: bool = Field(description="The set is empty (a band no token fell in, or no top examples)")
+    prev_page: str | None
+    next_page: str | None
+
+
+class OpenOut(BaseModel):
+    seq: int
+    pos: int
+    url: str = Field(description="The sequence's page, tinted by this unit")
+    on_page: bool = Field(description="The example is among those the page shows")
 
 
 class LogitOut(BaseModel):
@@ -141,11 +173,20 @@ class UnitOut(BaseModel):
     index: int
     stats: StatsOut
     cos_in_out: float | None = Field(description="cos(w_in, w_out), neurons only")
+    dead: bool = Field(description="The unit never fired (activation > 0) on an indexed token")
+    n_dead: int = Field(description="Dead units in the source")
     scale: float
     top: list[ExampleOut]
     bands: list[BandOut]
     logits: LogitsOut | None
-    links: dict[str, str]
+    links: dict[str, str | None] = Field(
+        description="prev/next: the neighbouring units that fired (dead ones skipped); prev_any/next_any: the "
+        "units at index -1/+1; random (a unit that fired), random_dead (null without dead units), source"
+    )
+    band: str
+    shown: ShownOut
+    open: OpenOut | None = Field(description="The expanded example (`open=SEQ:POS`)")
+    text: str | None
     live: LiveUnitOut | None = None
 
 
@@ -199,21 +240,77 @@ class LiveTopOut(BaseModel):
     ctx: int
 
 
+class TrySourceOut(BaseModel):
+    source: str
+    hook_name: str
+    kind: str
+    top: list[list[UnitAct]] = Field(description="Per token: the k units of this source firing most")
+    overall: list[UnitAct] = Field(description="The k units with the largest activation over the text")
+    max_per_token: list[float]
+
+
+class TryOut(BaseModel):
+    model: str
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    truncated: bool
+    ctx: int
+    k: int
+    pos: int | None
+    source: str = Field(description="The source whose activations colour the tokens")
+    sources: list[TrySourceOut] = Field(description="Every source of the model but control ones")
+
+
+class SnippetOut(BaseModel):
+    seq: int
+    pos: int = Field(description="Focus position in its sequence")
+    act: float = Field(description="Activation at the focus token")
+    start: int = Field(description="Sequence position of tokens[0]")
+    tokens: list[str]
+    token_ids: list[int]
+    acts: list[float]
+    focus: int = Field(description="Index of the focus token in tokens")
+
+
+class TokenVariantOut(BaseModel):
+    token: str
+    token_id: int
+    match: str = Field(description='How it matches the query: "exact", "with leading space", "case", ...')
+    n_units: int = Field(description="Units whose strongest matching example is on this token")
+
+
 class SearchHit(BaseModel):
     source: str
     index: int
-    n_top_examples: int
-    best_act: float
+    n_top_examples: int = Field(description="Top examples of the unit whose focus is one of the matched tokens")
+    best_act: float = Field(description="The strongest of those examples' activation")
+    token: str = Field(description="The matched token of that example")
+    token_id: int
+    match: str = Field(description="How that token matches the query")
+    top_token: str | None = Field(description="The focus token of the unit's strongest top example")
+    top_token_id: int | None
+    snippet: SnippetOut | None = Field(description="A short window of the strongest matching example")
     url: str
 
 
 class SearchOut(BaseModel):
     model: str
     token: str | None = None
+    source: str | None = Field(None, description="The token search's source filter")
+    variants: list[TokenVariantOut] = Field([], description="The vocabulary's tokens the token matched")
     token_ids: list[int] = []
-    source: str | None = None
-    units: list[SearchHit] = []
+    total: int = Field(0, description="Units matching the token")
+    page: int = 1
+    per_page: int
+    n_pages: int = 1
+    units: list[SearchHit] = Field([], description="One page of them, most matching top examples first")
+    prev_page: str | None = None
+    next_page: str | None = None
+    text: str | None = None
+    text_source: str | None = Field(None, description="The source the text search ranks")
     live: LiveTopOut | None = None
+    sources: list[dict[str, Any]] = []
 
 
 UnitOut.model_rebuild()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -98,25 +99,22 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _docs_route(app: FastAPI) -> None:
-    """/docs: Swagger UI from static/vendor when the build put it there (npm package
-    swagger-ui-dist, works offline), else from FastAPI's default CDN."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    vendor = resource_dir("static") / "vendor"
-    local = (vendor / "swagger-ui-bundle.js").is_file() and (vendor / "swagger-ui.css").is_file()
+    """/docs: Swagger UI from static/vendor (npm package swagger-ui-dist: works offline),
+    inside the site's own page, so it follows the site's theme; /favicon.ico for clients
+    that ask for it without reading the page."""
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request):
         urls = site_urls.for_request(request)
-        if not local:
-            return get_swagger_ui_html(openapi_url=urls.openapi(), title="actscope API")
-        return get_swagger_ui_html(
-            openapi_url=urls.openapi(),
-            title="actscope API",
-            swagger_js_url=urls.static("vendor/swagger-ui-bundle.js"),
-            swagger_css_url=urls.static("vendor/swagger-ui.css"),
-            swagger_favicon_url=urls.favicon(),
+        return app.state.templates.TemplateResponse(
+            request,
+            "docs.html",
+            {"d": {"openapi_url": urls.openapi()}, "title": "API docs · actscope", "json_url": urls.openapi()},
         )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(site_urls.FAVICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 def _preload(live: LiveService) -> None:

@@ -44,10 +44,8 @@ def _with_query(path: str, params: Mapping[str, object] | None) -> str:
 
 # The site's icon, inline: a browser never asks the host's root for /favicon.ico (outside
 # the site when it is served under a prefix), and /docs needs no icon from the network.
-FAVICON = (
-    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
-    "%3Crect width='16' height='16' rx='3' fill='%23e8590c'/%3E%3C/svg%3E"
-)
+FAVICON_SVG = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'><rect width='16' height='16' rx='3' fill='#e8590c'/></svg>"
+FAVICON = "data:image/svg+xml," + FAVICON_SVG.replace("<", "%3C").replace(">", "%3E").replace("#", "%23")
 
 
 class URLs:
@@ -92,8 +90,8 @@ class URLs:
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
 
-    def random_unit(self, model: str, source: str) -> str:
-        return f"{self.base}/{_q(model)}/{_q(source)}/random"
+    def random_unit(self, model: str, source: str, **params: object) -> str:
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/random", params)
 
     def sequence(self, model: str, seq: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/sequences/{int(seq)}", params)

@@ -296,6 +296,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
     import torch
 
     from actscope.indexer.accumulate.finalize import example_rows, unit_rows
+    from actscope.indexer.corpus.documents import describe_corpus
     from actscope.indexer.store.writer import fixed_width_lists, repeated
     from actscope.indexer.weights import logit_table
 
@@ -387,5 +388,6 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run_config=config.to_dict(),
         dataset=config.dataset,
+        corpus=describe_corpus(config.dataset, config.text_column, config.split).to_dict(),
         elapsed_seconds=round(time.perf_counter() - started, 2),
     )

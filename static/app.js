@@ -1,4 +1,5 @@
-// actscope: keyboard shortcuts and token tooltips. Every page also works without this file.
+// actscope: keyboard shortcuts, token tooltips, and a unit page's links kept in step with
+// its URL. Every page also works without this file (its links are plain page loads).
 (function () {
   "use strict";
   var tip = null;
@@ -8,7 +9,8 @@
     var text = el.getAttribute("data-tip") || el.getAttribute("title") || "";
     // The title is `"token": value`; keep the token part and show the exact value.
     var tok = text.replace(/: [^:]*$/, "");
-    return act === null ? text : tok + "  " + act;
+    var units = el.getAttribute("data-units");  // the try page: each source's top unit
+    return act === null ? text : tok + "  " + act + (units ? "  " + units : "");
   }
 
   function showTip(el) {
@@ -28,8 +30,118 @@
 
   function isToken(el) { return el && el.classList && el.classList.contains("t") && el.hasAttribute("data-act"); }
 
+  // -- a unit page's state (band, page, per_page, text, open) lives in the URL. Links and
+  // the forms' hidden fields are rendered with the state of the page load; when htmx or
+  // the full-sequence toggle changes the URL, they are brought in step with it here.
+  function setLink(a, url) {
+    a.setAttribute("href", url);
+    if (a.hasAttribute("hx-get")) {
+      a.setAttribute("hx-get", url.split("#")[0]);
+      if (window.htmx) window.htmx.process(a);  // htmx reads hx-get when it processes an element
+    }
+  }
+
+  function withParams(href, names, from) {
+    var u = new URL(href, location.href);
+    names.forEach(function (name) {
+      if (from.has(name)) u.searchParams.set(name, from.get(name));
+      else u.searchParams.delete(name);
+    });
+    return u.pathname + u.search + u.hash;
+  }
+
+  function fullLinkUrl(a, cur) {
+    // This page's URL with this example open, or closed when it is the open one.
+    var params = new URLSearchParams(cur);
+    if (a.getAttribute("aria-expanded") === "true") params.delete("open");
+    else params.set("open", a.getAttribute("data-open"));
+    var q = params.toString();
+    return location.pathname + (q ? "?" + q : "") + "#" + a.closest("li").id;
+  }
+
+  function syncState() {
+    var cur = new URLSearchParams(location.search);
+    document.querySelectorAll("a[data-keep]").forEach(function (a) {
+      var url = withParams(a.getAttribute("href"), a.getAttribute("data-keep").split(" "), cur);
+      if (url !== a.getAttribute("href")) setLink(a, url);
+    });
+    document.querySelectorAll("a.full-link[data-open]").forEach(function (a) {
+      a.setAttribute("href", fullLinkUrl(a, cur));
+    });
+    // A form keeps the state its data-state names, as hidden fields.
+    document.querySelectorAll("form[data-state]").forEach(function (form) {
+      form.querySelectorAll("input.state").forEach(function (input) { input.remove(); });
+      form.getAttribute("data-state").split(" ").forEach(function (name) {
+        if (!cur.has(name)) return;
+        var input = document.createElement("input");
+        input.type = "hidden";
+        input.className = "state";
+        input.name = name;
+        input.value = cur.get(name);
+        form.prepend(input);
+      });
+    });
+  }
+
+  function setExpanded(a, on) {
+    a.setAttribute("aria-expanded", on ? "true" : "false");
+    a.textContent = (on ? "hide" : "show") + " full sequence";
+    if (!on) document.getElementById(a.getAttribute("aria-controls")).innerHTML = "";
+  }
+
+  function pushOpen(key) {
+    var params = new URLSearchParams(location.search);
+    if (key) params.set("open", key); else params.delete("open");
+    var q = params.toString();
+    // {htmx: true}: htmx restores this entry (by loading its URL) on Back.
+    history.pushState({ htmx: true }, "", location.pathname + (q ? "?" + q : ""));
+    syncState();
+  }
+
+  function expand(a) {
+    // One example is open at a time: the URL names one.
+    document.querySelectorAll('a.full-link[aria-expanded="true"]').forEach(function (o) { setExpanded(o, false); });
+    var box = document.getElementById(a.getAttribute("aria-controls"));
+    return window.htmx.ajax("GET", a.getAttribute("data-seq"), { target: box, swap: "innerHTML" }).then(function () {
+      setExpanded(a, true);
+    });
+  }
+
+  function toggleFull(a) {
+    if (a.getAttribute("aria-expanded") === "true") {
+      setExpanded(a, false);
+      pushOpen(null);
+      return;
+    }
+    expand(a).then(function () { pushOpen(a.getAttribute("data-open")); });
+  }
+
+  function showOpenOfUrl() {
+    // Back and Forward: the examples expanded as the URL says.
+    var key = new URLSearchParams(location.search).get("open");
+    document.querySelectorAll("a.full-link[data-open]").forEach(function (a) {
+      var want = a.getAttribute("data-open") === key;
+      if (want === (a.getAttribute("aria-expanded") === "true")) return;
+      if (want && window.htmx) expand(a).then(syncState);
+      else if (!want) setExpanded(a, false);
+    });
+  }
+
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest && e.target.closest("a.full-link[data-open]");
+    if (!a || !window.htmx || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    toggleFull(a);
+  });
+
+  ["htmx:pushedIntoHistory", "htmx:replacedInHistory", "htmx:historyRestore", "htmx:afterSettle"].forEach(function (name) {
+    document.addEventListener(name, syncState);
+  });
+  window.addEventListener("popstate", function () { setTimeout(function () { showOpenOfUrl(); syncState(); }, 0); });
+
   document.addEventListener("DOMContentLoaded", function () {
     tip = document.getElementById("tip");
+    syncState();
   });
   document.addEventListener("mouseover", function (e) { if (isToken(e.target)) showTip(e.target); });
   document.addEventListener("mouseout", function (e) { if (isToken(e.target)) hideTip(); });
@@ -48,6 +160,13 @@
     if (a && a.href) window.location.href = a.href;
   }
 
+  function toggleKeys() {
+    var keys = document.getElementById("keys");
+    if (!keys) return;
+    keys.open = !keys.open;
+    if (keys.open) keys.querySelector("summary").focus();
+  }
+
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     var t = e.target;
@@ -58,11 +177,22 @@
     }
     if (e.key === "j") { follow("a#next-unit"); }
     else if (e.key === "k") { follow("a#prev-unit"); }
+    else if (e.key === "J") { follow("a#next-any"); }
+    else if (e.key === "K") { follow("a#prev-any"); }
     else if (e.key === "r") { follow("a#random-unit"); }
+    else if (e.key === "?") { e.preventDefault(); toggleKeys(); }
+    else if (e.key === "g") {
+      var go = document.getElementById("goto");
+      if (go) { e.preventDefault(); go.focus(); go.select(); }
+    }
     else if (e.key === "/") {
       var box = document.getElementById("search-input");
       if (box) { e.preventDefault(); box.focus(); box.select(); }
     }
-    else if (e.key === "Escape") { hideTip(); }
+    else if (e.key === "Escape") {
+      hideTip();
+      var keys = document.getElementById("keys");
+      if (keys && keys.open) keys.open = false;
+    }
   });
 })();

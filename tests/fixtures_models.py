@@ -25,6 +25,9 @@ CORPUS_MODULES = [
 ]
 # A document that must come out escaped on every page.
 HOSTILE_DOC = "<script>alert('actscope')</script> & <b>bold</b> \"quoted\"\n" * 3
+# Features of the tiny standard SAE that never fire (its encoder bias is far below any
+# pre-activation): dead units, two of them adjacent.
+DEAD_FEATURES = (4, 5, 9)
 TINY_INDEX_OPTIONS = dict(
     ctx=TINY_CTX,
     batch_size=8,
@@ -97,7 +100,8 @@ def tiny_model_dir(tmp_path_factory, tiny_corpus_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sae_dir(tmp_path_factory) -> Path:
-    """A SAELens standard SAE (d_in 32, 128 features) on blocks.1.hook_resid_post."""
+    """A SAELens standard SAE (d_in 32, 128 features) on blocks.1.hook_resid_post;
+    DEAD_FEATURES never fire."""
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -108,6 +112,7 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
     with torch.no_grad():
         sae.W_enc.normal_(0, 0.3)
         sae.b_enc.fill_(-1.2)  # most features silent on most tokens, as in a real SAE
+        sae.b_enc[list(DEAD_FEATURES)] = -1e4  # dead: these never fire, as in a real SAE
     out = tmp_path_factory.mktemp("saes") / "tiny-res"
     sae.save_model(str(out))
     return out

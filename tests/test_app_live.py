@@ -154,13 +154,16 @@ def test_try_page_and_search_by_inference(client):
     toks = soup.select(".try-tokens a.t")
     assert len(toks) == len(twin["tokens"])
     assert "pos=2" in toks[2]["href"] and "focus" in toks[2]["class"]
-    token_units = [a["href"] for a in soup.select(".token-units a")]
-    assert token_units == [u["url"] for u in twin["top"][2]]
-    overall = [a["href"] for a in soup.select(".overall-units a")]
-    assert overall == [u["url"] for u in twin["overall"]]
-    search = client.get(f"/api/{M}/search", params={"text": TEXT, "source": "1-mlp"}).json()
+    # Tokens are coloured by the source asked for; every source lists its units.
+    mlp = next(b for b in twin["sources"] if b["source"] == "1-mlp")
+    assert [float(t["data-act"]) for t in toks] == pytest.approx(mlp["max_per_token"], abs=1e-4)
+    token_units = [a["href"].split("?")[0] for a in soup.select(".token-units a")]
+    assert token_units == [u["url"] for b in twin["sources"] for u in b["top"][2]]
+    overall = [a["href"].split("?")[0] for a in soup.select(".overall-units a")]
+    assert overall == [u["url"] for b in twin["sources"] for u in b["overall"]]
+    search = client.get(f"/api/{M}/search", params={"text": TEXT, "text_source": "1-mlp"}).json()
     acts = [u["act"] for u in search["live"]["overall"]]
-    assert acts == sorted(acts, reverse=True) and len(acts) == 20
+    assert acts == sorted(acts, reverse=True) and len(acts) == 20 and search["live"]["source"] == "1-mlp"
 
 
 class SlowLive:

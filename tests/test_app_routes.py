@@ -171,11 +171,13 @@ def test_unit_page_html(client):
     assert [float(t["data-act"]) for t in toks] == pytest.approx(data["top"][0]["acts"], abs=1e-4)
     focus = first.select(".t.focus")
     assert len(focus) == 1 and toks.index(focus[0]) == data["top"][0]["focus"]
-    # Band tabs, labelled with their range and share.
+    # Band links (bands that hold tokens), named by quantile range, with range and share.
     tabs = soup.select("nav.tabs a.band-tab")
-    assert len(tabs) == len(data["bands"])
-    for tab, band in zip(tabs, reversed(data["bands"])):
-        assert "of tokens" in tab.get_text() and f"B{band['band']}" in tab.get_text()
+    held = [b for b in reversed(data["bands"]) if b["count"] > 0]
+    assert len(tabs) == len(held)
+    for tab, band in zip(tabs, held):
+        assert "of all tokens" in tab.get_text() and f"B{band['band']}" in tab.get_text()
+        assert tab.select_one(".tab-name").get_text().startswith(band["name"])
     # Histogram with band marks, stats, logits, navigation and shortcuts.
     assert len(soup.select(".hist svg rect.bar")) == len(data["stats"]["histogram"]["counts"])
     assert soup.select(".hist svg line.band-mark")
@@ -193,7 +195,10 @@ def test_band_tab_shows_band_examples(client):
     band = data["bands"][-1]
     soup = BeautifulSoup(client.get(f"/{M}/{S}/0?band={band['band']}").text, "html.parser")
     assert len(soup.select("#examples li.example")) == len(band["examples"])
-    assert soup.select_one("nav.tabs a.active").get_text().strip().startswith(f"B{band['band']}")
+    active = soup.select_one("nav.tabs a.active")
+    assert active["aria-current"] == "page" and active["href"] == f"/{M}/{S}/0?band={band['band']}"
+    assert active.select_one(".band-no").get_text() == f"B{band['band']}"
+    assert not soup.select('[role="tab"], [role="tablist"]')  # plain links, marked as such
 
 
 def test_htmx_band_request_gets_only_the_examples_block(client):
@@ -244,20 +249,25 @@ def test_unit_page_parts_built_in_python_are_escaped():
 
     d = {
         "model": "m",
-        "source": {"slug": "s"},
         "index": 1,
         "text": 'a"&<b>',
         "band": "0",
         "top": [],
         "stats": {"max": 1.0},
-        "bands": [{"band": 0, "q_lo": 0.0, "q_hi": 0.5, "lo": -1.0, "hi": 0.0, "share": 1e-6}],
+        "source": {"slug": "s", "band_basis": "all"},
+        "bands": [
+            {"band": 0, "name": "<i>", "q_lo": 0.0, "q_hi": 0.5, "lo": -1.0, "hi": 0.0, "count": 1, "share": 1e-6}
+        ],
     }
     tabs = BeautifulSoup(str(example_tabs(d)), "html.parser")
-    assert tabs.select_one("a.band-tab.active .share").get_text() == "<0.01% of tokens"
+    assert tabs.select_one("a.band-tab.active .share").get_text() == "<0.01% of all tokens"
     assert tabs.select_one("a.band-tab")["href"] == "/m/s/1?band=0&text=a%22%26%3Cb%3E"
+    assert tabs.select_one("a.band-tab .tab-name").get_text().startswith("<i>")
     ex = {"seq": 3, "pos": 2, "act": 1.5, "start": 1, "focus": 1, "tokens": ["<x>", "&"], "acts": [0.5, 1.5]}
-    item = BeautifulSoup(str(example_items([ex], "m", "s&t", 1, 2.0)), "html.parser")
+    item = BeautifulSoup(str(example_items([ex], "m", "s&t", 1, 2.0, state={"text": "<&>"})), "html.parser")
     assert [t.get_text() for t in item.select(".t")] == ["<x>", "&"]
-    assert item.select_one("a.full-link")["href"] == "/m/sequences/3?source=s%26t&index=1&pos=2"
+    link = item.select_one("a.full-link")
+    assert link["href"] == "/m/s%26t/1?text=%3C%26%3E&open=3%3A2#ex-0"
+    assert link["data-seq"] == "/m/sequences/3?source=s%26t&index=1&pos=2"
     rows = BeautifulSoup(str(logit_rows([{"token": "</td>", "value": -0.25}], "neg-text")), "html.parser")
     assert rows.select_one("code").get_text() == '"</td>"' and rows.select_one(".num").get_text() == "-0.250"

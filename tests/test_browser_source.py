@@ -127,18 +127,18 @@ def test_sort_then_filter_keeps_the_sort_and_back_restores_the_boxes(js_page, li
 
 def test_page_jump_and_go_to_unit(js_page, live_server):
     pg, base = js_page, live_server.url
-    pg.goto(f"{base}/{M}/{SAE}?per_page=10&sort=unit&order=asc")
+    pg.goto(f"{base}/{M}/{SAE}?per_page=10&sort=unit&order=asc&hide_dead=false")
     pg.fill("form.page-jump input[name=page]", "3")
     pg.click("form.page-jump button")
     pg.wait_for_url(re.compile(r"page=3"))
-    assert query_of(pg.url)["sort"] == ["unit"]
+    assert query_of(pg.url)["sort"] == ["unit"] and query_of(pg.url)["hide_dead"] == ["false"]
     pg.wait_for_function("document.querySelector('table.units a.unit-link').textContent === '20'")
-    pg.fill("form.goto input[name=unit]", "500")
+    pg.fill("form.goto input[name=goto]", "500")
     pg.click("form.goto button")
     error = pg.locator("form.goto #unit-error")
     error.wait_for(state="visible")
     assert "no unit 500" in error.inner_text()
-    pg.fill("form.goto input[name=unit]", "17")
+    pg.fill("form.goto input[name=goto]", "17")
     pg.click("form.goto button")
     pg.wait_for_url(re.compile(rf"/{M}/{SAE}/17$"))
 

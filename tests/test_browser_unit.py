@@ -43,7 +43,7 @@ def test_home_to_source_to_unit(page, live_server):
     # Band tabs with their activation range and share.
     tabs = page.locator("nav.tabs a.tab")
     assert tabs.count() >= 2 and tabs.first.is_visible()
-    assert "of tokens" in tabs.nth(1).inner_text()
+    assert "of all tokens" in tabs.nth(1).inner_text()
 
 
 def test_hover_shows_token_and_activation(page, live_server):
@@ -113,7 +113,7 @@ def test_empty_live_text_shows_an_error(page, live_server):
 
 def test_keyboard_navigation(page, live_server):
     page.goto(live_server.url + "/tiny/1-mlp/5")
-    assert "j" in page.locator(".shortcuts").inner_text()
+    assert "j" in page.locator(".shortcuts").text_content()
     page.keyboard.press("j")
     page.wait_for_url(re.compile(r"/tiny/1-mlp/6$"))
     page.keyboard.press("k")
@@ -134,11 +134,17 @@ def test_keyboard_navigation(page, live_server):
 def test_show_full_sequence_inline(page, live_server):
     page.goto(live_server.url + "/tiny/0-mlp/1")
     first = page.locator("#examples li.example").first
+    key = first.locator("a.full-link").get_attribute("data-open")
     first.locator("a.full-link").click()
     full = first.locator(".full .full-seq .t")
     full.first.wait_for()
     assert full.count() > first.locator(".toks").first.locator(".t").count()
-    assert page.url.endswith("/tiny/0-mlp/1")
+    # The expanded example is in the URL; the same link collapses it again.
+    page.wait_for_url(re.compile(r"/tiny/0-mlp/1\?open=" + key.replace(":", "(:|%3A)") + "$"))
+    assert first.locator("a.full-link").inner_text() == "hide full sequence"
+    first.locator("a.full-link").click()
+    page.wait_for_url(re.compile(r"/tiny/0-mlp/1$"))
+    assert first.locator(".full .t").count() == 0
 
 
 def test_pages_work_without_javascript(browser, live_server):
@@ -176,8 +182,26 @@ def _showcase_path(base: str) -> str:
     return f"/{model['model']}/{source}/{index}?" + urllib.parse.urlencode({"text": text})
 
 
+def _dead_path(base: str) -> str | None:
+    """A dead SAE feature's page (a random one of the last source with dead units), if any."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    model = json.load(urllib.request.urlopen(base + "/api"))["models"][0]
+    for source in reversed(model["sources"]):
+        try:
+            urllib.request.urlopen(f"{base}/api/{model['model']}/{source['slug']}/random?dead=1")
+        except urllib.error.HTTPError:
+            continue
+        unit = json.load(urllib.request.urlopen(f"{base}/api/{model['model']}/{source['slug']}/random?dead=1"))
+        return f"/{model['model']}/{source['slug']}/{unit['index']}"
+    return None
+
+
 def test_screenshots_light_and_dark(browser, live_server, tmp_path):
-    """Screenshots of a unit page in light and dark mode.
+    """Screenshots of a unit page in light and dark mode, at phone width, and of a dead
+    feature's page.
 
     The README's are taken from the bundled demo index and kept in docs/screenshots:
       ACTSCOPE_DEMO_INDEX=demo.duckdb ACTSCOPE_SCREENSHOTS_DIR=docs/screenshots \
@@ -205,11 +229,24 @@ def test_screenshots_light_and_dark(browser, live_server, tmp_path):
             bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
             shots[scheme] = (png, [int(x) for x in re.findall(r"\d+", bg)[:3]])
             context.close()
+        context = browser.new_context(viewport={"width": 390, "height": 1400}, color_scheme="light")
+        pg = context.new_page()
+        pg.goto(base + path)
+        pg.locator("#live-result .live-tokens .t").first.wait_for()
+        phone = pg.screenshot(path=str(out / "unit-phone.png"))
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+        dead = _dead_path(base)
+        if dead:
+            pg.set_viewport_size({"width": 1280, "height": 800})
+            pg.goto(base + dead)
+            assert pg.locator(".dead-note").is_visible()
+            pg.screenshot(path=str(out / "unit-dead.png"))
+        context.close()
     finally:
         if server:
             server.__exit__(None, None, None)
     (light, light_bg), (dark, dark_bg) = shots["light"], shots["dark"]
-    assert light[:8] == dark[:8] == b"\x89PNG\r\n\x1a\n" and light != dark
+    assert light[:8] == dark[:8] == phone[:8] == b"\x89PNG\r\n\x1a\n" and light != dark
     assert sum(light_bg) > 600 and sum(dark_bg) < 150  # the page follows the system theme
 
 
@@ -222,10 +259,10 @@ def test_try_page_click_a_token(page, live_server):
     toks.first.wait_for()
     toks.nth(3).click()
     page.wait_for_url(re.compile(r"pos=3"))
-    units = page.locator(".token-units a")
+    units = page.locator(".token-units .try-source[data-source='1-res-sae'] a")
     units.first.wait_for()
     href = units.first.get_attribute("href")
-    assert re.fullmatch(r"/tiny/1-res-sae/\d+", href)
+    assert re.fullmatch(r"/tiny/1-res-sae/\d+\?text=def.*", href)
     units.first.click()
-    page.wait_for_url(re.compile(r"/tiny/1-res-sae/\d+$"))
+    page.wait_for_url(re.compile(r"/tiny/1-res-sae/\d+\?text=def"))
     assert page.locator("#examples").is_visible()

@@ -70,6 +70,22 @@ def is_builtin(name: str) -> bool:
     return name in builtin_names()
 
 
+DESCRIPTIONS = {
+    "stdlib": "the Python standard library's source",
+    "shakespeare": "Shakespeare's plays and poems",
+    "mix": "the Python standard library's source and Shakespeare's plays, interleaved",
+}
+SPLIT_NOTES = {"train": " (training split)", "heldout": " (held-out split)", "": ""}
+
+
+def describe(name: str) -> str:
+    """What built-in corpus `name` holds, in a line for the pages."""
+    if name == "default":
+        return DESCRIPTIONS["mix"] + " (held-out text first: the bundled model was not trained on it)"
+    corpus, _, split = name.partition(":")
+    return DESCRIPTIONS[corpus] + SPLIT_NOTES[split]
+
+
 def iter_documents(name: str) -> Iterator[str]:
     """The texts of built-in corpus `name`, always in the same order."""
     for doc in documents(name):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from actscope.indexer.errors import ActscopeError
@@ -46,6 +47,29 @@ def local_files(spec: str) -> list[Path]:
             f"--dataset {spec}: unsupported file type {', '.join(unsupported)} (expected .txt, .jsonl or .parquet)"
         )
     return sorted(matches)
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """How the pages name a dataset spec: no absolute paths of the indexing machine."""
+
+    name: str
+    source: str  # "built-in", "local files" or "Hugging Face Hub"
+    description: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "source": self.source, "description": self.description}
+
+
+def describe_corpus(spec: str, text_column: str = "text", split: str = "train") -> CorpusInfo:
+    if _is_builtin(spec):
+        from actscope.indexer.corpus import builtin as builtin_corpora
+
+        return CorpusInfo(spec, "built-in", builtin_corpora.describe(spec))
+    if _looks_local(spec):
+        name = Path(spec).name or spec
+        return CorpusInfo(name, "local files", f"local files matching {name!r}, column {text_column!r}")
+    return CorpusInfo(spec, "Hugging Face Hub", f"Hugging Face dataset {spec}, split {split!r}, column {text_column!r}")
 
 
 def iter_documents(spec: str, text_column: str = "text", split: str = "train") -> Iterator[str]:

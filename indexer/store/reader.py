@@ -19,6 +19,7 @@ from actscope.indexer.errors import ActscopeError
 from actscope.indexer.store import export
 from actscope.indexer.store.resident import ResidentTables
 from actscope.indexer.store.schema import SCHEMA_VERSION
+from actscope.indexer.store.token_search import FocusTable, TokenVariants
 from actscope.indexer.store.unit_table import UnitTable
 
 
@@ -114,6 +115,15 @@ class UnitRecord:
     logits: Logits | None
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """Which units of a source ever fired (activation > 0 on an indexed token): sorted
+    unit indices of the units that did (`fired`) and of the dead ones (`dead`)."""
+
+    fired: Any  # numpy int64 array
+    dead: Any  # numpy int64 array
+
+
 class Store:
     """A read-only actscope index. Safe to use from many threads."""
 
@@ -138,10 +148,16 @@ class Store:
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
         self._unit_tables: dict[tuple[str, str], UnitTable] = {}
+        self._liveness: dict[tuple[str, str], Liveness] = {}
         self._resident: dict[str, ResidentTables] = {}
+        self._variants: dict[str, TokenVariants] = {}
+        self._focus: dict[str, FocusTable] = {}
         for m in self._models:
             if ResidentTables.size_estimate(self._cur(), m) <= resident_mb * 2**20:
                 self._resident[m] = ResidentTables.load(self._cur(), m)
+        for m, slug in self._sources:
+            if m in self._resident:
+                self.liveness(m, slug)  # read now: pages served from memory query nothing
 
     @property
     def resident(self) -> bool:
@@ -274,9 +290,50 @@ class Store:
         n = len(vocab)
         return [vocab[i] if 0 <= i < n else f"<{i}>" for i in ids]
 
-    def token_ids_for(self, model: str, token: str) -> list[int]:
-        """Ids of the tokens whose text is exactly `token`."""
-        return [i for i, t in enumerate(self.vocab(model)) if t == token]
+    def token_variants(self, model: str) -> TokenVariants:
+        """The vocabulary's spellings of a token, with and without a leading space, in
+        any case (built once per model)."""
+        found = self._variants.get(model)
+        if found is None:
+            found = TokenVariants(self.vocab(model))
+            with self._lock:
+                self._variants[model] = found
+        return found
+
+    def focus_table(self, model: str) -> FocusTable:
+        """Which units' top examples focus on which token (built once per model, on the
+        first token search: one pass over the top examples)."""
+        found = self._focus.get(model)
+        if found is None:
+            with self._lock:
+                found = self._focus.get(model)
+                if found is None:
+                    found = FocusTable.load(self._cur(), model)
+                    self._focus[model] = found
+        return found
+
+    def top_examples(self, model: str, wanted: list[tuple[str, int, int]]) -> list[Example | None]:
+        """The top examples (source, unit, rank) of `wanted`, in that order (None where
+        there is none)."""
+        resident = self._resident.get(model)
+        if resident is not None:
+            rows = [resident.top_example_row(source, unit, rank) for source, unit, rank in wanted]
+            return [None if r is None else Example(*r) for r in rows]
+        if not wanted:
+            return []
+        found = {
+            (str(src), int(u), int(r)): Example(int(seq), int(pos), float(act), int(start), list(ids), list(acts))
+            for src, u, r, seq, pos, act, start, acts, ids in self._all(
+                "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
+                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+                "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+                "JOIN (SELECT unnest(?) AS source, unnest(?) AS unit, unnest(?) AS rank) w "
+                "ON w.source = e.source AND w.unit = e.unit AND w.rank = e.rank "
+                "WHERE e.model = ? AND e.band IS NULL",
+                [[w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted], model],
+            )
+        }
+        return [found.get(w) for w in wanted]
 
     # -- units -----------------------------------------------------------------------
     def unit(self, model: str, source: str, unit: int) -> UnitRecord | None:
@@ -386,37 +443,31 @@ class Store:
             self._unit_tables[key] = table
         return table
 
+    def liveness(self, model: str, source: str) -> Liveness:
+        """The fired and dead units of a source (read once, cached)."""
+        key = (model, source)
+        found = self._liveness.get(key)
+        if found is not None:
+            return found
+        import numpy as np
+
+        info = self._sources.get(key)
+        n = info.n_units if info else 0
+        rows = self._all(
+            "SELECT unit FROM unit_stats WHERE model = ? AND source = ? AND n_fired > 0 ORDER BY unit", [model, source]
+        )
+        fired = np.array([r[0] for r in rows], dtype=np.int64)
+        found = Liveness(fired, np.setdiff1d(np.arange(n, dtype=np.int64), fired))
+        with self._lock:
+            self._liveness[key] = found
+        return found
+
     def sequence(self, model: str, seq: int) -> list[int] | None:
         resident = self._resident.get(model)
         if resident is not None:
             return resident.sequence(seq)
         rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
         return list(rows[0][0]) if rows else None
-
-    def units_focusing_on(
-        self, model: str, token_ids: list[int], source: str | None = None, limit: int = 50
-    ) -> list[tuple[str, int, int, float]]:
-        """Units whose top examples focus on one of `token_ids`.
-
-        Returns (source, unit, number of top examples on those tokens, best activation),
-        most such examples first.
-        """
-        if not token_ids:
-            return []
-        where_source = "AND e.source = ? " if source else ""
-        params: list[Any] = [model, token_ids]
-        if source:
-            params.append(source)
-        params.append(limit)
-        rows = self._all(
-            "SELECT e.source, e.unit, count(*) AS n, max(e.act) AS best FROM examples e "
-            "JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
-            "WHERE e.model = ? AND e.band IS NULL AND list_contains(?, s.token_ids[e.pos + 1]) "
-            + where_source
-            + "GROUP BY e.source, e.unit ORDER BY n DESC, best DESC, e.source, e.unit LIMIT ?",
-            params,
-        )
-        return [(s, int(u), int(n), float(b)) for s, u, n, b in rows]
 
     def export_chunks(self, model: str, source: str, fmt: str, units_per_chunk: int = 512) -> Iterator[bytes]:
         """Every unit of a source (stats, bands, examples, logits) as Parquet or JSON

@@ -187,6 +187,19 @@ class ResidentTables:
             )
         return out
 
+    def top_example_row(self, source: str, unit: int, rank: int) -> tuple | None:
+        """(seq, pos, act, start, token_ids, acts) of a unit's top example of `rank`."""
+        e = self.examples
+        lo, hi = e["rows"].get((source, unit), (0, 0))
+        i = lo + rank  # top examples come first, in rank order
+        if rank < 0 or i >= hi or e["band"][i] >= 0:
+            return None
+        a = e["acts"][e["acts_off"][i] : e["acts_off"][i + 1]]
+        seq, start = int(e["seq"][i]), int(e["start"][i])
+        base = int(self.seq_offsets[self.seq_row[seq]]) + start
+        ids = self.seq_values[base : base + len(a)]
+        return (seq, int(e["pos"][i]), float(e["act"][i]), start, ids.tolist(), a.tolist())
+
     def sequence(self, seq: int) -> list[int] | None:
         row = self.seq_row.get(seq)
         if row is None:

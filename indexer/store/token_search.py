@@ -1,0 +1,222 @@
+"""Token search: the vocabulary's spellings of a token, and the units whose top examples
+focus on them.
+
+A visitor types `def` and means the token ` def` as much as `def` or `Def`. Tokenizers
+mark a word's leading space with a space (decoded GPT-2), `Ġ` (raw GPT-2) or `▁`
+(SentencePiece), so `TokenVariants` groups the vocabulary by its text without one
+leading marker, case folded.
+
+Scanning every unit's top examples per request costs seconds on 100,000 units, so
+`FocusTable` reads them once per model (one SQL pass, lazily, on the first search) into
+flat arrays sorted by focus token id: a search slices the rows of its tokens and ranks
+them, in milliseconds whatever the index's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SPACE_MARKERS = (" ", "\u0120", "\u2581")  # a space, GPT-2's Ġ, SentencePiece's ▁
+
+
+def split_marker(token: str) -> tuple[bool, str]:
+    """(has a leading-space marker, the text after it). A token that is only a marker
+    keeps it: the space itself is a word."""
+    if len(token) > 1 and token[0] in SPACE_MARKERS:
+        return True, token[1:]
+    return False, token
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One token of the vocabulary that a search for `query` matches."""
+
+    token_id: int
+    token: str
+    exact: bool  # the token's text is the query's
+    space: str  # "" (as the query), "with" or "without" a leading-space marker, or "marker" (another one)
+    case: bool  # differs from the query in case only
+
+    @property
+    def label(self) -> str:
+        """How it matched, as the search page says it."""
+        if self.exact:
+            return "exact"
+        if self.space == "marker":
+            parts = [f"leading space as {self.token[0]}"]
+        else:
+            parts = [f"{self.space} leading space"] if self.space else []
+        if self.case:
+            parts.append("case")
+        return ", ".join(parts) or "exact"
+
+
+class TokenVariants:
+    """The vocabulary grouped by text without its leading-space marker, case folded."""
+
+    def __init__(self, vocab: list[str]) -> None:
+        groups: dict[str, list[int]] = {}
+        for token_id, token in enumerate(vocab):
+            groups.setdefault(split_marker(token)[1].casefold(), []).append(token_id)
+        self._groups = groups
+        self._vocab = vocab
+
+    def match(self, query: str) -> list[Variant]:
+        """Every token that is `query` with or without a leading-space marker, in any
+        case: the exact one first, then by how far it is from the query, then by id."""
+        q_space, q_core = split_marker(query)
+        out = []
+        for token_id in self._groups.get(q_core.casefold(), []):
+            token = self._vocab[token_id]
+            space, core = split_marker(token)
+            if space != q_space:
+                how = "with" if space else "without"
+            else:
+                how = "marker" if space and token[0] != query[0] else ""
+            out.append(
+                Variant(
+                    token_id=token_id,
+                    token=token,
+                    exact=token == query,
+                    space=how,
+                    case=core != q_core,
+                )
+            )
+        out.sort(key=lambda v: (not v.exact, bool(v.space), v.case, v.token_id))
+        return out
+
+
+@dataclass(frozen=True)
+class FocusHit:
+    """A unit with top examples focused on the searched tokens."""
+
+    source: str
+    unit: int
+    count: int  # its top examples whose focus token is one of them
+    best_act: float  # the strongest of those examples' activation
+    best_rank: int  # that example's rank among the unit's top examples (0: the strongest)
+    best_token_id: int  # that example's focus token
+    top_token_id: int | None  # the focus token of the unit's strongest top example
+
+
+@dataclass(frozen=True)
+class FocusResult:
+    """Every unit matching a search, ranked: by count, then best activation, then
+    source and unit. Arrays are aligned; `page` turns a slice into FocusHits."""
+
+    table: FocusTable
+    codes: np.ndarray  # source code
+    units: np.ndarray
+    counts: np.ndarray
+    best_acts: np.ndarray
+    best_ranks: np.ndarray
+    best_tokens: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return len(self.units)
+
+    def units_per_token(self) -> dict[int, int]:
+        """How many of the units have their strongest matching example on each token."""
+        ids, n = np.unique(self.best_tokens, return_counts=True)
+        return {int(i): int(c) for i, c in zip(ids, n)}
+
+    def page(self, start: int, stop: int) -> list[FocusHit]:
+        t = self.table
+        return [
+            FocusHit(
+                source=t.sources[int(self.codes[i])],
+                unit=int(self.units[i]),
+                count=int(self.counts[i]),
+                best_act=float(self.best_acts[i]),
+                best_rank=int(self.best_ranks[i]),
+                best_token_id=int(self.best_tokens[i]),
+                top_token_id=t.top_token(int(self.codes[i]), int(self.units[i])),
+            )
+            for i in range(start, min(stop, self.total))
+        ]
+
+
+class FocusTable:
+    """Per (focus token, source, unit): the number of the unit's top examples on that
+    token, the best activation and rank among them. Rows sorted by token id."""
+
+    def __init__(
+        self,
+        sources: list[str],
+        tokens: np.ndarray,
+        codes: np.ndarray,
+        units: np.ndarray,
+        counts: np.ndarray,
+        best_acts: np.ndarray,
+        best_ranks: np.ndarray,
+    ) -> None:
+        order = np.argsort(tokens, kind="stable")
+        self.sources = sources
+        self.tokens = tokens[order]
+        self.codes, self.units = codes[order], units[order]
+        self.counts, self.best_acts, self.best_ranks = counts[order], best_acts[order], best_ranks[order]
+        # A unit's top token: the focus of its rank-0 example, i.e. the row with best rank 0.
+        self._top: list[np.ndarray] = []
+        for code in range(len(sources)):
+            mask = (self.codes == code) & (self.best_ranks == 0)
+            top = np.full(int(self.units[self.codes == code].max(initial=-1)) + 1, -1, dtype=np.int32)
+            top[self.units[mask]] = self.tokens[mask]
+            self._top.append(top)
+
+    @classmethod
+    def load(cls, cur, model: str) -> FocusTable:
+        """One pass over the model's top examples (band NULL)."""
+        t = cur.sql(
+            "SELECT e.source, e.unit, s.token_ids[e.pos + 1] AS tok, count(*) AS n, "
+            "max(e.act) AS best, min(e.rank) AS best_rank "
+            "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+            "WHERE e.model = $m AND e.band IS NULL GROUP BY e.source, e.unit, tok",
+            params={"m": model},
+        ).to_arrow_table()
+        source_col = t.column("source").combine_chunks().dictionary_encode()
+        names = [str(s) for s in source_col.dictionary.to_pylist()]
+        sources = sorted(names)  # codes in source order: ties rank by source, then unit
+        recode = np.array([sources.index(n) for n in names], dtype=np.int32)
+        return cls(
+            sources,
+            # 4-byte columns: 2,048,000 top examples of 102,400 units take ~40 MB.
+            t.column("tok").to_numpy().astype(np.int32),
+            recode[source_col.indices.to_numpy(zero_copy_only=False)] if names else np.zeros(0, dtype=np.int32),
+            t.column("unit").to_numpy().astype(np.int32),
+            t.column("n").to_numpy().astype(np.int32),
+            t.column("best").to_numpy().astype(np.float32),  # stored as REAL: exact
+            t.column("best_rank").to_numpy().astype(np.int32),
+        )
+
+    def top_token(self, code: int, unit: int) -> int | None:
+        top = self._top[code]
+        return int(top[unit]) if 0 <= unit < len(top) and top[unit] >= 0 else None
+
+    def search(self, token_ids: list[int], source: str | None = None) -> FocusResult:
+        """The units whose top examples focus on any of `token_ids` (of `source` only,
+        if given), their counts summed over those tokens, ranked."""
+        lo = np.searchsorted(self.tokens, token_ids, side="left")
+        hi = np.searchsorted(self.tokens, token_ids, side="right")
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)] or [np.zeros(0, dtype=np.intp)])
+        if source is not None:
+            if source not in self.sources:
+                rows = rows[:0]
+            else:
+                rows = rows[self.codes[rows] == self.sources.index(source)]
+        codes, units = self.codes[rows], self.units[rows]
+        acts, ranks, tokens, counts = self.best_acts[rows], self.best_ranks[rows], self.tokens[rows], self.counts[rows]
+        if len(token_ids) > 1 and len(rows):
+            # One unit may match several spellings: sum its counts, keep its best example.
+            key = codes.astype(np.int64) << 32 | units.astype(np.int64)
+            order = np.lexsort((ranks, key))  # per unit, its strongest example (lowest rank) first
+            key, counts = key[order], counts[order]
+            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            summed = np.add.reduceat(counts, starts)
+            pick = order[starts]
+            codes, units, acts, ranks, tokens = codes[pick], units[pick], acts[pick], ranks[pick], tokens[pick]
+            counts = summed
+        rank = np.lexsort((units, codes, -acts, -counts))
+        return FocusResult(self, codes[rank], units[rank], counts[rank], acts[rank], ranks[rank], tokens[rank])
