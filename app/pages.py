@@ -9,13 +9,18 @@ Errors are AppError (404/422/503).
 from __future__ import annotations
 
 import random as _random
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from actscope.app import index_record, live_data, params, unit_view
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
+from actscope.indexer import kinds
 from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store
+from actscope.indexer.store.unit_table import UnitTable
 
 
 # -- lookups --------------------------------------------------------------------------
@@ -97,66 +102,78 @@ def model_data(store: Store, model: str) -> dict[str, Any]:
     return model_dict(store, get_model(store, model))
 
 
+COLUMNS = {
+    "unit": ("unit", "The unit's index in its source"),
+    "max": ("max", "Largest activation on an indexed token"),
+    "mean": ("mean", "Mean activation over all indexed tokens"),
+    "density": ("density", "Share of indexed tokens on which the unit's activation is above 0"),
+    "cos_in_out": (
+        "cos(w_in, w_out)",
+        "Cosine between the neuron's input and output weight vectors: near 0 for most neurons; "
+        "near ±1 when a neuron reads and writes the same direction",
+    ),
+}
+
+
+DEFAULT_TABLE = params.TableQuery()
+
+
 def source_data(
     store: Store,
     urls: URLs,
     model: str,
     source: str,
-    sort: str = "max",
-    order: str = "desc",
-    page: int = 1,
-    per_page: int = 50,
-    q: str = "",
-    min_density: float | None = None,
-    max_density: float | None = None,
+    query: params.TableQuery = DEFAULT_TABLE,
+    *,
+    errors: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A source's unit table: the units `query` keeps, sorted, one page of them.
+
+    Without `errors` (the API) bad input raises a FieldError (422). With `errors` (the
+    page: the errors found parsing the visitor's text, by field) the table is shown
+    without the failing fields and every error is added to data["errors"]."""
     src = get_source(store, model, source)
-    params.check_table(sort, order, page, per_page)
+    table = store.unit_table(model, source)
+    strict = errors is None
+    errs = dict(errors or {})
+    errs.update({f: m for f, m in params.table_errors(query).items() if f not in errs})
+    if "sort" not in errs and query.sort not in table.columns:
+        errs["sort"] = (
+            f"No unit of {src.slug} has a {query.sort} value, so the table cannot be sorted by it "
+            f"(sortable here: {', '.join(table.columns)})."
+        )
+    if errs and strict:
+        field, message = next(iter(errs.items()))
+        raise params.FieldError(field, message)
+    query = query.without(errs)
+    default_hide = kinds.get(src.kind).hide_dead
+    hide_dead = default_hide if query.hide_dead is None else query.hide_dead
     vocab = store.vocab(model)
-    rows = store.unit_table(model, source)
-    needle = q.lower() if q.strip() else ""
-    if needle or min_density is not None or max_density is not None:
-
-        def keep(r) -> bool:
-            if min_density is not None and r.density < min_density:
-                return False
-            if max_density is not None and r.density > max_density:
-                return False
-            if needle:
-                tok = vocab[r.top_token_id] if r.top_token_id is not None else ""
-                return needle.strip() == str(r.unit) or needle in tok.lower()
-            return True
-
-        rows = [r for r in rows if keep(r)]
-    missing_last = float("-inf") if order == "desc" else float("inf")
-    rows = sorted(
-        rows, key=lambda r: missing_last if getattr(r, sort) is None else getattr(r, sort), reverse=(order == "desc")
-    )
+    keep = _table_mask(table, vocab, query, hide_dead)
+    rows = table.select(query.sort, query.order, keep)
     total = len(rows)
-    n_pages = max(1, -(-total // per_page))
-    params.check_page_exists(page, n_pages)
-    chunk = rows[(page - 1) * per_page : page * per_page]
-    query = {
-        "sort": sort,
-        "order": order,
-        "q": q or None,
-        "min_density": min_density,
-        "max_density": max_density,
-        "per_page": per_page if per_page != 50 else None,
+    n_pages = max(1, -(-total // query.per_page))
+    if query.page > n_pages:
+        message = f"page {query.page} is past the last page ({n_pages:,})."
+        if strict:
+            raise params.FieldError("page", message)
+        errs["page"] = message
+        query = replace(query, page=1)
+    page = query.page
+    chunk = rows[(page - 1) * query.per_page : page * query.per_page]
+    link_query = {
+        "sort": query.sort,
+        "order": query.order,
+        "q": query.q or None,
+        "min_pct": params.density_text(query.min_density) or None,
+        "max_pct": params.density_text(query.max_density) or None,
+        "hide_dead": None if hide_dead == default_hide else str(hide_dead).lower(),
+        "per_page": query.per_page if query.per_page != 50 else None,
     }
-    return {
-        "model": model,
-        "source": source_dict(src),
-        "sort": sort,
-        "order": order,
-        "q": q,
-        "min_density": min_density,
-        "max_density": max_density,
-        "page": page,
-        "per_page": per_page,
-        "n_pages": n_pages,
-        "total": total,
-        "units": [
+    units = []
+    for i in chunk:
+        r = table.row(int(i))
+        units.append(
             {
                 "index": r.unit,
                 "max": r.max,
@@ -166,12 +183,56 @@ def source_data(
                 "top_token_id": r.top_token_id,
                 "top_token": vocab[r.top_token_id] if r.top_token_id is not None else None,
             }
-            for r in chunk
-        ],
-        "prev_page": urls.source(model, source, **query, page=page - 1) if page > 1 else None,
-        "next_page": urls.source(model, source, **query, page=page + 1) if page < n_pages else None,
-        "params": query,
+        )
+    return {
+        "model": model,
+        "source": source_dict(src),
+        "sort": query.sort,
+        "order": query.order,
+        "q": query.q,
+        "min_density": query.min_density,
+        "max_density": query.max_density,
+        "hide_dead": hide_dead,
+        "hide_dead_default": default_hide,
+        "n_dead": table.n_dead,
+        "columns": [{"key": c, "label": COLUMNS[c][0], "help": COLUMNS[c][1]} for c in table.columns],
+        "page": page,
+        "per_page": query.per_page,
+        "n_pages": n_pages,
+        "total": total,
+        "units": units,
+        "prev_page": urls.source(model, source, **link_query, page=page - 1) if page > 1 else None,
+        "next_page": urls.source(model, source, **link_query, page=page + 1) if page < n_pages else None,
+        "params": link_query,
+        **({} if strict else {"errors": errs}),
     }
+
+
+def _table_mask(table: UnitTable, vocab: list[str], query: params.TableQuery, hide_dead: bool) -> np.ndarray | None:
+    """The rows (in unit order) a table query keeps; None: all of them."""
+    keep = None
+
+    def both(mask: np.ndarray) -> np.ndarray:
+        return mask if keep is None else keep & mask
+
+    if query.min_density is not None:
+        keep = both(table.density >= query.min_density)
+    if query.max_density is not None:
+        keep = both(table.density <= query.max_density)
+    if hide_dead:
+        keep = both(table.density > 0)
+    if query.q.strip():
+        needle = query.q.lower()
+        matching = np.fromiter((needle in t.lower() for t in vocab), dtype=bool, count=len(vocab))
+        ids = table.top_token_id
+        on_token = np.zeros(len(table), dtype=bool)
+        has = (ids >= 0) & (ids < len(vocab))
+        on_token[has] = matching[ids[has]]
+        number = query.q.strip()
+        if number.isascii() and number.isdigit():
+            on_token |= table.unit == int(number)
+        keep = both(on_token)
+    return keep
 
 
 def check_index(src: SourceInfo, index: int) -> None:

@@ -8,32 +8,169 @@ OpenAPI schema (`json_schema_extra`) without checking them a second time.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Annotated, Literal
 
 from fastapi import Query
 from pydantic import BeforeValidator
 
-from actscope.app.errors import bad_input
+from actscope.app.errors import AppError, bad_input
+from actscope.indexer.store.unit_table import SORTABLE
 
-SORT_COLUMNS = ("unit", "max", "mean", "density", "cos_in_out")
+SORT_COLUMNS = SORTABLE
 ORDERS = ("asc", "desc")
 PER_PAGE_MAX = 500
+PER_PAGE_CHOICES = (25, 50, 100, 200, 500)  # the form's choices; any 1..PER_PAGE_MAX is accepted
 K_MAX = 100  # units per token of the try page and the activations API
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def check_table(sort: str, order: str, page: int, per_page: int) -> None:
-    """The sort, order and page of a source's unit table."""
-    if sort not in SORT_COLUMNS:
-        raise bad_input(f"sort must be one of {', '.join(SORT_COLUMNS)}, not {sort!r}.")
-    if order not in ORDERS:
-        raise bad_input(f"order must be asc or desc, not {order!r}.")
-    if page < 1 or not 1 <= per_page <= PER_PAGE_MAX:
-        raise bad_input(f"page must be >= 1 and per_page between 1 and {PER_PAGE_MAX}.")
+class FieldError(AppError):
+    """Bad input in one field of a form: pages show it next to that field's form."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(422, message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class TableQuery:
+    """What a source's unit table shows. Densities are fractions of indexed tokens."""
+
+    sort: str = "max"
+    order: str = "desc"
+    page: int = 1
+    per_page: int = 50
+    q: str = ""
+    min_density: float | None = None
+    max_density: float | None = None
+    hide_dead: bool | None = None  # None: the kind's default
+
+    def without(self, fields: Iterable[str]) -> TableQuery:
+        """This query with `fields` back at their defaults (the view without bad input)."""
+        fields = set(fields)
+        if fields & {"min_density", "max_density"}:
+            fields |= {"min_density", "max_density"}  # min > max: both go
+        return replace(self, **{f: getattr(TableQuery, f) for f in fields if hasattr(TableQuery, f)})
+
+
+@dataclass(frozen=True)
+class DensityUnit:
+    """How a density bound is written: a fraction (the API) or a percentage (the form)."""
+
+    scale: float
+    params: tuple[str, str]  # the parameters (min, max)
+    names: tuple[str, str]  # the bounds as messages name them
+    words: str
+
+
+FRACTION = DensityUnit(
+    1.0, ("min_density", "max_density"), ("min_density", "max_density"), "a fraction of tokens, 0 to 1"
+)
+PERCENT = DensityUnit(
+    100.0, ("min_pct", "max_pct"), ("density ≥ (min_pct)", "density ≤ (max_pct)"), "a percentage of tokens, 0 to 100"
+)
+
+
+def table_errors(query: TableQuery, unit: DensityUnit = FRACTION) -> dict[str, str]:
+    """Every error of a table query, by field (empty: none)."""
+    errors: dict[str, str] = {}
+    if query.sort not in SORT_COLUMNS:
+        errors["sort"] = f"sort must be one of {', '.join(SORT_COLUMNS)}, not {query.sort!r}."
+    if query.order not in ORDERS:
+        errors["order"] = f"order must be asc or desc, not {query.order!r}."
+    if query.page < 1:
+        errors["page"] = f"page must be 1 or more, not {query.page}."
+    if not 1 <= query.per_page <= PER_PAGE_MAX:
+        errors["per_page"] = f"per_page must be between 1 and {PER_PAGE_MAX}, not {query.per_page}."
+    for field, name in zip(("min_density", "max_density"), unit.names):
+        value = getattr(query, field)
+        if value is not None and not (0 <= value <= 1):  # NaN fails too
+            errors[field] = f"{name} must be {unit.words}, not {value * unit.scale:g}."
+    lo, hi = query.min_density, query.max_density
+    if not errors.keys() & {"min_density", "max_density"} and lo is not None and hi is not None and lo > hi:
+        errors["min_density"] = (
+            f"{unit.names[0]} ({lo * unit.scale:g}) is above {unit.names[1]} ({hi * unit.scale:g}): no unit can match."
+        )
+    return errors
+
+
+def check_table(query: TableQuery) -> None:
+    """The API's check: the first error of the query, as a 422."""
+    for field, message in table_errors(query).items():
+        raise FieldError(field, message)
+
+
+def parse_bool(name: str, raw: str) -> bool | None:
+    text = raw.strip().lower()
+    if text == "":
+        return None
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise FieldError(name, f"{name} must be true or false, not {raw!r}.")
+
+
+def parse_int(name: str, raw: str, words: str) -> int | None:
+    text = raw.strip()
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise FieldError(name, f"{name} must be {words}, not {raw!r}.") from None
+
+
+def parse_table_query(raw: Mapping[str, str], unit: DensityUnit = PERCENT) -> tuple[TableQuery, dict[str, str]]:
+    """A page's table query from the visitor's text: (the query without the fields that
+    failed, the errors by field). An empty field is no bound / the default."""
+    errors: dict[str, str] = {}
+    values: dict[str, object] = {}
+
+    def attempt(field: str, parse) -> None:
+        try:
+            value = parse()
+        except FieldError as exc:
+            errors[field] = exc.message
+            return
+        if value is not None:
+            values[field] = value
+
+    for field in ("sort", "order"):
+        if raw.get(field, "").strip():
+            values[field] = raw.get(field, "").strip()
+    values["q"] = raw.get("q", "")
+    attempt("page", lambda: parse_int("page", raw.get("page", ""), "a page number"))
+    attempt("per_page", lambda: parse_int("per_page", raw.get("per_page", ""), "a number of rows"))
+    attempt("hide_dead", lambda: parse_bool("hide_dead", raw.get("hide_dead", "")))
+    for field, param, name in zip(("min_density", "max_density"), unit.params, unit.names):
+        attempt(
+            field, lambda param=param, name=name, field=field: _parse_density(field, name, raw.get(param, ""), unit)
+        )
+    query = TableQuery(**values)  # type: ignore[arg-type]
+    errors.update({f: m for f, m in table_errors(query, unit).items() if f not in errors})
+    return query.without(errors), errors
+
+
+def _parse_density(field: str, name: str, raw: str, unit: DensityUnit) -> float | None:
+    text = raw.strip().rstrip("%").strip()
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise FieldError(field, f"{name} must be {unit.words}, not {raw!r}.") from None
+    return value / unit.scale
+
+
+def density_text(value: float | None, unit: DensityUnit = PERCENT) -> str:
+    """A density bound as the form shows it ("" for none)."""
+    return "" if value is None else f"{value * unit.scale:.10g}"
 
 
 def check_page_exists(page: int, n_pages: int) -> None:
     if page > n_pages:
-        raise bad_input(f"page {page} is past the last page ({n_pages}).")
+        raise FieldError("page", f"page {page} is past the last page ({n_pages:,}).")
 
 
 def check_k(k: int) -> None:
@@ -110,11 +247,31 @@ def unit_number(value: str, n_units: int) -> int:
 
 # -- declarations: documentation, and the parsing of form values; the checks above are
 # the only checks --------------------------------------------------------------------
-Sort = Annotated[str, Query(description="Column to sort by", json_schema_extra={"enum": list(SORT_COLUMNS)})]
-Order = Annotated[str, Query(description="Sort order", json_schema_extra={"enum": list(ORDERS)})]
+Sort = Annotated[
+    str,
+    Query(
+        description="Column to sort by. `cos_in_out` only where the source has it (neurons; "
+        "SAE features have no input weight): the source's `columns` lists the sortable ones.",
+        json_schema_extra={"enum": list(SORT_COLUMNS)},
+    ),
+]
+Order = Annotated[
+    str, Query(description="Sort order: asc (smallest first) or desc", json_schema_extra={"enum": list(ORDERS)})
+]
 Page = Annotated[int, Query(description="Page number, from 1", json_schema_extra={"minimum": 1})]
 PerPage = Annotated[int, Query(description="Rows per page", json_schema_extra={"minimum": 1, "maximum": PER_PAGE_MAX})]
 K = Annotated[int, Query(description="Units per token", json_schema_extra={"minimum": 1, "maximum": K_MAX})]
+TableText = Annotated[
+    str,
+    Query(description="Keep units whose index is this number or whose top token contains this text (any case)"),
+]
+HideDead = Annotated[
+    bool | None,
+    Query(
+        description="Leave out dead units (density 0: never above 0 on any indexed token). "
+        "Default: the source kind's choice (true for SAE features, false for neurons)."
+    ),
+]
 
 
 def _blank_is_none(value: object) -> object:
@@ -122,8 +279,15 @@ def _blank_is_none(value: object) -> object:
     return None if value == "" else value
 
 
-Density = Annotated[
-    float | None,
-    BeforeValidator(_blank_is_none),
-    Query(description="Bound on the share of tokens the unit fires on (0 to 1); empty: none"),
-]
+def _density(bound: Literal["Lower", "Upper"]) -> object:
+    return Query(
+        description=f"{bound} bound on density, as a fraction of indexed tokens (0 to 1; the pages' "
+        "form takes a percentage, min_pct/max_pct). Empty: no bound.",
+        json_schema_extra={
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "maxLength": 0}]
+        },
+    )
+
+
+MinDensity = Annotated[float | None, BeforeValidator(_blank_is_none), _density("Lower")]
+MaxDensity = Annotated[float | None, BeforeValidator(_blank_is_none), _density("Upper")]

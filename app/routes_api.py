@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
-from starlette.background import BackgroundTask
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from actscope.app import live_data, pages, params, schemas, search_data, try_data
@@ -151,25 +149,16 @@ def api_source(
     order: params.Order = "desc",
     page: params.Page = 1,
     per_page: params.PerPage = 50,
-    q: str = "",
-    min_density: params.Density = None,
-    max_density: params.Density = None,
+    q: params.TableText = "",
+    min_density: params.MinDensity = None,
+    max_density: params.MaxDensity = None,
+    hide_dead: params.HideDead = None,
 ):
-    return JSON(
-        pages.source_data(
-            store,
-            site_urls.for_request(request),
-            model,
-            source,
-            sort=sort,
-            order=order,
-            page=page,
-            per_page=per_page,
-            q=q,
-            min_density=min_density,
-            max_density=max_density,
-        )
-    )
+    """Densities are fractions of the indexed tokens here (the pages' form takes
+    percentages). `n_dead` counts the source's dead units; `columns` lists the columns
+    that apply to it (and can be sorted by)."""
+    query = params.TableQuery(sort, order, page, per_page, q, min_density, max_density, hide_dead)
+    return JSON(pages.source_data(store, site_urls.for_request(request), model, source, query))
 
 
 @router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302, responses=ERRORS)
@@ -196,16 +185,21 @@ def api_random(
 )
 def api_export(store: StoreDep, model: str, source: str, fmt: str):
     """Every unit of the source with its statistics, bands, examples and logit effects,
-    one row per unit, as Parquet (`export.parquet`) or JSON lines (`export.jsonl`)."""
+    one row per unit, as Parquet (`export.parquet`) or JSON lines (`export.jsonl`).
+    Streamed as it is read, a few hundred units at a time."""
     pages.get_source(store, model, source)
     if fmt not in ("parquet", "jsonl"):
         raise not_found(f"No export format {fmt!r}: use export.parquet or export.jsonl.")
-    fd, path = tempfile.mkstemp(suffix="." + fmt, prefix="actscope-export-")
-    os.close(fd)
-    store.export_source(model, source, fmt, path)
     media = "application/vnd.apache.parquet" if fmt == "parquet" else "application/x-ndjson"
-    return FileResponse(
-        path, media_type=media, filename=f"{model}-{source}.{fmt}", background=BackgroundTask(os.unlink, path)
+    filename = quote(f"{model}-{source}.{fmt}")
+    disposition = (
+        f"attachment; filename*=utf-8''{filename}" if "%" in filename else f'attachment; filename="{filename}"'
+    )
+    # A sync iterator: Starlette asks for each piece in the threadpool (DuckDB off the loop).
+    return StreamingResponse(
+        store.export_chunks(model, source, fmt),
+        media_type=media,
+        headers={"Content-Disposition": disposition},
     )
 
 

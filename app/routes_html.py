@@ -32,13 +32,14 @@ def render(
     block: str | None = None,
     status: int = 200,
     headers: dict[str, str] | None = None,
+    json_url: str | None = None,
 ) -> HTMLResponse:
     """Render a page, or only the block an htmx request targets (blocks: target -> block),
     or only `block`. `page_url`: the page's own URL (base path included), whose JSON
-    twin it announces."""
+    twin it announces (unless `json_url` names it)."""
     templates = request.app.state.templates
     urls = site_urls.for_request(request)
-    context = {"d": data, "title": title, "json_url": urls.api(page_url), "page_url": page_url}
+    context = {"d": data, "title": title, "json_url": json_url or urls.api(page_url), "page_url": page_url}
     target = request.headers.get("hx-target") if request.headers.get("hx-request") else None
     if target and block is None:
         for key, name in (blocks or {}).items():
@@ -176,35 +177,56 @@ def sequence_page(
     )
 
 
+TABLE_FIELDS = ("sort", "order", "page", "per_page", "q", "min_pct", "max_pct", "hide_dead", "goto")
+
+
 @router.get("/{model}/{source}", response_class=HTMLResponse)
-def source_page(
-    request: Request,
-    store: StoreDep,
-    model: str,
-    source: str,
-    sort: params.Sort = "max",
-    order: params.Order = "desc",
-    page: params.Page = 1,
-    per_page: params.PerPage = 50,
-    q: str = "",
-    min_density: params.Density = None,
-    max_density: params.Density = None,
-):
-    data = pages.source_data(
-        store,
-        site_urls.for_request(request),
-        model,
-        source,
-        sort=sort,
-        order=order,
-        page=page,
-        per_page=per_page,
-        q=q,
-        min_density=min_density,
-        max_density=max_density,
-    )
+def source_page(request: Request, store: StoreDep, model: str, source: str):
+    """The unit table. Its parameters are read as text (see TABLE_FIELDS): bad input is
+    shown next to the form it came from, with the visitor's text kept in the boxes.
+    `goto=N` (the "go to unit" box, as on unit pages) redirects to that unit's page."""
+    urls = site_urls.for_request(request)
+    raw = {f: request.query_params.get(f, "") for f in TABLE_FIELDS}
+    query, errors = params.parse_table_query(raw)
+    if raw["goto"].strip():
+        src = pages.get_source(store, model, source)
+        try:
+            index = params.parse_int("goto", raw["goto"], "a unit number")
+            if index is None or not 0 <= index < src.n_units:
+                raise params.FieldError(
+                    "goto", f"{src.slug} has units 0 to {src.n_units - 1:,}; there is no unit {index}."
+                )
+            return RedirectResponse(urls.unit(model, source, index), status_code=303)
+        except params.FieldError as exc:
+            errors["goto"] = exc.message
+    data = pages.source_data(store, urls, model, source, query, errors=errors)
+    typed = bool(errors.keys() & {"min_density", "max_density"})  # both were dropped: show them as typed
+    data["form"] = {
+        "q": raw["q"],
+        "min_pct": raw["min_pct"] if typed else params.density_text(data["min_density"]),
+        "max_pct": raw["max_pct"] if typed else params.density_text(data["max_density"]),
+        "page": raw["page"] if "page" in data["errors"] else str(data["page"]),
+        "goto": raw["goto"],
+    }
+    bad = data["errors"]
+    data["form_errors"] = {
+        "filters": [m for f, m in bad.items() if f not in ("page", "goto")],
+        "page": [bad["page"]] if "page" in bad else [],
+        "goto": [bad["goto"]] if "goto" in bad else [],
+    }
+    api_query = {k: v for k, v in data["params"].items() if k not in ("min_pct", "max_pct")}
+    api_query.update(min_density=data["min_density"], max_density=data["max_density"], page=data["page"])
+    # htmx only swaps 2xx answers: its block carries the errors with a 200.
+    status = 422 if bad and not request.headers.get("hx-request") else 200
     return render(
-        request, "source.html", data, page_url=_here(request), title=f"{source} · {model}", blocks={"units": "units"}
+        request,
+        "source.html",
+        data,
+        page_url=_here(request),
+        json_url=urls.api(urls.source(model, source, **api_query)),
+        title=f"{source} · {model}",
+        blocks={"units": "units"},
+        status=status,
     )
 
 

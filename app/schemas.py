@@ -67,18 +67,30 @@ class UnitRowOut(BaseModel):
     top_token: str | None
 
 
+class ColumnOut(BaseModel):
+    key: str = Field(description="The column's `sort` value")
+    label: str
+    help: str = Field(description="What the column holds")
+
+
 class SourceTableOut(BaseModel):
     model: str
     source: SourceOut
     sort: str
     order: str
     q: str
+    min_density: float | None = Field(description="Lower density bound used, a fraction of indexed tokens")
+    max_density: float | None = Field(description="Upper density bound used, a fraction of indexed tokens")
+    hide_dead: bool = Field(description="Whether dead units (density 0) are left out")
+    hide_dead_default: bool = Field(description="The source kind's default for hide_dead")
+    n_dead: int = Field(description="Dead units of the source: never above 0 on an indexed token")
+    columns: list[ColumnOut] = Field(description="The columns the source has a value in, which it can be sorted by")
     page: int
     per_page: int
     n_pages: int
-    total: int
+    total: int = Field(description="Units kept by the filters")
     units: list[UnitRowOut]
-    prev_page: str | None
+    prev_page: str | None = Field(description="The page before, as a page URL (densities in percent there)")
     next_page: str | None
 
 

@@ -1,20 +1,33 @@
 """Load test of `actscope serve`: p50/p99 latency and requests/s under concurrent clients.
 
 Starts `actscope serve INDEX` in a subprocess on 127.0.0.1, warms it up (the live model
-loads), then runs each scenario with N concurrent keep-alive clients (asyncio, raw
-HTTP/1.1, in this process) for a fixed number of requests:
+loads, each source's table is built), then runs each scenario with N concurrent
+keep-alive clients (asyncio, raw HTTP/1.1, in this process) for a fixed number of
+requests:
 
   unit JSON   GET  /api/{model}/{source}/{index}     random units of every source
   unit HTML   GET  /{model}/{source}/{index}         random units of every source
   live        POST /api/{model}/activations          a fresh 128-token text each time
                                                      (no cache hits), one unit
+  table       GET  /{model}/{source}?sort=COL...     the largest source's table page,
+                                                     every row (dead units shown),
+                                                     sorted by each of its columns,
+                                                     random order and page
+  search      GET  /api/{model}/search?token=...     top tokens of that source's units
+  export      GET  /api/{model}/{source}/export.FMT  time to the first byte, one client
+
+With --big-index PATH it runs again on an index of 102,400 units (12 layers x 3,072
+neurons of a random model and a 65,536-feature TopK SAE, 4,096 tokens), built at PATH
+by bench/big_index.py the first time (about 3 minutes) and reused after that. Live
+inference is measured on the first index only.
 
 Usage:
-  .venv/bin/python bench/server.py [--index demo.duckdb] [--clients 16] [--requests 2000]
+  .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16]
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
 builder. The load generator shares the 2 cores with the server, so the numbers are
-pessimistic; they are printed, never asserted.
+pessimistic; they are printed, never asserted (the exit status says whether every
+target was met).
 """
 
 from __future__ import annotations
@@ -29,12 +42,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}
-# Cached passes are measured against the same targets.
-TARGETS_MS.update({k + " cached": v for k, v in list(TARGETS_MS.items()) if k.startswith("unit")})
+TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}  # cached passes too
+TABLE_MS = 50.0  # a source table page, sorted by any column
+SEARCH_MS = 50.0  # token search
+EXPORT_FIRST_BYTE_MS = 1000.0
 WORDS = [
     "the",
     "of",
@@ -192,27 +207,8 @@ def long_text(rng: random.Random, n_words: int = 220) -> str:
     return f"{rng.randrange(10**9)} " + " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--index", default=None, help="Index file (default: build/reuse demo.duckdb)")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument(
-        "--requests",
-        type=int,
-        default=1000,
-        help="Distinct units per page scenario (each requested twice: first view, cached)",
-    )
-    ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-
-    index = args.index
-    if index is None:
-        from actscope.indexer.demo import build_demo_index
-
-        index = "demo.duckdb"
-        build_demo_index(index)
-    index = str(Path(index).resolve())
+def start_server(index: str) -> tuple[subprocess.Popen, int, dict]:
+    """`actscope serve INDEX` on a free port; (process, port, the /api home)."""
     port = free_port()
     env = dict(
         os.environ,
@@ -224,100 +220,245 @@ def main() -> int:
     )
     cmd = [sys.executable, "-c", "from actscope.cli import main; main()", "serve", index, "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            return server, port, get_json(f"http://127.0.0.1:{port}/api", timeout=5)
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                print(server.stderr.read().decode()[-2000:], file=sys.stderr)
+                stop_server(server)
+                raise SystemExit("server did not start") from None
+            time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def report(port: int, scenarios, clients: int) -> bool:
+    """Run each (name, make_request, n, target ms) with `clients` clients; print a row each."""
+    ok = True
+    for name, make, n, target in scenarios:
+        lat, errors, wall = asyncio.run(run_scenario(port, make, n, clients))
+        p50, p99 = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
+        good = p50 <= target and not errors
+        ok &= good
+        print(
+            f"{name:<34}{len(lat):>9}{len(errors):>8}{p50:>9.1f}{p99:>9.1f}{len(lat) / wall:>9.0f}"
+            f"  <= {target:.0f} ms {'ok' if good else 'MISSED'}",
+            flush=True,
+        )
+        for e in errors[:3]:
+            print("   error:", e)
+    return ok
+
+
+def header(index: str, model: dict, clients: int, extra: str = "") -> None:
+    sources = model["sources"]
+    n_units = sum(s["n_units"] for s in sources)
+    print(
+        f"\nindex {index}: model {model['model']}, {len(sources)} sources, {n_units:,} units, "
+        f"{model['n_tokens']:,} tokens{extra}"
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"{clients} concurrent clients on loopback, {os.cpu_count()} CPUs shared with the "
+        f"load generator; load average before the run: {load}"
+    )
+    print(f"{'scenario':<34}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  target p50")
+
+
+def unit_scenarios(model: dict, rng: random.Random, n_requests: int) -> list:
+    """Unit JSON and HTML of distinct random units (first views), then the same again
+    (served from the response cache)."""
+    sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
+    all_units = [(slug, u) for slug, n in sources for u in range(n)]
+    rng.shuffle(all_units)
+    n_pages = min(n_requests, len(all_units) // 2)
+    json_units, html_units = all_units[:n_pages], all_units[n_pages : 2 * n_pages]
+
+    def unit_path(units, i: int) -> str:
+        slug, u = units[i]
+        return f"/{model['model']}/{slug}/{u}"
+
+    return [
+        ("unit JSON", lambda i: ("GET", "/api" + unit_path(json_units, i), None), n_pages, TARGETS_MS["unit JSON"]),
+        (
+            "unit JSON cached",
+            lambda i: ("GET", "/api" + unit_path(json_units, i), None),
+            n_pages,
+            TARGETS_MS["unit JSON"],
+        ),
+        ("unit HTML", lambda i: ("GET", unit_path(html_units, i), None), n_pages, TARGETS_MS["unit HTML"]),
+        ("unit HTML cached", lambda i: ("GET", unit_path(html_units, i), None), n_pages, TARGETS_MS["unit HTML"]),
+    ]
+
+
+def table_scenarios(base: str, model: dict, rng: random.Random, n_requests: int) -> list:
+    """The largest source's table page (HTML), dead units shown (every row), sorted by
+    each of its columns, random order and page; then token search by the top tokens of
+    its units."""
+    m = model["model"]
+    src = max(model["sources"], key=lambda s: s["n_units"])
+    table = get_json(f"{base}/api/{m}/{src['slug']}?hide_dead=false&per_page=500")
+    n_pages = -(-table["total"] // 50)  # of the page's 50 rows
+    out = []
+    for col in [c["key"] for c in table["columns"]]:
+
+        def make(i: int, col=col) -> tuple[str, str, None]:
+            order = "asc" if i % 2 else "desc"
+            page = rng.randrange(1, n_pages + 1)
+            return "GET", f"/{m}/{src['slug']}?sort={col}&order={order}&hide_dead=false&page={page}", None
+
+        out.append((f"{src['slug']} table by {col}", make, n_requests, TABLE_MS))
+    tokens = sorted({u["top_token"] for u in table["units"] if u["top_token"]})
+    rng.shuffle(tokens)
+    tokens = tokens[:50] or ["the"]
+    out.append(
+        (
+            "token search",
+            lambda i: ("GET", f"/api/{m}/search?token={urllib.parse.quote(tokens[i % len(tokens)])}", None),
+            n_requests,
+            SEARCH_MS,
+        )
+    )
+    return out
+
+
+def export_first_bytes(port: int, model: dict, rounds: int) -> bool:
+    """Time to the first body bytes of each export of the largest source and of the
+    first, one client; the connection is closed after them."""
+    import http.client
+
+    m = model["model"]
+    sources = {max(model["sources"], key=lambda s: s["n_units"])["slug"], model["sources"][0]["slug"]}
+    ok = True
+    for slug in sorted(sources):
+        for fmt in ("parquet", "jsonl"):
+            times = []
+            for _ in range(rounds):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                t0 = time.perf_counter()
+                conn.request("GET", f"/api/{m}/{slug}/export.{fmt}")
+                resp = conn.getresponse()
+                first = resp.read1(1)
+                times.append(time.perf_counter() - t0)
+                conn.close()
+                if resp.status != 200 or not first:
+                    print(f"   error: {resp.status} on export {slug}.{fmt}")
+                    ok = False
+                time.sleep(3)  # the server finishes the chunk it was reading, then stops that export
+            worst = max(times) * 1000
+            good = worst <= EXPORT_FIRST_BYTE_MS
+            ok &= good
+            print(
+                f"{f'export {slug}.{fmt}, first byte':<34}{len(times):>9}{0:>8}{pct(times, 0.5) * 1000:>9.1f}"
+                f"{worst:>9.1f}{'':>9}  max <= {EXPORT_FIRST_BYTE_MS:.0f} ms {'ok' if good else 'MISSED'}",
+                flush=True,
+            )
+    return ok
+
+
+def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
+    server, port, home = start_server(index)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                home = get_json(base + "/api", timeout=5)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print(server.stderr.read().decode()[-2000:], file=sys.stderr)
-                    raise SystemExit("server did not start") from None
-                time.sleep(0.2)
         model = home["models"][0]
         sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
-        slug_live, n_live = sources[0]
-        rng = random.Random(args.seed)
-        # Warm-up: the live model loads; pages and caches warm.
-        probe = get_json(
-            base + f"/api/{model['model']}/activations", {"text": long_text(rng), "source": slug_live, "index": 0}
-        )
-        n_live_tokens = len(probe["token_ids"])
+        extra, scenarios, single = "", [], None
+        if live:
+            slug_live, n_live = sources[0]
+            # Warm-up: the live model loads.
+            probe = get_json(
+                base + f"/api/{model['model']}/activations", {"text": long_text(rng), "source": slug_live, "index": 0}
+            )
+            extra = f"; live texts of {len(probe['token_ids'])} tokens on {slug_live}"
         for i in range(20):  # warm code paths on units the scenarios do not use
             urllib.request.urlopen(f"{base}/{model['model']}/{sources[0][0]}/{i % sources[0][1]}?band=0").read()
-
-        # Distinct units, never requested before (first views), then the same again
-        # (served from the response cache).
-        all_units = [(slug, u) for slug, n in sources for u in range(n)]
-        rng.shuffle(all_units)
-        n_pages = min(args.requests, len(all_units) // 2)
-        json_units = all_units[:n_pages]
-        html_units = all_units[n_pages : 2 * n_pages]
-
-        def unit_path(units, i: int) -> str:
-            slug, u = units[i]
-            return f"/{model['model']}/{slug}/{u}"
-
-        texts = [long_text(rng) for _ in range(args.live_requests)]
-        scenarios = [
-            ("unit JSON", lambda i: ("GET", "/api" + unit_path(json_units, i), None), n_pages),
-            ("unit JSON cached", lambda i: ("GET", "/api" + unit_path(json_units, i), None), n_pages),
-            ("unit HTML", lambda i: ("GET", unit_path(html_units, i), None), n_pages),
-            ("unit HTML cached", lambda i: ("GET", unit_path(html_units, i), None), n_pages),
-            (
-                "live 128 tokens",
+        for s in model["sources"]:  # each source's table is built once, on its first view
+            urllib.request.urlopen(f"{base}/{model['model']}/{s['slug']}").read()
+        scenarios = unit_scenarios(model, rng, args.requests)
+        if live:
+            texts = [long_text(rng) for _ in range(args.live_requests)]
+            scenarios.append(
+                (
+                    "live 128 tokens",
+                    lambda i: (
+                        "POST",
+                        f"/api/{model['model']}/activations",
+                        json.dumps({"text": texts[i], "source": slug_live, "index": rng.randrange(n_live)}).encode(),
+                    ),
+                    args.live_requests,
+                    TARGETS_MS["live 128 tokens"],
+                )
+            )
+            single_texts = [long_text(rng) for _ in range(60)]
+            single = (
+                "live 128 tokens, 1 client",
                 lambda i: (
                     "POST",
                     f"/api/{model['model']}/activations",
-                    json.dumps({"text": texts[i], "source": slug_live, "index": rng.randrange(n_live)}).encode(),
+                    json.dumps({"text": single_texts[i], "source": slug_live, "index": 0}).encode(),
                 ),
-                args.live_requests,
-            ),
-        ]
-        single_texts = [long_text(rng) for _ in range(60)]
-        single = (
-            "live 128 tokens, 1 client",
-            lambda i: (
-                "POST",
-                f"/api/{model['model']}/activations",
-                json.dumps({"text": single_texts[i], "source": slug_live, "index": 0}).encode(),
-            ),
-            60,
-        )
-        n_units = sum(n for _, n in sources)
-        print(
-            f"index {index}: model {model['model']}, {len(sources)} sources, {n_units:,} units, "
-            f"{model['n_tokens']:,} tokens; live texts of {n_live_tokens} tokens on {slug_live}"
-        )
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(
-            f"{args.clients} concurrent clients on loopback, {os.cpu_count()} CPUs shared with the "
-            f"load generator; load average before the run: {load}"
-        )
-        print(f"{'scenario':<27}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  target p50")
-        ok = True
-        for name, make, n in scenarios + [single]:
-            clients = 1 if name == single[0] else args.clients
-            lat, errors, wall = asyncio.run(run_scenario(port, make, n, clients))
-            p50, p99 = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
-            target = TARGETS_MS.get(name, TARGETS_MS["live 128 tokens"])
-            good = p50 <= target and not errors
-            ok &= good
-            print(
-                f"{name:<27}{len(lat):>9}{len(errors):>8}{p50:>9.1f}{p99:>9.1f}{len(lat) / wall:>9.0f}"
-                f"  <= {target:.0f} ms {'ok' if good else 'MISSED'}"
+                60,
+                TARGETS_MS["live 128 tokens"],
             )
-            for e in errors[:3]:
-                print("   error:", e)
-        return 0 if ok else 1
+        header(index, model, args.clients, extra)
+        ok = report(port, scenarios, args.clients)
+        if single:
+            ok &= report(port, [single], 1)
+        ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
+        ok &= export_first_bytes(port, model, args.export_rounds)
+        return ok
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", default=None, help="Index file (default: build/reuse demo.duckdb)")
+    ap.add_argument(
+        "--big-index",
+        default=None,
+        metavar="PATH",
+        help="Also run on the 102,400-unit index at PATH, built there first if missing (minutes; see bench/big_index.py)",
+    )
+    ap.add_argument("--big-only", action="store_true", help="Only the big index (with --big-index)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=1000,
+        help="Distinct units per page scenario (each requested twice: first view, cached)",
+    )
+    ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
+    ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
+    ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    rng = random.Random(args.seed)
+    ok = True
+    if not args.big_only:
+        index = args.index
+        if index is None:
+            from actscope.indexer.demo import build_demo_index
+
+            index = "demo.duckdb"
+            build_demo_index(index)
+        ok &= bench_index(str(Path(index).resolve()), args, rng, live=True)
+    if args.big_index:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from big_index import ensure_big_index
+
+        # Live inference is measured on the demo: the big model is random, its units too.
+        ok &= bench_index(str(ensure_big_index(args.big_index)), args, rng, live=False)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -148,6 +148,13 @@
   document.addEventListener("focusin", function (e) { if (isToken(e.target)) showTip(e.target); });
   document.addEventListener("focusout", function (e) { if (isToken(e.target)) hideTip(); });
 
+  // Back/Forward from the browser's page cache: a table's boxes show the view's values
+  // (their value attributes), not what was typed there before leaving.
+  window.addEventListener("pageshow", function (e) {
+    if (!e.persisted) return;
+    document.querySelectorAll("form[autocomplete=off]").forEach(function (f) { f.reset(); });
+  });
+
   function follow(selector) {
     var a = document.querySelector(selector);
     if (a && a.href) window.location.href = a.href;

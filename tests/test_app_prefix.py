@@ -181,7 +181,7 @@ def test_every_url_carries_the_prefix_and_answers(crawled):
         assert want in kinds, want
     # Band tabs, the live text, the source table's sort, filter and pages were followed.
     queries = [urlsplit(u).query for u, _ in crawled.fetched]
-    for param in ["band=", "text=", "sort=", "min_density=", "page="]:
+    for param in ["band=", "text=", "sort=", "min_pct=", "page="]:
         assert any(param in q for q in queries), param
     assert len(crawled.fetched) < 1000
 

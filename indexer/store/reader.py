@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from actscope.indexer.errors import ActscopeError
+from actscope.indexer.store import export
 from actscope.indexer.store.resident import ResidentTables
 from actscope.indexer.store.schema import SCHEMA_VERSION
 from actscope.indexer.store.token_search import FocusTable, TokenVariants
+from actscope.indexer.store.unit_table import UnitTable
 
 
 @dataclass(frozen=True)
@@ -121,18 +124,6 @@ class Liveness:
     dead: Any  # numpy int64 array
 
 
-@dataclass(frozen=True)
-class UnitSummary:
-    """One row of a source's unit table."""
-
-    unit: int
-    max: float
-    mean: float
-    density: float
-    cos_in_out: float | None
-    top_token_id: int | None  # the focus token of the unit's strongest example
-
-
 class Store:
     """A read-only actscope index. Safe to use from many threads."""
 
@@ -157,7 +148,7 @@ class Store:
         self.meta = self._read_meta()
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
-        self._unit_tables: dict[tuple[str, str], list[UnitSummary]] = {}
+        self._unit_tables: dict[tuple[str, str], UnitTable] = {}
         self._liveness: dict[tuple[str, str], Liveness] = {}
         self._resident: dict[str, ResidentTables] = {}
         self._variants: dict[str, TokenVariants] = {}
@@ -452,8 +443,8 @@ class Store:
             logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
         return example_rows, band_rows, logit_row
 
-    def unit_table(self, model: str, source: str) -> list[UnitSummary]:
-        """Every unit of a source with its headline numbers, in unit order (cached)."""
+    def unit_table(self, model: str, source: str) -> UnitTable:
+        """Every unit of a source with its headline numbers and sort orders (built once)."""
         key = (model, source)
         table = self._unit_tables.get(key)
         if table is not None:
@@ -468,17 +459,7 @@ class Store:
             "WHERE u.model = ? AND u.source = ? ORDER BY u.unit",
             [model, source, model, source],
         )
-        table = [
-            UnitSummary(
-                int(u),
-                float(mx),
-                float(mean),
-                float(d),
-                None if c is None else float(c),
-                None if tok is None else int(tok),
-            )
-            for u, mx, mean, d, c, tok in rows
-        ]
+        table = UnitTable.from_rows(rows)
         with self._lock:
             self._unit_tables[key] = table
         return table
@@ -509,35 +490,13 @@ class Store:
         rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
         return list(rows[0][0]) if rows else None
 
-    def export_source(self, model: str, source: str, fmt: str, out_path: str | Path) -> None:
-        """Write every unit of a source (stats, bands, examples, logits) as Parquet or JSON lines."""
-        if fmt not in ("parquet", "jsonl"):
-            raise ActscopeError(f"unknown export format {fmt!r}: expected parquet or jsonl")
-        query = (
-            "WITH ex AS ("
-            "  SELECT unit, list({'band': band, 'rank': rank, 'seq': seq, 'pos': pos, 'act': act, "
-            "    'start': start, 'acts': acts} ORDER BY band NULLS FIRST, rank) AS examples "
-            "  FROM examples WHERE model = $model AND source = $source GROUP BY unit), "
-            "bd AS ("
-            "  SELECT unit, list({'band': band, 'q_lo': q_lo, 'q_hi': q_hi, 'lo': lo, 'hi': hi, "
-            "    'count': count, 'share': share} ORDER BY band) AS bands "
-            "  FROM bands WHERE model = $model AND source = $source GROUP BY unit) "
-            "SELECT u.model, u.source, u.unit, u.max, u.min, u.mean, u.std, u.density, u.n_tokens, "
-            "  u.n_fired, u.cos_in_out, u.hist_edges, u.hist_counts, bd.bands, ex.examples, "
-            "  l.top_ids, l.top_values, l.bottom_ids, l.bottom_values "
-            "FROM unit_stats u LEFT JOIN bd USING (unit) LEFT JOIN ex USING (unit) "
-            "LEFT JOIN logits l ON l.model = u.model AND l.source = u.source AND l.unit = u.unit "
-            "WHERE u.model = $model AND u.source = $source ORDER BY u.unit"
-        )
-        table = self._cur().sql(query, params={"model": model, "source": source}).to_arrow_table()
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, str(out_path))
-        else:
-            with open(out_path, "w", encoding="utf-8") as fh:
-                for row in table.to_pylist():
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    def export_chunks(self, model: str, source: str, fmt: str, units_per_chunk: int = 512) -> Iterator[bytes]:
+        """Every unit of a source (stats, bands, examples, logits) as Parquet or JSON
+        lines, in pieces: one query per `units_per_chunk` units (rows are stored in unit
+        order, so each reads only its units' row groups), one Parquet row group or run of
+        lines per query. The first piece comes after one chunk's query, and memory holds
+        one chunk whatever the source's size."""
+        return export.chunks(self._con, model, source, fmt, units_per_chunk)
 
 
 def _is_utf8(raw: bytes) -> bool:
