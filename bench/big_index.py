@@ -4,7 +4,8 @@
 blocks.6.hook_resid_post: 102,400 units, a realistic count (gpt2-small has 36,864
 neurons). Random weights, a byte-level BPE tokenizer trained on the Python standard
 library, a few thousand tokens of that library as the corpus. Building it takes minutes
-of CPU, so it is built once and kept at the path given (rebuilt only when missing).
+of CPU, so it is built once and kept at the path given (rebuilt only when missing), with
+its model and SAE beside it in PATH-model/ for live inference.
 
 Usage:
   .venv/bin/python bench/big_index.py PATH.duckdb [--max-tokens 4096]
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,22 +73,25 @@ def ensure_big_index(path: str | Path, max_tokens: int = 4096) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="actscope-big-") as tmp:
-        model_dir, sae_dir = _random_model(Path(tmp))
-        config = IndexConfig(
-            model=model_dir,
-            dataset="stdlib",
-            out=str(path),
-            saes=[sae_dir],
-            max_tokens=max_tokens,
-            ctx=128,
-            batch_size=32,
-            device="cpu",
-            calibration_tokens=min(max_tokens, 2048),
-            quiet=True,
-            checkpoint_every=0,
-        )
-        run_index(config)
+    # The model and SAE stay beside the index: serving it runs them for live inference.
+    work = path.with_name(path.stem + "-model")
+    if work.exists():
+        shutil.rmtree(work)
+    model_dir, sae_dir = _random_model(work)
+    config = IndexConfig(
+        model=model_dir,
+        dataset="stdlib",
+        out=str(path),
+        saes=[sae_dir],
+        max_tokens=max_tokens,
+        ctx=128,
+        batch_size=32,
+        device="cpu",
+        calibration_tokens=min(max_tokens, 2048),
+        quiet=True,
+        checkpoint_every=0,
+    )
+    run_index(config)
     print(f"built {path} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return path
 
