@@ -77,6 +77,7 @@ def ensure_big_index(path: str | Path, max_tokens: int = 4096) -> Path:
     work = path.with_name(path.stem + "-model")
     if work.exists():
         shutil.rmtree(work)
+    work.mkdir(parents=True)
     model_dir, sae_dir = _random_model(work)
     config = IndexConfig(
         model=model_dir,
