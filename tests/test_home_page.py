@@ -101,3 +101,16 @@ def test_header_search_placeholder_is_whole(browser, live_server, width):
     assert fit["text"] <= fit["room"], fit
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_logit_tables_stack_on_phones(browser, live_server):
+    context = browser.new_context(viewport={"width": 390, "height": 800})
+    page = context.new_page()
+    page.goto(live_server.url + "/tiny/1-mlp/3")
+    boosts = page.locator("table.top-logits").bounding_box()
+    suppresses = page.locator("table.bottom-logits").bounding_box()
+    assert suppresses["y"] >= boosts["y"] + boosts["height"]  # one table under the other
+    assert boosts["width"] > 300  # each as wide as the screen allows
+    context.close()
