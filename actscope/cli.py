@@ -172,12 +172,17 @@ def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool
     help="Where to write the model and SAE (default: the package's bundled folder).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--sae-only",
+    is_flag=True,
+    help="Keep the tokenizer and model already in the folder (trained with the same seed); re-train only the SAE.",
+)
 @user_errors
-def train_default_command(out: str | None, seed: int) -> None:
+def train_default_command(out: str | None, seed: int, sae_only: bool) -> None:
     """Re-train the bundled toy model, its tokenizer and its SAE from the built-in corpora."""
     from actscope.indexer.bundled.train_model import train_default
 
-    train_default(out_dir=out, seed=seed)
+    train_default(out_dir=out, seed=seed, sae_only=sae_only)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def query(path: Path, sql: str, params=()):
 @pytest.mark.slow
 def test_index_covers_every_neuron_and_feature(default_index):
     sources = dict(query(default_index, "SELECT hook_name, n_units FROM sources"))
-    assert sources == {"blocks.0.mlp.hook_post": 1024, "blocks.1.mlp.hook_post": 1024, "blocks.1.hook_resid_pre": 4096}
+    assert sources == {"blocks.0.mlp.hook_post": 1024, "blocks.1.mlp.hook_post": 1024, "blocks.1.hook_resid_pre": 1024}
     per_source = dict(
         query(
             default_index,
@@ -98,7 +98,7 @@ def test_neurons_and_features_have_examples(default_index):
     counts = dict(rows)
     # Every neuron has top examples (GELU is rarely exactly 0); features only where they fired.
     assert counts["0-mlp"] == counts["1-mlp"] == 1024
-    assert 500 < counts["1-res-pre-sae"] < 4096
+    assert 700 < counts["1-res-pre-sae"] < 1024
     top = query(default_index, "SELECT act, acts, pos - start FROM examples WHERE band IS NULL AND rank = 0 LIMIT 50")
     for act, acts, focus in top:
         assert acts[focus] == pytest.approx(act)
@@ -107,7 +107,23 @@ def test_neurons_and_features_have_examples(default_index):
         "SELECT avg(n_fired::DOUBLE / n_tokens) FROM unit_stats u "
         "JOIN sources s ON u.source = s.slug WHERE s.band_basis = 'firing'",
     )
-    assert 0 < fired < 0.05  # TopK with k=32 of 4096: well under 1% on average
+    assert 0 < fired < 0.05  # TopK with k=32 of 1024: about 3% on average
+
+
+@pytest.mark.slow
+def test_few_sae_features_are_dead(default_index):
+    """Dead: never above 0 on an indexed token (density 0), as the source table counts them.
+
+    Over the demo's 793,750 tokens 89 of the 1,024 features are dead (8.7%, target at most
+    10%; docs/training.md). This index reads only the first 4,064 of those tokens, where
+    the shipped SAE has 205 dead (20.0%); the 4,096-feature SAE it replaced had 74.3%.
+    """
+    ((n_units, n_dead),) = query(
+        default_index,
+        "SELECT count(*), count(*) FILTER (WHERE density = 0) FROM unit_stats WHERE source = '1-res-pre-sae'",
+    )
+    assert n_units == 1024
+    assert n_dead / n_units <= 0.25
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ MAX_BUNDLE_BYTES = 40 * 1024 * 1024
 # A re-initialised model scores about ln(8192) = 9.0.
 HELDOUT_LOSS_MAX = 4.7
 REPORT_LOSS_MAX = 5.0
-SAE_EXPLAINED_VARIANCE_MIN = 0.93  # measured 0.973 on the test's rows (0.971 in the report)
+SAE_EXPLAINED_VARIANCE_MIN = 0.95  # the target; measured 0.972 on the test's rows (0.970 in the report)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_sae_matches_the_model(loaded, sae):
     assert hook == "blocks.1.hook_resid_pre"
     assert hook in loaded.model.hook_dict
     assert sae.cfg.d_in == loaded.model.cfg.d_model
-    assert sae.cfg.d_sae == 4096
+    assert sae.cfg.d_sae == 1024
 
 
 def test_sae_reconstructs_heldout_activations(loaded, sae, heldout_rows):

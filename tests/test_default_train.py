@@ -78,3 +78,52 @@ def test_installed_package_needs_an_explicit_out():
     # Tests run against the installed package, which has no source tree to write into.
     with pytest.raises(ActscopeError, match="give --out DIR"):
         default_out_dir()
+
+
+@pytest.mark.slow
+def test_dictionary_starts_on_centred_activations(quick_runs):
+    import torch
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from actscope.indexer.bundled.train_sae import init_from_data
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
+
+    out, _ = quick_runs[0]
+    loaded = load_model(resolve_model_spec(str(out / "model")), device="cpu")
+    hook = "blocks.1.hook_resid_pre"
+    torch.manual_seed(0)
+    rows = torch.randint(1, 600, (6, 32))
+    rows[:, 0] = loaded.bos_token_id
+    rows[2, 7] = loaded.eos_token_id
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4))
+    with torch.no_grad():
+        init_from_data(sae, loaded.model, rows, hook, loaded.eos_token_id, seed=0)
+        _, cache = loaded.model.run_with_cache(rows, names_filter=hook, return_type=None)
+    x = cache[hook][rows != loaded.eos_token_id]  # 6 x 31 - 1 = 185 activations, BOS/EOS left out
+    assert x.shape[0] == 185
+    centred = x - x.mean(dim=0)
+    assert torch.allclose(sae.b_dec, x.mean(dim=0), atol=1e-5)
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.full((64,), 0.1), atol=1e-6)  # SAELens' initial norm
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    cos = torch.nn.functional.normalize(sae.W_dec, dim=-1) @ torch.nn.functional.normalize(centred, dim=-1).T
+    best = cos.max(dim=1)
+    assert (best.values > 1 - 1e-5).all()  # every latent starts on one centred activation
+    assert len(set(best.indices.tolist())) == 64  # each on a different one
+
+
+def test_cli_retrains_the_sae_alone(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from actscope.cli import main
+    from actscope.indexer.bundled import train_model
+
+    calls = []
+    monkeypatch.setattr(train_model, "train_default", lambda **kwargs: calls.append(kwargs))
+    result = CliRunner().invoke(main, ["train-default", "--out", str(tmp_path), "--sae-only", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["train-default", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        {"out_dir": str(tmp_path), "seed": 3, "sae_only": True},
+        {"out_dir": str(tmp_path), "seed": 0, "sae_only": False},
+    ]

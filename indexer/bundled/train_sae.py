@@ -13,10 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from actscope.indexer.errors import ActscopeError
+
 if TYPE_CHECKING:
     from actscope.indexer.bundled.train_model import SaeSettings
 
 KEEP_FILES = ("cfg.json", "sae_weights.safetensors")
+INIT_ROWS = 256  # rows of training text whose activations start the dictionary
 
 
 def train_sae(model_dir: Path, rows, settings: SaeSettings, saes_dir: Path, seed: int, log) -> Path:
@@ -39,7 +42,9 @@ def train_sae(model_dir: Path, rows, settings: SaeSettings, saes_dir: Path, seed
     in_buffer = max(4, -(-4 * settings.batch_tokens // settings.context_size))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LanguageModelSAERunnerConfig(
-            sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=settings.d_sae, k=settings.k),
+            sae=TopKTrainingSAEConfig(
+                d_in=d_in, d_sae=settings.d_sae, k=settings.k, aux_loss_coefficient=settings.aux_loss_coefficient
+            ),
             model_name="toy-2l",
             hook_name=settings.hook_name,
             dataset_path="",
@@ -69,6 +74,8 @@ def train_sae(model_dir: Path, rows, settings: SaeSettings, saes_dir: Path, seed
         torch.manual_seed(seed)
         torch.set_grad_enabled(True)
         runner = LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+        if settings.init_from_data:
+            init_from_data(runner.sae, model, rows[-INIT_ROWS:], settings.hook_name, loaded.eos_token_id, seed)
         runner.run()
         torch.set_grad_enabled(False)
         target = saes_dir / settings.name
@@ -79,6 +86,33 @@ def train_sae(model_dir: Path, rows, settings: SaeSettings, saes_dir: Path, seed
             shutil.copyfile(Path(tmp) / "out" / name, target / name)
     log(f"sae: saved {target}")
     return target
+
+
+def init_from_data(sae, model, rows, hook: str, special: int, seed: int) -> None:
+    """Start the decoder bias at the activations' mean and each latent's decoder row (and
+    encoder column) at one centred training activation, at the usual initial norm.
+
+    The residual stream is far from isotropic (5 of 256 directions hold half its
+    variance): random directions start in the quiet ones, never win the top k, and die.
+    """
+    import torch
+
+    with torch.no_grad():
+        acts = []
+        for start in range(0, len(rows), 32):
+            batch = rows[start : start + 32]
+            _, cache = model.run_with_cache(batch, names_filter=hook, return_type=None)
+            acts.append(cache[hook][batch != special])
+        x = torch.cat(acts)
+        if len(x) < sae.cfg.d_sae:
+            raise ActscopeError(f"train-default: {len(x)} tokens to start {sae.cfg.d_sae} latents from; more needed")
+        mean = x.double().mean(dim=0).float()
+        generator = torch.Generator().manual_seed(seed)
+        picked = x[torch.randperm(len(x), generator=generator)[: sae.cfg.d_sae]] - mean
+        norm = sae.W_dec.norm(dim=-1, keepdim=True)  # the initial norm SAELens chose
+        sae.W_dec.copy_(picked / picked.norm(dim=-1, keepdim=True) * norm)
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_dec.copy_(mean)
 
 
 def evaluate_sae(sae_dir: Path, loaded, rows, max_rows: int = 256) -> dict:
