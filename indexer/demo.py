@@ -3,8 +3,8 @@
 The demo index covers every MLP neuron of both layers and every feature of the bundled
 SAE, on `--dataset default` (held-out text first). Its size is chosen so that indexing
 takes under two minutes on two CPU cores. An existing file is reused as long as it was
-written by this actscope version with the same demo settings, so a second `make demo`
-serves at once.
+written by this actscope version from the same bundled files with the same demo
+settings, so a second `make demo` serves at once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ DEMO_DATASET = "default"
 DEMO_MAX_TOKENS = 800_000
 DEMO_CTX = 128
 DEMO_BATCH = 32
+# Examples kept per band: the unit page shows 20 at a time, so "more" has a second page.
+DEMO_BAND_SIZE = 32
 
 
 def demo_options(out: str | Path) -> dict:
@@ -42,6 +44,7 @@ def demo_options(out: str | Path) -> dict:
         "max_tokens": DEMO_MAX_TOKENS,
         "ctx": DEMO_CTX,
         "batch_size": DEMO_BATCH,
+        "band_size": DEMO_BAND_SIZE,
         "device": "cpu",
     }
 
@@ -83,8 +86,14 @@ def index_is_current(path: str | Path) -> bool:
     recorded = _json(meta.get("run_config"))
     if not isinstance(recorded, dict):
         return False
+    from actscope.indexer import bundled
+
+    if meta.get("bundled_digest") != bundled.digest():  # the bundled model or SAE was retrained
+        return False
     wanted = demo_options(path)
-    return all(recorded.get(key) == wanted[key] for key in ("model", "dataset", "saes", "max_tokens", "ctx"))
+    return all(
+        recorded.get(key) == wanted[key] for key in ("model", "dataset", "saes", "max_tokens", "ctx", "band_size")
+    )
 
 
 def _json(text: str | None):
@@ -119,7 +128,11 @@ def build_demo_index(out: str | Path, rebuild: bool = False, log=print) -> Path:
         f"--dataset {options['dataset']}, {options['max_tokens']:,} tokens; about a minute on 2 free cores"
     )
     started = time.time()
+    from actscope.indexer import bundled
+    from actscope.indexer.store.writer import add_meta
+
     summary = run_index(IndexConfig(**options))
+    add_meta(out, bundled_digest=bundled.digest())
     log(str(summary))
     log(f"demo: index built in {time.time() - started:.0f} s")
     return out

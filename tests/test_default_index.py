@@ -137,6 +137,13 @@ def test_demo_reuses_an_up_to_date_index(default_index, tmp_path, monkeypatch):
     assert not demo.index_is_current(default_index)
     monkeypatch.setattr(demo, "DEMO_MAX_TOKENS", MAX_TOKENS)
     monkeypatch.setattr(demo, "DEMO_BATCH", 8)
+    monkeypatch.setattr(demo, "DEMO_BAND_SIZE", 8)
+    # Built by `actscope index`, it does not say which bundled files it came from: not current.
+    assert not demo.index_is_current(default_index)
+    from actscope.indexer import bundled
+    from actscope.indexer.store.writer import add_meta
+
+    add_meta(default_index, bundled_digest=bundled.digest())
     assert demo.index_is_current(default_index)
     before = default_index.stat().st_mtime_ns
     messages = []
@@ -160,6 +167,11 @@ def test_demo_rebuilds_an_index_of_an_older_schema(default_index, tmp_path, monk
     con.close()
     monkeypatch.setattr(demo, "DEMO_MAX_TOKENS", MAX_TOKENS)
     monkeypatch.setattr(demo, "DEMO_BATCH", 8)
+    monkeypatch.setattr(demo, "DEMO_BAND_SIZE", 8)
+    from actscope.indexer import bundled
+    from actscope.indexer.store.writer import add_meta
+
+    add_meta(default_index, bundled_digest=bundled.digest())
     assert demo.index_is_current(default_index) and not demo.index_is_current(old)
     messages = []
     monkeypatch.setattr("actscope.indexer.run.run_index", lambda config: "built")  # the rebuild itself: not here
@@ -167,6 +179,32 @@ def test_demo_rebuilds_an_index_of_an_older_schema(default_index, tmp_path, monk
     from actscope.indexer.store.schema import SCHEMA_VERSION
 
     assert f"schema version 2, this actscope writes {SCHEMA_VERSION}; rebuilding" in messages[0]
+
+
+@pytest.mark.slow
+def test_demo_rebuilds_after_the_bundled_files_change(default_index, tmp_path, monkeypatch):
+    import shutil
+
+    from actscope.indexer import bundled, demo
+    from actscope.indexer.store.writer import add_meta
+
+    monkeypatch.setattr(demo, "DEMO_MAX_TOKENS", MAX_TOKENS)
+    monkeypatch.setattr(demo, "DEMO_BATCH", 8)
+    monkeypatch.setattr(demo, "DEMO_BAND_SIZE", 8)
+    stale = tmp_path / "demo.duckdb"
+    shutil.copyfile(default_index, stale)
+    add_meta(stale, bundled_digest=bundled.digest())
+    assert demo.index_is_current(stale)
+    add_meta(stale, bundled_digest="0" * 16)  # built before the SAE was retrained
+    assert not demo.index_is_current(stale)
+    # The digest covers the bundled files' content, not only their names.
+    root = tmp_path / "bundle"
+    shutil.copytree(bundled._default_root(), root)
+    monkeypatch.setattr(bundled, "_default_root", lambda: root)
+    before = bundled.digest()
+    report = root / "training_report.json"
+    report.write_text(report.read_text() + " ")
+    assert bundled.digest() != before
 
 
 def test_demo_rejects_foreign_files(tmp_path):

@@ -37,3 +37,16 @@ def bundled_sae_names() -> list[str]:
     if not root.is_dir():
         return []
     return sorted(f"{DEFAULT_MODEL}/{p.name}" for p in root.iterdir() if (p / "cfg.json").is_file())
+
+
+def digest() -> str:
+    """A hash of every bundled file (model, SAEs, report): an index of the bundled model
+    built before a retraining must not pass for a current one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = _default_root()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]

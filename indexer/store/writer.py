@@ -74,6 +74,17 @@ def delete_index_file(path: Path) -> None:
         part.unlink(missing_ok=True)
 
 
+def add_meta(path: Path, **values: str) -> None:
+    """Record facts about a finished index file (e.g. what built it) in its meta table."""
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    try:
+        con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+    finally:
+        con.close()
+
+
 class StoreWriter:
     def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
         import duckdb
