@@ -298,6 +298,11 @@ class Store:
         if hexes is None:
             hexes = [None if _is_utf8(b) else b.hex() for b in self.vocab_bytes(model)]
             self._hex[model] = hexes
+        if not ids or min(ids) >= 0:
+            try:
+                return [hexes[i] for i in ids]  # the common case, at a third of the checked loop's cost
+            except IndexError:
+                pass
         n = len(hexes)
         return [hexes[i] if 0 <= i < n else None for i in ids]
 
