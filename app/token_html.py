@@ -118,6 +118,8 @@ class TokenTable:
         self.raw = raw
         self.labels = [label(b) for b in raw]
         self.partial = [_not_utf8(b) for b in raw]
+        # The same as a set: a page asks "any partial token here?" with one C-level call.
+        self.partial_ids = frozenset(i for i, p in enumerate(self.partial) if p)
         # The two constant pieces of each token's span: `" title="<label> (id N)` and
         # `">shown</span>` (+ the line break and indentation after a newline).
         self.titles: list[str] = [
@@ -314,8 +316,7 @@ def append_spans(
             )
         if bos and n:
             out[first] = _span(table, "t bos focus" if focus == 0 else "t bos", "0.000", ids[0], values[0])
-    partial = table.partial
-    if any(partial[t] for t in ids[:n] if 0 <= t < n_vocab):
+    if not table.partial_ids.isdisjoint(ids[:n]):
         _draw_clusters(out, first, table, ids[:n], values, focus)
     append("</span>")
 
