@@ -96,9 +96,10 @@ _PLACEHOLDER_FITS_JS = """el => {
 def test_header_search_placeholder_is_whole(browser, live_server, width):
     context = browser.new_context(viewport={"width": width, "height": 800})
     page = context.new_page()
-    page.goto(live_server.url + "/tiny/1-mlp/3")
-    fit = page.locator("header .search input").evaluate(_PLACEHOLDER_FITS_JS)
-    assert fit["text"] <= fit["room"], fit
+    for path, box in (("/tiny/1-mlp/3", "header .search input"), ("/", "section.model .search input")):
+        page.goto(live_server.url + path)
+        fit = page.locator(box).evaluate(_PLACEHOLDER_FITS_JS)
+        assert fit["text"] <= fit["room"], (path, fit)
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     context.close()
 

@@ -81,7 +81,7 @@ SPLIT_NOTES = {"train": " (training split)", "heldout": " (held-out split)", "":
 def describe(name: str) -> str:
     """What built-in corpus `name` holds, in a line for the pages."""
     if name == "default":
-        return DESCRIPTIONS["mix"] + " (held-out text first: the bundled model was not trained on it)"
+        return DESCRIPTIONS["mix"] + "; held-out text first, which the bundled model was not trained on"
     corpus, _, split = name.partition(":")
     return DESCRIPTIONS[corpus] + SPLIT_NOTES[split]
 
