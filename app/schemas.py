@@ -5,11 +5,19 @@ The routes return the page data directly (fast); these models document it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from actscope.app.params import K_MAX
+
+TokenBytes = Annotated[
+    list[str | None],
+    Field(
+        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
+        "(its entry of `tokens` then holds U+FFFD), else null"
+    ),
+]
 
 
 class ErrorDetail(BaseModel):
@@ -101,10 +109,7 @@ class ExampleOut(BaseModel):
     start: int = Field(description="Sequence position of tokens[0]")
     tokens: list[str]
     token_ids: list[int]
-    token_bytes: list[str | None] = Field(
-        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
-        "(its entry of `tokens` then holds U+FFFD), else null"
-    )
+    token_bytes: TokenBytes
     acts: list[float] = Field(description="One activation per token")
     focus: int = Field(description="Index of the focus token in tokens")
 
@@ -202,10 +207,7 @@ class SequenceOut(BaseModel):
     seq: int
     token_ids: list[int] = Field(description="Exactly what was fed to the model, BOS first")
     tokens: list[str]
-    token_bytes: list[str | None] = Field(
-        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
-        "(its entry of `tokens` then holds U+FFFD), else null"
-    )
+    token_bytes: TokenBytes
 
 
 class ActivationsIn(BaseModel):
@@ -223,10 +225,7 @@ class LiveUnitOut(BaseModel):
     text: str
     tokens: list[str]
     token_ids: list[int]
-    token_bytes: list[str | None] = Field(
-        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
-        "(its entry of `tokens` then holds U+FFFD), else null"
-    )
+    token_bytes: TokenBytes
     acts: list[float]
     truncated: bool
     max: float
@@ -246,10 +245,7 @@ class LiveTopOut(BaseModel):
     text: str
     tokens: list[str]
     token_ids: list[int]
-    token_bytes: list[str | None] = Field(
-        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
-        "(its entry of `tokens` then holds U+FFFD), else null"
-    )
+    token_bytes: TokenBytes
     truncated: bool
     k: int
     top: list[list[UnitAct]] = Field(description="Per token: the k units firing most")
@@ -273,10 +269,7 @@ class TryOut(BaseModel):
     text: str
     tokens: list[str]
     token_ids: list[int]
-    token_bytes: list[str | None] = Field(
-        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
-        "(its entry of `tokens` then holds U+FFFD), else null"
-    )
+    token_bytes: TokenBytes
     truncated: bool
     ctx: int
     k: int
@@ -292,10 +285,7 @@ class SnippetOut(BaseModel):
     start: int = Field(description="Sequence position of tokens[0]")
     tokens: list[str]
     token_ids: list[int]
-    token_bytes: list[str | None] = Field(
-        description="Per token: its bytes in hex (e.g. 'c3') where they are not valid UTF-8 on their own "
-        "(its entry of `tokens` then holds U+FFFD), else null"
-    )
+    token_bytes: TokenBytes
     acts: list[float]
     focus: int = Field(description="Index of the focus token in tokens")
 

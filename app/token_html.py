@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from actscope.indexer.store.reader import is_utf8
+
 
 def ascii_html(text: str) -> Markup:
     """`text` escaped, with every non-ASCII character as a character reference: the
@@ -117,7 +119,7 @@ class TokenTable:
     def __init__(self, raw: list[bytes]) -> None:
         self.raw = raw
         self.labels = [label(b) for b in raw]
-        self.partial = [_not_utf8(b) for b in raw]
+        self.partial = [not is_utf8(b) for b in raw]
         # The same as a set: a page asks "any partial token here?" with one C-level call.
         self.partial_ids = frozenset(i for i, p in enumerate(self.partial) if p)
         # The two constant pieces of each token's span: `" title="<label> (id N)` and
@@ -208,14 +210,6 @@ class TokenTable:
                 out.append(Cluster(first + k, first + m, "".join(texts), [w / total_w for w in weights]))
             k = m + 1
         return out
-
-
-def _not_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
 
 
 def _shown(lab: str) -> tuple[str, str]:

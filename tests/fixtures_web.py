@@ -229,6 +229,18 @@ def _title_parts(el) -> tuple[str, int]:
     return label, int(found.group(1))
 
 
+@pytest.fixture
+def page(browser):
+    """A fresh browser page at desktop width; uncaught page errors are kept in page.errors."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    pg.errors = []
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    yield pg
+    context.close()
+
+
 def token_of(el) -> str:
     """The token as shown by a rendered token, from its title (`"<token>" (id N): <act>`):
     its text, or its bytes as `<0xNN>` where they are no character.

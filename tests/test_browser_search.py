@@ -14,17 +14,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TEXT = "def wrap(text, width):\n    return text"
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(20_000)
-    pg.errors = []
-    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
-    yield pg
-    context.close()
-
-
 @pytest.fixture(scope="module")
 def word_hits(web_index):
     con = duckdb.connect(str(web_index), read_only=True)

@@ -14,15 +14,6 @@ M = "tiny"
 TEXT = "café naïve 日本"
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(20_000)
-    yield pg
-    context.close()
-
-
 def _ids(titles: list[str]) -> list[int]:
     return [int(re.search(r"\(id (\d+)\)", t).group(1)) for t in titles]
 

@@ -13,15 +13,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TEXT = "def wrap(text, width):\n    return text"
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(20_000)
-    yield pg
-    context.close()
-
-
 def _unit_index(url: str) -> int:
     return int(re.search(r"/(\d+)(?:\?|$)", url).group(1))
 

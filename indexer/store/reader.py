@@ -296,7 +296,7 @@ class Store:
         None (the JSON's `token_bytes`)."""
         hexes = self._hex.get(model)
         if hexes is None:
-            hexes = [None if _is_utf8(b) else b.hex() for b in self.vocab_bytes(model)]
+            hexes = [None if is_utf8(b) else b.hex() for b in self.vocab_bytes(model)]
             self._hex[model] = hexes
         if not ids or min(ids) >= 0:
             try:
@@ -504,7 +504,8 @@ class Store:
         return export.chunks(self._con, model, source, fmt, units_per_chunk)
 
 
-def _is_utf8(raw: bytes) -> bool:
+def is_utf8(raw: bytes) -> bool:
+    """Whether a token's bytes decode on their own (else they hold part of a character)."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
