@@ -13,6 +13,7 @@ and take `request` plus such parameters only (checked when the route is built).
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,15 +31,22 @@ class PlainParamsRoute(APIRoute):
         if not inspect.iscoroutinefunction(endpoint):
             raise TypeError(f"{endpoint.__name__}: PlainParamsRoute needs an async endpoint")
         path_names = {p.name for p in self.dependant.path_params}
+        hints = typing.get_type_hints(endpoint, include_extras=True)
+
+        def plain_type(name: str) -> Any:  # Annotated[int, Path(...)] is plain int
+            hint = hints.get(name)
+            return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
         plan: list[tuple[str, str, Any]] = []  # (name, "str" | "int" | "query", default)
         for name, param in inspect.signature(endpoint).parameters.items():
             if name == "request":
                 continue
-            if name in path_names and param.annotation in (str, "str"):
+            kind = plain_type(name)
+            if name in path_names and kind is str:
                 plan.append((name, "str", None))
-            elif name in path_names and param.annotation in (int, "int"):
+            elif name in path_names and kind is int:
                 plan.append((name, "int", None))
-            elif name not in path_names and param.default is None and param.annotation in ("str | None", str | None):
+            elif name not in path_names and param.default is None and kind == str | None:
                 plan.append((name, _QUERY, None))
             else:
                 raise TypeError(f"{endpoint.__name__}: parameter {name!r} is not plain")

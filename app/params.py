@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
-from fastapi import Query
+from fastapi import Path, Query
 from pydantic import BeforeValidator
 
 from actscope.app.errors import AppError, bad_input
@@ -291,3 +291,20 @@ def _density(bound: Literal["Lower", "Upper"]) -> object:
 
 MinDensity = Annotated[float | None, BeforeValidator(_blank_is_none), _density("Lower")]
 MaxDensity = Annotated[float | None, BeforeValidator(_blank_is_none), _density("Upper")]
+
+
+# Path and query parameters of the API, described once for the OpenAPI document.
+ModelName = Annotated[str, Path(description="A model of the index, by its name in URLs (e.g. toy-2l); see GET /api")]
+SourceSlug = Annotated[str, Path(description="A source of the model (e.g. 1-mlp, 1-res-pre-sae); see GET /api/{model}")]
+UnitIndex = Annotated[int, Path(description="The unit's index in its source, from 0")]
+SequenceNumber = Annotated[int, Path(description="A corpus sequence's number, from 0")]
+ExportFormat = Annotated[str, Path(description="parquet or jsonl")]
+UnitText = Annotated[
+    str | None, Query(description="Your text: adds `live`, the unit's activation on every token of it")
+]
+UnitBand = Annotated[
+    str | None, Query(description="The example set shown: top (default) or a band number (B0 = the lowest)")
+]
+UnitPage = Annotated[str | None, Query(description="Page of the example set shown, from 1")]
+UnitPerPage = Annotated[str | None, Query(description="Examples per page, 1 to 200 (default 20)")]
+UnitOpen = Annotated[str | None, Query(description="The expanded example, as SEQ:POS")]

@@ -50,12 +50,12 @@ def api_home(store: StoreDep):
 
 
 @router.get("/{model}", summary="One model and its sources", **_doc(schemas.ModelOut))
-def api_model(store: StoreDep, model: str):
+def api_model(store: StoreDep, model: params.ModelName):
     return JSON(pages.model_data(store, model))
 
 
 @router.get("/{model}/sequences/{seq}", summary="The exact token ids of a corpus sequence", **_doc(schemas.SequenceOut))
-def api_sequence(store: StoreDep, model: str, seq: int):
+def api_sequence(store: StoreDep, model: params.ModelName, seq: params.SequenceNumber):
     return JSON(pages.sequence_data(store, model, seq))
 
 
@@ -65,7 +65,9 @@ def api_sequence(store: StoreDep, model: str, seq: int):
     responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS},
     response_class=JSON,
 )
-async def api_activations(request: Request, store: StoreDep, live: LiveDep, model: str, body: schemas.ActivationsIn):
+async def api_activations(
+    request: Request, store: StoreDep, live: LiveDep, model: params.ModelName, body: schemas.ActivationsIn
+):
     """With `index`: that unit's activation on every token (BOS first).
     Without: for every token, the `k` units of the source that fire most."""
     params.check_k(body.k)
@@ -92,7 +94,7 @@ def api_try(
     request: Request,
     store: StoreDep,
     live: LiveDep,
-    model: str,
+    model: params.ModelName,
     text: Annotated[str, Query(description="The text (BOS is prepended); CRLF and CR line ends read as LF")],
     source: Annotated[str | None, Query(description="The source whose activations colour the tokens")] = None,
     pos: Annotated[int | None, Query(description="The token selected, from 0 (BOS)")] = None,
@@ -113,7 +115,7 @@ def api_search(
     request: Request,
     store: StoreDep,
     live: LiveDep,
-    model: str,
+    model: params.ModelName,
     token: Annotated[
         str | None,
         Query(description="A token: matched with and without a leading space (space, Ġ or ▁), in any case"),
@@ -143,8 +145,8 @@ def api_search(
 def api_source(
     request: Request,
     store: StoreDep,
-    model: str,
-    source: str,
+    model: params.ModelName,
+    source: params.SourceSlug,
     sort: params.Sort = "max",
     order: params.Order = "desc",
     page: params.Page = 1,
@@ -165,8 +167,8 @@ def api_source(
 def api_random(
     request: Request,
     store: StoreDep,
-    model: str,
-    source: str,
+    model: params.ModelName,
+    source: params.SourceSlug,
     dead: Annotated[
         bool, Query(description="Pick among the dead units (never fired on an indexed token) instead of the live ones")
     ] = False,
@@ -183,7 +185,7 @@ def api_random(
     summary="Bulk export of a whole source",
     responses={200: {"content": {"application/vnd.apache.parquet": {}, "application/x-ndjson": {}}}, **ERRORS},
 )
-def api_export(store: StoreDep, model: str, source: str, fmt: str):
+def api_export(store: StoreDep, model: params.ModelName, source: params.SourceSlug, fmt: params.ExportFormat):
     """Every unit of the source with its statistics, bands, examples and logit effects,
     one row per unit, as Parquet (`export.parquet`) or JSON lines (`export.jsonl`).
     Streamed as it is read, a few hundred units at a time."""
@@ -205,14 +207,14 @@ def api_export(store: StoreDep, model: str, source: str, fmt: str):
 
 async def api_unit(
     request: Request,
-    model: str,
-    source: str,
-    index: int,
-    text: str | None = None,
-    band: str | None = None,
-    page: str | None = None,
-    per_page: str | None = None,
-    open: str | None = None,
+    model: params.ModelName,
+    source: params.SourceSlug,
+    index: params.UnitIndex,
+    text: params.UnitText = None,
+    band: params.UnitBand = None,
+    page: params.UnitPage = None,
+    per_page: params.UnitPerPage = None,
+    open: params.UnitOpen = None,
 ):
     """`text` adds `live`: the unit's activation on every token of that text. `band`
     (`top` or a band number), `page` (from 1) and `per_page` (1 to 200, default 20) say

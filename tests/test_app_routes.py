@@ -274,3 +274,26 @@ def test_unit_page_parts_built_in_python_are_escaped():
     assert link["data-seq"] == "/m/sequences/3?source=s%26t&index=1&pos=2"
     rows = BeautifulSoup(str(logit_rows(table, [{"token_id": 2, "value": -0.25}], "neg-text")), "html.parser")
     assert rows.select_one("code").get_text() == '"</td>"' and rows.select_one(".num").get_text() == "-0.250"
+
+
+def test_every_api_parameter_is_described(client):
+    spec = client.get("/openapi.json").json()
+    undocumented = [
+        (method, path, p["name"])
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        for p in op.get("parameters", [])
+        if not p.get("description")
+    ]
+    assert undocumented == []
+    unit = spec["paths"]["/api/{model}/{source}/{index}"]["get"]
+    assert [p["name"] for p in unit["parameters"]] == [
+        "model",
+        "source",
+        "index",
+        "text",
+        "band",
+        "page",
+        "per_page",
+        "open",
+    ]
