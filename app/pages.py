@@ -271,6 +271,7 @@ def unit_data(
     rec = store.unit(model, source, index)
     if rec is None:
         raise not_found(f"Unit {index} of {source} has no statistics in this index.")
+    text = params.visitor_text(text)
     shown = params.band_choice(band, len(rec.bands))
     page_no, n_per_page = params.example_page(page, per_page)
     opened = params.open_example(open)

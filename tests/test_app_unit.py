@@ -274,3 +274,12 @@ def test_go_to_unit_box(client):
         assert soup.select_one("form.jump input[name=goto]")["value"] == bad
         assert soup.select_one(".unit-index").get_text() == "3"  # the page stays, with its examples
         assert soup.select("#examples li.example")
+
+
+def test_unit_text_reads_crlf_as_newlines(client):
+    """A textarea sends CRLF: the unit page reads the visitor's text as try and search do."""
+    text = "def f():\n    return 1"
+    crlf = client.get(f"/api/{M}/1-mlp/3", params={"text": text.replace("\n", "\r\n")}).json()
+    plain = client.get(f"/api/{M}/1-mlp/3", params={"text": text}).json()
+    assert crlf["text"] == text
+    assert crlf["live"]["token_ids"] == plain["live"]["token_ids"] and crlf["live"]["acts"] == plain["live"]["acts"]
