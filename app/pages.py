@@ -153,11 +153,12 @@ def source_data(
     rows = table.select(query.sort, query.order, keep)
     total = len(rows)
     n_pages = max(1, -(-total // query.per_page))
-    if query.page > n_pages:
-        message = f"page {query.page} is past the last page ({n_pages:,})."
+    try:
+        params.check_page_exists(query.page, n_pages)
+    except params.FieldError as exc:
         if strict:
-            raise params.FieldError("page", message)
-        errs["page"] = message
+            raise
+        errs["page"] = exc.message
         query = replace(query, page=1)
     page = query.page
     chunk = rows[(page - 1) * query.per_page : page * query.per_page]

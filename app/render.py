@@ -15,6 +15,7 @@ from actscope.app import urls as site_urls
 from actscope.app.histogram import histogram_markup
 from actscope.app.resources import resource_dir
 from actscope.app.token_html import TokenTable, append_spans, ascii_html, tokens_html
+from actscope.app.unit_view import basis_words
 from actscope.app.urls import URLs
 
 
@@ -96,8 +97,8 @@ def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
     model, slug, index, text, current = d["model"], d["source"]["slug"], d["index"], d["text"], d["band"]
     per_page = d.get("params", {}).get("per_page")
     firing = d["source"]["band_basis"] == "firing"
-    basis = "of active tokens" if firing else "of tokens"
-    named = ' <span class="basis">of active tokens</span>' if firing else ""  # SAE bands: not of all tokens
+    basis = basis_words(d["source"]["band_basis"])
+    named = f' <span class="basis">{basis}</span>' if firing else ""  # SAE bands: not of all tokens
     out = []
     if d["top"]:
         url = escape(urls.unit(model, slug, index, per_page=per_page, text=text))

@@ -15,14 +15,13 @@ from actscope.app.errors import AppError, bad_input
 from actscope.app.live_service import LiveService
 from actscope.app.pages import get_model, get_source, source_dict
 from actscope.app.urls import URLs
+from actscope.indexer import kinds
+from actscope.indexer.errors import ActscopeError
 from actscope.indexer.store.reader import SourceInfo, Store
 
 
 def is_control(source: SourceInfo) -> bool:
     """Whether a source is a control baseline (its kind says so)."""
-    from actscope.indexer import kinds  # imports torch: only when a page needs it
-    from actscope.indexer.errors import ActscopeError
-
     try:
         return bool(kinds.get(source.kind).control)
     except ActscopeError:  # a kind this version does not know is shown, not hidden
