@@ -50,13 +50,18 @@
     return u.pathname + u.search + u.hash;
   }
 
+  function withOpen(search, key) {
+    // This page's URL with example `key` ("SEQ:POS") open, or none when key is null.
+    var params = new URLSearchParams(search);
+    if (key) params.set("open", key); else params.delete("open");
+    var q = params.toString();
+    return location.pathname + (q ? "?" + q : "");
+  }
+
   function fullLinkUrl(a, cur) {
     // This page's URL with this example open, or closed when it is the open one.
-    var params = new URLSearchParams(cur);
-    if (a.getAttribute("aria-expanded") === "true") params.delete("open");
-    else params.set("open", a.getAttribute("data-open"));
-    var q = params.toString();
-    return location.pathname + (q ? "?" + q : "") + "#" + a.closest("li").id;
+    var open = a.getAttribute("aria-expanded") === "true" ? null : a.getAttribute("data-open");
+    return withOpen(cur, open) + "#" + a.closest("li").id;
   }
 
   function syncState() {
@@ -90,11 +95,8 @@
   }
 
   function pushOpen(key) {
-    var params = new URLSearchParams(location.search);
-    if (key) params.set("open", key); else params.delete("open");
-    var q = params.toString();
     // {htmx: true}: htmx restores this entry (by loading its URL) on Back.
-    history.pushState({ htmx: true }, "", location.pathname + (q ? "?" + q : ""));
+    history.pushState({ htmx: true }, "", withOpen(location.search, key));
     syncState();
   }
 
