@@ -277,7 +277,7 @@ def unit_data(
     page_no, n_per_page = params.example_page(page, per_page)
     opened = params.open_example(open)
     st = rec.stats
-    scale = max(abs(st.max), abs(st.min), 1e-9)
+    scale = unit_view.scale_of(st)
     logits = None
     if rec.logits is not None:
         lg = rec.logits
@@ -388,7 +388,10 @@ def unit_data(
         # Nothing indexed gives a dead unit a scale: tint the visitor's text by its own values.
         data["scale"] = max([abs(a) for a in live_part["acts"][1:]] + [1e-9])
     if with_full and opened is not None and open_shown:
-        data["full"] = unit_view.full_sequence(store, live, model, source, index, *opened)
+        seq, pos = opened
+        data["full"] = unit_view.tint_sequence(
+            live, source, index, {**sequence_data(store, model, seq), "pos": pos}, scale
+        )
     return data
 
 

@@ -165,8 +165,8 @@ def sequence_page(
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
         pages.check_index(pages.get_source(store, model, source), index)
-        full = unit_view.full_sequence(store, live, model, source, index, seq, pos)
-        data.update(acts=full["acts"], scale=full["scale"], live_error=full["live_error"])
+        unit = store.unit(model, source, index)
+        unit_view.tint_sequence(live, source, index, data, unit_view.scale_of(unit.stats) if unit else 1.0)
     return render(
         request,
         "sequence.html",

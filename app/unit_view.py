@@ -11,7 +11,7 @@ import numpy as np
 from actscope.app import params
 from actscope.app.errors import AppError
 from actscope.app.live_service import LiveService
-from actscope.indexer.store.reader import Liveness, Store
+from actscope.indexer.store.reader import Liveness
 
 
 def _percent(level: float) -> str:
@@ -72,31 +72,18 @@ def example_page(stored: int, page: int, per_page: int, what: str) -> dict[str, 
     }
 
 
-def full_sequence(
-    store: Store, live: LiveService, model: str, source: str, index: int, seq: int, pos: int | None
-) -> dict[str, Any]:
-    """A whole corpus sequence tinted by one unit (activations computed live on its
-    exact tokens): tokens, acts (None when live inference failed, with `live_error`),
-    scale and focus `pos`. The caller has checked the source and unit."""
-    ids = store.sequence(model, seq)
-    if ids is None:
-        raise AppError(404, f"No sequence {seq} in the index of {model!r}.")
-    data: dict[str, Any] = {
-        "model": model,
-        "seq": seq,
-        "pos": pos,
-        "token_ids": ids,
-        "tokens": store.token_strings(model, ids),
-        "token_bytes": store.token_hex(model, ids),
-        "acts": None,
-        "scale": 1.0,
-        "live_error": None,
-    }
-    unit = store.unit(model, source, index)
-    if unit is not None:
-        data["scale"] = max(abs(unit.stats.max), abs(unit.stats.min), 1e-9)
+def scale_of(stats) -> float:
+    """The activation a unit's tints are full at: its largest magnitude on the corpus."""
+    return max(abs(stats.max), abs(stats.min), 1e-9)
+
+
+def tint_sequence(live: LiveService, source: str, index: int, data: dict[str, Any], scale: float) -> dict[str, Any]:
+    """A corpus sequence's data (pages.sequence_data) tinted by one unit: its
+    activations, computed live on the exact tokens (`acts`; None when live inference
+    failed, with `live_error`), and `scale`. The caller has checked the source and unit."""
+    data.update(acts=None, scale=scale, live_error=None)
     try:
-        res = live.run_ids(ids, source)
+        res = live.run_ids(data["token_ids"], source)
         data["acts"] = [float(a) for a in res.acts[:, index]]
     except AppError as exc:
         data["live_error"] = exc.message
