@@ -41,6 +41,16 @@ def make_client(index_path, **settings):
     return TestClient(app)
 
 
+@pytest.fixture(scope="module")
+def db(web_index):
+    """A read-only connection to the test index's DuckDB file, for reference queries."""
+    import duckdb
+
+    con = duckdb.connect(str(web_index), read_only=True)
+    yield con
+    con.close()
+
+
 @pytest.fixture
 def restored_environ():
     """`actscope serve` writes ACTSCOPE_* variables into os.environ for its worker

@@ -15,13 +15,6 @@ from actscope.indexer.errors import ActscopeError
 M = "tiny"
 
 
-@pytest.fixture(scope="module")
-def db(web_index):
-    con = duckdb.connect(str(web_index), read_only=True)
-    yield con
-    con.close()
-
-
 def _units(db):
     return db.execute("SELECT source, unit FROM unit_stats WHERE model = ? ORDER BY source, unit", [M]).fetchall()
 

@@ -3,7 +3,6 @@ tests/search_reference.py, independent of the store's lookup) and single-source 
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from bs4 import BeautifulSoup
 from search_reference import expected_hits, one_unit_token, spaced_word
@@ -12,13 +11,6 @@ from actscope.app import schemas
 
 M = "tiny"
 TEXT = "def wrap(text, width):\n    return text.split()"
-
-
-@pytest.fixture(scope="module")
-def db(web_index):
-    con = duckdb.connect(str(web_index), read_only=True)
-    yield con
-    con.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-import duckdb
 import pytest
 from bs4 import BeautifulSoup
 
@@ -16,13 +15,6 @@ from fixtures_models import DEAD_FEATURES
 M, SAE = "tiny", "1-res-sae"
 NEURON_LEVELS = {(0.0, 0.5): "bottom 50%", (0.5, 0.75): "50–75%", (0.75, 0.9): "75–90%", (0.9, 0.95): "90–95%"}
 NEURON_LEVELS |= {(0.95, 0.99): "95–99%", (0.99, 0.999): "99–99.9%", (0.999, 1.0): "top 0.1%"}
-
-
-@pytest.fixture(scope="module")
-def db(web_index):
-    con = duckdb.connect(str(web_index), read_only=True)
-    yield con
-    con.close()
 
 
 def _soup(client, path: str, status: int = 200) -> BeautifulSoup:
