@@ -10,13 +10,23 @@ from __future__ import annotations
 from typing import Any
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.kinds.base import Source, SourceRequest, UnitKind, hook_layer
+from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
 from actscope.indexer.kinds.neuron import NeuronKind
 from actscope.indexer.kinds.sae import SaeKind
 
 KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind())}  # in source order
 
-__all__ = ["KINDS", "Source", "SourceRequest", "UnitKind", "build_sources", "get", "hook_layer", "reload_source"]
+__all__ = [
+    "KINDS",
+    "Forward",
+    "Source",
+    "SourceRequest",
+    "UnitKind",
+    "build_sources",
+    "get",
+    "hook_layer",
+    "reload_source",
+]
 
 
 def get(name: str) -> UnitKind:
