@@ -215,10 +215,14 @@ def _model_dir(spec: ModelSpec, marker: str) -> Path:
 
 
 def _load_official(name: str, device: str, processing: dict[str, Any]):
+    import contextlib
+    import sys
+
     from transformer_lens import HookedTransformer
 
     try:
-        model = HookedTransformer.from_pretrained(name, device=device, **processing)
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is the CLI's summary
+            model = HookedTransformer.from_pretrained(name, device=device, **processing)
     except Exception as exc:  # network, Hub or conversion failures
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ActscopeError(
