@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ def load_hf_dir(path: Path, device: str, processing: dict[str, Any]) -> HfDirMod
     processed with `processing` (TransformerLens' load_and_process_state_dict keywords)."""
     import torch
     import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoModelForCausalLM
 
     raw = _read_config(path)
     tokenizer = load_tokenizer(path)
@@ -50,13 +53,9 @@ def load_hf_dir(path: Path, device: str, processing: dict[str, Any]) -> HfDirMod
     if not architecture:
         raise ActscopeError(f"--model {path}: config.json names no architecture (its 'architectures' list is empty)")
     try:
-        from transformers import AutoModelForCausalLM
-
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         cfg_dict, processing = config_dict(path, raw, hf_model.config, processing)
         cfg_dict["device"] = device
-        from transformer_lens import HookedTransformerConfig
-
         cfg = HookedTransformerConfig.from_dict(cfg_dict)
         # Given the model, the weight conversion goes by cfg.original_architecture alone.
         state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model)
@@ -125,10 +124,8 @@ def config_dict(
     ):
         processing["fold_ln"] = False  # not valid there; TransformerLens refuses it the same way
     if processing.get("fold_ln"):
-        norm = cfg.get("normalization_type")
-        cfg["normalization_type"] = {"LN": "LNPre", "LNPre": "LNPre", "RMS": "RMSPre", "RMSPre": "RMSPre"}.get(
-            norm, norm
-        )
+        norm = str(cfg.get("normalization_type"))
+        cfg["normalization_type"] = {"LN": "LNPre", "RMS": "RMSPre"}.get(norm, cfg.get("normalization_type"))
     return cfg, processing
 
 
@@ -192,27 +189,22 @@ def _read_config(path: Path) -> dict[str, Any]:
     return raw
 
 
-class _neutral_copy:
+@contextmanager
+def _neutral_copy(path: Path, raw: dict[str, Any]) -> Iterator[Path]:
     """A temporary directory holding `raw` as config.json, at a path none of
     TransformerLens' name rules match."""
-
-    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
-        self.path = path
-        self.raw = raw
-        self.dir: Path | None = None
-
-    def __enter__(self) -> Path:
-        for _ in range(8):  # the random part of the name could spell one, by chance
-            self.dir = Path(tempfile.mkdtemp(prefix="actscope-"))
-            if not any(rule in str(self.dir).lower() for rule in NAME_RULES):
-                (self.dir / "config.json").write_text(json.dumps(self.raw))
-                return self.dir
-            shutil.rmtree(self.dir, ignore_errors=True)
+    for _ in range(8):  # the random part of the name could spell one, by chance
+        where = Path(tempfile.mkdtemp(prefix="actscope-"))
+        if not any(rule in str(where).lower() for rule in NAME_RULES):
+            break
+        shutil.rmtree(where, ignore_errors=True)
+    else:
         raise ActscopeError(
-            f"--model {self.path}: the temporary directory {self.dir} has a name TransformerLens "
+            f"--model {path}: the temporary directory {where} has a name TransformerLens "
             "reads as an architecture; set TMPDIR to another directory"
         )
-
-    def __exit__(self, *exc) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+    try:
+        (where / "config.json").write_text(json.dumps(raw))
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -36,6 +36,7 @@ DEFAULT_PROCESSING = {
 }
 
 
+NATIVE_KINDS = ("native", "bundled")  # model kinds stored in actscope's native format
 RESERVED_NAMES = ("api", "static", "docs", "embed", "favicon.ico")  # the site's own top-level paths
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
@@ -159,7 +160,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
 
     torch.set_grad_enabled(False)
     loader: dict[str, Any] = {"loader": "transformer_lens.HookedTransformer", "transformer_lens": _version()}
-    if spec.kind in ("native", "bundled"):
+    if spec.kind in NATIVE_KINDS:
         model, tokenizer = _load_native(_model_dir(spec, NATIVE_CONFIG), device)
         spec.processing = {"native": True}
         loader["weights"] = "actscope native (HookedTransformer state dict, as saved)"
