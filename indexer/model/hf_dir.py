@@ -135,7 +135,8 @@ def _gemma_config(hf_config, architecture: str) -> dict[str, Any]:
     import transformer_lens.loading_from_pretrained as loading
 
     head_dim = int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads)
-    act_fn = getattr(hf_config, "hidden_activation", None) or hf_config.hidden_act
+    # What transformers' own MLPs read: Gemma hidden_act, Gemma 2 hidden_activation.
+    act_fn = hf_config.hidden_activation if architecture == "Gemma2ForCausalLM" else hf_config.hidden_act
     cfg: dict[str, Any] = {
         "d_model": hf_config.hidden_size,
         "d_head": head_dim,
