@@ -111,7 +111,7 @@ def load(config: IndexConfig) -> Loaded:
     from actscope.indexer.model.saes import load_sae, resolve_sae_spec, sae_processing
 
     device = pick_device(config.device)
-    model_spec = resolve_model_spec(config.model)
+    model_spec = resolve_model_spec(config.model, config.name)
     sae_specs = [resolve_sae_spec(text) for text in config.saes]
     saes = [load_sae(spec, "cpu") for spec in sae_specs]
     model_spec.processing = sae_processing(saes)
@@ -373,6 +373,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
                 "model": slug,
                 "spec": json.dumps(loaded.spec.to_dict()),
                 "processing": json.dumps(loaded.spec.processing),
+                "loader": json.dumps(loaded.loader),
                 "n_layers": int(cfg.n_layers),
                 "d_model": int(cfg.d_model),
                 "d_vocab": vocab_size,
