@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from actscope.app import limits
 from actscope.app.errors import AppError, bad_input, unavailable
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.store.reader import ModelInfo, SourceInfo
@@ -127,8 +128,6 @@ class LiveService:
 
     async def arun(self, text: str | None, source: str) -> LiveResult:
         """`run` for async routes: waits for the worker without holding a thread."""
-        import asyncio
-
         text, cut = clean_text(text, self.max_chars)
         key = ("text", text, source)
         if source not in self.sources:
@@ -141,12 +140,23 @@ class LiveService:
             from starlette.concurrency import run_in_threadpool
 
             await run_in_threadpool(self.load)
+        # The client's budget pays for a run (a full context reserved, what ran charged).
+        reservation = limits.reserve_live(self.model.ctx)
+        job = _Job(source, text, None)
+        try:
+            result = await self._await_job(job, key, cut)
+        finally:
+            reservation.settle(len(job.ids or ()) if job.acts is not None else 0)
+        return result
+
+    async def _await_job(self, job: _Job, key: tuple, cut: bool) -> LiveResult:
+        import asyncio
+
         if not self._waiting.acquire(blocking=False):
             raise unavailable("The server is busy with other live requests; try again in a moment.")
         try:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
-            job = _Job(source, text, None)
 
             def wake() -> None:
                 if not future.done():
@@ -179,17 +189,21 @@ class LiveService:
                 self._cache.move_to_end(key)
                 return hit
         self.load()
-        if not self._waiting.acquire(blocking=False):
-            raise unavailable("The server is busy with other live requests; try again in a moment.")
+        reservation = limits.reserve_live(len(ids) if ids is not None else self.model.ctx)
+        job = _Job(source, text, ids)
         try:
-            job = _Job(source, text, ids)
-            self._submit(job)
-            if not job.done.wait(self.timeout_s):
-                job.cancelled = True
-                raise unavailable("Timed out waiting for the model; try again in a moment.")
+            if not self._waiting.acquire(blocking=False):
+                raise unavailable("The server is busy with other live requests; try again in a moment.")
+            try:
+                self._submit(job)
+                if not job.done.wait(self.timeout_s):
+                    job.cancelled = True
+                    raise unavailable("Timed out waiting for the model; try again in a moment.")
+            finally:
+                self._waiting.release()
+            return self._finish(job, key, cut)
         finally:
-            self._waiting.release()
-        return self._finish(job, key, cut)
+            reservation.settle(len(job.ids or ()) if job.acts is not None else 0)
 
     def _finish(self, job: _Job, key: tuple, cut: bool) -> LiveResult:
         if job.error is not None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import live_data, pages, params, schemas, search_data, try_data
+from actscope.app import limits, live_data, pages, params, schemas, search_data, try_data
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import not_found
@@ -25,6 +25,7 @@ ERRORS: Responses = {
 LIVE_ERRORS: Responses = {
     **ERRORS,
     503: {"model": schemas.ErrorOut, "description": "Live inference busy or unavailable"},
+    **limits.OVER_BUDGET,
 }
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -62,7 +63,7 @@ def api_sequence(store: StoreDep, model: params.ModelName, seq: params.SequenceN
 @router.post(
     "/{model}/activations",
     summary="Run the model on text (live inference)",
-    responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS},
+    responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS, **limits.BODY_TOO_LARGE},
     response_class=JSON,
 )
 async def api_activations(

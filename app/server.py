@@ -15,12 +15,13 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actscope import __version__
-from actscope.app import errors, routes_api, routes_html
+from actscope.app import errors, limits, routes_api, routes_embed, routes_html
 from actscope.app import urls as site_urls
 from actscope.app.live_service import LiveService
 from actscope.app.render import make_templates
 from actscope.app.resources import resource_dir
 from actscope.app.response_cache import CacheMiddleware, ResponseCache
+from actscope.app.security_headers import SecurityHeaders
 from actscope.app.settings import Settings
 from actscope.app.token_html import TokenTable
 from actscope.indexer.errors import ActscopeError
@@ -87,12 +88,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.templates = make_templates({m.model: TokenTable(store.vocab_bytes(m.model)) for m in models})
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
+    # Outside the cache: cached answers carry the headers, and the limits come first.
+    budget = limits.LiveBudget(settings.live_tokens_per_minute) if settings.live_tokens_per_minute > 0 else None
+    trusted = limits.parse_networks(settings.trusted_proxies)
+    app.add_middleware(limits.Limits, max_body_bytes=settings.body_limit, budget=budget, trusted=trusted)
+    app.add_middleware(SecurityHeaders)
     if settings.root_path:
         app.add_middleware(RootPath, root_path=settings.root_path)  # outermost: before the cache
     errors.install(app)
     app.mount("/static", StaticFiles(directory=str(resource_dir("static"))), name="static")
     _docs_route(app)
     app.include_router(routes_api.router)
+    app.include_router(routes_embed.router)
     app.include_router(routes_html.router)
     return app
 
@@ -181,8 +188,15 @@ def serve(
     print(f"actscope: serving {index_file} on {where} with {workers} worker process{'es' if workers > 1 else ''}")
     # access_log off: at log level warning nothing is printed anyway, but uvicorn would
     # still format every request's log line.
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from 127.0.0.1; the app
+    # believes it only from ACTSCOPE_TRUSTED_PROXIES (app/limits.py).
     options: dict[str, Any] = dict(
-        host=host, port=port, root_path=settings.root_path, log_level="warning", access_log=False
+        host=host,
+        port=port,
+        root_path=settings.root_path,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
     )
     if workers > 1:
         uvicorn.run("actscope.app.server:app_from_env", factory=True, workers=workers, **options)

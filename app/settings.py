@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Bytes of a live request body besides its text (source, index, k, braces and names).
+BODY_ENVELOPE = 4096
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 
 
@@ -57,6 +60,32 @@ class Settings(BaseSettings):
     response_cache_mb: int = 128
     # Rows per page of a source's unit table (the visitor may ask for up to 500).
     page_size: int = 50
+    # Request bodies larger than this (bytes) get 413, before they are read. None: the
+    # longest accepted text (max_text_chars) JSON-escaped, plus room for the other fields.
+    max_body_bytes: int | None = None
+    # Live inference each client (IP address) may ask for, in model tokens per minute
+    # (0: no limit). Over it: 429 with Retry-After. Per worker process.
+    live_tokens_per_minute: int = 30_000
+    # Proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the
+    # client; from any other peer the header is ignored.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+
+    @property
+    def body_limit(self) -> int:
+        """max_body_bytes, or what the longest accepted text needs: JSON escapes a
+        character in at most 12 bytes (one outside the BMP as two \\uXXXX escapes)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return 12 * self.max_text_chars + BODY_ENVELOPE
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        from actscope.app.limits import parse_networks
+
+        if isinstance(value, str | list):
+            return [str(net) for net in parse_networks(value)]
+        return value
 
     @field_validator("root_path")
     @classmethod
