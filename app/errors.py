@@ -7,6 +7,7 @@ HTML: a friendly page with the message and a way back. Never a 500 for bad input
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,8 +58,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def shown_path(path: str) -> str:
+    """A request's path as a URL, percent-encoded as an address bar shows it: a
+    right-to-left override or NUL in it stays inert in a message or link text."""
+    return quote(path, safe="/:@!$&'()*+,;=~")
+
+
 def respond(request: Request, status: int, message: str, headers: dict | None = None):
-    path = site_urls.route_path(request.scope)  # without the site's base path
+    path = shown_path(site_urls.route_path(request.scope))  # without the site's base path
     if _wants_json(path):
         return JSONResponse(error_body(status, message), status_code=status, headers=headers)
     templates = request.app.state.templates
@@ -98,7 +105,9 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
-            message = f"No page at {site_urls.for_request(request).site(site_urls.route_path(request.scope))}."
+            message = (
+                f"No page at {site_urls.for_request(request).site(shown_path(site_urls.route_path(request.scope)))}."
+            )
         return respond(request, exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
