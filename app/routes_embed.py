@@ -26,7 +26,7 @@ def embed_data(request: Request, model: str, source: str, index: int) -> dict:
     return data
 
 
-@router.get("/embed/{model}/{source}/{index}", response_class=HTMLResponse)
+@router.get("/embed/{model}/{source}/{index}", response_class=HTMLResponse)  # urls.embed
 def embed_unit(request: Request, model: str, source: str, index: params.UnitIndex):
     data = embed_data(request, model, source, index)
     urls = site_urls.for_request(request)

@@ -87,6 +87,10 @@ class URLs:
     def unit(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}", params)
 
+    def embed(self, model: str, source: str, index: int) -> str:
+        """The unit's embed card (the one page other sites may frame)."""
+        return f"{self.base}/embed/{_q(model)}/{_q(source)}/{int(index)}"
+
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
 

@@ -148,6 +148,9 @@ def test_embed_card_shows_the_units_top_examples_stats_and_a_way_out(client, db)
     assert all(a.get("target") == "_blank" and "noopener" in a.get("rel", []) for a in links)
     assert soup.select_one("link[rel=alternate]")["href"] == f"/api/{M}/{S}/{index}"
     assert soup.find_all("script") == []
+    # The unit page links to its card.
+    unit = BeautifulSoup(client.get(f"/{M}/{S}/{index}").text, "html.parser")
+    assert unit.select_one("a.embed-link")["href"] == f"/embed/{M}/{S}/{index}"
 
 
 def test_embed_under_a_prefix_links_inside_it(web_index):
@@ -158,5 +161,7 @@ def test_embed_under_a_prefix_links_inside_it(web_index):
         check_headers("/embed/", resp.headers)
         links = {a["href"] for a in BeautifulSoup(resp.text, "html.parser").select("a[href]")}
         assert links == {"/actscope/tiny/0-mlp/3"}
+        unit = BeautifulSoup(c.get("/actscope/tiny/0-mlp/3").text, "html.parser")
+        assert unit.select_one("a.embed-link")["href"] == "/actscope/embed/tiny/0-mlp/3"
         # Under the prefix, a page that is not the embed view still refuses frames.
         assert "frame-ancestors 'none'" in c.get("/actscope/tiny/0-mlp/3").headers["content-security-policy"]
