@@ -274,3 +274,24 @@ def test_openapi_documents_the_limits(client):
     for path in ("/api/{model}/try", "/api/{model}/search", "/api/{model}/{source}/{index}"):
         assert "429" in paths[path]["get"]["responses"], path
     assert "429" not in paths["/api/{model}/{source}"]["get"]["responses"]  # no live inference there
+
+
+def test_serve_turns_uvicorns_forwarded_for_off(web_index, monkeypatch, restored_environ):
+    """uvicorn would believe X-Forwarded-For from 127.0.0.1 (its default): a local
+    client could then name any address and get a fresh budget. Only the app's
+    trusted_proxies setting decides."""
+    import os
+
+    import uvicorn
+    from click.testing import CliRunner
+
+    from actscope.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "WORKERS"):
+        os.environ.pop(f"ACTSCOPE_{var}", None)
+    os.environ["ACTSCOPE_LIVE"] = "false"
+    result = CliRunner().invoke(main, ["serve", str(web_index)])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["proxy_headers"] is False
