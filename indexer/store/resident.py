@@ -47,6 +47,11 @@ class ResidentTables:
         self.seq_values = np.zeros(0, dtype=np.int64)
         self.seq_offsets = np.zeros(1, dtype=np.int64)
         self.seq_row: dict[int, int] = {}
+        # Every sequence's token ids as Python ints, one object per vocabulary entry (8
+        # bytes a token), and where each sequence starts in it: an example's window is a
+        # list slice, not a numpy gather and a conversion.
+        self.seq_tokens: list[int] = []
+        self.seq_start: dict[int, int] = {}
 
     @staticmethod
     def size_estimate(cur, model: str) -> int:
@@ -58,7 +63,7 @@ class ResidentTables:
             "SELECT coalesce(sum(len(token_ids)), 0) FROM sequences WHERE model = ?", [model]
         ).fetchall()[0][0]
         n_rows = cur.execute("SELECT count(*) FROM examples WHERE model = ?", [model]).fetchall()[0][0]
-        return int(n_acts) * 4 + int(n_toks) * 4 + int(n_rows) * 40
+        return int(n_acts) * 4 + int(n_toks) * 12 + int(n_rows) * 40
 
     @classmethod
     def load(cls, cur, model: str) -> ResidentTables:
@@ -115,6 +120,13 @@ class ResidentTables:
         t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq", params=p).to_arrow_table()
         self.seq_values, self.seq_offsets = _lists(t.column("token_ids"))
         self.seq_row = {int(q): i for i, q in enumerate(t.column("seq").to_numpy())}
+        tokens = self.seq_values.tolist()
+        if tokens and min(tokens) >= 0:
+            ints = list(range(max(tokens) + 1))
+            tokens = list(map(ints.__getitem__, tokens))
+        self.seq_tokens = tokens
+        starts = self.seq_offsets.tolist()
+        self.seq_start = {q: starts[row] for q, row in self.seq_row.items()}
         return self
 
     # -- reads -------------------------------------------------------------------------
@@ -173,19 +185,32 @@ class ResidentTables:
         """(band or None, seq, pos, act, start, acts, token_ids) in (band, rank) order."""
         e = self.examples
         lo, hi = e["rows"].get((source, unit), (0, 0))
-        out = []
-        acts, acts_off = e["acts"], e["acts_off"]
-        for i in range(lo, hi):
-            a = acts[acts_off[i] : acts_off[i + 1]]
-            seq, start = int(e["seq"][i]), int(e["start"][i])
-            row = self.seq_row[seq]
-            base = int(self.seq_offsets[row]) + start
-            ids = self.seq_values[base : base + len(a)]
-            band = int(e["band"][i])
-            out.append(
-                (None if band < 0 else band, seq, int(e["pos"][i]), float(e["act"][i]), start, a.tolist(), ids.tolist())
+        if lo == hi:
+            return []
+        # Whole columns of the unit's rows at once, then cut per row: numpy scalar reads
+        # per row and field cost more than all of these together.
+        off = e["acts_off"][lo : hi + 1]
+        first, last = int(off[0]), int(off[-1])
+        acts = e["acts"][first:last].tolist()
+        seqs, starts = e["seq"][lo:hi].tolist(), e["start"][lo:hi].tolist()
+        # Each window's token ids: a slice of its sequence's Python ints (shared objects).
+        tokens, seq_start = self.seq_tokens, self.seq_start
+        lengths = np.diff(off).tolist()
+        ids = [tokens[seq_start[q] + a : seq_start[q] + a + n] for q, a, n in zip(seqs, starts, lengths)]
+        cuts = (off - first).tolist()
+        return [
+            (None if band < 0 else band, seq, pos, act, start, acts[a:b], window)
+            for band, seq, pos, act, start, a, b, window in zip(
+                e["band"][lo:hi].tolist(),
+                seqs,
+                e["pos"][lo:hi].tolist(),
+                e["act"][lo:hi].tolist(),
+                starts,
+                cuts[:-1],
+                cuts[1:],
+                ids,
             )
-        return out
+        ]
 
     def top_example_row(self, source: str, unit: int, rank: int) -> tuple | None:
         """(seq, pos, act, start, token_ids, acts) of a unit's top example of `rank`."""
