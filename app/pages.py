@@ -9,8 +9,8 @@ Errors are AppError (404/422/503).
 from __future__ import annotations
 
 import random as _random
-from itertools import chain, islice
 from dataclasses import replace
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
-
 from markupsafe import Markup, escape
 
 from actscope.indexer.store.reader import is_utf8
