@@ -282,7 +282,9 @@ def unit_data(
     (the HTML page), `full` is the expanded example's whole sequence, tinted."""
     src = get_source(store, model, source)
     check_index(src, index)
-    rec = store.unit(model, source, index)
+    # The page reads the examples of the band it shows only (band_choice checks it below).
+    asked = {int(band)} if band is not None and band.isascii() and band.isdigit() else set()
+    rec = store.unit(model, source, index, bands=asked if shown_only else None)
     if rec is None:
         raise not_found(f"Unit {index} of {source} has no statistics in this index.")
     text = params.visitor_text(text)
@@ -314,7 +316,7 @@ def unit_data(
     else:
         b = rec.bands[int(shown)]
         shown_examples = b.examples
-        shown_set = unit_view.example_page(len(b.examples), page_no, n_per_page, f"band {b.band}")
+        shown_set = unit_view.example_page(b.stored, page_no, n_per_page, f"band {b.band}")
         shown_set.update(band=shown, empty=b.count == 0)
     on_page = shown_examples[shown_set["first"] : shown_set["first"] + shown_set["count"]]
     open_shown = opened is not None and any((ex.seq, ex.pos) == opened for ex in on_page)
@@ -369,7 +371,7 @@ def unit_data(
                 "count": b.count,
                 "share": b.share,
                 "empty": b.count == 0,
-                "stored": len(b.examples),
+                "stored": b.stored,
                 **({"examples": band_examples[b.band]} if b.band in band_examples else {}),
             }
             for b in rec.bands

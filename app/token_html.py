@@ -151,8 +151,9 @@ class TokenTable:
 
     def quoted(self, token_id: int) -> Markup:
         """The token's label as a quoted string (JSON escapes), for tables and lists."""
-        lab = self.labels[token_id] if 0 <= token_id < len(self.labels) else f"<{token_id}>"
-        return ascii_html(json.dumps(lab, ensure_ascii=False))
+        if 0 <= token_id < len(self.titles):  # the title without its " (id N)"
+            return Markup(self.titles[token_id][: -len(f" (id {token_id})")])
+        return ascii_html(json.dumps(f"<{token_id}>", ensure_ascii=False))
 
     def code(self, token_id: int) -> Markup:
         """`<code class="tok">` with the quoted label and the id on hover."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,8 @@ class Band:
     hi: float
     count: int
     share: float
-    examples: list[Example] = field(default_factory=list)
+    stored: int  # examples stored for the band
+    examples: list[Example] = field(default_factory=list)  # empty when not read (Store.unit's `bands`)
 
 
 @dataclass(frozen=True)
@@ -367,13 +369,17 @@ class Store:
         return [found.get(w) for w in wanted]
 
     # -- units -----------------------------------------------------------------------
-    def unit(self, model: str, source: str, unit: int) -> UnitRecord | None:
+    def unit(self, model: str, source: str, unit: int, bands: Collection[int] | None = None) -> UnitRecord | None:
+        """A unit's record: its statistics, top examples, bands and logit effects. With
+        `bands`, only those bands carry their examples (the others their number, `stored`):
+        a page shows one set of examples."""
         resident = self._resident.get(model)
         if resident is not None:
             st = resident.stats_row(source, unit)
             if st is None:
                 return None
-            example_rows = resident.example_rows(source, unit)
+            example_rows = resident.example_rows(source, unit, bands)
+            sizes = resident.band_sizes(source, unit)
             band_rows = resident.band_rows(source, unit)
             logit_row = resident.logit_row(source, unit)
         else:
@@ -381,15 +387,20 @@ class Store:
             if st is None:
                 return None
             example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit)
+            sizes = Counter(row[0] for row in example_rows if row[0] is not None)
+            if bands is not None:
+                example_rows = [row for row in example_rows if row[0] is None or row[0] in bands]
         stats = UnitStats(**st)
         top: list[Example] = []
         by_band: dict[int, list[Example]] = {}
         for band, seq, pos, act, start, acts, ids in example_rows:
             ex = Example(seq, pos, act, start, ids, acts)
             (top if band is None else by_band.setdefault(band, [])).append(ex)
-        bands = [Band(b, ql, qh, lo, hi, c, sh, by_band.get(b, [])) for b, ql, qh, lo, hi, c, sh in band_rows]
+        band_list = [
+            Band(b, ql, qh, lo, hi, c, sh, sizes.get(b, 0), by_band.get(b, [])) for b, ql, qh, lo, hi, c, sh in band_rows
+        ]
         logits = Logits(*logit_row) if logit_row is not None else None
-        return UnitRecord(model, source, unit, stats, top, bands, logits)
+        return UnitRecord(model, source, unit, stats, top, band_list, logits)
 
     def _stats_sql(self, model: str, source: str, unit: int) -> dict[str, Any] | None:
         rows = self._all(

@@ -11,6 +11,7 @@ gives a unit's row range. List columns are stored as (values, offsets) pairs.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -181,36 +182,59 @@ class ResidentTables:
             out.append(values[off[i] : off[i + 1]].tolist())
         return tuple(out)
 
-    def example_rows(self, source: str, unit: int) -> list[tuple]:
-        """(band or None, seq, pos, act, start, acts, token_ids) in (band, rank) order."""
+    def example_rows(self, source: str, unit: int, bands: Collection[int] | None = None) -> list[tuple]:
+        """(band or None, seq, pos, act, start, acts, token_ids) in (band, rank) order: the
+        top examples and those of `bands` (None: of every band)."""
         e = self.examples
         lo, hi = e["rows"].get((source, unit), (0, 0))
         if lo == hi:
             return []
-        # Whole columns of the unit's rows at once, then cut per row: numpy scalar reads
-        # per row and field cost more than all of these together.
-        off = e["acts_off"][lo : hi + 1]
-        first, last = int(off[0]), int(off[-1])
-        acts = e["acts"][first:last].tolist()
-        seqs, starts = e["seq"][lo:hi].tolist(), e["start"][lo:hi].tolist()
+        # Whole columns of the rows at once, then cut per row: numpy scalar reads per row
+        # and field cost more than all of these together.
+        rows: slice | np.ndarray = slice(lo, hi)
+        off = e["acts_off"]
+        if bands is None:
+            first, last = int(off[lo]), int(off[hi])
+            acts = e["acts"][first:last].tolist()
+            cuts = (off[lo : hi + 1] - first).tolist()
+        else:
+            band = e["band"][lo:hi]
+            rows = lo + np.flatnonzero((band < 0) | np.isin(band, list(bands)))
+            if not len(rows):
+                return []
+            starts, ends = off[rows], off[rows + 1]
+            ends_in = np.cumsum(ends - starts)
+            # The kept rows' activations, gathered in one take.
+            take = np.repeat(starts - (ends_in - (ends - starts)), ends - starts) + np.arange(ends_in[-1])
+            acts = e["acts"][take].tolist()
+            cuts = [0, *ends_in.tolist()]
+        seqs, starts_in_seq = e["seq"][rows].tolist(), e["start"][rows].tolist()
         # Each window's token ids: a slice of its sequence's Python ints (shared objects).
         tokens, seq_start = self.seq_tokens, self.seq_start
-        lengths = np.diff(off).tolist()
-        ids = [tokens[seq_start[q] + a : seq_start[q] + a + n] for q, a, n in zip(seqs, starts, lengths)]
-        cuts = (off - first).tolist()
+        ids = [
+            tokens[seq_start[q] + a : seq_start[q] + a + (b - c)]
+            for q, a, c, b in zip(seqs, starts_in_seq, cuts, cuts[1:])
+        ]
         return [
             (None if band < 0 else band, seq, pos, act, start, acts[a:b], window)
             for band, seq, pos, act, start, a, b, window in zip(
-                e["band"][lo:hi].tolist(),
+                e["band"][rows].tolist(),
                 seqs,
-                e["pos"][lo:hi].tolist(),
-                e["act"][lo:hi].tolist(),
-                starts,
-                cuts[:-1],
+                e["pos"][rows].tolist(),
+                e["act"][rows].tolist(),
+                starts_in_seq,
+                cuts,
                 cuts[1:],
                 ids,
             )
         ]
+
+    def band_sizes(self, source: str, unit: int) -> dict[int, int]:
+        """How many examples each band of a unit has stored (bands with none left out)."""
+        e = self.examples
+        lo, hi = e["rows"].get((source, unit), (0, 0))
+        found, counts = np.unique(e["band"][lo:hi], return_counts=True)
+        return {b: c for b, c in zip(found.tolist(), counts.tolist()) if b >= 0}
 
     def top_example_row(self, source: str, unit: int, rank: int) -> tuple | None:
         """(seq, pos, act, start, token_ids, acts) of a unit's top example of `rank`."""
