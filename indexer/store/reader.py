@@ -397,7 +397,8 @@ class Store:
             ex = Example(seq, pos, act, start, ids, acts)
             (top if band is None else by_band.setdefault(band, [])).append(ex)
         band_list = [
-            Band(b, ql, qh, lo, hi, c, sh, sizes.get(b, 0), by_band.get(b, [])) for b, ql, qh, lo, hi, c, sh in band_rows
+            Band(b, ql, qh, lo, hi, c, sh, sizes.get(b, 0), by_band.get(b, []))
+            for b, ql, qh, lo, hi, c, sh in band_rows
         ]
         logits = Logits(*logit_row) if logit_row is not None else None
         return UnitRecord(model, source, unit, stats, top, band_list, logits)

@@ -199,10 +199,11 @@ class ResidentTables:
             cuts = (off[lo : hi + 1] - first).tolist()
         else:
             band = e["band"][lo:hi]
-            rows = lo + np.flatnonzero((band < 0) | np.isin(band, list(bands)))
-            if not len(rows):
+            kept = lo + np.flatnonzero((band < 0) | np.isin(band, list(bands)))
+            if not len(kept):
                 return []
-            starts, ends = off[rows], off[rows + 1]
+            rows = kept
+            starts, ends = off[kept], off[kept + 1]
             ends_in = np.cumsum(ends - starts)
             # The kept rows' activations, gathered in one take.
             take = np.repeat(starts - (ends_in - (ends - starts)), ends - starts) + np.arange(ends_in[-1])
