@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random as _random
 from dataclasses import replace
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -66,18 +67,30 @@ def model_dict(store: Store, m: ModelInfo) -> dict[str, Any]:
     }
 
 
-def example_dict(store: Store, model: str, ex: Example) -> dict[str, Any]:
-    return {
-        "seq": ex.seq,
-        "pos": ex.pos,
-        "act": ex.act,
-        "start": ex.start,
-        "tokens": store.token_strings(model, ex.token_ids),
-        "token_ids": ex.token_ids,
-        "token_bytes": store.token_hex(model, ex.token_ids),
-        "acts": ex.acts,
-        "focus": ex.focus,
-    }
+def example_dicts(store: Store, model: str, examples: list[Example]) -> list[dict[str, Any]]:
+    """Each example as the pages' data, every example's tokens looked up in one go (a
+    unit page has up to a hundred examples)."""
+    ids = list(chain.from_iterable(ex.token_ids for ex in examples))
+    tokens, hexes = store.token_strings(model, ids), store.token_hex(model, ids)
+    out = []
+    a = 0
+    for ex in examples:
+        b = a + len(ex.token_ids)
+        out.append(
+            {
+                "seq": ex.seq,
+                "pos": ex.pos,
+                "act": ex.act,
+                "start": ex.start,
+                "tokens": tokens[a:b],
+                "token_ids": ex.token_ids,
+                "token_bytes": hexes[a:b],
+                "acts": ex.acts,
+                "focus": ex.pos - ex.start,
+            }
+        )
+        a = b
+    return out
 
 
 def logit_list(store: Store, model: str, ids: list[int], values: list[float]) -> list[dict[str, Any]]:
@@ -269,7 +282,9 @@ def unit_data(
     (the HTML page), `full` is the expanded example's whole sequence, tinted."""
     src = get_source(store, model, source)
     check_index(src, index)
-    rec = store.unit(model, source, index)
+    # The page reads the examples of the band it shows only (band_choice checks it below).
+    asked = {int(band)} if band is not None and band.isascii() and band.isdigit() else set()
+    rec = store.unit(model, source, index, bands=asked if shown_only else None)
     if rec is None:
         raise not_found(f"Unit {index} of {source} has no statistics in this index.")
     text = params.visitor_text(text)
@@ -301,7 +316,7 @@ def unit_data(
     else:
         b = rec.bands[int(shown)]
         shown_examples = b.examples
-        shown_set = unit_view.example_page(len(b.examples), page_no, n_per_page, f"band {b.band}")
+        shown_set = unit_view.example_page(b.stored, page_no, n_per_page, f"band {b.band}")
         shown_set.update(band=shown, empty=b.count == 0)
     on_page = shown_examples[shown_set["first"] : shown_set["first"] + shown_set["count"]]
     open_shown = opened is not None and any((ex.seq, ex.pos) == opened for ex in on_page)
@@ -320,6 +335,11 @@ def unit_data(
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
+    # Every example the data carries, converted in one go, then cut back into its sets.
+    with_examples = [b for b in rec.bands if not shown_only or shown == str(b.band)]
+    dicts = iter(example_dicts(store, model, rec.top + [ex for b in with_examples for ex in b.examples]))
+    top = list(islice(dicts, len(rec.top)))
+    band_examples = {b.band: list(islice(dicts, len(b.examples))) for b in with_examples}
     data = {
         "model": model,
         "source": source_dict(src),
@@ -338,7 +358,7 @@ def unit_data(
         },
         "cos_in_out": st.cos_in_out,
         "scale": scale,
-        "top": [example_dict(store, model, ex) for ex in rec.top],
+        "top": top,
         "bands": [
             {
                 "band": b.band,
@@ -351,12 +371,8 @@ def unit_data(
                 "count": b.count,
                 "share": b.share,
                 "empty": b.count == 0,
-                "stored": len(b.examples),
-                **(
-                    {"examples": [example_dict(store, model, ex) for ex in b.examples]}
-                    if not shown_only or shown == str(b.band)
-                    else {}
-                ),
+                "stored": b.stored,
+                **({"examples": band_examples[b.band]} if b.band in band_examples else {}),
             }
             for b in rec.bands
         ],

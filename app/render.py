@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from itertools import count
 from typing import Any
 
 import jinja2
@@ -14,7 +15,7 @@ from starlette.requests import Request
 from actscope.app import urls as site_urls
 from actscope.app.histogram import histogram_markup
 from actscope.app.resources import resource_dir
-from actscope.app.token_html import TokenTable, append_spans, ascii_html, tokens_html
+from actscope.app.token_html import TokenTable, Window, ascii_html, tokens_html, windows_html
 from actscope.app.unit_view import basis_words
 from actscope.app.urls import URLs
 
@@ -50,20 +51,20 @@ def example_items(
         return Markup('<li class="empty">No examples in this set.</li>')
     state = {k: v for k, v in (state or {}).items() if k != "open"}
     closed = escape(urls.unit(model, source, index, **state))
-    out: list[str] = []
+    keys = [f"{ex['seq']}:{ex['pos']}" for ex in examples]
+    opens = urls.unit_opening(model, source, index, keys, **state)
     links = urls.sequences(model, source, index, [(ex["seq"], ex["pos"]) for ex in examples])
-    for i, (ex, link) in enumerate(zip(examples, links), start=first):
+    windows = [Window(ex["token_ids"], ex["acts"], ex["focus"], ex["start"] == 0) for ex in examples]
+    spans = windows_html(table, windows, scale)
+    out: list[str] = []
+    for i, ex, key, href, link, tokens in zip(count(first), examples, keys, opens, links, spans):
         is_open = open is not None and (ex["seq"], ex["pos"]) == (open["seq"], open["pos"])
         out.append(
             f'<li class="example" id="ex-{i}">\n'
             f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n'
-        )
-        append_spans(out, table, ex["token_ids"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
-        key = f"{ex['seq']}:{ex['pos']}"
-        href = closed if is_open else escape(urls.unit(model, source, index, **state, open=key))
-        out.append(
-            f'\n<a class="full-link" href="{href}#ex-{i}" data-open="{key}" data-seq="{escape(link)}" '
-            f'aria-controls="full-{i}" aria-expanded="{"true" if is_open else "false"}">'
+            f"{tokens}\n"
+            f'<a class="full-link" href="{closed if is_open else escape(href)}#ex-{i}" data-open="{key}" '
+            f'data-seq="{escape(link)}" aria-controls="full-{i}" aria-expanded="{"true" if is_open else "false"}">'
             f"{'hide' if is_open else 'show'} full sequence</a>\n"
             f'<div class="full" id="full-{i}">{full if is_open else ""}</div>\n</li>\n'
         )

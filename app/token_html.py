@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass
+from itertools import chain
 
+import numpy as np
 from markupsafe import Markup, escape
 
 from actscope.indexer.store.reader import is_utf8
@@ -128,6 +130,10 @@ class TokenTable:
             ascii_html(f"{json.dumps(lab, ensure_ascii=False)} (id {i})") for i, lab in enumerate(self.labels)
         ]
         self.shown = [_shown(lab) for lab in self.labels]
+        # A tinted span without its tint and value: `" title="<label> (id N): ` before
+        # the value, `">shown</span>` (+ what follows a newline) after it.
+        self.before_value = [f'" title="{t}: ' for t in self.titles]
+        self.after_value = [f'">{box}</span>{after}' for box, after in self.shown]
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -145,8 +151,9 @@ class TokenTable:
 
     def quoted(self, token_id: int) -> Markup:
         """The token's label as a quoted string (JSON escapes), for tables and lists."""
-        lab = self.labels[token_id] if 0 <= token_id < len(self.labels) else f"<{token_id}>"
-        return ascii_html(json.dumps(lab, ensure_ascii=False))
+        if 0 <= token_id < len(self.titles):  # the title without its " (id N)"
+            return Markup(self.titles[token_id][: -len(f" (id {token_id})")])
+        return ascii_html(json.dumps(f"<{token_id}>", ensure_ascii=False))
 
     def code(self, token_id: int) -> Markup:
         """`<code class="tok">` with the quoted label and the id on hover."""
@@ -313,6 +320,66 @@ def append_spans(
     if not table.partial_ids.isdisjoint(ids[:n]):
         _draw_clusters(out, first, table, ids[:n], values, focus)
     append("</span>")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Token ids with their activations, as tokens_html() takes them."""
+
+    ids: list[int]
+    acts: list[float]
+    focus: int | None = None
+    bos: bool = False
+
+
+# Every span opening, positive ones then negative ones, by tint strength.
+_OPENINGS = _OPEN + _OPEN_NEG
+_VALUE_AGAIN = '" data-act="'
+
+
+def windows_html(table: TokenTable, windows: list[Window], scale: float) -> list[str]:
+    """[tokens_html(table, w.ids, w.acts, scale, w.focus, w.bos) for w in windows], the
+    same bytes, built for all windows at once: the tints and values of all their tokens
+    in a few whole-list operations, each span joined from pieces the table keeps per
+    token id (a unit page's twenty examples: a third of the time)."""
+    acts = list(chain.from_iterable(w.acts for w in windows))
+    if not acts:
+        return [str(tokens_html(table, w.ids, w.acts, scale, w.focus, w.bos)) for w in windows]
+    values = ("%.4f\n" * len(acts) % tuple(acts)).split("\n")
+    inv = 1000.0 / scale if scale > 0 else 0.0
+    # Tint strength in thousandths, rounded; NaN and inf at full strength (as in
+    # append_spans); negative values take the negative openings.
+    a = np.array(acts, dtype=np.float64)
+    strength = np.abs(a) * inv + 0.5
+    opening = np.where(strength < 1000, strength, 1000).astype(np.intp) + (a < 0) * len(_OPEN)
+    heads = list(map(_OPENINGS.__getitem__, opening.tolist()))
+    before, after, n_vocab, partial = table.before_value, table.after_value, len(table), table.partial_ids
+    out = []
+    first = 0
+    for w in windows:
+        ids, n = w.ids, len(w.acts)
+        last = first + n
+        if n != len(ids) or not n or min(ids) < 0 or max(ids) >= n_vocab or not partial.isdisjoint(ids):
+            out.append(str(tokens_html(table, ids, w.acts, scale, w.focus, w.bos)))
+            first = last
+            continue
+        parts = [_VALUE_AGAIN] * (6 * n)
+        parts[0::6] = heads[first:last]
+        parts[1::6] = map(before.__getitem__, ids)
+        parts[2::6] = parts[4::6] = values[first:last]
+        parts[5::6] = map(after.__getitem__, ids)
+        focus = w.focus
+        if focus is not None and 0 <= focus < n and not (w.bos and focus == 0):
+            act = w.acts[focus]
+            cls = "t neg focus" if act < 0 else "t focus"
+            span = _span(table, cls, _strength(abs(act) * inv), ids[focus], values[first + focus])
+            parts[6 * focus : 6 * focus + 6] = (span, "", "", "", "", "")
+        if w.bos:
+            span = _span(table, "t bos focus" if focus == 0 else "t bos", "0.000", ids[0], values[first])
+            parts[0:6] = (span, "", "", "", "", "")
+        out.append('<span class="toks">' + "".join(parts) + "</span>")
+        first = last
+    return out
 
 
 def _span(table: TokenTable, cls: str, strength: str, tid: int, value: str) -> str:

@@ -107,6 +107,41 @@ def test_unit_index_spellings_as_fastapi_parses_them(client, spelling):
     assert BeautifulSoup(page.text, "html.parser").select_one(".unit-index").get_text() == "1"
 
 
+def test_unit_routes_without_the_router_answer_as_through_it(client):
+    # HotRoutes (app/fast_route.py) sends a unit request straight to its endpoint once
+    # it has seen where the router sends that model and source; a path of the same
+    # shape that belongs to another route (sequences) must stay there.
+    from actscope.app.fast_route import HotRoutes
+
+    for _ in range(2):
+        assert client.get(f"/api/{M}/sequences/1").json()["seq"] == 1
+        assert client.get(f"/{M}/sequences/1").text.count('class="t') > 1
+    client.get(f"/api/{M}/{S}/2")
+    client.get(f"/{M}/{S}/2")
+    hot = client.app.middleware_stack
+    while not isinstance(hot, HotRoutes):
+        hot = hot.app
+    learned = {key[1:]: taken for key, taken in hot.learned.items()}
+    assert learned[(M, S)] is True and learned[(M, "sequences")] is False
+    # Straight to the endpoint ("7") and through FastAPI's own parsing ("+7"): the same answers.
+    for query in ("?per_page=3", "?band=1&page=2&per_page=2"):
+        direct = client.get(f"/api/{M}/{S}/7{query}")
+        routed = client.get(f"/api/{M}/{S}/+7{query}")
+        assert direct.status_code == routed.status_code == 200 and direct.json() == routed.json()
+        page, routed_page = client.get(f"/{M}/{S}/7{query}"), client.get(f"/{M}/{S}/+7{query}")
+        assert page.text == routed_page.text.replace("/%2B7", "/7").replace("/+7", "/7")
+
+
+def test_store_reads_only_the_bands_asked_for(client):
+    store = client.app.state.store
+    whole = store.unit(M, S, 3)
+    part = store.unit(M, S, 3, bands={1})
+    assert part.top == whole.top and part.stats == whole.stats
+    assert [b.stored for b in part.bands] == [len(b.examples) for b in whole.bands]
+    assert [b.examples for b in part.bands] == [b.examples if b.band == 1 else [] for b in whole.bands]
+    assert whole.bands[1].examples  # the fixture stores band examples
+
+
 def test_error_shape_on_post(client):
     # Malformed body, missing fields and wrong types all give the same shape.
     for body in [None, {}, {"text": "hi"}, {"text": 3, "source": S}, {"text": "x", "source": S, "index": "a"}]:

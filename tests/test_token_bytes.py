@@ -156,6 +156,27 @@ def test_labels_and_clusters_in_rendered_spans():
     assert spans[7].get_text() == "x\u21b5" and spans[7].next_sibling.startswith("\n")
 
 
+def test_spans_of_many_windows_are_those_of_each():
+    # windows_html builds a page's examples at once; each must be tokens_html's bytes:
+    # tints of negative, huge, NaN and infinite values, focus and BOS, a window with a
+    # character split over tokens, and an id past the vocabulary.
+    from actscope.app.token_html import TokenTable, Window, tokens_html, windows_html
+
+    table = TokenTable([b"<|bos|>", b"a%s", b"\xc3", b"\xa9", b" b\n", b"<i>", b"\t"])
+    nan, inf = float("nan"), float("inf")
+    windows = [
+        Window([0, 1, 4, 5], [7.0, -0.5, 0.25, 3.0], 2, True),
+        Window([1, 5, 6, 1], [nan, -inf, inf, 1e-9], 0, False),
+        Window([0, 1], [0.1, 2.0], 0, True),
+        Window([1, 2, 3, 5], [0.5, 1.0, -1.0, 0.0], 3, False),
+        Window([5, 9, 1], [0.5, 1.0, 1.5], 1, False),
+        Window([4, 4], [-0.0, 0.6], None, False),
+    ]
+    for scale in (2.0, 0.0):
+        want = [str(tokens_html(table, w.ids, w.acts, scale, w.focus, w.bos)) for w in windows]
+        assert windows_html(table, windows, scale) == want
+
+
 def test_try_page_tokens_show_bytes_ids_and_one_box_per_newline(client, stored_bytes):
     text = TEXT + "\nx = 1\n    y"
     data = client.get(f"/api/{M}/try", params={"text": text}).json()

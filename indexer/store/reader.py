@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,10 @@ class UnitStats:
     hist_counts: list[int]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: its __init__ would cost 5x, for ~100 examples per unit page
 class Example:
-    """A window of one sequence; `acts[i]` is the activation on `token_ids[i]`."""
+    """A window of one sequence; `acts[i]` is the activation on `token_ids[i]`. Read-only
+    by convention."""
 
     seq: int
     pos: int  # focus position in the sequence
@@ -93,7 +95,8 @@ class Band:
     hi: float
     count: int
     share: float
-    examples: list[Example] = field(default_factory=list)
+    stored: int  # examples stored for the band
+    examples: list[Example] = field(default_factory=list)  # empty when not read (Store.unit's `bands`)
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class Store:
         self._local = threading.local()
         self._check_version()
         self._vocab: dict[str, tuple[list[str], list[bytes]]] = {}
-        self._hex: dict[str, list[str | None]] = {}
+        self._hex: dict[str, tuple[list[str | None], frozenset[int]]] = {}
         self._lock = threading.Lock()
         self.meta = self._read_meta()
         self._models = {m.model: m for m in self._read_models()}
@@ -294,13 +297,17 @@ class Store:
     def token_hex(self, model: str, ids: list[int]) -> list[str | None]:
         """Per token: its bytes in hex where they are not valid UTF-8 on their own, else
         None (the JSON's `token_bytes`)."""
-        hexes = self._hex.get(model)
-        if hexes is None:
+        found = self._hex.get(model)
+        if found is None:
             hexes = [None if is_utf8(b) else b.hex() for b in self.vocab_bytes(model)]
-            self._hex[model] = hexes
-        if not ids or min(ids) >= 0:
+            found = (hexes, frozenset(i for i, h in enumerate(hexes) if h is not None))
+            self._hex[model] = found
+        hexes, partial = found
+        if partial.isdisjoint(ids):
+            return [None] * len(ids)  # the common case: one C-level test of every id
+        if min(ids) >= 0:
             try:
-                return [hexes[i] for i in ids]  # the common case, at a third of the checked loop's cost
+                return list(map(hexes.__getitem__, ids))  # every id in the vocabulary
             except IndexError:
                 pass
         n = len(hexes)
@@ -310,7 +317,7 @@ class Store:
         vocab = self.vocab(model)
         if not ids or min(ids) >= 0:
             try:
-                return [vocab[i] for i in ids]  # the common case: every id in the vocabulary
+                return list(map(vocab.__getitem__, ids))  # the common case: every id in the vocabulary
             except IndexError:
                 pass
         n = len(vocab)
@@ -362,13 +369,17 @@ class Store:
         return [found.get(w) for w in wanted]
 
     # -- units -----------------------------------------------------------------------
-    def unit(self, model: str, source: str, unit: int) -> UnitRecord | None:
+    def unit(self, model: str, source: str, unit: int, bands: Collection[int] | None = None) -> UnitRecord | None:
+        """A unit's record: its statistics, top examples, bands and logit effects. With
+        `bands`, only those bands carry their examples (the others their number, `stored`):
+        a page shows one set of examples."""
         resident = self._resident.get(model)
         if resident is not None:
             st = resident.stats_row(source, unit)
             if st is None:
                 return None
-            example_rows = resident.example_rows(source, unit)
+            example_rows = resident.example_rows(source, unit, bands)
+            sizes = resident.band_sizes(source, unit)
             band_rows = resident.band_rows(source, unit)
             logit_row = resident.logit_row(source, unit)
         else:
@@ -376,15 +387,21 @@ class Store:
             if st is None:
                 return None
             example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit)
+            sizes = Counter(row[0] for row in example_rows if row[0] is not None)
+            if bands is not None:
+                example_rows = [row for row in example_rows if row[0] is None or row[0] in bands]
         stats = UnitStats(**st)
         top: list[Example] = []
         by_band: dict[int, list[Example]] = {}
         for band, seq, pos, act, start, acts, ids in example_rows:
             ex = Example(seq, pos, act, start, ids, acts)
             (top if band is None else by_band.setdefault(band, [])).append(ex)
-        bands = [Band(b, ql, qh, lo, hi, c, sh, by_band.get(b, [])) for b, ql, qh, lo, hi, c, sh in band_rows]
+        band_list = [
+            Band(b, ql, qh, lo, hi, c, sh, sizes.get(b, 0), by_band.get(b, []))
+            for b, ql, qh, lo, hi, c, sh in band_rows
+        ]
         logits = Logits(*logit_row) if logit_row is not None else None
-        return UnitRecord(model, source, unit, stats, top, bands, logits)
+        return UnitRecord(model, source, unit, stats, top, band_list, logits)
 
     def _stats_sql(self, model: str, source: str, unit: int) -> dict[str, Any] | None:
         rows = self._all(

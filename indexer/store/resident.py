@@ -11,6 +11,7 @@ gives a unit's row range. List columns are stored as (values, offsets) pairs.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,11 @@ class ResidentTables:
         self.seq_values = np.zeros(0, dtype=np.int64)
         self.seq_offsets = np.zeros(1, dtype=np.int64)
         self.seq_row: dict[int, int] = {}
+        # Every sequence's token ids as Python ints, one object per vocabulary entry (8
+        # bytes a token), and where each sequence starts in it: an example's window is a
+        # list slice, not a numpy gather and a conversion.
+        self.seq_tokens: list[int] = []
+        self.seq_start: dict[int, int] = {}
 
     @staticmethod
     def size_estimate(cur, model: str) -> int:
@@ -58,7 +64,7 @@ class ResidentTables:
             "SELECT coalesce(sum(len(token_ids)), 0) FROM sequences WHERE model = ?", [model]
         ).fetchall()[0][0]
         n_rows = cur.execute("SELECT count(*) FROM examples WHERE model = ?", [model]).fetchall()[0][0]
-        return int(n_acts) * 4 + int(n_toks) * 4 + int(n_rows) * 40
+        return int(n_acts) * 4 + int(n_toks) * 12 + int(n_rows) * 40
 
     @classmethod
     def load(cls, cur, model: str) -> ResidentTables:
@@ -115,6 +121,13 @@ class ResidentTables:
         t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq", params=p).to_arrow_table()
         self.seq_values, self.seq_offsets = _lists(t.column("token_ids"))
         self.seq_row = {int(q): i for i, q in enumerate(t.column("seq").to_numpy())}
+        tokens = self.seq_values.tolist()
+        if tokens and min(tokens) >= 0:
+            ints = list(range(max(tokens) + 1))
+            tokens = list(map(ints.__getitem__, tokens))
+        self.seq_tokens = tokens
+        starts = self.seq_offsets.tolist()
+        self.seq_start = {q: starts[row] for q, row in self.seq_row.items()}
         return self
 
     # -- reads -------------------------------------------------------------------------
@@ -169,23 +182,60 @@ class ResidentTables:
             out.append(values[off[i] : off[i + 1]].tolist())
         return tuple(out)
 
-    def example_rows(self, source: str, unit: int) -> list[tuple]:
-        """(band or None, seq, pos, act, start, acts, token_ids) in (band, rank) order."""
+    def example_rows(self, source: str, unit: int, bands: Collection[int] | None = None) -> list[tuple]:
+        """(band or None, seq, pos, act, start, acts, token_ids) in (band, rank) order: the
+        top examples and those of `bands` (None: of every band)."""
         e = self.examples
         lo, hi = e["rows"].get((source, unit), (0, 0))
-        out = []
-        acts, acts_off = e["acts"], e["acts_off"]
-        for i in range(lo, hi):
-            a = acts[acts_off[i] : acts_off[i + 1]]
-            seq, start = int(e["seq"][i]), int(e["start"][i])
-            row = self.seq_row[seq]
-            base = int(self.seq_offsets[row]) + start
-            ids = self.seq_values[base : base + len(a)]
-            band = int(e["band"][i])
-            out.append(
-                (None if band < 0 else band, seq, int(e["pos"][i]), float(e["act"][i]), start, a.tolist(), ids.tolist())
+        if lo == hi:
+            return []
+        # Whole columns of the rows at once, then cut per row: numpy scalar reads per row
+        # and field cost more than all of these together.
+        rows: slice | np.ndarray = slice(lo, hi)
+        off = e["acts_off"]
+        if bands is None:
+            first, last = int(off[lo]), int(off[hi])
+            acts = e["acts"][first:last].tolist()
+            cuts = (off[lo : hi + 1] - first).tolist()
+        else:
+            band = e["band"][lo:hi]
+            kept = lo + np.flatnonzero((band < 0) | np.isin(band, list(bands)))
+            if not len(kept):
+                return []
+            rows = kept
+            starts, ends = off[kept], off[kept + 1]
+            ends_in = np.cumsum(ends - starts)
+            # The kept rows' activations, gathered in one take.
+            take = np.repeat(starts - (ends_in - (ends - starts)), ends - starts) + np.arange(ends_in[-1])
+            acts = e["acts"][take].tolist()
+            cuts = [0, *ends_in.tolist()]
+        seqs, starts_in_seq = e["seq"][rows].tolist(), e["start"][rows].tolist()
+        # Each window's token ids: a slice of its sequence's Python ints (shared objects).
+        tokens, seq_start = self.seq_tokens, self.seq_start
+        ids = [
+            tokens[seq_start[q] + a : seq_start[q] + a + (b - c)]
+            for q, a, c, b in zip(seqs, starts_in_seq, cuts, cuts[1:])
+        ]
+        return [
+            (None if band < 0 else band, seq, pos, act, start, acts[a:b], window)
+            for band, seq, pos, act, start, a, b, window in zip(
+                e["band"][rows].tolist(),
+                seqs,
+                e["pos"][rows].tolist(),
+                e["act"][rows].tolist(),
+                starts_in_seq,
+                cuts,
+                cuts[1:],
+                ids,
             )
-        return out
+        ]
+
+    def band_sizes(self, source: str, unit: int) -> dict[int, int]:
+        """How many examples each band of a unit has stored (bands with none left out)."""
+        e = self.examples
+        lo, hi = e["rows"].get((source, unit), (0, 0))
+        found, counts = np.unique(e["band"][lo:hi], return_counts=True)
+        return {b: c for b, c in zip(found.tolist(), counts.tolist()) if b >= 0}
 
     def top_example_row(self, source: str, unit: int, rank: int) -> tuple | None:
         """(seq, pos, act, start, token_ids, acts) of a unit's top example of `rank`."""

@@ -1,0 +1,158 @@
+"""Unit pages' first views, two builds side by side: CPU time per request, and the ratio.
+
+Each build serves the same units' first views (every unit once, the response cache
+off) through its whole ASGI app in a process of its own (no HTTP: the server's own
+work, not the load generator's), alternately in batches, so both see the machine at
+the same minutes; CPU time (not wall time) is counted, so other jobs on a busy machine
+skew it less. `--base-site DIR` is a folder holding another build's installed
+`actscope` package (copy it from a venv's site-packages before changing the code); the
+new side is the package this Python imports. Both must render the same bytes: the
+script checks a few hundred units' pages first.
+
+Usage:
+  .venv/bin/python bench/unit_pages.py --index demo.duckdb --base-site /tmp/base-site
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+
+def serve(index: str) -> None:
+    """The worker: on each stdin line "KIND START COUNT" serve COUNT units' first views
+    (KIND json or html) and print the CPU seconds; "hash KIND START COUNT" prints a
+    digest of those pages (with a band and a page of examples too)."""
+    from actscope.app.server import create_app
+    from actscope.app.settings import Settings
+
+    app = create_app(Settings(index_file=index, live=False, response_cache_mb=0))
+    store = app.state.store
+    model = store.models()[0].model
+    units = [(s.slug, u) for s in store.sources(model) for u in range(s.n_units)]
+    random.Random(0).shuffle(units)
+
+    async def call(path: str, query: str = "") -> bytes:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "headers": [(b"host", b"127.0.0.1")],
+            "root_path": "",
+            "scheme": "http",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 1),
+            "http_version": "1.1",
+        }
+        body: list[bytes] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        await app(scope, receive, send)
+        return b"".join(body)
+
+    async def main() -> None:
+        for slug, u in units[-20:]:  # warm up on units the batches never ask for
+            await call(f"/{model}/{slug}/{u}")
+            await call(f"/api/{model}/{slug}/{u}")
+        print("ready", flush=True)
+        for line in sys.stdin:
+            words = line.split()
+            digest = words[0] == "hash"
+            kind, start, count = words[1:] if digest else words
+            prefix = "/api" if kind == "json" else ""
+            paths = [f"{prefix}/{model}/{slug}/{u}" for slug, u in units[int(start) : int(start) + int(count)]]
+            if digest:
+                h = hashlib.sha256()
+                for path in paths:
+                    for query in ("", "band=0", "band=3", "page=2&per_page=7"):
+                        h.update(await call(path, query))
+                print(h.hexdigest(), flush=True)
+                continue
+            gc.collect()
+            t0 = time.process_time()
+            for path in paths:
+                await call(path)
+            print(time.process_time() - t0, flush=True)
+
+    asyncio.run(main())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", required=True)
+    ap.add_argument("--base-site", required=True, help="Folder holding the other build's `actscope` package")
+    ap.add_argument("--rounds", type=int, default=20, help="Batches per side and kind")
+    ap.add_argument("--batch", type=int, default=30, help="Units per batch")
+    ap.add_argument("--check", type=int, default=200, help="Units whose pages must be the same bytes")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.index)
+        return 0
+
+    def spawn(site: str | None) -> subprocess.Popen:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env.pop("PYTHONPATH", None)
+        if site:
+            env["PYTHONPATH"] = site
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--index", args.index, "--base-site", "-"]
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit("a worker did not start")
+        return p
+
+    def ask(p: subprocess.Popen, line: str) -> str:
+        p.stdin.write(line + "\n")
+        p.stdin.flush()
+        return p.stdout.readline().strip()
+
+    base, new = spawn(args.base_site), spawn(None)
+    try:
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average before the run: {load}")
+        same = True
+        for kind in ("json", "html"):
+            digests = {ask(p, f"hash {kind} 0 {args.check}") for p in (base, new)}
+            print(f"{kind}: {args.check} units' pages {'the same bytes' if len(digests) == 1 else 'DIFFER'}")
+            same &= len(digests) == 1
+        for kind in ("json", "html"):
+            times: dict[str, list[float]] = {"base": [], "new": []}
+            for r in range(args.rounds):
+                order = [("base", base), ("new", new)]
+                if r % 2:
+                    order.reverse()
+                for name, p in order:
+                    times[name].append(float(ask(p, f"{kind} {r * args.batch} {args.batch}")))
+            n = args.rounds * args.batch
+            ratios = [b and a / b for a, b in zip(times["new"], times["base"])]
+            print(
+                f"{kind}: base {1000 * sum(times['base']) / n:.3f} ms CPU per request, "
+                f"new {1000 * sum(times['new']) / n:.3f}; new / base {sum(times['new']) / sum(times['base']):.3f} "
+                f"(median of {args.rounds} batches {statistics.median(ratios):.3f})",
+                flush=True,
+            )
+        return 0 if same else 1
+    finally:
+        for p in (base, new):
+            p.stdin.close()
+            p.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
