@@ -67,11 +67,12 @@ def _or_shown_error(
 ) -> tuple[dict[str, Any], int]:
     """(view(), 200); if the visitor's input fails it (any error but a 404: empty text,
     busy model, bad position), the page without that input, fallback(), with the error's
-    message under data[key] and the error's status. A 404 stays a 404 page."""
+    message under data[key] and the error's status. A missing model, source or unit
+    stays a 404 page (a field's 404, such as a position past the text, is shown)."""
     try:
         data, status, message = view(), 200, None
     except AppError as exc:
-        if exc.status == 404:
+        if exc.status == 404 and not isinstance(exc, params.FieldError):
             raise
         data, status, message = fallback(), exc.status, exc.message
     data[key] = message
@@ -162,6 +163,7 @@ def sequence_page(
     pos: int | None = None,
 ):
     data = pages.sequence_data(store, model, seq)
+    params.check_pos(pos, len(data["token_ids"]))
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
         pages.check_index(pages.get_source(store, model, source), index)

@@ -160,7 +160,7 @@ def search_data(
         try:
             run()
         except AppError as exc:
-            if errors is None or exc.status == 404:
+            if errors is None or (exc.status == 404 and not isinstance(exc, params.FieldError)):
                 raise
             errors[part] = exc
 

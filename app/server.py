@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from actscope import __version__
 from actscope.app import errors, routes_api, routes_html
 from actscope.app import urls as site_urls
+from actscope.app.head import HeadAsGet
 from actscope.app.live_service import LiveService
 from actscope.app.render import make_templates
 from actscope.app.resources import resource_dir
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.templates = make_templates({m.model: TokenTable(store.vocab_bytes(m.model)) for m in models})
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
+    app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is answered from it too
     if settings.root_path:
         app.add_middleware(RootPath, root_path=settings.root_path)  # outermost: before the cache
     errors.install(app)
