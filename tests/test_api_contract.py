@@ -17,7 +17,7 @@ def test_api_contract(web_index, db):
     from actscope.app.settings import Settings
 
     app = create_app(Settings(index_file=web_index, root_path=""))
-    config = schemathesis.Config.from_dict({"seed": SEED, "generation": {"max-examples": 10, "deterministic": True}})
+    config = schemathesis.Config.from_dict({"seed": SEED, "generation": {"max-examples": 120, "deterministic": True}})
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     model = db.execute("SELECT model FROM models").fetchone()[0]
     sources = dict(db.execute("SELECT slug, n_units FROM sources").fetchall())
