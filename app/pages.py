@@ -145,7 +145,9 @@ def source_data(
     if errs and strict:
         field, message = next(iter(errs.items()))
         # A column the source lacks, or min above max: well formed, nothing matches (404).
-        status = 404 if field == "sort" and query.sort in params.SORT_COLUMNS else params.table_error_status(query, field)
+        status = (
+            404 if field == "sort" and query.sort in params.SORT_COLUMNS else params.table_error_status(query, field)
+        )
         raise params.FieldError(field, message, status)
     query = query.without(errs)
     default_hide = kinds.get(src.kind).hide_dead
@@ -282,7 +284,8 @@ def unit_data(
         info = get_model(store, model)
         if opened[0] >= info.n_sequences or opened[1] >= info.ctx:
             raise params.missing(
-                "open", f"No example at {opened[0]}:{opened[1]}: sequences 0 to {info.n_sequences - 1}, positions 0 to {info.ctx - 1}."
+                "open",
+                f"No example at {opened[0]}:{opened[1]}: sequences 0 to {info.n_sequences - 1}, positions 0 to {info.ctx - 1}.",
             )
     st = rec.stats
     scale = unit_view.scale_of(st)

@@ -326,7 +326,10 @@ MaxDensity = Annotated[float | None, BeforeValidator(_blank_is_none), _density("
 ModelName = Annotated[str, Path(description="A model of the index, by its name in URLs (e.g. toy-2l); see GET /api")]
 SourceSlug = Annotated[str, Path(description="A source of the model (e.g. 1-mlp, 1-res-pre-sae); see GET /api/{model}")]
 UnitIndex = Annotated[
-    int, Path(description="The unit's index in its source, from 0; past the last unit: 404", json_schema_extra={"minimum": 0})
+    int,
+    Path(
+        description="The unit's index in its source, from 0; past the last unit: 404", json_schema_extra={"minimum": 0}
+    ),
 ]
 SequenceNumber = Annotated[
     int, Path(description="A corpus sequence's number, from 0; past the last: 404", json_schema_extra={"minimum": 0})
