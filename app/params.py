@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from fastapi import Path, Query
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, JsonValue
 
 from actscope.app.errors import AppError, bad_input
 from actscope.indexer.store.unit_table import SORTABLE
@@ -271,8 +271,11 @@ def unit_number(value: str, n_units: int) -> int:
 # the only checks --------------------------------------------------------------------
 # Python's whitespace (str.isspace), as literal characters: a text made only of it is
 # refused (live_service.clean_text), and \s differs between regex dialects.
-_SPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
-TEXT_SCHEMA = {"minLength": 1, "pattern": f"[^{_SPACE}]"}
+_SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+TEXT_SCHEMA: dict[str, JsonValue] = {"minLength": 1, "pattern": f"[^{_SPACE}]"}
 TEXT_RULE = "At least one character that is not whitespace; longer than the model's context, it is cut (`truncated`)."
 Sort = Annotated[
     str,

@@ -1,5 +1,5 @@
 """HEAD answers as GET on every route of the route table; integers at 2^63 and beyond
-answer 404/422, never 500 (issue 20)."""
+answer 404/422, never 500; the schema's text pattern (issue 20)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,17 @@ def test_huge_integers_are_404_or_422(client, n):
     for body in ({"text": "hi", "source": S, "index": n}, {"text": "hi", "source": S, "k": n}):
         r = client.post(f"/api/{M}/activations", json=body)
         assert r.status_code in (404, 422) and r.json()["error"]["status"] == r.status_code, (body, r.text[:200])
+
+
+def test_the_text_pattern_names_python_whitespace():
+    """The schema's text pattern refuses exactly the texts the server refuses as empty."""
+    import re as regex
+
+    from actscope.app import params
+
+    assert set(params._SPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+    pattern = regex.compile(params.TEXT_SCHEMA["pattern"])
+    for text in ["a", " a ", "\ufeff", "\x00", "\u200b"]:
+        assert pattern.search(text) and text.strip()
+    for text in [" ", "\n\t", "\x1c\x85\u3000"]:
+        assert not pattern.search(text) and not text.strip()
