@@ -206,6 +206,7 @@ def api_random(
 @router.get(
     "/{model}/{source}/export.{fmt}",
     summary="Bulk export of a whole source",
+    response_class=StreamingResponse,  # no JSON 200: Parquet or JSON lines only
     responses={200: {"content": {"application/vnd.apache.parquet": {}, "application/x-ndjson": {}}}, **ERRORS},
 )
 def api_export(store: StoreDep, model: params.ModelName, source: params.SourceSlug, fmt: params.ExportFormat):

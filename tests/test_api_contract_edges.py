@@ -1,5 +1,5 @@
 """HEAD answers as GET on every route of the route table; integers at 2^63 and beyond
-answer 404/422, never 500; the schema's text pattern (issue 20)."""
+answer 404/422, never 500; the schema's constraints agree with the server (issue 20)."""
 
 from __future__ import annotations
 
@@ -100,3 +100,43 @@ def test_the_text_pattern_names_python_whitespace():
         assert pattern.search(text) and text.strip()
     for text in [" ", "\n\t", "\x1c\x85\u3000"]:
         assert not pattern.search(text) and not text.strip()
+
+
+def _operation(doc: dict, path: str, method: str = "get") -> dict:
+    return doc["paths"][path][method]
+
+
+def _param(op: dict, name: str) -> dict:
+    return next(p["schema"] for p in op["parameters"] if p["name"] == name)
+
+
+def test_every_json_200_is_its_schema_and_every_error_the_one_shape(client):
+    doc = client.get("/openapi.json").json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for status, response in op["responses"].items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if status.startswith("2") and schema is not None:
+                    assert "type" not in schema and ("$ref" in schema or "anyOf" in schema), (path, status, schema)
+                if status.startswith(("4", "5")):
+                    assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, status)
+    assert "400" in _operation(doc, "/api/{model}/activations", "post")["responses"]
+    random = _operation(doc, "/api/{model}/{source}/random")["responses"]["302"]
+    assert random["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RandomOut"}
+
+
+def test_schema_and_server_agree_on_empty_text_and_zero_densities(client):
+    doc = client.get("/openapi.json").json()
+    table = _operation(doc, "/api/{model}/{source}")
+    # Densities: 0 to 1, or empty for no bound; 0 and 0 keeps the dead units only.
+    for name in ("min_density", "max_density"):
+        assert {"type": "number", "minimum": 0, "maximum": 1} in _param(table, name)["anyOf"]
+        assert {"type": "string", "maxLength": 0} in _param(table, name)["anyOf"]
+    r = client.get(f"/api/{M}/{S}", params={"min_density": 0, "max_density": 0, "hide_dead": "false"})
+    assert r.status_code == 200 and all(u["density"] == 0 for u in r.json()["units"])
+    assert client.get(f"/api/{M}/{S}", params={"min_density": "", "max_density": ""}).status_code == 200
+    # Text: the schema refuses "", as the server does.
+    assert _param(_operation(doc, "/api/{model}/try"), "text")["minLength"] == 1
+    assert client.get(f"/api/{M}/try", params={"text": ""}).status_code == 422
+    # sort and order: enums.
+    assert set(_param(table, "order")["enum"]) == {"asc", "desc"} and "max" in _param(table, "sort")["enum"]
