@@ -144,11 +144,7 @@ def source_data(
         )
     if errs and strict:
         field, message = next(iter(errs.items()))
-        # A column the source lacks, or min above max: well formed, nothing matches (404).
-        status = (
-            404 if field == "sort" and query.sort in params.SORT_COLUMNS else params.table_error_status(query, field)
-        )
-        raise params.FieldError(field, message, status)
+        raise params.FieldError(field, message, params.table_error_status(query, field))
     query = query.without(errs)
     default_hide = kinds.get(src.kind).hide_dead
     hide_dead = default_hide if query.hide_dead is None else query.hide_dead

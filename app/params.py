@@ -112,7 +112,10 @@ def check_table(query: TableQuery) -> None:
 
 
 def table_error_status(query: TableQuery, field: str) -> int:
-    """The API's status for a table error: min above max is well formed, but no unit can match."""
+    """The API's status for a table error: 404 where the query is well formed but nothing
+    can match (a sort column the source has no value in, min above max); else 422."""
+    if field == "sort":
+        return 404 if query.sort in SORT_COLUMNS else 422
     lo, hi = query.min_density, query.max_density
     bounded = lo is not None and hi is not None and 0 <= lo <= 1 and 0 <= hi <= 1
     return 404 if field == "min_density" and bounded else 422
