@@ -157,7 +157,7 @@ def source_data(
         )
     if errs and strict:
         field, message = next(iter(errs.items()))
-        raise params.FieldError(field, message)
+        raise params.FieldError(field, message, params.table_error_status(query, field))
     query = query.without(errs)
     default_hide = kinds.get(src.kind).hide_dead
     hide_dead = default_hide if query.hide_dead is None else query.hide_dead
@@ -291,6 +291,13 @@ def unit_data(
     shown = params.band_choice(band, len(rec.bands))
     page_no, n_per_page = params.example_page(page, per_page)
     opened = params.open_example(open)
+    if opened is not None:
+        info = get_model(store, model)
+        if opened[0] >= info.n_sequences or opened[1] >= info.ctx:
+            raise params.missing(
+                "open",
+                f"No example at {opened[0]}:{opened[1]}: sequences 0 to {info.n_sequences - 1}, positions 0 to {info.ctx - 1}.",
+            )
     st = rec.stats
     scale = unit_view.scale_of(st)
     logits = None

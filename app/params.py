@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from fastapi import Path, Query
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, JsonValue
 
 from actscope.app.errors import AppError, bad_input
 from actscope.indexer.store.unit_table import SORTABLE
@@ -27,11 +27,20 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 class FieldError(AppError):
-    """Bad input in one field of a form: pages show it next to that field's form."""
+    """Bad input in one field of a form: pages show it next to that field's form.
 
-    def __init__(self, field: str, message: str):
-        super().__init__(422, message)
+    422 when the value is outside what the OpenAPI schema allows; 404 when it is well
+    formed but names something the index lacks (a page past the last one, a band or a
+    position that is not there), as the API contract says."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(status, message)
         self.field = field
+
+
+def missing(field: str, message: str) -> FieldError:
+    """A well-formed value naming something that is not there: a 404."""
+    return FieldError(field, message, 404)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,16 @@ def check_table(query: TableQuery) -> None:
         raise FieldError(field, message)
 
 
+def table_error_status(query: TableQuery, field: str) -> int:
+    """The API's status for a table error: 404 where the query is well formed but nothing
+    can match (a sort column the source has no value in, min above max); else 422."""
+    if field == "sort":
+        return 404 if query.sort in SORT_COLUMNS else 422
+    lo, hi = query.min_density, query.max_density
+    bounded = lo is not None and hi is not None and 0 <= lo <= 1 and 0 <= hi <= 1
+    return 404 if field == "min_density" and bounded else 422
+
+
 def parse_bool(name: str, raw: str) -> bool | None:
     text = raw.strip().lower()
     if text == "":
@@ -170,7 +189,7 @@ def density_text(value: float | None, unit: DensityUnit = PERCENT) -> str:
 
 def check_page_exists(page: int, n_pages: int) -> None:
     if page > n_pages:
-        raise FieldError("page", f"page {page} is past the last page ({n_pages:,}).")
+        raise missing("page", f"page {page} is past the last page ({n_pages:,}).")
 
 
 def check_k(k: int) -> None:
@@ -179,8 +198,12 @@ def check_k(k: int) -> None:
 
 
 def check_pos(pos: int | None, n_tokens: int) -> None:
-    if pos is not None and not 0 <= pos < n_tokens:
-        raise bad_input(f"pos must be between 0 and {n_tokens - 1}.")
+    if pos is None:
+        return
+    if pos < 0:
+        raise FieldError("pos", f"pos must be between 0 and {n_tokens - 1}.")
+    if pos >= n_tokens:
+        raise missing("pos", f"pos must be between 0 and {n_tokens - 1}: the text has {n_tokens} tokens.")
 
 
 def check_page(page: int, per_page: int) -> None:
@@ -198,8 +221,10 @@ def band_choice(band: str | None, n_bands: int) -> str:
     """The example set a unit page shows: "top" (the default) or a band number."""
     if band is None or band in ("", "top"):
         return "top"
-    if band.isascii() and band.isdigit() and int(band) < n_bands:
-        return str(int(band))  # "01" shows band 1
+    if band.isascii() and band.isdigit():
+        if int(band) < n_bands:
+            return str(int(band))  # "01" shows band 1
+        raise missing("band", f"band must be 'top' or a band number from 0 to {n_bands - 1}, not {band!r}.")
     raise bad_input(f"band must be 'top' or a band number from 0 to {n_bands - 1}, not {band!r}.")
 
 
@@ -210,7 +235,7 @@ EXAMPLES_PER_PAGE_MAX = 200
 def _count(value: str | None, name: str, default: int, low: int, high: int | None = None) -> int:
     if value is None or value == "":
         return default
-    text = value.strip()
+    text = value  # digits only, as the schema says: no sign, no spaces
     if text.isascii() and text.isdigit() and int(text) >= low and (high is None or int(text) <= high):
         return int(text)
     bound = f"between {low} and {high}" if high is not None else f"a whole number >= {low}"
@@ -224,7 +249,7 @@ def example_page(page: str | None, per_page: str | None) -> tuple[int, int]:
 
 def check_example_page(page: int, n_pages: int, what: str) -> None:
     if page > n_pages:
-        raise bad_input(f"page {page} is past the last page of {what} ({n_pages}).")
+        raise missing("page", f"page {page} is past the last page of {what} ({n_pages}).")
 
 
 def open_example(value: str | None) -> tuple[int, int] | None:
@@ -247,6 +272,14 @@ def unit_number(value: str, n_units: int) -> int:
 
 # -- declarations: documentation, and the parsing of form values; the checks above are
 # the only checks --------------------------------------------------------------------
+# Python's whitespace (str.isspace), as literal characters: a text made only of it is
+# refused (live_service.clean_text), and \s differs between regex dialects.
+_SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+TEXT_SCHEMA: dict[str, JsonValue] = {"minLength": 1, "pattern": f"[^{_SPACE}]"}
+TEXT_RULE = "At least one character that is not whitespace; longer than the model's context, it is cut (`truncated`)."
 Sort = Annotated[
     str,
     Query(
@@ -258,7 +291,9 @@ Sort = Annotated[
 Order = Annotated[
     str, Query(description="Sort order: asc (smallest first) or desc", json_schema_extra={"enum": list(ORDERS)})
 ]
-Page = Annotated[int, Query(description="Page number, from 1", json_schema_extra={"minimum": 1})]
+Page = Annotated[
+    int, Query(description="Page number, from 1; past the last page: 404", json_schema_extra={"minimum": 1})
+]
 PerPage = Annotated[int, Query(description="Rows per page", json_schema_extra={"minimum": 1, "maximum": PER_PAGE_MAX})]
 K = Annotated[int, Query(description="Units per token", json_schema_extra={"minimum": 1, "maximum": K_MAX})]
 TableText = Annotated[
@@ -296,15 +331,77 @@ MaxDensity = Annotated[float | None, BeforeValidator(_blank_is_none), _density("
 # Path and query parameters of the API, described once for the OpenAPI document.
 ModelName = Annotated[str, Path(description="A model of the index, by its name in URLs (e.g. toy-2l); see GET /api")]
 SourceSlug = Annotated[str, Path(description="A source of the model (e.g. 1-mlp, 1-res-pre-sae); see GET /api/{model}")]
-UnitIndex = Annotated[int, Path(description="The unit's index in its source, from 0")]
-SequenceNumber = Annotated[int, Path(description="A corpus sequence's number, from 0")]
-ExportFormat = Annotated[str, Path(description="parquet or jsonl")]
+UnitIndex = Annotated[
+    int,
+    Path(
+        description="The unit's index in its source, from 0; past the last unit: 404", json_schema_extra={"minimum": 0}
+    ),
+]
+SequenceNumber = Annotated[
+    int, Path(description="A corpus sequence's number, from 0; past the last: 404", json_schema_extra={"minimum": 0})
+]
+ExportFormat = Annotated[str, Path(description="parquet or jsonl (any other: 404)")]
+Text = Annotated[
+    str,
+    Query(
+        description=f"The text (BOS is prepended); CRLF and CR line ends read as LF. {TEXT_RULE}",
+        json_schema_extra=TEXT_SCHEMA,
+    ),
+]
+
+
+def _or_empty(schema: dict) -> dict:
+    # The pages' links and forms send `name=` for "the default": the schema says so.
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
 UnitText = Annotated[
-    str | None, Query(description="Your text: adds `live`, the unit's activation on every token of it")
+    str | None,
+    Query(
+        description=f"Your text: adds `live`, the unit's activation on every token of it. {TEXT_RULE}",
+        json_schema_extra={"anyOf": [{"type": "string", **TEXT_SCHEMA}]},
+    ),
 ]
 UnitBand = Annotated[
-    str | None, Query(description="The example set shown: top (default) or a band number (B0 = the lowest)")
+    str | None,
+    Query(
+        description="The example set shown: top (default; also empty) or a band number (B0 = the lowest; "
+        "past the unit's bands: 404)",
+        json_schema_extra={"anyOf": [{"type": "string", "enum": ["top", ""]}, {"type": "integer", "minimum": 0}]},
+    ),
 ]
-UnitPage = Annotated[str | None, Query(description="Page of the example set shown, from 1")]
-UnitPerPage = Annotated[str | None, Query(description="Examples per page, 1 to 200 (default 20)")]
-UnitOpen = Annotated[str | None, Query(description="The expanded example, as SEQ:POS")]
+UnitPage = Annotated[
+    str | None,
+    Query(
+        description="Page of the example set shown, from 1 (empty: 1); past the last page: 404",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 1}),
+    ),
+]
+UnitPerPage = Annotated[
+    str | None,
+    Query(
+        description=f"Examples per page, 1 to {EXAMPLES_PER_PAGE_MAX} (empty: {EXAMPLES_PER_PAGE})",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 1, "maximum": EXAMPLES_PER_PAGE_MAX}),
+    ),
+]
+UnitOpen = Annotated[
+    str | None,
+    Query(
+        description="The expanded example, as SEQ:POS (empty: none); a sequence or position the index lacks: 404",
+        json_schema_extra={"anyOf": [{"type": "string", "pattern": "^([0-9]+:[0-9]+)?$"}]},
+    ),
+]
+SearchText = Annotated[
+    str | None,
+    Query(
+        description=f"A text: units ranked by their activation on it. {TEXT_RULE}",
+        json_schema_extra={"anyOf": [{"type": "string", **TEXT_SCHEMA}]},
+    ),
+]
+Pos = Annotated[
+    int | None,
+    Query(
+        description="The token selected, from 0 (BOS); past the text's last token: 404",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}]},
+    ),
+]

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from actscope.app import limits, live_data, pages, params, schemas, search_data, try_data
@@ -18,24 +18,31 @@ from actscope.app.fast_route import PlainParamsRoute
 
 Responses = dict[int | str, dict[str, Any]]
 
+# Every status a route answers besides its success, each in the one error shape.
 ERRORS: Responses = {
-    404: {"model": schemas.ErrorOut, "description": "Unknown model, source, unit or sequence"},
-    422: {"model": schemas.ErrorOut, "description": "Invalid input"},
+    404: {
+        "model": schemas.ErrorOut,
+        "description": "Unknown model, source, unit or sequence, or a page, band or position past the last one",
+    },
+    422: {"model": schemas.ErrorOut, "description": "Invalid input: a parameter outside what the schema allows"},
 }
 LIVE_ERRORS: Responses = {
     **ERRORS,
     503: {"model": schemas.ErrorOut, "description": "Live inference busy or unavailable"},
     **limits.OVER_BUDGET,
 }
+BODY_ERRORS: Responses = {
+    **LIVE_ERRORS,
+    400: {"model": schemas.ErrorOut, "description": "The body is not JSON"},
+}
 
 router = APIRouter(prefix="/api", tags=["api"])
 
 
-class JSON(Response):
+class JSON(JSONResponse):
     """Page data is already JSON-ready: serialise it directly (orjson, ~15x faster than
-    json on unit pages), skipping FastAPI's encoder."""
-
-    media_type = "application/json"
+    json on unit pages), skipping FastAPI's encoder. A JSONResponse, so the OpenAPI
+    document gives its 200 the route's schema (another class documents a string)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
@@ -63,7 +70,7 @@ def api_sequence(store: StoreDep, model: params.ModelName, seq: params.SequenceN
 @router.post(
     "/{model}/activations",
     summary="Run the model on text (live inference)",
-    responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **LIVE_ERRORS, **limits.BODY_TOO_LARGE},
+    responses={200: {"model": schemas.LiveUnitOut | schemas.LiveTopOut}, **BODY_ERRORS, **limits.BODY_TOO_LARGE},
     response_class=JSON,
 )
 async def api_activations(
@@ -96,9 +103,9 @@ def api_try(
     store: StoreDep,
     live: LiveDep,
     model: params.ModelName,
-    text: Annotated[str, Query(description="The text (BOS is prepended); CRLF and CR line ends read as LF")],
+    text: params.Text,
     source: Annotated[str | None, Query(description="The source whose activations colour the tokens")] = None,
-    pos: Annotated[int | None, Query(description="The token selected, from 0 (BOS)")] = None,
+    pos: params.Pos = None,
     k: params.K = 5,
 ):
     """For each source of the model but control ones: the `k` units firing most on
@@ -124,7 +131,7 @@ def api_search(
     source: Annotated[str | None, Query(description="Token search in this source only (default: every source)")] = None,
     page: params.Page = 1,
     per_page: params.PerPage = search_data.PER_PAGE,
-    text: Annotated[str | None, Query(description="A text: units ranked by their activation on it")] = None,
+    text: params.SearchText = None,
     text_source: Annotated[
         str | None, Query(description="The source the text search ranks (default: the first)")
     ] = None,
@@ -164,7 +171,20 @@ def api_source(
     return JSON(pages.source_data(store, site_urls.for_request(request), model, source, query))
 
 
-@router.get("/{model}/{source}/random", summary="Redirect to a random unit", status_code=302, responses=ERRORS)
+@router.get(
+    "/{model}/{source}/random",
+    summary="Redirect to a random unit",
+    status_code=302,
+    response_class=JSON,
+    responses={
+        302: {
+            "model": schemas.RandomOut,
+            "description": "The unit's JSON URL in `Location`, and the unit in the body",
+            "headers": {"Location": {"description": "The unit's URL under /api", "schema": {"type": "string"}}},
+        },
+        **ERRORS,
+    },
+)
 def api_random(
     request: Request,
     store: StoreDep,
@@ -178,12 +198,16 @@ def api_random(
     (404 if the source has none)."""
     index = pages.random_index(store, model, source, dead=dead)
     urls = site_urls.for_request(request)
-    return RedirectResponse(urls.api(urls.unit(model, source, index)), status_code=302)
+    url = urls.api(urls.unit(model, source, index))
+    # A body too, so a client that does not follow redirects reads the unit without parsing Location.
+    body = {"model": model, "source": source, "index": index, "url": url}
+    return JSON(body, status_code=302, headers={"Location": url})
 
 
 @router.get(
     "/{model}/{source}/export.{fmt}",
     summary="Bulk export of a whole source",
+    response_class=StreamingResponse,  # no JSON 200: Parquet or JSON lines only
     responses={200: {"content": {"application/vnd.apache.parquet": {}, "application/x-ndjson": {}}}, **ERRORS},
 )
 def api_export(store: StoreDep, model: params.ModelName, source: params.SourceSlug, fmt: params.ExportFormat):

@@ -62,18 +62,24 @@ def _here(request: Request) -> str:
     return site_urls.for_request(request).site(path) + (f"?{q}" if q else "")
 
 
+def _shown_status(exc: AppError) -> int:
+    return 422 if isinstance(exc, params.FieldError) else exc.status
+
+
 def _or_shown_error(
     view: Callable[[], dict[str, Any]], fallback: Callable[[], dict[str, Any]], key: str = "error"
 ) -> tuple[dict[str, Any], int]:
     """(view(), 200); if the visitor's input fails it (any error but a 404: empty text,
     busy model, bad position), the page without that input, fallback(), with the error's
-    message under data[key] and the error's status. A 404 stays a 404 page."""
+    message under data[key] and the error's status. A missing model, source or unit
+    stays a 404 page; a field's error, such as a position past the text, is shown, as a
+    422 like every form error of the pages (the API answers 404 to a well-formed miss)."""
     try:
         data, status, message = view(), 200, None
     except AppError as exc:
-        if exc.status == 404:
+        if exc.status == 404 and not isinstance(exc, params.FieldError):
             raise
-        data, status, message = fallback(), exc.status, exc.message
+        data, status, message = fallback(), _shown_status(exc), exc.message
     data[key] = message
     return data, status
 
@@ -146,7 +152,7 @@ def search_page(
         store, live, urls, model, token, text, source or None, text_source or None, page, per_page, errors=errors
     )
     data["errors"] = {part: exc.message for part, exc in errors.items()}
-    status = max([exc.status for exc in errors.values()], default=200)
+    status = max([_shown_status(exc) for exc in errors.values()], default=200)
     return render(request, "search.html", data, page_url=_here(request), title=f"search · {model}", status=status)
 
 
@@ -162,6 +168,7 @@ def sequence_page(
     pos: int | None = None,
 ):
     data = pages.sequence_data(store, model, seq)
+    params.check_pos(pos, len(data["token_ids"]))
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
         pages.check_index(pages.get_source(store, model, source), index)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from actscope.app.params import K_MAX
+from actscope.app.params import K_MAX, TEXT_RULE, TEXT_SCHEMA
 
 TokenBytes = Annotated[
     list[str | None],
@@ -202,6 +202,13 @@ class UnitOut(BaseModel):
     live: LiveUnitOut | None = None
 
 
+class RandomOut(BaseModel):
+    model: str
+    source: str
+    index: int = Field(description="The unit picked")
+    url: str = Field(description="Its JSON URL, as in Location")
+
+
 class SequenceOut(BaseModel):
     model: str
     seq: int
@@ -211,9 +218,15 @@ class SequenceOut(BaseModel):
 
 
 class ActivationsIn(BaseModel):
-    text: str = Field(description="Text to run the model on (BOS is prepended)")
+    text: str = Field(
+        description=f"Text to run the model on (BOS is prepended). {TEXT_RULE}", json_schema_extra=TEXT_SCHEMA
+    )
     source: str = Field(description="Source slug, e.g. 1-mlp")
-    index: int | None = Field(None, description="A unit: its activation on every token")
+    index: int | None = Field(
+        None,
+        description="A unit: its activation on every token; past the source's last unit: 404",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+    )
     # Checked by params.check_k, like the k of the try page.
     k: int = Field(5, description="Without index: units per token", json_schema_extra={"minimum": 1, "maximum": K_MAX})
 

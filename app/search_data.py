@@ -134,6 +134,7 @@ def search_data(
     but a 404) leaves its results empty and its error under errors["token"] or
     errors["text"]; without, it raises."""
     get_model(store, model)
+    params.check_page(page, per_page)  # checked with or without a token: the schema's bounds hold either way
     sources = store.sources(model)
     text = params.visitor_text(text)
     text_slug = text_source or (sources[0].slug if sources else None)
@@ -160,7 +161,7 @@ def search_data(
         try:
             run()
         except AppError as exc:
-            if errors is None or exc.status == 404:
+            if errors is None or (exc.status == 404 and not isinstance(exc, params.FieldError)):
                 raise
             errors[part] = exc
 
@@ -169,6 +170,8 @@ def search_data(
         attempt(
             "token", lambda: data.update(search_token_data(store, urls, model, token, source, page, per_page, keep))
         )
+    else:  # no token: one empty page
+        attempt("token", lambda: params.check_page_exists(page, 1))
     if text is not None:
         if text_slug is None:
             raise AppError(404, f"Model {model!r} has no sources.")

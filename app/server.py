@@ -18,6 +18,7 @@ from actscope import __version__
 from actscope.app import errors, limits, routes_api, routes_embed, routes_html
 from actscope.app import urls as site_urls
 from actscope.app.fast_route import HotRoutes, PlainParamsRoute
+from actscope.app.head import HeadAsGet
 from actscope.app.live_service import LiveService
 from actscope.app.render import make_templates
 from actscope.app.resources import resource_dir
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     hot = [r for r in (*routes_api.router.routes, *routes_html.router.routes) if isinstance(r, PlainParamsRoute)]
     app.add_middleware(HotRoutes, routes=hot)  # inside the cache: a cached page never gets here
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
+    app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is answered from it too
     # Outside the cache: cached answers carry the headers, and the limits come first.
     budget = limits.LiveBudget(settings.live_tokens_per_minute) if settings.live_tokens_per_minute > 0 else None
     trusted = limits.parse_networks(settings.trusted_proxies)

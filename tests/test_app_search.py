@@ -67,7 +67,7 @@ def test_token_search_pages_through_every_result(client, db, word):
     last = client.get(f"/api/{M}/search", params={"token": word, "per_page": 3, "page": pages}).json()
     assert last["next_page"] is None and f"page={pages - 1}" in last["prev_page"]
     r = client.get(f"/api/{M}/search", params={"token": word, "per_page": 3, "page": pages + 1})
-    assert r.status_code == 422 and "past the last page" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "past the last page" in r.json()["error"]["message"]
     # The page: the total, and previous/next links keeping the query (and the text search's).
     html = client.get(
         f"/{M}/search", params={"token": " " + word, "per_page": 3, "page": 2, "text": "x = 1", "text_source": "1-mlp"}

@@ -186,7 +186,7 @@ def test_only_the_columns_a_source_has(dclient, db):
     assert headers[SAE][:2] == ["col-unit", "col-top-token"]  # what a phone shows first
     assert [c["key"] for c in dclient.get(f"/api/{M}/{SAE}").json()["columns"]] == ["unit", "max", "mean", "density"]
     r = dclient.get(f"/api/{M}/{SAE}?sort=cos_in_out")
-    assert r.status_code == 422 and "cos_in_out" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "cos_in_out" in r.json()["error"]["message"]
     page = BeautifulSoup(dclient.get(f"/{M}/{SAE}?sort=cos_in_out").text, "html.parser")
     assert "cannot be sorted by it" in page.select_one("#filter-error").get_text()
     # Short explanations in place.

@@ -199,7 +199,7 @@ def test_band_pages_walk_the_stored_sample(client, db):
         assert [(e["seq"], e["pos"]) for e in shown] == [(s, p) for s, p, _ in want]
         assert [e["act"] for e in shown] == pytest.approx([a for _, _, a in want])
     r = client.get(f"/api/{M}/{source}/{unit}?band={band}&per_page={per}&page={n_pages + 1}")
-    assert r.status_code == 422 and "past the last page" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "past the last page" in r.json()["error"]["message"]
     assert client.get(f"/api/{M}/{source}/{unit}?per_page=0").status_code == 422
 
 
