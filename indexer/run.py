@@ -106,11 +106,10 @@ def run_index(config: IndexConfig) -> str:
 def load(config: IndexConfig) -> Loaded:
     """The SAEs (first: they say how the model must be processed), the model, the sources."""
     from actscope.indexer import kinds
+    from actscope.indexer.kinds.direction import parse_spec
     from actscope.indexer.model.loading import load_model, pick_device, resolve_model_spec
     from actscope.indexer.model.runner import ActivationRunner
     from actscope.indexer.model.saes import load_sae, resolve_sae_spec, sae_processing
-
-    from actscope.indexer.kinds.direction import parse_spec
 
     for text in config.directions:
         parse_spec(text)  # a malformed option fails before anything loads
