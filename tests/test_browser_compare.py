@@ -9,8 +9,8 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 from contrast import contrast_of
+
 from fixtures_web import ServerThread
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
