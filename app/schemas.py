@@ -32,7 +32,7 @@ class ErrorOut(BaseModel):
 class SourceOut(BaseModel):
     slug: str
     hook_name: str = Field(description="TransformerLens hook name, e.g. blocks.1.mlp.hook_post")
-    kind: str = Field(description="The unit kind: its name in the kind registry, e.g. neuron or sae")
+    kind: str = Field(description="The unit kind: its name in the kind registry, e.g. neuron, sae or direction")
     layer: int
     n_units: int
     band_basis: str
