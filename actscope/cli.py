@@ -63,6 +63,11 @@ def main() -> None:
     help="TransformerLens model name, Hugging Face model directory, or actscope native directory.",
 )
 @click.option(
+    "--name",
+    default=None,
+    help="The model's name in the site's URLs. Default: the model directory's name (or the official name).",
+)
+@click.option(
     "--dataset",
     required=True,
     help="Hugging Face dataset name (streamed), local .txt/.jsonl/.parquet files (globs allowed), or a built-in corpus.",

@@ -15,6 +15,7 @@ class IndexConfig:
     model: str
     dataset: str
     out: str
+    name: str | None = None  # the model's name in URLs; default: its directory's or official name
     text_column: str = "text"
     split: str = "train"
     saes: list[str] = field(default_factory=list)

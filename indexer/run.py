@@ -114,7 +114,7 @@ def load(config: IndexConfig) -> Loaded:
     for text in config.directions:
         parse_spec(text)  # a malformed option fails before anything loads
     device = pick_device(config.device)
-    model_spec = resolve_model_spec(config.model)
+    model_spec = resolve_model_spec(config.model, config.name)
     sae_specs = [resolve_sae_spec(text) for text in config.saes]
     saes = [load_sae(spec, "cpu") for spec in sae_specs]
     model_spec.processing = sae_processing(saes)
@@ -392,6 +392,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
                 "model": slug,
                 "spec": json.dumps(loaded.spec.to_dict()),
                 "processing": json.dumps(loaded.spec.processing),
+                "loader": json.dumps(loaded.loader),
                 "n_layers": int(cfg.n_layers),
                 "d_model": int(cfg.d_model),
                 "d_vocab": vocab_size,

@@ -245,3 +245,30 @@ def test_live_switched_off_is_503_with_the_error_shape(web_index):
         r = c.post(f"/api/{M}/activations", json={"text": "x", "source": "0-mlp", "index": 0})
         assert r.status_code == 503 and r.json()["error"]["status"] == 503
         assert c.get(f"/{M}/0-mlp/0").status_code == 200
+
+
+def test_model_directory_gone_is_503_naming_it_and_pages_still_serve(web_index, tmp_path):
+    """An index served away from the directory its model was indexed from (another
+    checkout, a container): live inference says where the model was; pages serve."""
+    import json
+    import shutil
+
+    import duckdb
+
+    from fixtures_web import make_client
+
+    moved = tmp_path / "moved.duckdb"
+    shutil.copyfile(web_index, moved)
+    con = duckdb.connect(str(moved))
+    spec = json.loads(con.execute("SELECT spec FROM models").fetchone()[0])
+    spec["name"] = str(tmp_path / "elsewhere" / "tiny")
+    con.execute("UPDATE models SET spec = ?", [json.dumps(spec)])
+    con.close()
+    with make_client(moved) as c:
+        r = c.post(f"/api/{M}/activations", json={"text": "x", "source": "0-mlp", "index": 0})
+        assert r.status_code == 503, r.text
+        message = r.json()["error"]["message"]
+        assert f"its directory {tmp_path / 'elsewhere' / 'tiny'} (where it was indexed from) is gone" in message
+        page = c.get(f"/{M}/0-mlp/0", params={"text": "x"})
+        assert page.status_code == 503 and "(where it was indexed from) is gone" in page.text
+        assert c.get(f"/{M}/0-mlp/1").status_code == 200

@@ -81,6 +81,15 @@ def test_index_covers_every_neuron_and_feature(default_index):
 
 
 @pytest.mark.slow
+def test_index_names_the_bundled_model_not_its_path(default_index):
+    """Served from another checkout or a container, the index finds the bundled model in
+    the package installed there."""
+    ((spec, loader),) = query(default_index, "SELECT spec, loader FROM models")
+    assert json.loads(spec) == {"kind": "bundled", "name": "toy-2l", "slug": "toy-2l", "processing": {"native": True}}
+    assert json.loads(loader)["loader"] == "transformer_lens.HookedTransformer"
+
+
+@pytest.mark.slow
 def test_index_reads_heldout_text_first(default_index):
     from actscope.indexer.corpus import builtin as builtin_corpora
     from actscope.indexer.model.loading import load_model, resolve_model_spec

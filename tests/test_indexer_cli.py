@@ -42,6 +42,18 @@ def inputs(tmp_path_factory, tiny_model_dir, tiny_corpus_dir, tiny_sae_dir):
     StandardSAE(
         StandardSAEConfig(d_in=32, d_sae=8, metadata=SAEMetadata(hook_name="blocks.7.hook_resid_post"))
     ).save_model(str(wrong_hook))
+    # Trained on a model without center_writing_weights: the tiny SAE, which leaves
+    # model_from_pretrained_kwargs unset, wants TransformerLens' default (True).
+    raw_weights = root / "raw_weights_sae"
+    StandardSAE(
+        StandardSAEConfig(
+            d_in=32,
+            d_sae=8,
+            metadata=SAEMetadata(
+                hook_name="blocks.1.hook_resid_post", model_from_pretrained_kwargs={"center_writing_weights": False}
+            ),
+        )
+    ).save_model(str(raw_weights))
     locked = root / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -53,6 +65,7 @@ def inputs(tmp_path_factory, tiny_model_dir, tiny_corpus_dir, tiny_sae_dir):
         "sae": str(tiny_sae_dir),
         "wrong_width": str(wrong_width),
         "wrong_hook": str(wrong_hook),
+        "raw_weights": str(raw_weights),
     }
 
 
@@ -92,6 +105,21 @@ CASES = [
         "SAE on a hook the model lacks",
         lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", i["wrong_hook"]],
         "does not exist",
+    ),
+    (
+        "SAEs trained on differently processed models, one leaving it unset",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--sae", i["sae"], "--sae", i["raw_weights"]],
+        "the SAEs need differently processed models (center_writing_weights=True vs False)",
+    ),
+    (
+        "reserved model name",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--name", "static"],
+        "--name 'static': reserved for the site's own pages",
+    ),
+    (
+        "model name that is not a URL name",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--name", "My Model"],
+        "a model's name is lower-case letters",
     ),
     (
         "SAE directory missing",
@@ -252,3 +280,26 @@ def test_writer_that_fails_to_start_leaves_its_file_free(tmp_path, monkeypatch):
         assert con.execute("SELECT value FROM meta WHERE key = 'k'").fetchall() == [("v",)]
     finally:
         con.close()
+
+
+def test_an_sae_leaving_the_processing_unset_wants_the_loaders_defaults(inputs):
+    """Unset model_from_pretrained_kwargs means TransformerLens' defaults: it agrees with
+    an SAE that sets them explicitly, and the model is loaded with them."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from actscope.indexer.model.loading import DEFAULT_PROCESSING
+    from actscope.indexer.model.saes import load_sae, resolve_sae_spec, sae_processing
+
+    unset = load_sae(resolve_sae_spec(inputs["sae"]))
+    explicit = StandardSAE(
+        StandardSAEConfig(
+            d_in=32,
+            d_sae=8,
+            metadata=SAEMetadata(
+                hook_name="blocks.1.hook_resid_post", model_from_pretrained_kwargs={"center_writing_weights": True}
+            ),
+        )
+    )
+    assert sae_processing([unset]) == DEFAULT_PROCESSING
+    assert sae_processing([explicit, unset]) == DEFAULT_PROCESSING

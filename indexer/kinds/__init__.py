@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.kinds.base import Source, SourceRequest, UnitKind, hook_layer
+from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
 from actscope.indexer.kinds.direction import DirectionKind
 from actscope.indexer.kinds.neuron import NeuronKind
 from actscope.indexer.kinds.sae import SaeKind
@@ -18,7 +18,17 @@ from actscope.indexer.kinds.sae import SaeKind
 # In source order.
 KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind(), DirectionKind())}
 
-__all__ = ["KINDS", "Source", "SourceRequest", "UnitKind", "build_sources", "get", "hook_layer", "reload_source"]
+__all__ = [
+    "KINDS",
+    "Forward",
+    "Source",
+    "SourceRequest",
+    "UnitKind",
+    "build_sources",
+    "get",
+    "hook_layer",
+    "reload_source",
+]
 
 
 def get(name: str) -> UnitKind:

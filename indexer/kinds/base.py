@@ -46,6 +46,16 @@ class Source:
 
 
 @dataclass
+class Forward:
+    """What a kind may read besides its hook's activation during one forward pass: the
+    batch's tokens [batch, pos] and the activations of the hooks its `extra_hooks` named,
+    captured earlier in the same pass."""
+
+    tokens: torch.Tensor
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class SourceRequest:
     """What a run asks to index: MLP neuron hooks (empty: every layer's mlp.hook_post;
     `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, and random directions as
@@ -76,12 +86,21 @@ class UnitKind:
         (`taken`: slugs in use, which this extends)."""
         raise NotImplementedError
 
+    def extra_hooks(self, source: Source) -> tuple[str, ...]:
+        """Hooks besides `source.hook_name` whose activations `activations` reads from
+        `forward.acts` (e.g. an attention head's pattern and mixed values); the source is
+        computed once all of them were captured."""
+        return ()
+
     def prepare(self, source: Source) -> None:
         """Called once before a runner computes the source's activations."""
 
-    def activations(self, source: Source, act: torch.Tensor, buffer: Callable[[], torch.Tensor | None]) -> torch.Tensor:
+    def activations(
+        self, source: Source, act: torch.Tensor, buffer: Callable[[], torch.Tensor | None], forward: Forward
+    ) -> torch.Tensor:
         """[batch, pos, n_units] float32 unit activations from the hook's activation `act`;
-        `buffer()` gives a tensor of that shape to write them into, or None."""
+        `buffer()` gives a tensor of that shape to write them into, or None; `forward`: the
+        pass's tokens and the activations of `extra_hooks`."""
         raise NotImplementedError
 
     def last_top_k(self, source: Source) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.kinds.base import Source, SourceRequest, UnitKind, hook_layer
+from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
 from actscope.indexer.kinds.neuron import NEURON_HOOK
 from actscope.indexer.kinds.neuron import SLUG_SUFFIX as NEURON_SUFFIX
 from actscope.indexer.kinds.sae import RESIDUAL_WIDTH_HOOKS, sae_slug
@@ -105,7 +105,7 @@ class DirectionKind(UnitKind):
             sources.append(Source(slug, hook, self, hook_layer(hook), n, spec, vectors))
         return sources
 
-    def activations(self, source: Source, act: torch.Tensor, buffer) -> torch.Tensor:
+    def activations(self, source: Source, act: torch.Tensor, buffer, forward: Forward) -> torch.Tensor:
         flat = act.reshape(*act.shape[:2], -1).float()  # [batch, pos, width]
         directions = source.module.T  # [width, n]
         out = buffer()

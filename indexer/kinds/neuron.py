@@ -7,7 +7,7 @@ import re
 import torch
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.kinds.base import Source, SourceRequest, UnitKind
+from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind
 
 NEURON_HOOK = re.compile(r"^blocks\.(\d+)\.mlp\.(hook_pre|hook_mid|hook_post|hook_pre_linear)$")
 SLUG_SUFFIX = {"hook_post": "mlp", "hook_pre": "mlp-pre", "hook_mid": "mlp-mid", "hook_pre_linear": "mlp-pre-linear"}
@@ -41,7 +41,7 @@ class NeuronKind(UnitKind):
             sources.append(Source(slug, hook, self, layer, int(model.cfg.d_mlp)))
         return sources
 
-    def activations(self, source: Source, act: torch.Tensor, buffer) -> torch.Tensor:
+    def activations(self, source: Source, act: torch.Tensor, buffer, forward: Forward) -> torch.Tensor:
         return act.float()
 
     def output_directions(self, model, source: Source) -> torch.Tensor | None:

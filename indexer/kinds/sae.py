@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.kinds.base import Source, SourceRequest, UnitKind, hook_dims, hook_layer
+from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_dims, hook_layer
 from actscope.indexer.model import saes
 
 SLUG_SUFFIX = {
@@ -69,7 +69,7 @@ class SaeKind(UnitKind):
     def prepare(self, source: Source) -> None:
         saes.record_top_k(source.module)
 
-    def activations(self, source: Source, act: torch.Tensor, buffer) -> torch.Tensor:
+    def activations(self, source: Source, act: torch.Tensor, buffer, forward: Forward) -> torch.Tensor:
         return saes.encode(source.module, act, buffer())
 
     def last_top_k(self, source: Source) -> tuple[torch.Tensor, torch.Tensor] | None:

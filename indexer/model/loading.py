@@ -1,4 +1,5 @@
-"""Loading TransformerLens models: official names, local HF directories, native dirs.
+"""Loading TransformerLens models: official names, local HF directories (hf_dir.py),
+native directories, and the bundled model.
 
 A model spec is plain data (`ModelSpec`) that the index records, so the app can load
 exactly the same model again for live inference.
@@ -35,17 +36,23 @@ DEFAULT_PROCESSING = {
 }
 
 
+NATIVE_KINDS = ("native", "bundled")  # model kinds stored in actscope's native format
+RESERVED_NAMES = ("api", "static", "docs", "embed", "favicon.ico")  # the site's own top-level paths
+SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
 @dataclass
 class ModelSpec:
-    """How to load a model: kind is 'official', 'hf_dir' or 'native'."""
+    """How to load a model: kind is 'official', 'hf_dir', 'native' or 'bundled' (a model
+    shipped with the package, found by name wherever the package is installed)."""
 
     kind: str
-    name: str  # official name, or the directory path for local kinds
+    name: str  # official or bundled name, or the directory path for local kinds
     slug: str  # the model's name in URLs
     processing: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("official", "hf_dir", "native"):
+        if self.kind not in ("official", "hf_dir", "native", "bundled"):
             raise ValueError(f"unknown model kind {self.kind!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +72,7 @@ class LoadedModel:
     tokenizer: Any  # a transformers tokenizer
     bos_token_id: int
     eos_token_id: int
+    loader: dict[str, Any] = field(default_factory=dict)  # what loaded it, recorded in the index
 
     @property
     def n_ctx(self) -> int:
@@ -76,13 +84,32 @@ def slugify(text: str) -> str:
     return slug or "model"
 
 
-def resolve_model_spec(text: str) -> ModelSpec:
-    """Turn the --model argument into a spec, checking what can be checked offline."""
+def check_name(name: str, given: bool) -> str:
+    """`name` as the model's URL name, refused if it is one of the site's own paths."""
+    option = "--name" if given else "the model's name (from its directory; choose another with --name)"
+    if not SLUG_PATTERN.fullmatch(name):
+        raise ActscopeError(
+            f"{option} {name!r}: a model's name is lower-case letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    if name in RESERVED_NAMES:
+        raise ActscopeError(f"{option} {name!r}: reserved for the site's own pages ({', '.join(RESERVED_NAMES)})")
+    return name
+
+
+def resolve_model_spec(text: str, name: str | None = None) -> ModelSpec:
+    """Turn the --model argument (and --name, the model's URL name) into a spec, checking
+    what can be checked offline."""
+    spec = _resolve(text)
+    spec.slug = check_name(name, True) if name is not None else check_name(spec.slug, False)
+    return spec
+
+
+def _resolve(text: str) -> ModelSpec:
     from actscope.indexer import bundled
 
-    bundled_dir = bundled.model_dir(text)
-    if bundled_dir is not None:
-        return ModelSpec("native", str(bundled_dir), slugify(text))
+    if bundled.model_dir(text) is not None:
+        return ModelSpec("bundled", text, slugify(text))
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -132,17 +159,25 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     import torch
 
     torch.set_grad_enabled(False)
-    if spec.kind == "native":
-        model, tokenizer = _load_native(Path(spec.name), device)
+    loader: dict[str, Any] = {"loader": "transformer_lens.HookedTransformer", "transformer_lens": _version()}
+    if spec.kind in NATIVE_KINDS:
+        model, tokenizer = _load_native(_model_dir(spec, NATIVE_CONFIG), device)
         spec.processing = {"native": True}
+        loader["weights"] = "actscope native (HookedTransformer state dict, as saved)"
     elif spec.kind == "hf_dir":
-        processing = {**DEFAULT_PROCESSING, **spec.processing}
-        model, tokenizer = _load_hf_dir(Path(spec.name), device, processing)
-        spec.processing = processing
+        from actscope.indexer.model.hf_dir import load_hf_dir
+
+        hf = load_hf_dir(_model_dir(spec, "config.json"), device, {**DEFAULT_PROCESSING, **spec.processing})
+        model, tokenizer = hf.model, hf.tokenizer
+        spec.processing = hf.processing
+        loader["architecture"] = hf.architecture
+        loader["config"] = "config.json's architecture (TransformerLens' converter; never the path)"
     else:
         processing = {**DEFAULT_PROCESSING, **spec.processing}
         model, tokenizer = _load_official(spec.name, device, processing)
         spec.processing = processing
+        loader["architecture"] = model.cfg.original_architecture
+        loader["config"] = "HookedTransformer.from_pretrained (official name)"
     model.eval()
     bos = tokenizer.bos_token_id
     eos = tokenizer.eos_token_id
@@ -150,38 +185,51 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
         raise ActscopeError(f"model {spec.name}: its tokenizer has neither a BOS nor an EOS token")
     bos = eos if bos is None else bos
     eos = bos if eos is None else eos
-    return LoadedModel(spec, model, tokenizer, int(bos), int(eos))
+    return LoadedModel(spec, model, tokenizer, int(bos), int(eos), loader)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def _model_dir(spec: ModelSpec, marker: str) -> Path:
+    """The directory of a local or bundled model, with a clear error when it has moved
+    (an index records where its model was; it may be served from another machine)."""
+    from actscope.indexer import bundled
+
+    if spec.kind == "bundled":
+        path = bundled.model_dir(spec.name)
+        if path is None:
+            raise ActscopeError(
+                f"model {spec.slug}: the bundled model {spec.name!r} is not installed with this package"
+            )
+        return path
+    path = Path(spec.name)
+    if not (path / marker).is_file():
+        raise ActscopeError(
+            f"model {spec.slug}: its directory {path} (where it was indexed from) is gone or holds no {marker}; "
+            "the model is not available here"
+        )
+    return path
 
 
 def _load_official(name: str, device: str, processing: dict[str, Any]):
+    import contextlib
+    import sys
+
     from transformer_lens import HookedTransformer
 
     try:
-        model = HookedTransformer.from_pretrained(name, device=device, **processing)
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is the CLI's summary
+            model = HookedTransformer.from_pretrained(name, device=device, **processing)
     except Exception as exc:  # network, Hub or conversion failures
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ActscopeError(
             f"--model {name}: could not load it from the Hugging Face Hub ({first_line[:200]})"
         ) from exc
     return model, model.tokenizer
-
-
-def _load_hf_dir(path: Path, device: str, processing: dict[str, Any]):
-    import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path))
-        cfg = loading.get_pretrained_model_config(str(path), fold_ln=processing["fold_ln"], device=device)
-        state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ActscopeError(f"--model {path}: cannot read it as a Hugging Face model ({first_line[:200]})") from exc
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
-    model.load_and_process_state_dict(state_dict, **processing)
-    return model.to(device), tokenizer
 
 
 def _load_native(path: Path, device: str):
@@ -214,7 +262,7 @@ def _load_native(path: Path, device: str):
     cfg = HookedTransformerConfig.from_dict(config)
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.load_state_dict(state_dict, strict=False)
-    return model.to(device), tokenizer
+    return model.to(device, print_details=False), tokenizer
 
 
 def save_native(

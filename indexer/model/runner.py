@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from actscope.indexer.kinds import Source, hook_layer
+from actscope.indexer.kinds import Forward, Source, hook_layer
 
 
 class _AllCaptured(Exception):
@@ -30,7 +30,10 @@ class ActivationRunner:
         self._outputs: dict[str, torch.Tensor] | None = {} if reuse_outputs else None
         for source in sources:
             source.kind.prepare(source)
-        self.hooks = sorted({source.hook_name for source in sources})
+        # Each source's hooks: its own first, then those its kind also reads (kept during the pass).
+        self.source_hooks = {s.slug: (s.hook_name, *s.kind.extra_hooks(s)) for s in sources}
+        self.kept = {hook for hooks in self.source_hooks.values() if len(hooks) > 1 for hook in hooks}
+        self.hooks = sorted({hook for hooks in self.source_hooks.values() for hook in hooks})
         layers = [hook_layer(hook) for hook in self.hooks]
         # Blocks after the last hooked one are skipped entirely; so is the unembedding.
         self.stop_at_layer = max(layers) + 1 if layers and min(layers) >= 0 else None
@@ -46,23 +49,32 @@ class ActivationRunner:
         `top_k` is what the kind kept of the top-k (`UnitKind.last_top_k`): (values, indices)
         [batch, pos, k] for a TopK SAE, whose scatter is the activations; else None.
         """
+        tokens = tokens.to(self.model.cfg.device)
         captured: set[str] = set()
         out: dict[str, torch.Tensor] = {}
+        forward = Forward(tokens)
 
         def capture(act, hook):
             captured.add(hook.name)
+            if hook.name in self.kept:
+                forward.acts[hook.name] = act
             for source in self.sources:
-                if source.hook_name == hook.name:
-                    out[source.slug] = source.kind.activations(source, act, partial(self._output_buffer, source, act))
-                    if consume is not None:
-                        consume(source.slug, out[source.slug], source.kind.last_top_k(source))
+                hooks = self.source_hooks[source.slug]
+                if source.slug in out or hook.name not in hooks or not captured.issuperset(hooks):
+                    continue
+                own = forward.acts.get(source.hook_name, act) if len(hooks) > 1 else act
+                out[source.slug] = source.kind.activations(
+                    source, own, partial(self._output_buffer, source, own), forward
+                )
+                if consume is not None:
+                    consume(source.slug, out[source.slug], source.kind.last_top_k(source))
             if len(captured) == len(self.hooks):
                 # Stop inside the block: e.g. after mlp.hook_post, W_out is never applied.
                 raise _AllCaptured
 
         try:
             self.model.run_with_hooks(
-                tokens.to(self.model.cfg.device),
+                tokens,
                 return_type=None,
                 stop_at_layer=self.stop_at_layer,
                 fwd_hooks=[(hook, capture) for hook in self.hooks],

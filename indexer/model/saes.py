@@ -66,10 +66,13 @@ def sae_hook_name(sae) -> str:
 
 
 def sae_processing(saes: list) -> dict[str, Any]:
-    """The model_from_pretrained_kwargs all SAEs agree on (they must agree)."""
+    """The model processing all SAEs were trained on (they must agree). An SAE that leaves
+    model_from_pretrained_kwargs unset was trained on the loader's defaults."""
+    from actscope.indexer.model.loading import DEFAULT_PROCESSING
+
     merged: dict[str, Any] = {}
     for sae in saes:
-        kwargs = dict(sae.cfg.metadata.model_from_pretrained_kwargs or {})
+        kwargs = {**DEFAULT_PROCESSING, **(sae.cfg.metadata.model_from_pretrained_kwargs or {})}
         for key, value in kwargs.items():
             if key in merged and merged[key] != value:
                 raise ActscopeError(

@@ -16,9 +16,7 @@ Conventions:
 - `examples.acts` holds the unit's activation at positions start .. start+len(acts)-1.
 """
 
-SCHEMA_VERSION = (
-    4  # 4: the directions table; 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
-)
+SCHEMA_VERSION = 5  # 5: the directions table; 4: models.loader, bundled model specs by name; 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
 
 TABLES = {
     "meta": """
@@ -31,6 +29,8 @@ TABLES = {
             model VARCHAR PRIMARY KEY,      -- URL slug, e.g. 'gelu-1l', 'toy-2l'
             spec VARCHAR NOT NULL,          -- JSON: how to load it again (kind, name/path, kwargs)
             processing VARCHAR NOT NULL,    -- JSON: weight processing used (fold_ln, ...)
+            loader VARCHAR NOT NULL,        -- JSON: what loaded it (HookedTransformer, TransformerLens
+                                            -- version, architecture, where its config came from)
             n_layers INTEGER NOT NULL,
             d_model INTEGER NOT NULL,
             d_vocab INTEGER NOT NULL,
