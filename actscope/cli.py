@@ -87,7 +87,15 @@ def main() -> None:
     multiple=True,
     help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.",
 )
-@click.option("--no-neurons", is_flag=True, help="Index SAE features only.")
+@click.option("--no-neurons", is_flag=True, help="Index no neurons (only SAE features or directions).")
+@click.option(
+    "--directions",
+    "directions",
+    multiple=True,
+    metavar="N@HOOK",
+    help="N random unit directions in HOOK's space, a control (repeatable; HOOK a full hook name, "
+    "e.g. 64@blocks.1.mlp.hook_post). Drawn from --seed.",
+)
 @click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
 @click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")
@@ -101,7 +109,7 @@ def main() -> None:
     callback=parse_window,
     help="Tokens kept before,after the focus token of each example.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for band sampling.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for band sampling and --directions.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option(
     "--checkpoint-every", type=int, default=200, show_default=True, help="Batches between checkpoints (0: never)."

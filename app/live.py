@@ -8,6 +8,7 @@ callers serialise access.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,9 +69,20 @@ class LiveModel:
         return [acts[i, : len(ids)] for i, ids in enumerate(batch)]
 
 
-def load_live(model_row: dict[str, Any], source_rows: list[dict[str, Any]], device: str = "cpu") -> LiveModel:
-    """Load the model and SAEs an index was built with (rows of its models/sources tables)."""
+def load_live(
+    model_row: dict[str, Any],
+    source_rows: list[dict[str, Any]],
+    device: str = "cpu",
+    unit_vectors: Callable[[str], Any] | None = None,
+) -> LiveModel:
+    """Load the model and SAEs an index was built with (rows of its models/sources tables).
+    `unit_vectors(slug)`: the vectors the index stores for a source's units (None if
+    none), which its kind reloads from row["unit_vectors"] (random directions)."""
     spec = ModelSpec.from_dict(json.loads(model_row["spec"]))
     loaded = load_model(spec, device)
-    sources = [reload_source(row, device) for row in source_rows]
+    rows = []
+    for row in source_rows:
+        vectors = unit_vectors(row["slug"]) if unit_vectors is not None else None
+        rows.append(row if vectors is None else {**row, "unit_vectors": vectors})
+    sources = [reload_source(row, device) for row in rows]
     return LiveModel(loaded, sources, int(model_row["ctx"]), model_row["model"])

@@ -61,6 +61,7 @@ class LiveService:
         max_batch: int = 8,
         threads: int | None = None,
         token_strings: Callable[[list[int]], list[str]] | None = None,
+        unit_vectors: Callable[[str], object] | None = None,
     ):
         self.model = model
         self.sources = {s.slug: s for s in sources}
@@ -79,6 +80,7 @@ class LiveService:
         # ids -> strings from the index's vocab table (same decoding, ~5x cheaper than
         # the tokenizer's batch_decode, and off the model worker's critical path).
         self.token_strings = token_strings
+        self.unit_vectors = unit_vectors  # slug -> the vectors the index stores for its units (random directions)
         self.forward_passes = 0  # batches run by the worker (for tests and monitoring)
         self._waiting = threading.BoundedSemaphore(max_waiting)
         # ("text", text, source) or ("ids", token ids, source) -> result
@@ -107,6 +109,7 @@ class LiveService:
                         dict(self.model.row),
                         [dict(s.row) for s in self.sources.values()],
                         device=self.device,
+                        unit_vectors=self.unit_vectors,
                     )
                 except (ActscopeError, ImportError, OSError, ValueError, RuntimeError) as exc:
                     self._load_error = (

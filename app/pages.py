@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from actscope.app import index_record, live_data, params, unit_view
+from actscope.app import index_record, live_data, params, unit_refs, unit_view
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
@@ -315,6 +315,7 @@ def unit_data(
     n = src.n_units
     liveness = store.liveness(model, source)
     prev, nxt = unit_view.neighbours(liveness.fired, index, n)
+    other_hooks, compare_url = unit_refs.other_hooks(store, urls, src, index)
     basis = unit_view.basis_words(src.band_basis)
     if shown == "top":
         shown_examples = rec.top
@@ -392,7 +393,9 @@ def unit_data(
             "random": urls.random_unit(model, source, text=text),
             "random_dead": urls.random_unit(model, source, dead=1) if len(liveness.dead) else None,
             "source": urls.source(model, source),
+            "compare": compare_url,
         },
+        "other_hooks": other_hooks,
         "band": shown,
         "shown": shown_set,
         "open": None

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import limits, live_data, pages, params, schemas, search_data, try_data
+from actscope.app import compare_data, limits, live_data, pages, params, schemas, search_data, try_data
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import not_found
@@ -145,6 +145,26 @@ def api_search(
             store, live, urls, model, token, text, source or None, text_source or None, page, per_page
         )
     )
+
+
+@router.get(
+    "/{model}/compare", summary="Units side by side, with their shared focus tokens", **_doc(schemas.CompareOut)
+)
+def api_compare(
+    request: Request,
+    store: StoreDep,
+    model: params.ModelName,
+    units: Annotated[
+        str,
+        Query(
+            description="Two to 8 units, comma-separated: source/index, or model:source/index for a unit of "
+            "another model served here"
+        ),
+    ] = "",
+):
+    """Each unit's statistics, histogram and top examples, and the overlap of their top
+    examples' focus tokens (seq, pos): per pair of units of one model, and in all."""
+    return JSON(compare_data.compare_data(store, site_urls.for_request(request), model, units))
 
 
 @router.get(

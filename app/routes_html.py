@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import pages, params, search_data, try_data, unit_view
+from actscope.app import compare_data, pages, params, search_data, try_data, unit_view
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import AppError
@@ -181,6 +181,25 @@ def sequence_page(
         page_url=_here(request),
         title=f"sequence {seq} · {model}",
         blocks={"full-*": "tokens"},
+    )
+
+
+@router.get("/{model}/compare", response_class=HTMLResponse)
+def compare_page(request: Request, store: StoreDep, model: str, units: str | None = None):
+    """Units side by side; bad units are shown next to the form, the text kept."""
+    urls = site_urls.for_request(request)
+    data = compare_data.compare_data(store, urls, model, units, strict=False)
+    status = 422 if data["error"] and units is not None else 200  # the empty form asks for nothing yet
+    if units is None:
+        data["error"] = None
+    return render(
+        request,
+        "compare.html",
+        data,
+        page_url=_here(request),
+        json_url=urls.api(urls.compare(model, data["units_text"] or None)),
+        title=f"compare · {model}",
+        status=status,
     )
 
 

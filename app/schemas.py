@@ -32,7 +32,7 @@ class ErrorOut(BaseModel):
 class SourceOut(BaseModel):
     slug: str
     hook_name: str = Field(description="TransformerLens hook name, e.g. blocks.1.mlp.hook_post")
-    kind: str = Field(description="The unit kind: its name in the kind registry, e.g. neuron or sae")
+    kind: str = Field(description="The unit kind: its name in the kind registry, e.g. neuron, sae or direction")
     layer: int
     n_units: int
     band_basis: str
@@ -193,13 +193,74 @@ class UnitOut(BaseModel):
     logits: LogitsOut | None
     links: dict[str, str | None] = Field(
         description="prev/next: the neighbouring units that fired (dead ones skipped); prev_any/next_any: the "
-        "units at index -1/+1; random (a unit that fired), random_dead (null without dead units), source"
+        "units at index -1/+1; random (a unit that fired), random_dead (null without dead units), source; "
+        "compare: this unit beside itself at the other hooks of its layer (null if none)"
     )
     band: str
     shown: ShownOut
     open: OpenOut | None = Field(description="The expanded example (`open=SEQ:POS`)")
     text: str | None
     live: LiveUnitOut | None = None
+    other_hooks: list[OtherHookOut] = Field(
+        description="The same unit at the other hooks of its layer (a neuron's hook_pre, hook_mid, hook_post), "
+        "where the index has them; links.compare puts them side by side"
+    )
+
+
+class OtherHookOut(BaseModel):
+    source: str
+    hook_name: str
+    url: str = Field(description="The same unit's page at that hook")
+
+
+class CompareExampleOut(ExampleOut):
+    shared_with: list[int] = Field(
+        description="The other units (by their place in `units`) whose top examples share this focus token"
+    )
+
+
+class CompareUnitOut(BaseModel):
+    ref: str = Field(description="The unit as written in `units`: source/index, or model:source/index")
+    model: str
+    source: SourceOut
+    index: int
+    url: str = Field(description="The unit's page")
+    dead: bool
+    stats: StatsOut
+    bands: list[dict[str, Any]] = Field(description="Each band's number, activation range (lo, hi) and count")
+    scale: float
+    top: list[CompareExampleOut]
+
+
+class FocusOut(BaseModel):
+    seq: int
+    pos: int
+    url: str = Field(description="The sequence, tinted by the first unit of the pair")
+
+
+class OverlapPairOut(BaseModel):
+    a: int = Field(description="A unit, by its place in `units`")
+    b: int
+    comparable: bool = Field(description="Both units are of one model (one corpus): their focus tokens compare")
+    n_shared: int | None = Field(
+        description="Focus tokens (seq, pos) both units' top examples have; null if not comparable"
+    )
+    shared: list[FocusOut]
+
+
+class OverlapOut(BaseModel):
+    pairs: list[OverlapPairOut]
+    in_all: list[FocusOut] | None = Field(
+        description="Focus tokens every unit's top examples share (null: units of several models)"
+    )
+
+
+class CompareOut(BaseModel):
+    model: str
+    units_text: str = Field(description="The units, as the page's URL writes them")
+    units: list[CompareUnitOut]
+    overlap: OverlapOut | None
+    error: str | None = Field(description="Always null here (bad units are a 422)")
 
 
 class RandomOut(BaseModel):

@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_batch=settings.live_max_batch,
         threads=settings.live_threads,
         token_strings=lambda ids: store.token_strings(first.model, ids),
+        unit_vectors=lambda slug: store.unit_vectors(first.model, slug),
     )
 
     @asynccontextmanager

@@ -120,6 +120,12 @@ class URLs:
     def search(self, model: str, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/search", params)
 
+    def compare(self, model: str, units: str | None = None) -> str:
+        """The compare view of `units` ("1-mlp/5,1-mlp-pre/5"): its commas, slashes and
+        colons stay as typed, so the URL reads like the list."""
+        path = f"{self.base}/{_q(model)}/compare"
+        return f"{path}?units={quote(units, safe='/,:')}" if units else path
+
     def export(self, model: str, source: str, fmt: str) -> str:
         return f"{self.base}/api/{_q(model)}/{_q(source)}/export.{fmt}"
 

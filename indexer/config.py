@@ -21,6 +21,7 @@ class IndexConfig:
     saes: list[str] = field(default_factory=list)
     neuron_hooks: list[str] = field(default_factory=list)  # empty: every layer's mlp.hook_post
     no_neurons: bool = False
+    directions: list[str] = field(default_factory=list)  # N@HOOK: N random directions in HOOK's space
     max_tokens: int | None = None
     ctx: int = 128
     batch_size: int = 32
@@ -40,6 +41,7 @@ class IndexConfig:
     def __post_init__(self) -> None:
         self.saes = list(self.saes)
         self.neuron_hooks = list(self.neuron_hooks)
+        self.directions = list(self.directions)
         self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
         for name in ("ctx", "batch_size", "top_k", "band_size", "hist_bins", "calibration_tokens"):
             if getattr(self, name) < 1:
@@ -50,8 +52,8 @@ class IndexConfig:
             raise ActscopeError(f"--max-tokens {self.max_tokens} is smaller than one sequence (--ctx {self.ctx})")
         if self.no_neurons and self.neuron_hooks:
             raise ActscopeError("--no-neurons contradicts --neurons")
-        if self.no_neurons and not self.saes:
-            raise ActscopeError("--no-neurons without --sae leaves nothing to index")
+        if self.no_neurons and not self.saes and not self.directions:
+            raise ActscopeError("--no-neurons without --sae or --directions leaves nothing to index")
         self._check_out()
 
     def _check_out(self) -> None:

@@ -106,10 +106,13 @@ def run_index(config: IndexConfig) -> str:
 def load(config: IndexConfig) -> Loaded:
     """The SAEs (first: they say how the model must be processed), the model, the sources."""
     from actscope.indexer import kinds
+    from actscope.indexer.kinds.direction import parse_spec
     from actscope.indexer.model.loading import load_model, pick_device, resolve_model_spec
     from actscope.indexer.model.runner import ActivationRunner
     from actscope.indexer.model.saes import load_sae, resolve_sae_spec, sae_processing
 
+    for text in config.directions:
+        parse_spec(text)  # a malformed option fails before anything loads
     device = pick_device(config.device)
     model_spec = resolve_model_spec(config.model, config.name)
     sae_specs = [resolve_sae_spec(text) for text in config.saes]
@@ -118,7 +121,9 @@ def load(config: IndexConfig) -> Loaded:
     loaded = load_model(model_spec, device)
     if config.ctx > loaded.n_ctx:
         raise ActscopeError(f"--ctx {config.ctx} is larger than the model's context of {loaded.n_ctx} tokens")
-    request = kinds.SourceRequest(config.neuron_hooks, config.no_neurons, list(zip(sae_specs, saes)))
+    request = kinds.SourceRequest(
+        config.neuron_hooks, config.no_neurons, list(zip(sae_specs, saes)), config.directions, config.seed
+    )
     sources = kinds.build_sources(loaded.model, request)
     runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # each batch consumed before the next
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}
@@ -340,6 +345,20 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
     ]
     if logits:
         writer.write_table("logits", pa.concat_tables(logits))
+    directions = [
+        pa.table(
+            {
+                "model": repeated(slug, source.n_units),
+                "source": repeated(source.slug, source.n_units),
+                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
+                "direction": fixed_width_lists(vectors.numpy()),
+            }
+        )
+        for source in sources
+        if (vectors := source.kind.stored_vectors(source)) is not None
+    ]
+    if directions:
+        writer.write_table("directions", pa.concat_tables(directions))
     writer.write_rows(
         "sources",
         [

@@ -163,3 +163,61 @@ def tiny_topk_index(tmp_path_factory, tiny_model_dir, tiny_topk_sae_dir, tiny_co
 def tiny_index(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir) -> Path:
     """A real index of the tiny model: sources 0-mlp, 1-mlp and 1-res-sae."""
     return _build_tiny_index(tmp_path_factory, "tiny", tiny_model_dir, tiny_sae_dir, tiny_corpus_dir)
+
+
+# A SoLU model's MLP neurons at all three of their hooks, and random directions as a control.
+SOLU_NEURON_HOOKS = [
+    "blocks.1.mlp.hook_pre",
+    "blocks.1.mlp.hook_mid",
+    "blocks.1.mlp.hook_post",
+    "blocks.0.mlp.hook_post",
+]
+SOLU_DIRECTIONS = ["8@blocks.1.hook_resid_pre"]
+
+
+@pytest.fixture(scope="session")
+def tiny_solu_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """An actscope-native 2-layer SoLU model named 'solu-tiny' (act_fn solu_ln: its MLPs
+    have hook_pre, hook_mid and hook_post), with the tiny model's tokenizer."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from actscope.indexer.model.loading import save_native
+
+    tokenizer_json = tiny_model_dir / "tokenizer.json"
+    torch.manual_seed(4)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=48,
+        n_ctx=64,
+        d_vocab=Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(),
+        act_fn="solu_ln",
+        normalization_type="LN",
+        seed=4,
+    )
+    out = tmp_path_factory.mktemp("models") / "solu-tiny"
+    return save_native(HookedTransformer(cfg), tokenizer_json, out, "solu-tiny", "<|endoftext|>", "<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_solu_index(tmp_path_factory, tiny_solu_dir, tiny_corpus_dir) -> Path:
+    """A real index of the SoLU model: 0-mlp, 1-mlp-pre, 1-mlp-mid, 1-mlp and 1-res-pre-rand."""
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
+
+    out = tmp_path_factory.mktemp("index") / "solu-tiny.duckdb"
+    run_index(
+        IndexConfig(
+            model=str(tiny_solu_dir),
+            dataset=str(tiny_corpus_dir),
+            out=str(out),
+            neuron_hooks=SOLU_NEURON_HOOKS,
+            directions=SOLU_DIRECTIONS,
+            **TINY_INDEX_OPTIONS,
+        )
+    )
+    return out

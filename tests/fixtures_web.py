@@ -263,3 +263,27 @@ def token_of(el) -> str:
 def token_id_of(el) -> int:
     """The token id in a rendered token's title."""
     return _title_parts(el)[1]
+
+
+@pytest.fixture(scope="session")
+def solu_served_index(tmp_path_factory, tiny_solu_index, tiny_index):
+    """One file serving two models: the SoLU index ('solu-tiny', first, so live inference
+    runs it) with every table of the tiny index ('tiny') copied in."""
+    import shutil
+
+    import duckdb
+
+    from actscope.indexer.store.schema import TABLES
+
+    path = tmp_path_factory.mktemp("served") / "solu-and-tiny.duckdb"
+    shutil.copyfile(tiny_solu_index, path)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(f"ATTACH '{tiny_index}' AS other (READ_ONLY)")
+        for table in TABLES:
+            if table != "meta":
+                con.execute(f"INSERT INTO {table} SELECT * FROM other.{table}")
+        con.execute("DETACH other")
+    finally:
+        con.close()
+    return path

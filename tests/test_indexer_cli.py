@@ -151,6 +151,26 @@ CASES = [
         lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--neurons", "blocks.0.hook_resid_pre"],
         "not an MLP neuron hook",
     ),
+    (
+        "directions without N@",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--directions", "blocks.0.mlp.hook_post"],
+        "expected N@HOOK",
+    ),
+    (
+        "zero directions",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--directions", "0@blocks.0.mlp.hook_post"],
+        "must be at least 1, not 0",
+    ),
+    (
+        "directions at a hook the model lacks",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--directions", "4@blocks.9.mlp.hook_post"],
+        "no hook blocks.9.mlp.hook_post (e.g. blocks.0.mlp.hook_post, blocks.1.mlp.hook_post)",
+    ),
+    (
+        "directions at a hook without positions",
+        lambda i: ["--model", i["model"], "--dataset", i["corpus"], "--directions", "4@blocks.0.attn.hook_pattern"],
+        "no activation per token position",
+    ),
 ]
 
 

@@ -56,10 +56,11 @@ def test_every_kind_says_what_the_indexer_and_app_need():
     from actscope.indexer import kinds
     from actscope.indexer.errors import ActscopeError
 
-    assert list(kinds.KINDS) == ["neuron", "sae"]
+    assert list(kinds.KINDS) == ["neuron", "sae", "direction"]
     for name, kind in kinds.KINDS.items():
         assert kind.name == name and kinds.get(name) is kind
         assert isinstance(kind.sparse, bool) and kind.band_basis in {"all", "firing"}
+        assert isinstance(kind.control, bool) and isinstance(kind.same_unit_across_hooks, bool)
         levels = kind.band_levels
         assert levels[0] == 0.0 and levels[-1] == 1.0 and list(levels) == sorted(set(levels))
     with pytest.raises(ActscopeError, match="unknown unit kind 'head'"):

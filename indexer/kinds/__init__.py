@@ -11,10 +11,12 @@ from typing import Any
 
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
+from actscope.indexer.kinds.direction import DirectionKind
 from actscope.indexer.kinds.neuron import NeuronKind
 from actscope.indexer.kinds.sae import SaeKind
 
-KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind())}  # in source order
+# In source order.
+KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind(), DirectionKind())}
 
 __all__ = [
     "KINDS",

@@ -58,11 +58,14 @@ class Forward:
 @dataclass
 class SourceRequest:
     """What a run asks to index: MLP neuron hooks (empty: every layer's mlp.hook_post;
-    `no_neurons`: none), and the loaded SAEs as (spec, SAE) pairs."""
+    `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, and random directions as
+    `N@HOOK` texts (drawn from `seed`)."""
 
     neuron_hooks: list[str] = field(default_factory=list)
     no_neurons: bool = False
     saes: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    seed: int = 0
 
 
 class UnitKind:
@@ -74,6 +77,9 @@ class UnitKind:
     band_levels: ClassVar[tuple[float, ...]]  # nominal quantile levels of the band edges
     hide_dead: ClassVar[bool] = False  # source tables hide units that never fired, by default
     control: ClassVar[bool] = False  # a baseline (e.g. random directions), left out of "top units" views
+    # Unit i of a source is the same unit as unit i of the kind's other sources of its layer
+    # (a neuron read at mlp.hook_pre, hook_mid and hook_post): unit pages link them.
+    same_unit_across_hooks: ClassVar[bool] = False
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """The sources of this kind that `request` asks for, checked against the model
@@ -104,6 +110,11 @@ class UnitKind:
 
     def output_directions(self, model, source: Source) -> torch.Tensor | None:
         """[n_units, d_model] direction each unit writes into the residual stream, if any."""
+        return None
+
+    def stored_vectors(self, source: Source) -> torch.Tensor | None:
+        """[n_units, width] vectors the index stores for the source's units (its
+        `directions` table), which `reload` gets back as row["unit_vectors"]."""
         return None
 
     def cos_in_out(self, model, source: Source) -> torch.Tensor | None:

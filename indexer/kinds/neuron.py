@@ -19,6 +19,7 @@ class NeuronKind(UnitKind):
     band_basis = "all"
     # Quantiles of the activation over all indexed tokens (the seed tools' 50/75/90/95/99/99.9% edges).
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
+    same_unit_across_hooks = True  # neuron n at hook_pre, hook_mid and hook_post of a layer
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """Neuron sources for --neurons (default: every layer's mlp.hook_post), none with --no-neurons."""

@@ -505,6 +505,18 @@ class Store:
             self._liveness[key] = found
         return found
 
+    def unit_vectors(self, model: str, source: str):
+        """[n_units, width] float32 numpy array of the vectors stored for a source's units
+        (the `directions` table: random directions), or None if it stores none."""
+        import numpy as np
+
+        rows = self._all(
+            "SELECT direction FROM directions WHERE model = ? AND source = ? ORDER BY unit", [model, source]
+        )
+        if not rows:
+            return None
+        return np.array([r[0] for r in rows], dtype=np.float32)
+
     def sequence(self, model: str, seq: int) -> list[int] | None:
         resident = self._resident.get(model)
         if resident is not None:

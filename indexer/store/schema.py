@@ -16,7 +16,7 @@ Conventions:
 - `examples.acts` holds the unit's activation at positions start .. start+len(acts)-1.
 """
 
-SCHEMA_VERSION = 4  # 4: models.loader, bundled model specs by name; 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
+SCHEMA_VERSION = 5  # 5: the directions table; 4: models.loader, bundled model specs by name; 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
 
 TABLES = {
     "meta": """
@@ -46,10 +46,11 @@ TABLES = {
             model VARCHAR NOT NULL,
             slug VARCHAR NOT NULL,          -- e.g. '1-mlp', '1-res-sae'
             hook_name VARCHAR NOT NULL,     -- TransformerLens hook, e.g. 'blocks.1.mlp.hook_post'
-            kind VARCHAR NOT NULL,          -- 'neuron' | 'sae'
+            kind VARCHAR NOT NULL,          -- 'neuron' | 'sae' | 'direction' (a kind of the registry)
             layer INTEGER NOT NULL,
             n_units INTEGER NOT NULL,
-            spec VARCHAR NOT NULL,          -- JSON: SAE path/release for reloading ({} for neurons)
+            spec VARCHAR NOT NULL,          -- JSON: SAE path/release for reloading ({} for neurons;
+                                            -- for random directions N, width, seed and the option)
             band_levels DOUBLE[] NOT NULL,  -- nominal quantile levels of the band edges
             band_basis VARCHAR NOT NULL,    -- 'all' tokens (neurons) | 'firing' tokens (SAE)
             PRIMARY KEY (model, slug)
@@ -124,9 +125,18 @@ TABLES = {
             bottom_ids INTEGER[] NOT NULL,  -- tokens most suppressed
             bottom_values REAL[] NOT NULL
         )""",
+    "directions": """
+        CREATE TABLE directions (
+            model VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            unit INTEGER NOT NULL,
+            direction REAL[] NOT NULL       -- the unit's vector in its hook's space (heads flattened),
+                                            -- for kinds whose units are stored vectors (random
+                                            -- directions: unit norm; activation = act . direction)
+        )""",
 }
 
-# The tables written once at the end of a run (unit_stats, bands, logits, vocab) have no
+# The tables written once at the end of a run (unit_stats, bands, logits, directions, vocab) have no
 # primary key: each is one insert of rows unique by construction, in key order, where a
 # key's index would be a large share of the insert. No secondary indexes either: rows are
 # written in unit order, so DuckDB's zone maps already skip to a unit's rows.
