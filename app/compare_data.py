@@ -12,7 +12,7 @@ import re
 from itertools import combinations
 from typing import Any
 
-from actscope.app.pages import example_dict, get_model, source_dict
+from actscope.app.pages import example_dicts, get_model, source_dict
 from actscope.app.params import FieldError
 from actscope.app.unit_refs import UnitRef, compare_text
 from actscope.app.unit_view import scale_of
@@ -20,6 +20,9 @@ from actscope.app.urls import URLs
 from actscope.indexer.store.reader import Store
 
 MAX_UNITS = 8
+_REF = "(?:[A-Za-z0-9._-]+:)?[A-Za-z0-9._-]+/[0-9]+"
+# What the API's `units` takes (the page's box is lenient with spaces and stray commas).
+UNITS_PATTERN = f"^{_REF}(?:,{_REF}){{1,{MAX_UNITS - 1}}}$"
 UNIT_REF = re.compile(r"^(?:([^:/\s]+):)?([^:/\s]+)/(\d+)$")
 
 
@@ -35,25 +38,29 @@ def parse_units(store: Store, model: str, text: str | None) -> list[UnitRef]:
         )
     refs: list[UnitRef] = []
     problems: list[str] = []
+    malformed = False  # only units the index lacks: a 404, as the API contract says
     for item in items:
         match = UNIT_REF.match(item)
         if not match:
             problems.append(f"{item!r} is not a unit: write source/index (e.g. 1-mlp/5) or model:source/index.")
+            malformed = True
             continue
         ref = UnitRef(match.group(1) or model, match.group(2), int(match.group(3)))
         problem = _check(store, ref, item)
         if problem is None and ref in refs:
-            problem = f"{item} is listed twice."
+            problem, malformed = f"{item} is listed twice.", True
         if problem:
             problems.append(problem)
         else:
             refs.append(ref)
     if not problems and len(refs) < 2:
         problems.append(f"Name at least two units to compare (only {items[0]} given).")
+        malformed = True
     if not problems and len(refs) > MAX_UNITS:
         problems.append(f"At most {MAX_UNITS} units side by side ({len(refs)} given).")
+        malformed = True
     if problems:
-        raise FieldError("units", " ".join(problems))
+        raise FieldError("units", " ".join(problems), 422 if malformed else 404)
     return refs
 
 
@@ -72,7 +79,7 @@ def _check(store: Store, ref: UnitRef, item: str) -> str | None:
 
 def _unit_column(store: Store, urls: URLs, ref: UnitRef, page_model: str) -> dict[str, Any]:
     src = store.source(ref.model, ref.source)
-    rec = store.unit(ref.model, ref.source, ref.index)
+    rec = store.unit(ref.model, ref.source, ref.index, bands=())  # the top examples only
     if src is None or rec is None:  # parse_units checked both
         raise FieldError("units", f"{ref.text(page_model)} has no statistics in this index.")
     st = rec.stats
@@ -95,7 +102,7 @@ def _unit_column(store: Store, urls: URLs, ref: UnitRef, page_model: str) -> dic
         },
         "bands": [{"band": b.band, "lo": b.lo, "hi": b.hi, "count": b.count} for b in rec.bands],
         "scale": scale_of(st),
-        "top": [example_dict(store, ref.model, ex) for ex in rec.top],
+        "top": example_dicts(store, ref.model, rec.top),
     }
 
 
@@ -143,8 +150,14 @@ def compare_data(store: Store, urls: URLs, model: str, units: str | None, *, str
     data: dict[str, Any] = {"model": model, "units_text": units or "", "units": [], "overlap": None, "error": None}
     try:
         refs = parse_units(store, model, units)
+        if strict and not re.fullmatch(UNITS_PATTERN, units or ""):
+            raise FieldError(
+                "units", "Write the units as source/index or model:source/index, comma-separated, no spaces."
+            )
     except FieldError as exc:
         if strict:
+            if exc.status == 404 and not re.fullmatch(UNITS_PATTERN, units or ""):
+                raise FieldError(exc.field, exc.message) from None  # outside the schema: a 422
             raise
         data["error"] = exc.message
         return data

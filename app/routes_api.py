@@ -158,13 +158,14 @@ def api_compare(
         str,
         Query(
             description="Two to 8 units, comma-separated: source/index, or model:source/index for a unit of "
-            "another model served here"
+            "another model served here. A unit the index lacks is a 404; one listed twice, a 422",
+            json_schema_extra={"pattern": compare_data.UNITS_PATTERN},  # checked below, with a message per unit
         ),
-    ] = "",
+    ],
 ):
     """Each unit's statistics, histogram and top examples, and the overlap of their top
     examples' focus tokens (seq, pos): per pair of units of one model, and in all."""
-    return JSON(compare_data.compare_data(store, site_urls.for_request(request), model, units))
+    return JSON(compare_data.compare_data(store, site_urls.for_request(request), model, units, strict=True))
 
 
 @router.get(

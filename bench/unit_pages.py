@@ -74,8 +74,8 @@ def serve(index: str) -> None:
         for line in sys.stdin:
             words = line.split()
             digest = words[0] == "hash"
-            kind, start, count = words[1:] if digest else words
-            prefix = "/api" if kind == "json" else ""
+            fmt, start, count = words[1:] if digest else words
+            prefix = "/api" if fmt == "json" else ""
             paths = [f"{prefix}/{model}/{slug}/{u}" for slug, u in units[int(start) : int(start) + int(count)]]
             if digest:
                 h = hashlib.sha256()
@@ -97,7 +97,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", required=True)
     ap.add_argument("--base-site", required=True, help="Folder holding the other build's `actscope` package")
-    ap.add_argument("--rounds", type=int, default=20, help="Batches per side and kind")
+    ap.add_argument("--rounds", type=int, default=20, help="Batches per side and format")
     ap.add_argument("--batch", type=int, default=30, help="Units per batch")
     ap.add_argument("--check", type=int, default=200, help="Units whose pages must be the same bytes")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -127,22 +127,22 @@ def main() -> int:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"load average before the run: {load}")
         same = True
-        for kind in ("json", "html"):
-            digests = {ask(p, f"hash {kind} 0 {args.check}") for p in (base, new)}
-            print(f"{kind}: {args.check} units' pages {'the same bytes' if len(digests) == 1 else 'DIFFER'}")
+        for fmt in ("json", "html"):
+            digests = {ask(p, f"hash {fmt} 0 {args.check}") for p in (base, new)}
+            print(f"{fmt}: {args.check} units' pages {'the same bytes' if len(digests) == 1 else 'DIFFER'}")
             same &= len(digests) == 1
-        for kind in ("json", "html"):
+        for fmt in ("json", "html"):
             times: dict[str, list[float]] = {"base": [], "new": []}
             for r in range(args.rounds):
                 order = [("base", base), ("new", new)]
                 if r % 2:
                     order.reverse()
                 for name, p in order:
-                    times[name].append(float(ask(p, f"{kind} {r * args.batch} {args.batch}")))
+                    times[name].append(float(ask(p, f"{fmt} {r * args.batch} {args.batch}")))
             n = args.rounds * args.batch
             ratios = [b and a / b for a, b in zip(times["new"], times["base"])]
             print(
-                f"{kind}: base {1000 * sum(times['base']) / n:.3f} ms CPU per request, "
+                f"{fmt}: base {1000 * sum(times['base']) / n:.3f} ms CPU per request, "
                 f"new {1000 * sum(times['new']) / n:.3f}; new / base {sum(times['new']) / sum(times['base']):.3f} "
                 f"(median of {args.rounds} batches {statistics.median(ratios):.3f})",
                 flush=True,
