@@ -82,7 +82,15 @@ def main() -> None:
     multiple=True,
     help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.",
 )
-@click.option("--no-neurons", is_flag=True, help="Index SAE features only.")
+@click.option("--no-neurons", is_flag=True, help="Index no MLP neurons (only SAE features, heads).")
+@click.option(
+    "--heads",
+    "heads",
+    multiple=True,
+    metavar="METRIC",
+    help="Attention-head metric to index (repeatable): a source {L}-attn-METRIC per layer, one unit per head. "
+    "max-attn, entropy, result-norm, value-norm, value-weighted-attn, prev-token, induction.",
+)
 @click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
 @click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")

@@ -72,5 +72,5 @@ def load_live(model_row: dict[str, Any], source_rows: list[dict[str, Any]], devi
     """Load the model and SAEs an index was built with (rows of its models/sources tables)."""
     spec = ModelSpec.from_dict(json.loads(model_row["spec"]))
     loaded = load_model(spec, device)
-    sources = [reload_source(row, device) for row in source_rows]
+    sources = [reload_source(row, device, loaded.model) for row in source_rows]
     return LiveModel(loaded, sources, int(model_row["ctx"]), model_row["model"])

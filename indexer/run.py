@@ -118,7 +118,9 @@ def load(config: IndexConfig) -> Loaded:
     loaded = load_model(model_spec, device)
     if config.ctx > loaded.n_ctx:
         raise ActscopeError(f"--ctx {config.ctx} is larger than the model's context of {loaded.n_ctx} tokens")
-    request = kinds.SourceRequest(config.neuron_hooks, config.no_neurons, list(zip(sae_specs, saes)))
+    request = kinds.SourceRequest(
+        config.neuron_hooks, config.no_neurons, list(zip(sae_specs, saes)), head_metrics=config.heads
+    )
     sources = kinds.build_sources(loaded.model, request)
     runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # each batch consumed before the next
     identity = {**config.identity(), "model_spec": model_spec.to_dict(), "sae_specs": sae_specs}

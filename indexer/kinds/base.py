@@ -58,11 +58,12 @@ class Forward:
 @dataclass
 class SourceRequest:
     """What a run asks to index: MLP neuron hooks (empty: every layer's mlp.hook_post;
-    `no_neurons`: none), and the loaded SAEs as (spec, SAE) pairs."""
+    `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, and attention-head metrics."""
 
     neuron_hooks: list[str] = field(default_factory=list)
     no_neurons: bool = False
     saes: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+    head_metrics: list[str] = field(default_factory=list)  # --heads: one source per layer and metric
 
 
 class UnitKind:
@@ -109,6 +110,15 @@ class UnitKind:
     def cos_in_out(self, model, source: Source) -> torch.Tensor | None:
         """[n_units] cosine between each unit's input and output weights, where it has both."""
         return None
+
+    def attention_hook(self, source: Source) -> str | None:
+        """The hook of the attention pattern [batch, head, d, s] whose focus row a unit's
+        examples show (attention heads: where the focus token attends); None for others."""
+        return None
+
+    def bind(self, model, source: Source) -> None:
+        """Take from the loaded model what `activations` needs beyond the hooks (e.g. a
+        head's W_O); called for sources built from the model and reloaded sources alike."""
 
     def reload(self, row: dict[str, Any], device: str) -> Source:
         """The source of an index's `sources` row, ready to compute (for live inference)."""
