@@ -58,7 +58,11 @@ def example_items(
             f'<li class="example" id="ex-{i}">\n'
             f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n'
         )
-        append_spans(out, table, ex["token_ids"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
+        attention = ex.get("attention")
+        if attention is None:
+            append_spans(out, table, ex["token_ids"], ex["acts"], scale, ex["focus"], ex["start"] == 0)
+        else:
+            append_attention(out, table, ex, attention, link)
         key = f"{ex['seq']}:{ex['pos']}"
         href = closed if is_open else escape(urls.unit(model, source, index, **state, open=key))
         out.append(
@@ -68,6 +72,28 @@ def example_items(
             f'<div class="full" id="full-{i}">{full if is_open else ""}</div>\n</li>\n'
         )
     return Markup("".join(out))
+
+
+def append_attention(out: list[str], table: TokenTable, ex: dict[str, Any], attention: dict[str, Any], link: str) -> None:
+    """An attention head's example into `out`: the window tinted by where the focus token
+    attends (A[focus, s], full colour at 1), its strongest source other than BOS outlined
+    and named below, with its position and a link to the sequence when it lies outside
+    the window."""
+    first = len(out) + 1
+    append_spans(out, table, ex["token_ids"], attention["weights"], 1.0, ex["focus"], ex["start"] == 0)
+    top = attention["strongest"]
+    k = top["pos"] - ex["start"]
+    if top["in_window"] and out[first + k].startswith('<span class="t'):
+        out[first + k] = out[first + k].replace('<span class="t', '<span class="t attn-src', 1)
+    where = (
+        f"position {top['pos']}, in the window"
+        if top["in_window"]
+        else f'position {top["pos"]}, outside the window: <a class="attn-seq" href="{escape(link)}">see the full sequence</a>'
+    )
+    out.append(
+        f'\n<span class="attn-note small">attends most to {table.code(top["token_id"])} '
+        f'(<span class="attn-weight">{top["weight"]:.3f}</span>, {where}); BOS {attention["bos"]:.3f}</span>'
+    )
 
 
 def logit_rows(table: TokenTable, logits: list[dict[str, Any]], cls: str) -> Markup:

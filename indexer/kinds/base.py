@@ -111,9 +111,10 @@ class UnitKind:
         """[n_units] cosine between each unit's input and output weights, where it has both."""
         return None
 
-    def attention_hook(self, source: Source) -> str | None:
-        """The hook of the attention pattern [batch, head, d, s] whose focus row a unit's
-        examples show (attention heads: where the focus token attends); None for others."""
+    def attention_hook(self, layer: int) -> str | None:
+        """The hook of the attention pattern [batch, head, d, s] whose focus row the
+        examples of a unit of this kind at `layer` show (a head's unit index is its head:
+        where the focus token attends); None for kinds without one."""
         return None
 
     def bind(self, model, source: Source) -> None:

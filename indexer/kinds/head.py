@@ -116,8 +116,8 @@ class HeadKind(UnitKind):
             raise ActscopeError(f"unknown head metric {metric!r}")
         return out.transpose(1, 2)  # [batch, d, head]
 
-    def attention_hook(self, source: Source) -> str | None:
-        return f"blocks.{source.layer}.attn.hook_pattern"
+    def attention_hook(self, layer: int) -> str | None:
+        return f"blocks.{layer}.attn.hook_pattern"
 
 
 def induction_mask(tokens: torch.Tensor) -> torch.Tensor:
