@@ -49,6 +49,7 @@ def source_dict(s: SourceInfo) -> dict[str, Any]:
         "layer": s.layer,
         "n_units": s.n_units,
         "band_basis": s.band_basis,
+        "description": kinds.get(s.kind).describe(s.spec),
     }
 
 

@@ -117,6 +117,11 @@ class UnitKind:
         where the focus token attends); None for kinds without one."""
         return None
 
+    def describe(self, spec: dict[str, Any]) -> str | None:
+        """What a source's activation is, in one line, beyond its hook (e.g. a head metric's
+        definition); None when the hook says it all."""
+        return None
+
     def bind(self, model, source: Source) -> None:
         """Take from the loaded model what `activations` needs beyond the hooks (e.g. a
         head's W_O); called for sources built from the model and reloaded sources alike."""

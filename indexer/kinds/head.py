@@ -89,6 +89,10 @@ class HeadKind(UnitKind):
         if source.spec["metric"] == "result-norm":
             source.module = model.blocks[source.layer].attn.W_O.detach()
 
+    def describe(self, spec) -> str | None:
+        metric = METRICS.get(spec.get("metric", ""))
+        return None if metric is None else f"{metric.name}: {metric.help}"
+
     def extra_hooks(self, source: Source) -> tuple[str, ...]:
         return tuple(f"blocks.{source.layer}.attn.{h}" for h in METRICS[source.spec["metric"]].extra)
 
