@@ -66,3 +66,21 @@ def focus_attention(row: np.ndarray, start: int, width: int, prefix: list[int], 
             "url": url,
         },
     }
+
+
+def attend_sequence(live: LiveService, hook: str, head: int, data: dict[str, Any]) -> dict[str, Any]:
+    """A whole sequence's data (pages.sequence_data, with its focus `pos`) with
+    `attention`: where the focus token attends, over the whole sequence (None without a
+    focus past BOS, or with `attention_error` when live inference failed)."""
+    data.update(attention=None, attention_error=None)
+    ids, pos = data["token_ids"], data.get("pos")
+    if pos is None or not 1 <= pos < len(ids):
+        return data
+    try:
+        (rows,) = live.attention(hook, [ids[: pos + 1]])
+    except AppError as exc:
+        data["attention_error"] = exc.message
+        return data
+    data["attention"] = focus_attention(rows[head], 0, len(ids), ids[: pos + 1], "")
+    data["attention"]["strongest"]["token"] = data["tokens"][data["attention"]["strongest"]["pos"]]
+    return data

@@ -401,6 +401,8 @@ def unit_data(
         data["full"] = unit_view.tint_sequence(
             live, source, index, {**sequence_data(store, model, seq), "pos": pos}, scale
         )
+        if attention_hook is not None:
+            head_view.attend_sequence(live, attention_hook, index, data["full"])
     return data
 
 

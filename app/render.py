@@ -74,6 +74,13 @@ def example_items(
     return Markup("".join(out))
 
 
+def attention_tokens(table: TokenTable, ids: list[int], attention: dict[str, Any], focus: int) -> Markup:
+    """A whole sequence tinted by where its focus token attends (see append_attention)."""
+    out: list[str] = []
+    append_attention(out, table, {"token_ids": ids, "focus": focus, "start": 0}, attention, "")
+    return Markup("".join(out))
+
+
 def append_attention(out: list[str], table: TokenTable, ex: dict[str, Any], attention: dict[str, Any], link: str) -> None:
     """An attention head's example into `out`: the window tinted by where the focus token
     attends (A[focus, s], full colour at 1), its strongest source other than BOS outlined
@@ -86,7 +93,9 @@ def append_attention(out: list[str], table: TokenTable, ex: dict[str, Any], atte
     if top["in_window"] and out[first + k].startswith('<span class="t'):
         out[first + k] = out[first + k].replace('<span class="t', '<span class="t attn-src', 1)
     where = (
-        f"position {top['pos']}, in the window"
+        f"position {top['pos']}"
+        if not link  # a whole sequence: every source is in it
+        else f"position {top['pos']}, in the window"
         if top["in_window"]
         else f'position {top["pos"]}, outside the window: <a class="attn-seq" href="{escape(link)}">see the full sequence</a>'
     )
@@ -232,6 +241,7 @@ def make_templates(token_tables: dict[str, TokenTable]) -> Jinja2Blocks:
         tokens_html=lambda model, *a, **k: tokens_html(table(model), *a, **k),
         example_items=lambda examples, model, *a, **k: example_items(table(model), examples, model, *a, **k),
         logit_rows=lambda model, *a: logit_rows(table(model), *a),
+        attention_tokens=lambda model, *a: attention_tokens(table(model), *a),
         token_code=lambda model, token_id: table(model).code(token_id),
         token_title=lambda model, token_id: Markup(table(model).title(token_id)),
         # A token's box, and what follows it (a newline's line break): outside the box.

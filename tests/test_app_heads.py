@@ -122,7 +122,15 @@ def test_a_source_outside_the_window_is_named_and_linked(heads_client):
     assert f"position {top['pos']}, outside the window" in note.text
     link = note.select_one("a.attn-seq")["href"]
     assert re.fullmatch(rf"/tiny/sequences/{ex['seq']}\?source=[\w-]+&index=\d&pos={ex['pos']}", link)
-    assert heads_client.get(link).status_code == 200
+    # The sequence page, and the example opened in place, show the whole focus row.
+    sep = "&" if "?" in url else "?"
+    opened = BeautifulSoup(heads_client.get(f"{url}{sep}open={ex['seq']}:{ex['pos']}").text, "html.parser")
+    for whole in (BeautifulSoup(heads_client.get(link).text, "html.parser"), opened.select_one(".full-seq")):
+        spans = whole.select(".toks > .t")
+        marked = [k for k, span in enumerate(spans) if "attn-src" in span["class"]]
+        assert marked == [top["pos"]]
+        assert float(spans[top["pos"]]["data-act"]) == pytest.approx(top["weight"], abs=1e-4)
+        assert "attends most to" in whole.select_one(".attn-note").text
 
 
 def test_live_text_is_measured_by_the_head_metric(heads_client, model_and_sequences):
