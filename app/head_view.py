@@ -44,7 +44,9 @@ def attach_attention(
     links = urls.sequences(model, source, head, [(ex["seq"], ex["pos"]) for ex in examples])
     for ex, prefix, row, link in zip(examples, prefixes, rows, links):
         ex["attention"] = focus_attention(row[head], ex["start"], len(ex["token_ids"]), prefix, link)
-        ex["attention"]["strongest"]["token"] = store.token_strings(model, [ex["attention"]["strongest"]["token_id"]])[0]
+        ex["attention"]["strongest"]["token"] = store.token_strings(model, [ex["attention"]["strongest"]["token_id"]])[
+            0
+        ]
     return None
 
 

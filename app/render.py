@@ -81,7 +81,9 @@ def attention_tokens(table: TokenTable, ids: list[int], attention: dict[str, Any
     return Markup("".join(out))
 
 
-def append_attention(out: list[str], table: TokenTable, ex: dict[str, Any], attention: dict[str, Any], link: str) -> None:
+def append_attention(
+    out: list[str], table: TokenTable, ex: dict[str, Any], attention: dict[str, Any], link: str
+) -> None:
     """An attention head's example into `out`: the window tinted by where the focus token
     attends (A[focus, s], full colour at 1), its strongest source other than BOS outlined
     and named below, with its position and a link to the sequence when it lies outside

@@ -65,9 +65,7 @@ def tiny_gqa_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     )
     model = HookedTransformer(cfg)
     out = tmp_path_factory.mktemp("models") / "tiny-gqa"
-    return save_native(
-        model, tiny_model_dir / NATIVE_TOKENIZER, out, "tiny-gqa", meta["bos_token"], meta["eos_token"]
-    )
+    return save_native(model, tiny_model_dir / NATIVE_TOKENIZER, out, "tiny-gqa", meta["bos_token"], meta["eos_token"])
 
 
 @pytest.fixture(scope="session")

@@ -143,9 +143,7 @@ def test_live_text_is_measured_by_the_head_metric(heads_client, model_and_sequen
     with torch.no_grad():
         _, cache = loaded.model.run_with_cache(torch.tensor([ids]))
     pattern = cache["blocks.1.attn.hook_pattern"][0, 3].numpy()
-    expected = [
-        max([pattern[p, j + 1] for j in range(p) if ids[j] == ids[p]], default=0.0) for p in range(len(ids))
-    ]
+    expected = [max([pattern[p, j + 1] for j in range(p) if ids[j] == ids[p]], default=0.0) for p in range(len(ids))]
     np.testing.assert_allclose(d["live"]["acts"], expected, atol=ATOL)
     assert max(expected) > 0  # the text repeats tokens
     page = heads_client.get("/tiny/1-attn-induction/3", params={"text": text}).text

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from contrast import contrast_of
+
 from fixtures_web import ServerThread
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pytest
-
 from fixtures_heads import HEAD_METRICS
+
 from fixtures_models import TINY_CTX, TINY_INDEX_OPTIONS
 
 ATOL = 2e-5
@@ -44,7 +44,9 @@ def _metrics(pattern, z, v, w_o, tokens) -> dict[str, np.ndarray]:
                 out["entropy"][b, d, h] = -sum(x * np.log(x) for x in a if x > 0)
                 out["result-norm"][b, d, h] = np.linalg.norm(z[b, d, h] @ w_o[h])
                 out["value-norm"][b, d, h] = np.linalg.norm(z[b, d, h])
-                out["value-weighted-attn"][b, d, h] = max((a[s] * v_norm[b, s, h // group] for s in range(1, d + 1)), default=0.0)
+                out["value-weighted-attn"][b, d, h] = max(
+                    (a[s] * v_norm[b, s, h // group] for s in range(1, d + 1)), default=0.0
+                )
                 out["prev-token"][b, d, h] = a[d - 1] if d else 0.0
                 earlier = [a[j + 1] for j in range(d) if tokens[b, j] == tokens[b, d]]
                 out["induction"][b, d, h] = max(earlier, default=0.0)
@@ -97,9 +99,7 @@ def test_statistics(con, reference, slug):
     for unit, mx, mn, mean, std, density, n_tokens, n_fired, counts in rows:
         values = reference[slug][:, 1:, unit].reshape(-1)  # d = 0 never indexed
         assert n_tokens == values.size == sum(counts)
-        assert (mx, mn, mean, std) == pytest.approx(
-            (values.max(), values.min(), values.mean(), values.std()), abs=ATOL
-        )
+        assert (mx, mn, mean, std) == pytest.approx((values.max(), values.min(), values.mean(), values.std()), abs=ATOL)
         assert n_fired == int((values > 0).sum())
         assert density == pytest.approx((values > 0).mean())
 

@@ -35,7 +35,9 @@ class Metric:
 METRICS = {
     m.name: m
     for m in (
-        Metric("max-attn", "hook_pattern", help="max over s in 1..d of A[d, s]: the largest attention to a non-BOS token"),
+        Metric(
+            "max-attn", "hook_pattern", help="max over s in 1..d of A[d, s]: the largest attention to a non-BOS token"
+        ),
         Metric("entropy", "hook_pattern", help="-sum over s <= d of A[d, s] ln A[d, s], BOS included"),
         Metric("result-norm", "hook_z", help="||z[d] @ W_O||: the head's write to the residual stream, without b_O"),
         Metric("value-norm", "hook_z", help="||z[d]||: the norm of the attention-weighted sum of values"),
