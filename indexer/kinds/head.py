@@ -4,22 +4,19 @@ metric, computed from the head's attention pattern A (`attn.hook_pattern`, [batc
 d, s]), its values v (`attn.hook_v`, the head's key/value group under grouped-query
 attention) or its mixed values z (`attn.hook_z`). Source position 0 is BOS; 0·ln 0 = 0.
 
-Every metric has a value on every token (dense) and, but for the signed ones, is >= 0;
-bands are quantiles over all tokens. A head writes no single direction into the residual
+Every metric has a value on every token (dense), never below 0; bands are quantiles
+over all tokens. A head writes no single direction into the residual
 stream, so it has no logit table.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind
-
-SLUG = re.compile(r"^(\d+)-attn-([a-z-]+)$")
 
 
 @dataclass(frozen=True)
