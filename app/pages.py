@@ -321,7 +321,7 @@ def unit_data(
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
-    data = {
+    data: dict[str, Any] = {
         "model": model,
         "source": source_dict(src),
         "index": index,
