@@ -87,7 +87,7 @@ def main() -> None:
     multiple=True,
     help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.",
 )
-@click.option("--no-neurons", is_flag=True, help="Index no neurons (only SAE features or directions).")
+@click.option("--no-neurons", is_flag=True, help="Index no MLP neurons (only SAE features, heads or directions).")
 @click.option(
     "--directions",
     "directions",
@@ -95,6 +95,14 @@ def main() -> None:
     metavar="N@HOOK",
     help="N random unit directions in HOOK's space, a control (repeatable; HOOK a full hook name, "
     "e.g. 64@blocks.1.mlp.hook_post). Drawn from --seed.",
+)
+@click.option(
+    "--heads",
+    "heads",
+    multiple=True,
+    metavar="METRIC",
+    help="Attention-head metric to index (repeatable): a source {L}-attn-METRIC per layer, one unit per head. "
+    "max-attn, entropy, result-norm, value-norm, value-weighted-attn, prev-token, induction.",
 )
 @click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
 @click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")

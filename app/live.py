@@ -68,6 +68,40 @@ class LiveModel:
         acts = self._runners[slug](tokens)[slug].cpu().numpy().astype(np.float32, copy=False)
         return [acts[i, : len(ids)] for i, ids in enumerate(batch)]
 
+    def attention_rows(self, hook: str, sequences: list[list[int]]) -> list[np.ndarray]:
+        """The attention pattern at `hook` of each token prefix's last position, all heads:
+        [n_heads, len(ids)] float32 per prefix (rows of A[d, s] with d the last token).
+        One forward pass per chunk of prefixes, right-padded (attention is causal)."""
+        import torch
+
+        from actscope.indexer.kinds import hook_layer
+
+        if hook not in self.loaded.model.hook_dict:
+            raise ActscopeError(f"the model has no hook {hook}")
+        rows: list[np.ndarray] = []
+        pad = self.loaded.eos_token_id
+        for first in range(0, len(sequences), ATTENTION_CHUNK):
+            chunk = sequences[first : first + ATTENTION_CHUNK]
+            longest = max(len(ids) for ids in chunk)
+            if min(len(ids) for ids in chunk) < 1 or longest > self.ctx:
+                raise ActscopeError(f"expected 1 to {self.ctx} tokens per sequence")
+            tokens = torch.tensor([list(ids) + [pad] * (longest - len(ids)) for ids in chunk], dtype=torch.long)
+            seen: dict[str, torch.Tensor] = {}
+
+            def keep(pattern, hook):
+                seen["pattern"] = pattern  # [batch, head, d, s]
+
+            with torch.inference_mode():
+                self.loaded.model.run_with_hooks(
+                    tokens, return_type=None, stop_at_layer=hook_layer(hook) + 1, fwd_hooks=[(hook, keep)]
+                )
+            pattern = seen["pattern"].float().cpu().numpy()
+            rows += [pattern[i, :, len(ids) - 1, : len(ids)] for i, ids in enumerate(chunk)]
+        return rows
+
+
+ATTENTION_CHUNK = 16  # prefixes per forward pass of attention_rows: bounds its memory
+
 
 def load_live(
     model_row: dict[str, Any],
@@ -84,5 +118,5 @@ def load_live(
     for row in source_rows:
         vectors = unit_vectors(row["slug"]) if unit_vectors is not None else None
         rows.append(row if vectors is None else {**row, "unit_vectors": vectors})
-    sources = [reload_source(row, device) for row in rows]
+    sources = [reload_source(row, device, loaded.model) for row in rows]
     return LiveModel(loaded, sources, int(model_row["ctx"]), model_row["model"])

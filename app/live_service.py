@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -83,8 +83,9 @@ class LiveService:
         self.unit_vectors = unit_vectors  # slug -> the vectors the index stores for its units (random directions)
         self.forward_passes = 0  # batches run by the worker (for tests and monitoring)
         self._waiting = threading.BoundedSemaphore(max_waiting)
-        # ("text", text, source) or ("ids", token ids, source) -> result
-        self._cache: OrderedDict[tuple, LiveResult] = OrderedDict()
+        # ("text", text, source) or ("ids", token ids, source) -> result;
+        # ("attention", hook, token ids) -> attention rows
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
 
@@ -181,6 +182,41 @@ class LiveService:
         ids = tuple(int(i) for i in token_ids)
         return self._run(("ids", ids, source), source, ids=list(ids))
 
+    def attention(self, hook: str, prefixes: list[list[int]]) -> list[np.ndarray]:
+        """Each token prefix's attention row at its last position, every head, at `hook`
+        (an attention pattern hook): [n_heads, len(prefix)] float32 each. Cached per
+        prefix; the rest in one job of the worker, bounded like every live request."""
+        keys = [("attention", hook, tuple(int(i) for i in ids)) for ids in prefixes]
+        found: dict[tuple, np.ndarray] = {}
+        with self._cache_lock:
+            for key in keys:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    found[key] = hit
+        missing = list(dict.fromkeys(key for key in keys if key not in found))
+        if missing:
+            self.load()
+            if not self._waiting.acquire(blocking=False):
+                raise unavailable("The server is busy with other live requests; try again in a moment.")
+            try:
+                job = _Job("", "", None)
+                job.task = lambda live: live.attention_rows(hook, [list(key[2]) for key in missing])
+                self._submit(job)
+                if not job.done.wait(self.timeout_s):
+                    job.cancelled = True
+                    raise unavailable("Timed out waiting for the model; try again in a moment.")
+            finally:
+                self._waiting.release()
+            if job.error is not None:
+                raise job.error
+            with self._cache_lock:
+                for key, row in zip(missing, job.result):
+                    found[key] = self._cache[key] = row
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return [found[key] for key in keys]
+
     def _run(
         self, key: tuple, source: str, text: str = "", cut: bool = False, ids: list[int] | None = None
     ) -> LiveResult:
@@ -237,9 +273,9 @@ class LiveService:
                 first = self._queue.popleft()
                 batch = [first]
                 rest: deque[_Job] = deque()
-                while self._queue and len(batch) < self.max_batch:
+                while self._queue and len(batch) < self.max_batch and first.task is None:
                     job = self._queue.popleft()
-                    (batch if job.source == first.source else rest).append(job)
+                    (batch if job.source == first.source and job.task is None else rest).append(job)
                 self._queue.extendleft(reversed(rest))
             batch = [job for job in batch if not job.cancelled]
             if batch:
@@ -250,6 +286,10 @@ class LiveService:
         try:
             if live is None:  # jobs are submitted after load() only
                 raise RuntimeError("the live model is not loaded")
+            if batch[0].task is not None:  # a job of its own (e.g. attention rows)
+                self.forward_passes += 1
+                batch[0].result = batch[0].task(live)
+                return
             ids: list[list[int]] = []
             for job in batch:
                 if job.ids is None:
@@ -281,7 +321,20 @@ class LiveService:
 class _Job:
     """One live request waiting for the worker."""
 
-    __slots__ = ("source", "text", "ids", "truncated", "acts", "tokens", "error", "done", "cancelled", "notify")
+    __slots__ = (
+        "source",
+        "text",
+        "ids",
+        "truncated",
+        "acts",
+        "tokens",
+        "error",
+        "done",
+        "cancelled",
+        "notify",
+        "task",
+        "result",
+    )
 
     def __init__(self, source: str, text: str, ids: list[int] | None):
         self.source = source
@@ -294,3 +347,5 @@ class _Job:
         self.done = threading.Event()
         self.cancelled = False
         self.notify: Callable[[], object] | None = None  # called by the worker when done (async waiters)
+        self.task: Callable[[LiveModel], Any] | None = None  # run alone on the live model instead
+        self.result: Any = None  # what `task` returned

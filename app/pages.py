@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from actscope.app import index_record, live_data, params, unit_refs, unit_view
+from actscope.app import head_view, index_record, live_data, params, unit_refs, unit_view
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
@@ -50,6 +50,7 @@ def source_dict(s: SourceInfo) -> dict[str, Any]:
         "layer": s.layer,
         "n_units": s.n_units,
         "band_basis": s.band_basis,
+        "description": kinds.get(s.kind).describe(s.spec),
     }
 
 
@@ -348,7 +349,7 @@ def unit_data(
     dicts = iter(example_dicts(store, model, rec.top + [ex for b in with_examples for ex in b.examples]))
     top = list(islice(dicts, len(rec.top)))
     band_examples = {b.band: list(islice(dicts, len(b.examples))) for b in with_examples}
-    data = {
+    data: dict[str, Any] = {
         "model": model,
         "source": source_dict(src),
         "index": index,
@@ -410,6 +411,14 @@ def unit_data(
         "params": state,
         "live": live_part,
     }
+    attention_hook = kinds.get(src.kind).attention_hook(src.layer)
+    data["attention"] = None
+    if attention_hook is not None:
+        # Where the focus token of each example on the page attends (a head's pattern).
+        shown_dicts = data["top"] if shown == "top" else data["bands"][int(shown)].get("examples", [])
+        on_page_dicts = shown_dicts[shown_set["first"] : shown_set["first"] + shown_set["count"]]
+        error = head_view.attach_attention(store, live, urls, model, source, index, attention_hook, on_page_dicts)
+        data["attention"] = {"hook": attention_hook, "head": index, "error": error}
     if data["dead"] and live_part is not None:
         # Nothing indexed gives a dead unit a scale: tint the visitor's text by its own values.
         data["scale"] = max([abs(a) for a in live_part["acts"][1:]] + [1e-9])
@@ -418,6 +427,8 @@ def unit_data(
         data["full"] = unit_view.tint_sequence(
             live, source, index, {**sequence_data(store, model, seq), "pos": pos}, scale
         )
+        if attention_hook is not None:
+            head_view.attend_sequence(live, attention_hook, index, data["full"])
     return data
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from actscope.app import urls as site_urls
 from actscope.app.histogram import histogram_markup
 from actscope.app.resources import resource_dir
-from actscope.app.token_html import TokenTable, Window, ascii_html, tokens_html, windows_html
+from actscope.app.token_html import TokenTable, Window, append_spans, ascii_html, tokens_html, windows_html
 from actscope.app.unit_view import basis_words
 from actscope.app.urls import URLs
 
@@ -62,13 +62,52 @@ def example_items(
         out.append(
             f'<li class="example" id="ex-{i}">\n'
             f'<span class="ex-act" title="activation at the focus token">{fmt(ex["act"])}</span>\n'
-            f"{tokens}\n"
-            f'<a class="full-link" href="{closed if is_open else escape(href)}#ex-{i}" data-open="{key}" '
+        )
+        attention = ex.get("attention")
+        if attention is None:
+            out.append(tokens)
+        else:
+            append_attention(out, table, ex, attention, link)
+        out.append(
+            f'\n<a class="full-link" href="{closed if is_open else escape(href)}#ex-{i}" data-open="{key}" '
             f'data-seq="{escape(link)}" aria-controls="full-{i}" aria-expanded="{"true" if is_open else "false"}">'
             f"{'hide' if is_open else 'show'} full sequence</a>\n"
             f'<div class="full" id="full-{i}">{full if is_open else ""}</div>\n</li>\n'
         )
     return Markup("".join(out))
+
+
+def attention_tokens(table: TokenTable, ids: list[int], attention: dict[str, Any], focus: int) -> Markup:
+    """A whole sequence tinted by where its focus token attends (see append_attention)."""
+    out: list[str] = []
+    append_attention(out, table, {"token_ids": ids, "focus": focus, "start": 0}, attention, "")
+    return Markup("".join(out))
+
+
+def append_attention(
+    out: list[str], table: TokenTable, ex: dict[str, Any], attention: dict[str, Any], link: str
+) -> None:
+    """An attention head's example into `out`: the window tinted by where the focus token
+    attends (A[focus, s], full colour at 1), its strongest source other than BOS outlined
+    and named below, with its position and a link to the sequence when it lies outside
+    the window."""
+    first = len(out) + 1
+    append_spans(out, table, ex["token_ids"], attention["weights"], 1.0, ex["focus"], ex["start"] == 0)
+    top = attention["strongest"]
+    k = top["pos"] - ex["start"]
+    if top["in_window"] and out[first + k].startswith('<span class="t'):
+        out[first + k] = out[first + k].replace('<span class="t', '<span class="t attn-src', 1)
+    where = (
+        f"position {top['pos']}"
+        if not link  # a whole sequence: every source is in it
+        else f"position {top['pos']}, in the window"
+        if top["in_window"]
+        else f'position {top["pos"]}, outside the window: <a class="attn-seq" href="{escape(link)}">see the full sequence</a>'
+    )
+    out.append(
+        f'\n<span class="attn-note small">attends most to {table.code(top["token_id"])} '
+        f'(<span class="attn-weight">{top["weight"]:.3f}</span>, {where}); BOS {attention["bos"]:.3f}</span>'
+    )
 
 
 def logit_rows(table: TokenTable, logits: list[dict[str, Any]], cls: str) -> Markup:
@@ -207,6 +246,7 @@ def make_templates(token_tables: dict[str, TokenTable]) -> Jinja2Blocks:
         tokens_html=lambda model, *a, **k: tokens_html(table(model), *a, **k),
         example_items=lambda examples, model, *a, **k: example_items(table(model), examples, model, *a, **k),
         logit_rows=lambda model, *a: logit_rows(table(model), *a),
+        attention_tokens=lambda model, *a: attention_tokens(table(model), *a),
         token_code=lambda model, token_id: table(model).code(token_id),
         token_title=lambda model, token_id: Markup(table(model).title(token_id)),
         # A token's box, and what follows it (a newline's line break): outside the box.

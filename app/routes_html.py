@@ -10,12 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import compare_data, pages, params, search_data, try_data, unit_view
+from actscope.app import compare_data, head_view, pages, params, search_data, try_data, unit_view
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import AppError
 from actscope.app.fast_route import PlainParamsRoute
 from actscope.app.live_service import LiveService
+from actscope.indexer import kinds
 from actscope.indexer.store.reader import Store
 
 router = APIRouter(include_in_schema=False)
@@ -171,9 +172,13 @@ def sequence_page(
     params.check_pos(pos, len(data["token_ids"]))
     data.update(source=source, index=index, pos=pos, acts=None, scale=1.0, live_error=None)
     if source is not None and index is not None:
-        pages.check_index(pages.get_source(store, model, source), index)
+        src = pages.get_source(store, model, source)
+        pages.check_index(src, index)
         unit = store.unit(model, source, index)
         unit_view.tint_sequence(live, source, index, data, unit_view.scale_of(unit.stats) if unit else 1.0)
+        attention_hook = kinds.get(src.kind).attention_hook(src.layer)
+        if attention_hook is not None:  # a head: where the focus token attends
+            head_view.attend_sequence(live, attention_hook, index, data)
     return render(
         request,
         "sequence.html",

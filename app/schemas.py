@@ -36,6 +36,9 @@ class SourceOut(BaseModel):
     layer: int
     n_units: int
     band_basis: str
+    description: str | None = Field(
+        None, description="What the activation is beyond the hook, e.g. a head metric's definition; else null"
+    )
 
 
 class ModelOut(BaseModel):
@@ -102,6 +105,27 @@ class SourceTableOut(BaseModel):
     next_page: str | None
 
 
+class StrongestSourceOut(BaseModel):
+    pos: int = Field(description="Sequence position of the source the focus token attends to most, BOS aside")
+    weight: float = Field(description="A[focus, pos]")
+    token_id: int
+    token: str
+    in_window: bool = Field(description="The source is among the example's tokens")
+    url: str = Field(description="The example's whole sequence")
+
+
+class AttentionOut(BaseModel):
+    weights: list[float] = Field(description="A[focus, s] for every token of the example (0 after the focus)")
+    bos: float = Field(description="A[focus, 0], the attention to BOS")
+    strongest: StrongestSourceOut
+
+
+class UnitAttentionOut(BaseModel):
+    hook: str = Field(description="The attention pattern hook")
+    head: int
+    error: str | None = Field(description="Why the examples have no attention (live inference failed), else null")
+
+
 class ExampleOut(BaseModel):
     seq: int
     pos: int = Field(description="Focus position in its sequence (0 is BOS)")
@@ -112,6 +136,11 @@ class ExampleOut(BaseModel):
     token_bytes: TokenBytes
     acts: list[float] = Field(description="One activation per token")
     focus: int = Field(description="Index of the focus token in tokens")
+    attention: AttentionOut | None = Field(
+        None,
+        description="Attention heads, the examples of the shown set's page: where the focus token attends "
+        "(computed live; null when live inference failed)",
+    )
 
 
 class HistogramOut(BaseModel):
@@ -190,7 +219,10 @@ class UnitOut(BaseModel):
     scale: float
     top: list[ExampleOut]
     bands: list[BandOut]
-    logits: LogitsOut | None
+    logits: LogitsOut | None = Field(description="null for units without one output direction (attention heads)")
+    attention: UnitAttentionOut | None = Field(
+        None, description="Attention heads: the pattern their examples' `attention` comes from; else null"
+    )
     links: dict[str, str | None] = Field(
         description="prev/next: the neighbouring units that fired (dead ones skipped); prev_any/next_any: the "
         "units at index -1/+1; random (a unit that fired), random_dead (null without dead units), source; "

@@ -6,6 +6,10 @@ run is compared with the floor runs just before and after it, and the median of 
 `--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
     .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--interleaved 3] [--fresh-processes]
+        [--heads METRIC ...]
+
+`--heads METRIC` (repeatable, `all` for every metric) also indexes those attention-head
+metrics; the floor stays the same, so the ratio is their cost on top of it.
 
 The machine's speed also drifts from one run to the next (floors of the same tokens have
 ranged from 12 to 21 s within minutes), so `--interleaved ROUNDS` (default 3) then also
@@ -101,10 +105,21 @@ def main() -> None:
         help="then ROUNDS indexer runs with the floor's pass of each batch beside the "
         "indexer's own (0: none; not with --fresh-processes)",
     )
+    parser.add_argument(
+        "--heads",
+        action="append",
+        default=[],
+        metavar="METRIC",
+        help="also index this head metric (repeatable; all: every one), against the same floor",
+    )
     parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "all" in args.heads:
+        from actscope.indexer.kinds.head import METRICS
+
+        args.heads = list(METRICS)
 
     import torch
 
@@ -147,6 +162,7 @@ def main() -> None:
         f"model {model_arg}, SAE {sae_arg}: {len(sources)} sources, {units} units; "
         f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
         f"torch threads {torch.get_num_threads()}"
+        + (f"; the indexer also indexes head metrics {', '.join(args.heads)}" if args.heads else "")
     )
 
     def timed(work) -> tuple[float, float, float, int]:
@@ -176,6 +192,7 @@ def main() -> None:
             dataset=args.dataset,
             out=str(out),
             saes=[sae_arg],
+            heads=args.heads,
             max_tokens=max_tokens,
             ctx=args.ctx,
             batch_size=args.batch_size,
@@ -215,6 +232,7 @@ def main() -> None:
             args.dataset,
             "--threads",
             str(args.threads),
+            *(f"--heads={metric}" for metric in args.heads),
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return tuple(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -22,6 +22,7 @@ class IndexConfig:
     neuron_hooks: list[str] = field(default_factory=list)  # empty: every layer's mlp.hook_post
     no_neurons: bool = False
     directions: list[str] = field(default_factory=list)  # N@HOOK: N random directions in HOOK's space
+    heads: list[str] = field(default_factory=list)  # head metrics: a source per layer and metric
     max_tokens: int | None = None
     ctx: int = 128
     batch_size: int = 32
@@ -42,6 +43,7 @@ class IndexConfig:
         self.saes = list(self.saes)
         self.neuron_hooks = list(self.neuron_hooks)
         self.directions = list(self.directions)
+        self.heads = list(self.heads)
         self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
         for name in ("ctx", "batch_size", "top_k", "band_size", "hist_bins", "calibration_tokens"):
             if getattr(self, name) < 1:
@@ -52,8 +54,12 @@ class IndexConfig:
             raise ActscopeError(f"--max-tokens {self.max_tokens} is smaller than one sequence (--ctx {self.ctx})")
         if self.no_neurons and self.neuron_hooks:
             raise ActscopeError("--no-neurons contradicts --neurons")
-        if self.no_neurons and not self.saes and not self.directions:
-            raise ActscopeError("--no-neurons without --sae or --directions leaves nothing to index")
+        if self.no_neurons and not self.saes and not self.directions and not self.heads:
+            raise ActscopeError("--no-neurons without --sae, --heads or --directions leaves nothing to index")
+        if self.heads:
+            from actscope.indexer.kinds.head import check_metrics
+
+            check_metrics(self.heads)
         self._check_out()
 
     def _check_out(self) -> None:

@@ -122,7 +122,12 @@ def load(config: IndexConfig) -> Loaded:
     if config.ctx > loaded.n_ctx:
         raise ActscopeError(f"--ctx {config.ctx} is larger than the model's context of {loaded.n_ctx} tokens")
     request = kinds.SourceRequest(
-        config.neuron_hooks, config.no_neurons, list(zip(sae_specs, saes)), config.directions, config.seed
+        config.neuron_hooks,
+        config.no_neurons,
+        list(zip(sae_specs, saes)),
+        config.directions,
+        config.seed,
+        head_metrics=config.heads,
     )
     sources = kinds.build_sources(loaded.model, request)
     runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # each batch consumed before the next

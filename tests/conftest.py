@@ -9,4 +9,4 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures_models", "fixtures_web"]
+pytest_plugins = ["fixtures_models", "fixtures_web", "fixtures_heads"]

@@ -12,11 +12,12 @@ from typing import Any
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
 from actscope.indexer.kinds.direction import DirectionKind
+from actscope.indexer.kinds.head import HeadKind
 from actscope.indexer.kinds.neuron import NeuronKind
 from actscope.indexer.kinds.sae import SaeKind
 
 # In source order.
-KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind(), DirectionKind())}
+KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind(), HeadKind(), DirectionKind())}
 
 __all__ = [
     "KINDS",
@@ -48,6 +49,11 @@ def build_sources(model, request: SourceRequest) -> list[Source]:
     return sources
 
 
-def reload_source(row: dict[str, Any], device: str) -> Source:
-    """The source of an index's `sources` row, ready for live inference."""
-    return get(row["kind"]).reload(row, device)
+def reload_source(row: dict[str, Any], device: str, model=None) -> Source:
+    """The source of an index's `sources` row, ready for live inference on `model` (the
+    loaded model the kind may take weights from, e.g. a head's W_O)."""
+    kind = get(row["kind"])
+    source = kind.reload(row, device)
+    if model is not None:
+        kind.bind(model, source)
+    return source

@@ -58,14 +58,15 @@ class Forward:
 @dataclass
 class SourceRequest:
     """What a run asks to index: MLP neuron hooks (empty: every layer's mlp.hook_post;
-    `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, and random directions as
-    `N@HOOK` texts (drawn from `seed`)."""
+    `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, attention-head metrics, and
+    random directions as `N@HOOK` texts (drawn from `seed`)."""
 
     neuron_hooks: list[str] = field(default_factory=list)
     no_neurons: bool = False
     saes: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
     directions: list[str] = field(default_factory=list)
     seed: int = 0
+    head_metrics: list[str] = field(default_factory=list)  # --heads: one source per layer and metric
 
 
 class UnitKind:
@@ -120,6 +121,21 @@ class UnitKind:
     def cos_in_out(self, model, source: Source) -> torch.Tensor | None:
         """[n_units] cosine between each unit's input and output weights, where it has both."""
         return None
+
+    def attention_hook(self, layer: int) -> str | None:
+        """The hook of the attention pattern [batch, head, d, s] whose focus row the
+        examples of a unit of this kind at `layer` show (a head's unit index is its head:
+        where the focus token attends); None for kinds without one."""
+        return None
+
+    def describe(self, spec: dict[str, Any]) -> str | None:
+        """What a source's activation is, in one line, beyond its hook (e.g. a head metric's
+        definition); None when the hook says it all."""
+        return None
+
+    def bind(self, model, source: Source) -> None:
+        """Take from the loaded model what `activations` needs beyond the hooks (e.g. a
+        head's W_O); called for sources built from the model and reloaded sources alike."""
 
     def reload(self, row: dict[str, Any], device: str) -> Source:
         """The source of an index's `sources` row, ready to compute (for live inference)."""
