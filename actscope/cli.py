@@ -83,6 +83,12 @@ def main() -> None:
     help="Neuron hook to index (repeatable). Default: blocks.{L}.mlp.hook_post of every layer.",
 )
 @click.option("--no-neurons", is_flag=True, help="Index SAE features only.")
+@click.option(
+    "--dla",
+    is_flag=True,
+    help="Also index every neuron and SAE source by its direct effect on the next token's logit "
+    "(a twin source SLUG-dla each). Refused for hooks without an output direction (hook_pre, hook_mid).",
+)
 @click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
 @click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")

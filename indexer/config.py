@@ -20,6 +20,7 @@ class IndexConfig:
     saes: list[str] = field(default_factory=list)
     neuron_hooks: list[str] = field(default_factory=list)  # empty: every layer's mlp.hook_post
     no_neurons: bool = False
+    dla: bool = False  # a direct-effect twin of every neuron and SAE source
     max_tokens: int | None = None
     ctx: int = 128
     batch_size: int = 32

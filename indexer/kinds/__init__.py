@@ -11,10 +11,11 @@ from typing import Any
 
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
+from actscope.indexer.kinds.dla import DlaKind
 from actscope.indexer.kinds.neuron import NeuronKind
 from actscope.indexer.kinds.sae import SaeKind
 
-KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind())}  # in source order
+KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind(), DlaKind())}  # in source order
 
 __all__ = [
     "KINDS",
@@ -26,6 +27,7 @@ __all__ = [
     "get",
     "hook_layer",
     "reload_source",
+    "twin_of",
 ]
 
 
@@ -43,9 +45,16 @@ def build_sources(model, request: SourceRequest) -> list[Source]:
     taken: set[str] = set()
     for kind in KINDS.values():
         sources += kind.sources(model, request, taken)
+    for kind in KINDS.values():
+        sources += kind.derived_sources(model, request, list(sources), taken)
     return sources
 
 
 def reload_source(row: dict[str, Any], device: str) -> Source:
     """The source of an index's `sources` row, ready for live inference."""
     return get(row["kind"]).reload(row, device)
+
+
+def twin_of(kind: str, spec: dict[str, Any]) -> str | None:
+    """The slug of the source that a source of `kind` with `spec` is the twin of, if any."""
+    return KINDS[kind].twin_of(spec) if kind in KINDS else None
