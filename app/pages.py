@@ -41,6 +41,20 @@ def get_source(store: Store, model: str, source: str) -> SourceInfo:
     return info
 
 
+def twin_source(store: Store, model: str, src: SourceInfo) -> SourceInfo | None:
+    """The source holding the same units ranked another way (a --dla twin and the source
+    it is the twin of), if the index has it."""
+    of = kinds.twin_of(src.kind, src.spec)
+    if of is not None:
+        return store.source(model, of)
+    return next((s for s in store.sources(model) if kinds.twin_of(s.kind, s.spec) == src.slug), None)
+
+
+def examples_by(s: SourceInfo) -> str:
+    """What a source's examples are ranked by (its kind says)."""
+    return kinds.KINDS[s.kind].examples_by if s.kind in kinds.KINDS else "activation"
+
+
 def source_dict(s: SourceInfo) -> dict[str, Any]:
     return {
         "slug": s.slug,
@@ -320,10 +334,19 @@ def unit_data(
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
+    twin = twin_source(store, model, src)
     data = {
         "model": model,
         "source": source_dict(src),
         "index": index,
+        "examples_by": examples_by(src),
+        "twin": None
+        if twin is None
+        else {
+            "source": twin.slug,
+            "examples_by": examples_by(twin),
+            "url": urls.unit(model, twin.slug, index, text=text),
+        },
         "dead": st.n_fired == 0,
         "n_dead": len(liveness.dead),
         "stats": {
@@ -386,7 +409,7 @@ def unit_data(
     }
     if data["dead"] and live_part is not None:
         # Nothing indexed gives a dead unit a scale: tint the visitor's text by its own values.
-        data["scale"] = max([abs(a) for a in live_part["acts"][1:]] + [1e-9])
+        data["scale"] = max([abs(a) for a in live_part["acts"][1:] if a is not None] + [1e-9])
     if with_full and opened is not None and open_shown:
         seq, pos = opened
         data["full"] = unit_view.tint_sequence(

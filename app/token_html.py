@@ -243,7 +243,7 @@ def _strength(a: float) -> str:
 def tokens_html(
     table: TokenTable,
     ids: list[int],
-    acts: list[float] | None,
+    acts: list[float | None] | None,
     scale: float,
     focus: int | None = None,
     bos: bool = False,
@@ -265,7 +265,7 @@ def append_spans(
     out: list[str],
     table: TokenTable,
     ids: list[int],
-    acts: list[float] | None,
+    acts: list[float | None] | None,
     scale: float,
     focus: int | None,
     bos: bool,
@@ -283,6 +283,10 @@ def append_spans(
         n = len(ids)
         values: list[str] = [""] * n
     else:
+        unmeasured: list[int] = []
+        if None in acts:  # not measured (a --dla twin's last token: no next token)
+            unmeasured = [i for i, a in enumerate(acts) if a is None]
+            acts = [0.0 if a is None else a for a in acts]
         inv = 1000.0 / scale if scale > 0 else 0.0
         pos, neg = _OPEN, _OPEN_NEG
         n = min(len(ids), len(acts))
@@ -310,6 +314,12 @@ def append_spans(
             )
         if bos and n:
             out[first] = _span(table, "t bos focus" if focus == 0 else "t bos", "0.000", ids[0], values[0])
+        for i in unmeasured:
+            if i < n:
+                box, after = table.shown_html(ids[i])
+                cls = "t unmeasured focus" if i == focus else "t unmeasured"
+                out[first + i] = f'<span class="{cls}" title="{table.title(ids[i])}: not measured">{box}</span>{after}'
+                values[i] = ""
     if not table.partial_ids.isdisjoint(ids[:n]):
         _draw_clusters(out, first, table, ids[:n], values, focus)
     append("</span>")

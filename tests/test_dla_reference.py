@@ -38,6 +38,13 @@ def dla_index(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir) -
 
 
 @pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    from actscope.indexer.model.loading import load_model, resolve_model_spec
+
+    return load_model(resolve_model_spec(str(tiny_model_dir)), "cpu").model
+
+
+@pytest.fixture(scope="module")
 def con(dla_index):
     connection = duckdb.connect(str(dla_index), read_only=True)
     yield connection
@@ -62,13 +69,11 @@ def direct_effects(model, cache, tokens, acts, directions):
 
 
 @pytest.fixture(scope="module")
-def reference(con, tiny_model_dir, tiny_sae_dir):
+def reference(con, tiny_model, tiny_sae_dir):
     import torch
     from sae_lens import SAE
 
-    from actscope.indexer.model.loading import load_model, resolve_model_spec
-
-    model = load_model(resolve_model_spec(str(tiny_model_dir)), "cpu").model
+    model = tiny_model
     sae = SAE.load_from_disk(str(tiny_sae_dir))
     tokens = torch.tensor([r[0] for r in con.execute("SELECT token_ids FROM sequences ORDER BY seq").fetchall()])
     with torch.no_grad():
@@ -180,3 +185,144 @@ def test_base_sources_are_unchanged_by_their_twins(con, tiny_index):
     assert n_plain[0] % (TINY_CTX - 1) == 0
     last = con.execute("SELECT max(pos) FROM examples WHERE source = '0-mlp'").fetchone()[0]
     assert last == TINY_CTX - 1
+
+
+# -- the app: links between twins, live inference ------------------------------------
+@pytest.fixture(scope="module")
+def dla_client(dla_index):
+    from fixtures_web import make_client
+
+    with make_client(dla_index) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("source", "twin", "mine", "theirs"),
+    [
+        ("1-res-sae", "1-res-sae-dla", "activation", "direct effect on the next token"),
+        ("1-res-sae-dla", "1-res-sae", "direct effect on the next token", "activation"),
+    ],
+)
+def test_a_unit_page_links_to_its_twin_both_ways(dla_client, source, twin, mine, theirs):
+    from bs4 import BeautifulSoup
+
+    data = dla_client.get(f"/api/tiny/{source}/3").json()
+    assert data["examples_by"] == mine
+    assert data["twin"] == {"source": twin, "examples_by": theirs, "url": f"/tiny/{twin}/3"}
+    page = BeautifulSoup(dla_client.get(f"/tiny/{source}/3?text=a%20b").text, "html.parser")
+    link = page.select_one("#twin-link")
+    assert link["href"] == f"/tiny/{twin}/3?text=a+b"  # the visitor's text still applies
+    assert link.get_text() == f"top examples by {theirs}"
+    assert page.select_one("#twin").get_text().startswith(f"Top examples by {mine}")
+
+
+def test_a_source_without_a_twin_has_none(client):
+    data = client.get("/api/tiny/1-res-sae/3").json()
+    assert data["twin"] is None and data["examples_by"] == "activation"
+
+
+def test_live_direct_effect_matches_the_reference_and_leaves_the_last_token_unmeasured(dla_client, tiny_model):
+    import torch
+    from bs4 import BeautifulSoup
+
+    text = "def f(x):\n    return x + 1"
+    data = dla_client.get("/api/tiny/1-mlp-dla/5", params={"text": text}).json()["live"]
+    model = tiny_model
+    tokens = torch.tensor([data["token_ids"]])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        expected = direct_effects(model, cache, tokens, cache["blocks.1.mlp.hook_post"], model.blocks[1].mlp.W_out)
+    acts = data["acts"]
+    assert len(acts) > 5 and acts[-1] is None
+    np.testing.assert_allclose(acts[:-1], expected[0, :-1, 5], atol=1e-5)
+    page = BeautifulSoup(dla_client.get("/tiny/1-mlp-dla/5", params={"text": text}).text, "html.parser")
+    spans = page.select("#live-result .live-tokens .t")
+    assert len(spans) == len(acts)
+    assert "unmeasured" in spans[-1]["class"] and spans[-1]["title"].endswith(": not measured")
+    assert float(spans[1]["data-act"]) == pytest.approx(acts[1], abs=1e-4)
+
+
+def _build(model, dla=True, **request):
+    from actscope.indexer import kinds
+
+    return kinds.build_sources(model, kinds.SourceRequest(dla=dla, **request))
+
+
+def test_dla_is_refused_for_neurons_without_an_output_direction(tiny_model):
+    from actscope.indexer.errors import ActscopeError
+
+    model = tiny_model
+    with pytest.raises(
+        ActscopeError, match=r"--dla: source 0-mlp-pre \(blocks\.0\.mlp\.hook_pre\) writes no direction"
+    ):
+        _build(model, neuron_hooks=["blocks.0.mlp.hook_post", "blocks.0.mlp.hook_pre"])
+    slugs = [s.slug for s in _build(model, neuron_hooks=["blocks.0.mlp.hook_pre"], dla=False)]
+    assert slugs == ["0-mlp-pre"]
+
+
+def _sae(cls, cfg_cls, hook, d_in, seed, **extra):
+    import torch
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    hook_out = extra.pop("hook_name_out", None)
+    metadata = SAEMetadata(hook_name=hook, hook_name_out=hook_out) if hook_out else SAEMetadata(hook_name=hook)
+    sae = cls(cfg_cls(d_in=d_in, d_sae=24, metadata=metadata, **extra))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.4)
+        sae.b_enc.fill_(-0.3)
+        sae.W_dec.normal_(0, 0.3)
+    return sae
+
+
+@pytest.mark.parametrize("where", ["transcoder", "skip-transcoder", "mlp-post-sae", "hook-z-sae"])
+def test_transcoders_and_sae_decoders_write_through_the_output_hook(tiny_model, where):
+    """The twin of a transcoder (decoding into blocks.0.hook_mlp_out), and of SAEs on an MLP's
+    hook_post and on attn.hook_z (their decoder rows mapped through W_out and W_O), against
+    apply_ln_to_stack on the contribution the decoder writes into the residual stream; the
+    logit table from the same direction."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.transcoder import SkipTranscoder, SkipTranscoderConfig, Transcoder, TranscoderConfig
+
+    from actscope.indexer.model.runner import ActivationRunner
+    from actscope.indexer.weights import logit_table
+
+    model = tiny_model
+    block = model.blocks[0]
+    if where.endswith("transcoder"):
+        cls, cfg_cls = (
+            (Transcoder, TranscoderConfig) if where == "transcoder" else (SkipTranscoder, SkipTranscoderConfig)
+        )
+        sae = _sae(
+            cls,
+            cfg_cls,
+            "blocks.0.hook_resid_mid",
+            32,
+            4,
+            d_out=32,
+            apply_b_dec_to_input=False,
+            hook_name_out="blocks.0.hook_mlp_out",
+        )
+        written = sae.W_dec.detach()
+    elif where == "mlp-post-sae":
+        sae = _sae(StandardSAE, StandardSAEConfig, "blocks.0.mlp.hook_post", 64, 5)
+        written = sae.W_dec.detach() @ block.mlp.W_out
+    else:
+        sae = _sae(StandardSAE, StandardSAEConfig, "blocks.0.attn.hook_z", 32, 6)
+        written = torch.einsum("fhd,hdm->fm", sae.W_dec.detach().reshape(24, 4, 8), block.attn.W_O)
+    base, twin = _build(model, no_neurons=True, saes=[({"kind": "path", "path": "-"}, sae)])
+    assert twin.slug == base.slug + "-dla" and twin.hook_name == sae.cfg.metadata.hook_name
+    tokens = torch.tensor([[0, 5, 17, 42, 99, 7, 3, 250]])
+    got = ActivationRunner(model, [base, twin])(tokens)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        hook_act = cache[sae.cfg.metadata.hook_name]
+        features = sae.encode(hook_act.reshape(1, 8, -1) if where == "hook-z-sae" else hook_act)
+        expected = direct_effects(model, cache, tokens, features, written)
+    assert np.isnan(got[twin.slug][0, -1]).all()
+    np.testing.assert_allclose(got[twin.slug][0, :-1].numpy(), expected[0, :-1], atol=1e-5)
+    assert float(features[0, 1:-1].abs().sum()) > 0  # the features fire: the comparison means something
+    table = logit_table(model, base)
+    effect = written @ model.W_U
+    np.testing.assert_allclose(table.top_values.numpy(), effect.topk(10, dim=1).values.numpy(), atol=1e-5)
