@@ -5,7 +5,10 @@ figure that matters is their ratio. These machines are shared and noisy, so each
 run is compared with the floor runs just before and after it, and the median of those
 `--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
-    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--interleaved 3] [--fresh-processes]
+    .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--interleaved 3] [--fresh-processes] [--dla]
+
+`--dla` measures the cost of the direct-effect twins: the indexer indexes them too,
+against the same floor.
 
 The machine's speed also drifts from one run to the next (floors of the same tokens have
 ranged from 12 to 21 s within minutes), so `--interleaved ROUNDS` (default 3) then also
@@ -101,6 +104,9 @@ def main() -> None:
         help="then ROUNDS indexer runs with the floor's pass of each batch beside the "
         "indexer's own (0: none; not with --fresh-processes)",
     )
+    parser.add_argument(
+        "--dla", action="store_true", help="the indexer also indexes the --dla twins (the floor stays the same)"
+    )
     parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
@@ -146,7 +152,7 @@ def main() -> None:
     print(
         f"model {model_arg}, SAE {sae_arg}: {len(sources)} sources, {units} units; "
         f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}{'; the indexer adds the --dla twins' if args.dla else ''}"
     )
 
     def timed(work) -> tuple[float, float, float, int]:
@@ -182,6 +188,7 @@ def main() -> None:
             device="cpu",
             quiet=True,
             checkpoint_every=0,
+            dla=args.dla,
         )
         elapsed = timed(lambda: run_index(config))
         out.unlink()
@@ -215,6 +222,7 @@ def main() -> None:
             args.dataset,
             "--threads",
             str(args.threads),
+            *(["--dla"] if args.dla else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
