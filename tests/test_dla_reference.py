@@ -326,3 +326,51 @@ def test_transcoders_and_sae_decoders_write_through_the_output_hook(tiny_model, 
     table = logit_table(model, base)
     effect = written @ model.W_U
     np.testing.assert_allclose(table.top_values.numpy(), effect.topk(10, dim=1).values.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_accumulators_leave_the_tail_out(sparse, fused):
+    """With tail 1 the last position of every sequence is never counted, binned, sampled or
+    a top example, on the compiled and the tensor path, dense and sparse (a huge value
+    there, or NaN, would show); the state equals a brute force over positions 1 .. P-2."""
+    import torch
+
+    from actscope.indexer.accumulate.calibrate import _dense_grid, _sparse_grid
+    from actscope.indexer.accumulate.dense import DenseAccumulator
+    from actscope.indexer.accumulate.sampling import token_keys
+    from actscope.indexer.accumulate.sparse import SparseAccumulator
+    from actscope.indexer.kinds.dla import DlaKind
+    from actscope.indexer.kinds.sae import SaeKind
+
+    generator = torch.Generator().manual_seed(5)
+    n_seq, n_pos, n_units = 4, 12, 6
+    acts = torch.randn(n_seq, n_pos, n_units, generator=generator)
+    if sparse:
+        acts = acts.relu()
+        body = acts[:, 1:-1].reshape(-1, n_units)
+        rows, units = (body > 0).nonzero(as_tuple=True)
+        grid = _sparse_grid([(units, body[rows, units])], n_units, 16, 0, SaeKind.band_levels)
+    else:
+        grid = _dense_grid(acts[:, :-1], n_units, 16, 0, DlaKind.band_levels)
+    acts[:, -1] = 1e6 if sparse else float("nan")
+    keys = token_keys(torch.arange(n_seq * n_pos).view(n_seq, n_pos), 0)
+    accumulator = (SparseAccumulator if sparse else DenseAccumulator)(
+        n_units, grid, top_k=3, band_size=2, window=(2, 2), device="cpu", fused=fused, tail=1
+    )
+    for half in (0, 2):
+        accumulator.update(acts[half : half + 2].contiguous(), half, keys[half : half + 2].contiguous())
+    values = acts[:, 1:-1].reshape(-1, n_units).double()
+    stats = accumulator.stats
+    assert stats.n_tokens == n_seq * (n_pos - 2)
+    kept = values.clamp(min=0) if sparse else values
+    torch.testing.assert_close(stats.sum, kept.sum(0), rtol=1e-6, atol=1e-6)
+    assert torch.equal(stats.max.double(), values.max(0).values)
+    expected_binned = (values > 0).sum(0) if sparse else torch.full((n_units,), n_seq * (n_pos - 2))
+    assert torch.equal(stats.hist.sum(1), expected_binned)
+    top = accumulator.top.token
+    assert bool((top[top >= 0] % n_pos < n_pos - 1).all())
+    expected_top = values.topk(3, dim=0).values.T.float()
+    torch.testing.assert_close(accumulator.top.payload["act"], expected_top)
+    samples = accumulator.samples.token
+    assert (samples >= 0).sum() > 0 and bool((samples[samples >= 0] % n_pos < n_pos - 1).all())
