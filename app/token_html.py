@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass
+from typing import cast
 
 from markupsafe import Markup, escape
 
@@ -284,17 +285,18 @@ def append_spans(
         values: list[str] = [""] * n
     else:
         unmeasured: list[int] = []
+        numbers = cast(list[float], acts)
         if None in acts:  # not measured (a --dla twin's last token: no next token)
             unmeasured = [i for i, a in enumerate(acts) if a is None]
-            acts = [0.0 if a is None else a for a in acts]
+            numbers = [0.0 if a is None else a for a in acts]
         inv = 1000.0 / scale if scale > 0 else 0.0
         pos, neg = _OPEN, _OPEN_NEG
-        n = min(len(ids), len(acts))
+        n = min(len(ids), len(numbers))
         # All values in one % format (half the cost of one f-string per token).
-        values = ("%.4f\n" * n % tuple(acts[:n])).split("\n")
+        values = ("%.4f\n" * n % tuple(numbers[:n])).split("\n")
         # `a` is the tint strength in thousandths + 0.5 (rounding); NaN and inf fall to
         # full strength.
-        for tid, act, value in zip(ids, acts, values):
+        for tid, act, value in zip(ids, numbers, values):
             if 0 <= tid < n_vocab:
                 title = titles[tid]
                 box, after = shown[tid]
@@ -308,7 +310,7 @@ def append_spans(
                 head = pos[int(a)] if a < 1000 else pos[1000]
             append(f'{head}" title="{title}: {value}" data-act="{value}">{box}</span>{after}')
         if focus is not None and 0 <= focus < n and not (bos and focus == 0):
-            act = acts[focus]
+            act = numbers[focus]
             out[first + focus] = _span(
                 table, "t neg focus" if act < 0 else "t focus", _strength(abs(act) * inv), ids[focus], values[focus]
             )
