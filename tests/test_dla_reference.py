@@ -320,7 +320,7 @@ def test_transcoders_and_sae_decoders_write_through_the_output_hook(tiny_model, 
         hook_act = cache[sae.cfg.metadata.hook_name]
         features = sae.encode(hook_act.reshape(1, 8, -1) if where == "hook-z-sae" else hook_act)
         expected = direct_effects(model, cache, tokens, features, written)
-    assert np.isnan(got[twin.slug][0, -1]).all()
+    assert bool(torch.isnan(got[twin.slug][0, -1]).all())
     np.testing.assert_allclose(got[twin.slug][0, :-1].numpy(), expected[0, :-1], atol=1e-5)
     assert float(features[0, 1:-1].abs().sum()) > 0  # the features fire: the comparison means something
     table = logit_table(model, base)
