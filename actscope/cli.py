@@ -104,6 +104,12 @@ def main() -> None:
     help="Attention-head metric to index (repeatable): a source {L}-attn-METRIC per layer, one unit per head. "
     "max-attn, entropy, result-norm, value-norm, value-weighted-attn, prev-token, induction.",
 )
+@click.option(
+    "--dla",
+    is_flag=True,
+    help="Also index every neuron and SAE source by its direct effect on the next token's logit "
+    "(a twin source SLUG-dla each). Refused for hooks without an output direction (hook_pre, hook_mid).",
+)
 @click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens fed to the model.")
 @click.option("--ctx", type=int, default=128, show_default=True, help="Sequence length, BOS included.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")

@@ -66,7 +66,12 @@ class LiveModel:
         pad = self.loaded.eos_token_id
         tokens = torch.tensor([list(ids) + [pad] * (longest - len(ids)) for ids in batch], dtype=torch.long)
         acts = self._runners[slug](tokens)[slug].cpu().numpy().astype(np.float32, copy=False)
-        return [acts[i, : len(ids)] for i, ids in enumerate(batch)]
+        out = [acts[i, : len(ids)] for i, ids in enumerate(batch)]
+        tail = self.sources[slug].kind.tail  # e.g. no next token after a sequence's last: not the padding's
+        for row in out:
+            if tail:
+                row[-tail:] = np.nan
+        return out
 
     def attention_rows(self, hook: str, sequences: list[list[int]]) -> list[np.ndarray]:
         """The attention pattern at `hook` of each token prefix's last position, all heads:

@@ -27,11 +27,17 @@ def unit_payload(
         "tokens": res.tokens,
         "token_ids": res.token_ids,
         "token_bytes": token_bytes,
-        "acts": acts.tolist(),
+        "acts": [None if a != a else a for a in acts.tolist()],  # NaN: not measured (no next token)
         "truncated": res.truncated,
-        "max": float(acts[1:].max()) if len(acts) > 1 else 0.0,
+        "max": _max(acts[1:]),
         "ctx": ctx,
     }
+
+
+def _max(acts: np.ndarray) -> float:
+    """The largest measured value (NaN: not measured), 0 without any."""
+    measured = acts[~np.isnan(acts)]
+    return float(measured.max()) if measured.size else 0.0
 
 
 def _largest(acts: np.ndarray, k: int) -> tuple[list[list[int]], list[list[float]]]:
@@ -63,7 +69,13 @@ def _top_units(
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Per token: the k units with the largest activation; over the text: by max."""
     acts = res.acts
-    per_token = [[{"index": i, "act": a} for i, a in zip(idx, vals)] for idx, vals in zip(*_largest(acts, k))]
+    unmeasured = np.isnan(acts).all(axis=1)  # a --dla twin's last token: no next token, no values
+    if unmeasured.any():
+        acts = np.where(unmeasured[:, None], -np.inf, acts)
+    per_token = [
+        [] if gone else [{"index": i, "act": a} for i, a in zip(idx, vals)]
+        for idx, vals, gone in zip(*_largest(acts, k), unmeasured)
+    ]
     body = acts[1:] if skip_bos and acts.shape[0] > 1 else acts
     best = body.max(axis=0)
     order = np.argsort(-best, kind="stable")[:k]

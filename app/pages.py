@@ -42,6 +42,20 @@ def get_source(store: Store, model: str, source: str) -> SourceInfo:
     return info
 
 
+def twin_source(store: Store, model: str, src: SourceInfo) -> SourceInfo | None:
+    """The source holding the same units ranked another way (a --dla twin and the source
+    it is the twin of), if the index has it."""
+    of = kinds.twin_of(src.kind, src.spec)
+    if of is not None:
+        return store.source(model, of)
+    return next((s for s in store.sources(model) if kinds.twin_of(s.kind, s.spec) == src.slug), None)
+
+
+def examples_by(s: SourceInfo) -> str:
+    """What a source's examples are ranked by (its kind says)."""
+    return kinds.KINDS[s.kind].examples_by if s.kind in kinds.KINDS else "activation"
+
+
 def source_dict(s: SourceInfo) -> dict[str, Any]:
     return {
         "slug": s.slug,
@@ -349,10 +363,19 @@ def unit_data(
     dicts = iter(example_dicts(store, model, rec.top + [ex for b in with_examples for ex in b.examples]))
     top = list(islice(dicts, len(rec.top)))
     band_examples = {b.band: list(islice(dicts, len(b.examples))) for b in with_examples}
+    twin = twin_source(store, model, src)
     data: dict[str, Any] = {
         "model": model,
         "source": source_dict(src),
         "index": index,
+        "examples_by": examples_by(src),
+        "twin": None
+        if twin is None
+        else {
+            "source": twin.slug,
+            "examples_by": examples_by(twin),
+            "url": urls.unit(model, twin.slug, index, text=text),
+        },
         "dead": st.n_fired == 0,
         "n_dead": len(liveness.dead),
         "stats": {
@@ -421,7 +444,7 @@ def unit_data(
         data["attention"] = {"hook": attention_hook, "head": index, "error": error}
     if data["dead"] and live_part is not None:
         # Nothing indexed gives a dead unit a scale: tint the visitor's text by its own values.
-        data["scale"] = max([abs(a) for a in live_part["acts"][1:]] + [1e-9])
+        data["scale"] = max([abs(a) for a in live_part["acts"][1:] if a is not None] + [1e-9])
     if with_full and opened is not None and open_shown:
         seq, pos = opened
         data["full"] = unit_view.tint_sequence(

@@ -208,10 +208,23 @@ class LogitsOut(BaseModel):
     bottom: list[LogitOut]
 
 
+class TwinOut(BaseModel):
+    source: str = Field(description="The twin source's slug")
+    examples_by: str = Field(description="What the twin's examples are ranked by")
+    url: str = Field(description="The same unit's page in the twin source")
+
+
 class UnitOut(BaseModel):
     model: str
     source: SourceOut
     index: int
+    examples_by: str = Field(
+        description='What the examples are ranked by: "activation", or "direct effect on the next token" '
+        "for a --dla twin (the unit's effect on the logit of the token that comes next)"
+    )
+    twin: TwinOut | None = Field(
+        description="The same unit ranked the other way: a source's --dla twin, or the source a twin is of"
+    )
     stats: StatsOut
     cos_in_out: float | None = Field(description="cos(w_in, w_out), neurons only")
     dead: bool = Field(description="The unit never fired (activation > 0) on an indexed token")
@@ -332,7 +345,10 @@ class LiveUnitOut(BaseModel):
     tokens: list[str]
     token_ids: list[int]
     token_bytes: TokenBytes
-    acts: list[float]
+    acts: list[float | None] = Field(
+        description="One activation per token; null where it is not measured (a --dla twin's last token, "
+        "which has no next token)"
+    )
     truncated: bool
     max: float
     ctx: int

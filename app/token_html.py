@@ -20,6 +20,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from itertools import chain
+from typing import cast
 
 import numpy as np
 from markupsafe import Markup, escape
@@ -250,7 +251,7 @@ def _strength(a: float) -> str:
 def tokens_html(
     table: TokenTable,
     ids: list[int],
-    acts: list[float] | None,
+    acts: list[float | None] | None,
     scale: float,
     focus: int | None = None,
     bos: bool = False,
@@ -272,7 +273,7 @@ def append_spans(
     out: list[str],
     table: TokenTable,
     ids: list[int],
-    acts: list[float] | None,
+    acts: list[float | None] | None,
     scale: float,
     focus: int | None,
     bos: bool,
@@ -290,14 +291,19 @@ def append_spans(
         n = len(ids)
         values: list[str] = [""] * n
     else:
+        unmeasured: list[int] = []
+        numbers = cast(list[float], acts)
+        if None in acts:  # not measured (a --dla twin's last token: no next token)
+            unmeasured = [i for i, a in enumerate(acts) if a is None]
+            numbers = [0.0 if a is None else a for a in acts]
         inv = 1000.0 / scale if scale > 0 else 0.0
         pos, neg = _OPEN, _OPEN_NEG
-        n = min(len(ids), len(acts))
+        n = min(len(ids), len(numbers))
         # All values in one % format (half the cost of one f-string per token).
-        values = ("%.4f\n" * n % tuple(acts[:n])).split("\n")
+        values = ("%.4f\n" * n % tuple(numbers[:n])).split("\n")
         # `a` is the tint strength in thousandths + 0.5 (rounding); NaN and inf fall to
         # full strength.
-        for tid, act, value in zip(ids, acts, values):
+        for tid, act, value in zip(ids, numbers, values):
             if 0 <= tid < n_vocab:
                 title = titles[tid]
                 box, after = shown[tid]
@@ -311,12 +317,18 @@ def append_spans(
                 head = pos[int(a)] if a < 1000 else pos[1000]
             append(f'{head}" title="{title}: {value}" data-act="{value}">{box}</span>{after}')
         if focus is not None and 0 <= focus < n and not (bos and focus == 0):
-            act = acts[focus]
+            act = numbers[focus]
             out[first + focus] = _span(
                 table, "t neg focus" if act < 0 else "t focus", _strength(abs(act) * inv), ids[focus], values[focus]
             )
         if bos and n:
             out[first] = _span(table, "t bos focus" if focus == 0 else "t bos", "0.000", ids[0], values[0])
+        for i in unmeasured:
+            if i < n:
+                box, after = table.shown_html(ids[i])
+                cls = "t unmeasured focus" if i == focus else "t unmeasured"
+                out[first + i] = f'<span class="{cls}" title="{table.title(ids[i])}: not measured">{box}</span>{after}'
+                values[i] = ""
     if not table.partial_ids.isdisjoint(ids[:n]):
         _draw_clusters(out, first, table, ids[:n], values, focus)
     append("</span>")

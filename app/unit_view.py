@@ -84,7 +84,7 @@ def tint_sequence(live: LiveService, source: str, index: int, data: dict[str, An
     data.update(acts=None, scale=scale, live_error=None)
     try:
         res = live.run_ids(data["token_ids"], source)
-        data["acts"] = [float(a) for a in res.acts[:, index]]
+        data["acts"] = [None if a != a else float(a) for a in res.acts[:, index]]  # NaN: not measured
     except AppError as exc:
         data["live_error"] = exc.message
     return data

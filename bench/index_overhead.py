@@ -6,10 +6,11 @@ run is compared with the floor runs just before and after it, and the median of 
 `--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
     .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--interleaved 3] [--fresh-processes]
-        [--heads METRIC ...]
+        [--heads METRIC ...] [--dla]
 
 `--heads METRIC` (repeatable, `all` for every metric) also indexes those attention-head
-metrics; the floor stays the same, so the ratio is their cost on top of it.
+metrics, and `--dla` the direct-effect twins; the floor stays the same, so the ratio is
+their cost on top of it.
 
 The machine's speed also drifts from one run to the next (floors of the same tokens have
 ranged from 12 to 21 s within minutes), so `--interleaved ROUNDS` (default 3) then also
@@ -112,6 +113,9 @@ def main() -> None:
         metavar="METRIC",
         help="also index this head metric (repeatable; all: every one), against the same floor",
     )
+    parser.add_argument(
+        "--dla", action="store_true", help="the indexer also indexes the --dla twins (the floor stays the same)"
+    )
     parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
@@ -163,6 +167,7 @@ def main() -> None:
         f"{n_tokens:,} tokens in {len(batches)} batches of {args.batch_size}x{args.ctx}; "
         f"torch threads {torch.get_num_threads()}"
         + (f"; the indexer also indexes head metrics {', '.join(args.heads)}" if args.heads else "")
+        + ("; the indexer adds the --dla twins" if args.dla else "")
     )
 
     def timed(work) -> tuple[float, float, float, int]:
@@ -199,6 +204,7 @@ def main() -> None:
             device="cpu",
             quiet=True,
             checkpoint_every=0,
+            dla=args.dla,
         )
         elapsed = timed(lambda: run_index(config))
         out.unlink()
@@ -233,6 +239,7 @@ def main() -> None:
             "--threads",
             str(args.threads),
             *(f"--heads={metric}" for metric in args.heads),
+            *(["--dla"] if args.dla else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return tuple(json.loads(done.stdout.strip().splitlines()[-1]))

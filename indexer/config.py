@@ -23,6 +23,7 @@ class IndexConfig:
     no_neurons: bool = False
     directions: list[str] = field(default_factory=list)  # N@HOOK: N random directions in HOOK's space
     heads: list[str] = field(default_factory=list)  # head metrics: a source per layer and metric
+    dla: bool = False  # a direct-effect twin of every neuron and SAE source
     max_tokens: int | None = None
     ctx: int = 128
     batch_size: int = 32

@@ -128,6 +128,7 @@ def load(config: IndexConfig) -> Loaded:
         config.directions,
         config.seed,
         head_metrics=config.heads,
+        dla=config.dla,
     )
     sources = kinds.build_sources(loaded.model, request)
     runner = ActivationRunner(loaded.model, sources, reuse_outputs=True)  # each batch consumed before the next
@@ -248,7 +249,7 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
     common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
     return {
         source.slug: (SparseAccumulator if source.kind.sparse else DenseAccumulator)(
-            source.n_units, grids[source.slug], **common
+            source.n_units, grids[source.slug], tail=source.kind.tail, **common
         )
         for source in sources
     }
@@ -276,18 +277,26 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
 
-    # The row order the compiled (CPU) passes visit, computed once for all sources.
-    order = None
-    if tokens.device.type == "cpu":
-        from actscope.indexer.accumulate.kernels_cpu import key_order
+    # The row order the compiled (CPU) passes visit, computed once for all sources (once
+    # more for sources that leave the last positions out).
+    orders: dict[int, Any] = {}
 
-        order = key_order(keys)
+    def order_of(tail: int):
+        if tokens.device.type != "cpu":
+            return None
+        if tail not in orders:
+            from actscope.indexer.accumulate.kernels_cpu import key_order
+
+            orders[tail] = key_order(keys, tail)
+        return orders[tail]
 
     def update(slug: str, acts, top_k=None) -> None:
+        accumulator = accumulators[slug]
+        order = order_of(accumulator.tail)
         if top_k is None:
-            accumulators[slug].update(acts, first_seq, keys, order=order)
+            accumulator.update(acts, first_seq, keys, order=order)
         else:
-            accumulators[slug].update(acts, first_seq, keys, top_k=top_k, order=order)
+            accumulator.update(acts, first_seq, keys, top_k=top_k, order=order)
 
     return update
 

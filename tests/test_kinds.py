@@ -15,7 +15,7 @@ from fixtures_models import TINY_INDEX_OPTIONS
 REPO = Path(__file__).resolve().parents[1]
 # A comparison with a kind's name, in Python, SQL or a template: `kind == "sae"`,
 # `"neuron" != source.kind`, `kind = 'sae'`, `isinstance(acc, SparseAccumulator)`.
-KIND_NAMES = r"""["'](?:neuron|sae|head)["']"""
+KIND_NAMES = r"""["'](?:neuron|sae|head|direction|dla)["']"""
 BRANCH = re.compile(
     rf"""kind\w*["'\]]*\s*(?:==|!=|=|\bin\b)\s*(?:{KIND_NAMES}|\()|{KIND_NAMES}\s*(?:==|!=|=)\s*\S*kind"""
     r"""|isinstance\([^)]*(?:Sparse|Dense)Accumulator"""
@@ -56,7 +56,7 @@ def test_every_kind_says_what_the_indexer_and_app_need():
     from actscope.indexer import kinds
     from actscope.indexer.errors import ActscopeError
 
-    assert list(kinds.KINDS) == ["neuron", "sae", "head", "direction"]
+    assert list(kinds.KINDS) == ["neuron", "sae", "head", "direction", "dla"]
     for name, kind in kinds.KINDS.items():
         assert kind.name == name and kinds.get(name) is kind
         assert isinstance(kind.sparse, bool) and kind.band_basis in {"all", "firing"}

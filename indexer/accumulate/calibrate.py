@@ -70,6 +70,7 @@ def calibrate(
     stores: dict[str, torch.Tensor] = {}  # [sequences, P, U]; the first n_seqs rows filled
     sparse: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s.slug: [] for s in sources if s.kind.sparse}
     n_units = {s.slug: s.n_units for s in sources}
+    tails = {s.slug: s.kind.tail for s in sources}  # last positions not indexed
     seen, n_seqs = 0, 0
     consumed: list[Consumed] = []
     for batch in batches:
@@ -90,14 +91,14 @@ def calibrate(
                 values, indices = top_k
                 b, p, k = torch.nonzero(values > 0, as_tuple=True)
                 firing_units, firing_values = indices[b, p, k], values[b, p, k]
-                body = p > 0
+                body = (p > 0) & (p < values.shape[1] - tails[slug])
                 kept[slug] = Kept(top_k=top_k)
             else:
                 entries = acts.to_sparse()
                 kept[slug] = Kept(acts=entries)
                 b, p, firing_units = entries.indices()
                 firing_values = entries.values()
-                body = (p > 0) & (firing_values > 0)
+                body = (p > 0) & (p < acts.shape[1] - tails[slug]) & (firing_values > 0)
             sparse[slug].append((firing_units[body].cpu(), firing_values[body].cpu()))
 
         runner(batch.tokens, consume=keep)
@@ -113,9 +114,8 @@ def calibrate(
             grids[source.slug] = _sparse_grid(sparse[source.slug], source.n_units, hist_bins, top_k, levels)
         else:
             store = stores.get(source.slug)
-            grids[source.slug] = _dense_grid(
-                store[:n_seqs] if store is not None else None, source.n_units, hist_bins, top_k, levels
-            )
+            acts = store[:n_seqs, : store.shape[1] - source.kind.tail] if store is not None else None
+            grids[source.slug] = _dense_grid(acts, source.n_units, hist_bins, top_k, levels)
     return grids, consumed
 
 
@@ -193,7 +193,8 @@ def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _dense_grid(acts: torch.Tensor | None, n_units: int, hist_bins: int, top_k: int, levels: tuple[float, ...]) -> Grid:
-    """Grid from the calibration sequences' activations [S, P, U], BOS (position 0) left out."""
+    """Grid from the calibration sequences' activations [S, P, U] at their indexed
+    positions, BOS (position 0) left out."""
     if acts is None:  # no calibration tokens: one token of zeros
         acts = torch.zeros(1, 2, n_units)
     # Along positions first, then sequences: much faster than one reduction over both.

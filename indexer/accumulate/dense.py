@@ -37,16 +37,17 @@ class DenseAccumulator(MergeableAccumulator):
         self._counts: torch.Tensor | None = None  # reused count tables of the fused pass
 
     def update(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, order=None) -> None:
-        """acts [B, P, U] float32 (position 0 is BOS); keys [B, P] float64 sampling keys;
-        order: kernels_cpu.key_order(keys), if the caller has it (one per batch, for all sources)."""
+        """acts [B, P, U] float32 (position 0 is BOS; the last `tail` are not indexed); keys
+        [B, P] float64 sampling keys; order: kernels_cpu.key_order(keys, tail), if the caller
+        has it (one per batch, for all sources of that tail)."""
         if self.fused:
             self._update_fused(acts.contiguous(), first_seq, keys, order)
             return
-        body = acts[:, 1:, :]
+        body = self._body(acts)
         scaled = self._update_stats(body)
         self._update_top(acts, body, scaled, first_seq)
         self._bin_counts(scaled)
-        self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
+        self._update_samples(acts, body, first_seq, self._body(keys).reshape(-1))
 
     def summary(self, hist: torch.Tensor, grid: Grid) -> Summary:
         """0 is a bin edge and bins are closed on the right: the positives are whole bins."""
@@ -58,7 +59,7 @@ class DenseAccumulator(MergeableAccumulator):
     def _update_fused(self, acts: torch.Tensor, first_seq: int, keys: torch.Tensor, order) -> None:
         from actscope.indexer.accumulate.kernels_cpu import dense_pass
 
-        body = acts[:, 1:, :]
+        body = self._body(acts)
         n_rows = body.shape[0] * body.shape[1]
         scratch = self._count_scratch(n_rows)
         candidates = self._run_pass(dense_pass, (acts, scratch), keys, self._top_threshold(), order)
@@ -67,7 +68,7 @@ class DenseAccumulator(MergeableAccumulator):
         if candidates.top_overflowed():  # too many to buffer (no top floor, top-k not full yet): find them again
             self._update_top(acts, body, body.reshape(-1, self.n_units) * self.grid.scale, first_seq)
         if candidates.samples_overflowed():
-            self._update_samples(acts, body, first_seq, keys[:, 1:].reshape(-1))
+            self._update_samples(acts, body, first_seq, self._body(keys).reshape(-1))
 
     def _count_scratch(self, n_rows: int) -> torch.Tensor:
         """dense_pass's zeroed [n_parts, part width, n_bins] count tables, kept: int16 when a

@@ -133,10 +133,11 @@ def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
 
 
 def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
-    """Top-k and band-sample examples of one source, windows trimmed to the sequence."""
+    """Top-k and band-sample examples of one source, windows trimmed to the sequence (and
+    to its indexed positions: none after the last one)."""
     n_bands = acc.grid.n_bands
-    parts = [_examples(acc.top, ctx, acc.window, lambda g: (g, None))]
-    parts.append(_examples(acc.samples, ctx, acc.window, lambda g: (g // n_bands, g % n_bands)))
+    parts = [_examples(acc.top, ctx, acc.tail, acc.window, lambda g: (g, None))]
+    parts.append(_examples(acc.samples, ctx, acc.tail, acc.window, lambda g: (g // n_bands, g % n_bands)))
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "acts"}
     lengths = np.concatenate([p["lengths"] for p in parts])
     values = np.concatenate([p["acts"] for p in parts]).astype(np.float32)
@@ -158,7 +159,9 @@ def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
     )
 
 
-def _examples(examples, ctx: int, window: tuple[int, int], split_group) -> dict[str, np.ndarray]:
+def _examples(examples, ctx: int, tail: int, window: tuple[int, int], split_group) -> dict[str, np.ndarray]:
+    """The examples' rows, windows trimmed to the sequence's indexed positions (the last
+    `tail` have no value)."""
     before, after = window
     token = examples.token.cpu().numpy()
     real = token >= 0
@@ -169,7 +172,7 @@ def _examples(examples, ctx: int, window: tuple[int, int], split_group) -> dict[
     seq, pos = token // ctx, token % ctx
     windows = examples.payload["win"].cpu().numpy()[real]
     lead = np.maximum(0, before - pos)  # window positions before BOS
-    trail = np.maximum(0, pos + after - (ctx - 1))  # positions past the sequence end
+    trail = np.maximum(0, pos + after - (ctx - 1 - tail))  # positions past the sequence's end
     width = before + 1 + after
     keep = (np.arange(width)[None, :] >= lead[:, None]) & (np.arange(width)[None, :] < width - trail[:, None])
     return {

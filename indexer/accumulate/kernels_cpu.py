@@ -121,11 +121,13 @@ class CandidateBuffers:
         )
 
 
-def key_order(keys: torch.Tensor) -> np.ndarray:
-    """Rows b * P + p of a batch's keys [B, P], BOS excluded, by increasing key (ties by row)."""
+def key_order(keys: torch.Tensor, tail: int = 0) -> np.ndarray:
+    """Rows b * P + p of a batch's keys [B, P], BOS and the last `tail` positions
+    excluded, by increasing key (ties by row)."""
     n_pos = keys.shape[1]
-    order = torch.argsort(keys[:, 1:].reshape(-1), stable=True)
-    return ((order // (n_pos - 1)) * n_pos + order % (n_pos - 1) + 1).numpy()
+    width = n_pos - 1 - tail
+    order = torch.argsort(keys[:, 1 : n_pos - tail].reshape(-1), stable=True)
+    return ((order // width) * n_pos + order % width + 1).numpy()
 
 
 @njit(inline="always")

@@ -223,8 +223,12 @@ class MergeableAccumulator:
         window: tuple[int, int],
         device,
         fused: bool | None = None,
+        tail: int = 0,
     ) -> None:
+        """`tail`: positions at the end of every sequence that are not indexed (a kind
+        whose activation needs the next token has none at the last one)."""
         self.n_units = n_units
+        self.tail = tail
         # On a CPU one fused kernel replaces the chain of tensor operations.
         self.fused = torch.device(device).type == "cpu" if fused is None else fused
         self.grid = grid.to(device)
@@ -239,7 +243,7 @@ class MergeableAccumulator:
     ) -> Candidates:
         """One compiled pass (kernels_cpu.dense_pass, sparse_pass or sparse_topk_pass) over the
         batch given as `inputs` (the kernel's first arguments), visiting its rows in `order`
-        (default: key_order(keys)); returns its candidates."""
+        (default: key_order(keys, self.tail)); returns its candidates."""
         from actscope.indexer.accumulate.kernels_cpu import CandidateBuffers, CandidateTests, key_order
 
         if self._candidates is None:
@@ -250,7 +254,7 @@ class MergeableAccumulator:
             band_threshold=band_thresholds(self.samples, self.grid.band_start).numpy(),
             band_size=self.samples.n,
         )
-        order = key_order(keys) if order is None else order
+        order = key_order(keys, self.tail) if order is None else order
         kernel(
             *(tensor.numpy() for tensor in inputs),
             keys.reshape(-1).numpy(),
@@ -269,6 +273,10 @@ class MergeableAccumulator:
         threshold = self.top.threshold().float()
         floor = self.grid.top_floor
         return threshold if floor is None else torch.maximum(threshold, floor)
+
+    def _body(self, acts: torch.Tensor) -> torch.Tensor:
+        """The indexed positions of acts [B, P, ...]: BOS and the last `tail` left out."""
+        return acts[:, 1 : acts.shape[1] - self.tail]
 
     def _add_top(self, acts: torch.Tensor, b, p, units, first_seq: int) -> None:
         """Merge candidate tokens (b, p) of `units` into the top-k, scored by activation."""

@@ -27,14 +27,15 @@ class SparseAccumulator(MergeableAccumulator):
         top_k: tuple[torch.Tensor, torch.Tensor] | None = None,
         order=None,
     ) -> None:
-        """acts [B, P, U] (position 0 is BOS); keys [B, P] float64 sampling keys; top_k: for a
-        TopK SAE, (values, indices) [B, P, k] whose scatter is acts (values >= 0); order:
-        kernels_cpu.key_order(keys), if the caller has it (one per batch, for all sources)."""
-        self.stats.n_tokens += acts.shape[0] * (acts.shape[1] - 1)
+        """acts [B, P, U] (position 0 is BOS; the last `tail` are not indexed); keys [B, P]
+        float64 sampling keys; top_k: for a TopK SAE, (values, indices) [B, P, k] whose
+        scatter is acts (values >= 0); order: kernels_cpu.key_order(keys, tail), if the
+        caller has it (one per batch, for all sources of that tail)."""
+        self.stats.n_tokens += acts.shape[0] * (acts.shape[1] - 1 - self.tail)
         if self.fused:
             self._update_fused(acts.contiguous(), first_seq, keys, top_k, order)
             return
-        b, p, units, values = _firing(acts)
+        b, p, units, values = _firing(self._body(acts))
         stats, grid = self.stats, self.grid
         doubles = values.double()
         stats.sum.index_add_(0, units, doubles)
@@ -70,7 +71,10 @@ class SparseAccumulator(MergeableAccumulator):
             )
         if candidates.top_overflowed() or candidates.samples_overflowed():
             # The first batches, when every firing entry is a candidate: find them again.
-            b, p, units, values = _firing(acts) if top_k is None else _firing_top_k(*top_k)
+            if top_k is None:
+                b, p, units, values = _firing(self._body(acts))
+            else:
+                b, p, units, values = _firing_top_k(self._body(top_k[0]), self._body(top_k[1]))
             if candidates.top_overflowed():
                 self._update_top(acts, b, p, units, values, first_seq)
             if candidates.samples_overflowed():
@@ -100,17 +104,16 @@ class SparseAccumulator(MergeableAccumulator):
         )
 
 
-def _firing(acts: torch.Tensor):
-    """(b, p, unit, value) of the entries with activation > 0, BOS excluded."""
-    body = acts[:, 1:, :]
+def _firing(body: torch.Tensor):
+    """(b, p, unit, value) of the entries with activation > 0 in body [B, P', U], the
+    indexed positions 1.. of a batch (p counts from the batch's position 0)."""
     b, p, units = body.nonzero(as_tuple=True)  # SAE activations are >= 0
     values = body[b, p, units]
     firing = values > 0  # an architecture with negative outputs: those do not fire
     return b[firing], p[firing] + 1, units[firing], values[firing]
 
 
-def _firing_top_k(values: torch.Tensor, indices: torch.Tensor):
-    """_firing from a TopK SAE's top-k values and indices [B, P, k]."""
-    body = values[:, 1:, :]
+def _firing_top_k(body: torch.Tensor, indices: torch.Tensor):
+    """_firing from a TopK SAE's top-k values and indices [B, P', k] at the indexed positions."""
     b, p, entry = (body > 0).nonzero(as_tuple=True)
-    return b, p + 1, indices[:, 1:, :][b, p, entry], body[b, p, entry]
+    return b, p + 1, indices[b, p, entry], body[b, p, entry]

@@ -12,12 +12,15 @@ from typing import Any
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.kinds.base import Forward, Source, SourceRequest, UnitKind, hook_layer
 from actscope.indexer.kinds.direction import DirectionKind
+from actscope.indexer.kinds.dla import DlaKind
 from actscope.indexer.kinds.head import HeadKind
 from actscope.indexer.kinds.neuron import NeuronKind
 from actscope.indexer.kinds.sae import SaeKind
 
-# In source order.
-KINDS: dict[str, UnitKind] = {kind.name: kind for kind in (NeuronKind(), SaeKind(), HeadKind(), DirectionKind())}
+# In source order (direct-effect twins come after every kind's own sources).
+KINDS: dict[str, UnitKind] = {
+    kind.name: kind for kind in (NeuronKind(), SaeKind(), HeadKind(), DirectionKind(), DlaKind())
+}
 
 __all__ = [
     "KINDS",
@@ -29,6 +32,7 @@ __all__ = [
     "get",
     "hook_layer",
     "reload_source",
+    "twin_of",
 ]
 
 
@@ -46,6 +50,8 @@ def build_sources(model, request: SourceRequest) -> list[Source]:
     taken: set[str] = set()
     for kind in KINDS.values():
         sources += kind.sources(model, request, taken)
+    for kind in KINDS.values():
+        sources += kind.derived_sources(model, request, list(sources), taken)
     return sources
 
 
@@ -57,3 +63,8 @@ def reload_source(row: dict[str, Any], device: str, model=None) -> Source:
     if model is not None:
         kind.bind(model, source)
     return source
+
+
+def twin_of(kind: str, spec: dict[str, Any]) -> str | None:
+    """The slug of the source that a source of `kind` with `spec` is the twin of, if any."""
+    return KINDS[kind].twin_of(spec) if kind in KINDS else None

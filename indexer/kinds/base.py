@@ -53,13 +53,15 @@ class Forward:
 
     tokens: torch.Tensor
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    model: Any = None  # the model the pass runs (for weights a kind reads lazily)
 
 
 @dataclass
 class SourceRequest:
     """What a run asks to index: MLP neuron hooks (empty: every layer's mlp.hook_post;
-    `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, attention-head metrics, and
-    random directions as `N@HOOK` texts (drawn from `seed`)."""
+    `no_neurons`: none), the loaded SAEs as (spec, SAE) pairs, attention-head metrics,
+    random directions as `N@HOOK` texts (drawn from `seed`), and whether to add
+    direct-effect twins."""
 
     neuron_hooks: list[str] = field(default_factory=list)
     no_neurons: bool = False
@@ -67,6 +69,7 @@ class SourceRequest:
     directions: list[str] = field(default_factory=list)
     seed: int = 0
     head_metrics: list[str] = field(default_factory=list)  # --heads: one source per layer and metric
+    dla: bool = False  # --dla: a direct-effect twin of every source whose kind has `dla_twin`
 
 
 class UnitKind:
@@ -81,11 +84,25 @@ class UnitKind:
     # Unit i of a source is the same unit as unit i of the kind's other sources of its layer
     # (a neuron read at mlp.hook_pre, hook_mid and hook_post): unit pages link them.
     same_unit_across_hooks: ClassVar[bool] = False
+    # Positions at the end of every sequence where the activation is undefined and which
+    # are not indexed (1 for a kind that reads the next token; that position is NaN).
+    tail: ClassVar[int] = 0
+    dla_twin: ClassVar[bool] = False  # --dla adds a direct-effect twin of each of its sources
+    examples_by: ClassVar[str] = "activation"  # what its examples are ranked by, for links between twins
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """The sources of this kind that `request` asks for, checked against the model
         (`taken`: slugs in use, which this extends)."""
         raise NotImplementedError
+
+    def derived_sources(self, model, request: SourceRequest, built: list[Source], taken: set[str]) -> list[Source]:
+        """Sources of this kind made from the sources of other kinds (`built`), once those
+        exist (e.g. direct-effect twins)."""
+        return []
+
+    def twin_of(self, spec: dict[str, Any]) -> str | None:
+        """The slug of the source a source of this kind (with `spec`) is the twin of."""
+        return None
 
     def extra_hooks(self, source: Source) -> tuple[str, ...]:
         """Hooks besides `source.hook_name` whose activations `activations` reads from

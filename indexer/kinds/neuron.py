@@ -20,6 +20,7 @@ class NeuronKind(UnitKind):
     # Quantiles of the activation over all indexed tokens (the seed tools' 50/75/90/95/99/99.9% edges).
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
     same_unit_across_hooks = True  # neuron n at hook_pre, hook_mid and hook_post of a layer
+    dla_twin = True
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """Neuron sources for --neurons (default: every layer's mlp.hook_post), none with --no-neurons."""
@@ -45,6 +46,9 @@ class NeuronKind(UnitKind):
         return act.float()
 
     def output_directions(self, model, source: Source) -> torch.Tensor | None:
+        """W_out[n] for a neuron at mlp.hook_post (the value W_out multiplies); none before it."""
+        if not source.hook_name.endswith("mlp.hook_post"):
+            return None
         return model.blocks[source.layer].mlp.W_out.detach()
 
     def cos_in_out(self, model, source: Source) -> torch.Tensor | None:

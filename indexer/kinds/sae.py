@@ -21,7 +21,34 @@ SLUG_SUFFIX = {
     "attn.hook_z": "att-sae",
     "mlp.hook_post": "mlp-sae",
 }
-RESIDUAL_WIDTH_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
+RESIDUAL_WIDTH_HOOKS = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_mlp_out",
+    "hook_attn_out",
+    "mlp.hook_out",
+    "attn.hook_out",
+)
+
+
+def residual_directions(model, hook: str, vectors: torch.Tensor) -> torch.Tensor | None:
+    """vectors [n, width of `hook`] as the residual-stream directions [n, d_model] they
+    write: unchanged at a residual-width hook, through the layer's W_out from
+    mlp.hook_post, through W_O from attn.hook_z (heads flattened); None elsewhere."""
+    layer = hook_layer(hook)
+    cfg = model.cfg
+    if hook.endswith(RESIDUAL_WIDTH_HOOKS) and vectors.shape[-1] == cfg.d_model:
+        return vectors
+    if layer < 0:
+        return None
+    if hook.endswith("mlp.hook_post") and vectors.shape[-1] == cfg.d_mlp:
+        w_out = model.blocks[layer].mlp.W_out.detach()
+        return vectors.to(w_out.dtype) @ w_out
+    if hook.endswith("attn.hook_z") and vectors.shape[-1] == cfg.n_heads * cfg.d_head:
+        w_o = model.blocks[layer].attn.W_O.detach()  # [n_heads, d_head, d_model]
+        return vectors.to(w_o.dtype) @ w_o.reshape(-1, w_o.shape[-1])
+    return None
 
 
 def sae_slug(hook_name: str) -> str:
@@ -38,6 +65,7 @@ class SaeKind(UnitKind):
     hide_dead = True  # SAEs often have many dead latents: a table of them reads as noise
     # Quantiles over the tokens where the feature fires.
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+    dla_twin = True
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """Check each loaded SAE against the model and describe it as a source."""
@@ -76,13 +104,12 @@ class SaeKind(UnitKind):
         return saes.last_top_k(source.module)
 
     def output_directions(self, model, source: Source) -> torch.Tensor | None:
-        """W_dec where the SAE (or a transcoder, at its output hook) writes residual-width vectors."""
+        """Each feature's decoder row as a residual-stream direction: W_dec at the hook it
+        decodes into (a transcoder's output hook, `hook_name_out`, else the hook it reads),
+        mapped through W_out from an MLP's hook_post and through W_O from attn.hook_z."""
         metadata = source.module.cfg.metadata
         hook_out = getattr(metadata, "hook_name_out", None) or source.hook_name
-        w_dec = source.module.W_dec.detach()
-        if hook_out.endswith(RESIDUAL_WIDTH_HOOKS) and w_dec.shape[-1] == model.cfg.d_model:
-            return w_dec
-        return None
+        return residual_directions(model, str(hook_out), source.module.W_dec.detach())
 
     def reload(self, row: dict[str, Any], device: str) -> Source:
         source = super().reload(row, device)

@@ -52,7 +52,7 @@ class ActivationRunner:
         tokens = tokens.to(self.model.cfg.device)
         captured: set[str] = set()
         out: dict[str, torch.Tensor] = {}
-        forward = Forward(tokens)
+        forward = Forward(tokens, model=self.model)
 
         def capture(act, hook):
             captured.add(hook.name)
