@@ -10,7 +10,9 @@ sleeps a seeded few milliseconds (the writer thread goes on inserting meanwhile)
 sends itself SIGKILL, so nothing of the run gets to clean up. At a checkpoint the kill
 lands inside the write: the partial file is cut at a seeded fraction first.
 
-The spec: {"config": IndexConfig fields, "dir": work folder, "seed": int, "phases": [...]}.
+The spec: {"config": IndexConfig fields, "dir": work folder, "seed": int, "phases": [...],
+"parallel": runs at a time, "disk": {"out": path on a small filesystem, "grow": command
+that gives it room again, or "fsize_limit": bytes}}.
 Prints one JSON object: the reference's event counts and, per point, what happened.
 """
 
@@ -163,18 +165,29 @@ def _child(config: IndexConfig, fault: dict | None, report: Path, fsize_limit: i
         os._exit(status)
 
 
-def _fork_run(config: IndexConfig, fault: dict | None, report: Path, fsize_limit: int | None = None) -> dict:
-    report.unlink(missing_ok=True)
+def _fork_runs(runs: list[tuple[IndexConfig, dict | None, Path]], fsize_limit: int | None = None) -> list[dict]:
+    """Fork a child per (config, fault, report path), all at once, and wait for them all."""
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _child(config, fault, report, fsize_limit)
-    _, status = os.waitpid(pid, 0)
-    result = json.loads(report.read_text()) if report.exists() else {}
-    result["signal"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-    result["exit"] = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-    result["seconds"] = round(time.monotonic() - started, 2)
-    return result
+    pids = []
+    for config, fault, report in runs:
+        report.unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            _child(config, fault, report, fsize_limit)
+        pids.append(pid)
+    results = []
+    for pid, (_, _, report) in zip(pids, runs):
+        _, status = os.waitpid(pid, 0)
+        result = json.loads(report.read_text()) if report.exists() else {}
+        result["signal"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        result["exit"] = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        result["seconds"] = round(time.monotonic() - started, 2)
+        results.append(result)
+    return results
+
+
+def _fork_run(config: IndexConfig, fault: dict | None, report: Path, fsize_limit: int | None = None) -> dict:
+    return _fork_runs([(config, fault, report)], fsize_limit)[0]
 
 
 def main(spec_path: str) -> None:
@@ -187,32 +200,40 @@ def main(spec_path: str) -> None:
     reference = _fork_run(IndexConfig(**{**base, "out": str(reference_out)}), None, report)
     counts = reference["counts"]
     rng = random.Random(spec["seed"])
-    points = []
-    for i, phase in enumerate(spec["phases"]):
-        out = work / f"point{i}.duckdb"
-        fault = {
+    faults = [
+        {
             "phase": phase,
             "n": rng.randint(1, counts[phase]),
             "delay_ms": round(rng.uniform(0, 30), 1),
             "fraction": round(rng.uniform(0.05, 0.95), 2),
         }
-        killed = _fork_run(IndexConfig(**{**base, "out": str(out)}), fault, report)
-        checkpoint = Path(str(out) + ".ckpt")
-        after_kill = {
-            "out_exists": out.exists(),
-            "checkpoint": checkpoint.exists(),
-        }
-        resumed = _fork_run(IndexConfig(**{**base, "out": str(out), "resume": True}), None, report)
-        points.append(
-            {
-                "fault": fault,
-                "killed": killed,
-                "after_kill": after_kill,
-                "resumed": resumed,
-                "out": str(out),
-                "left": sorted(p.name for p in work.glob(f"point{i}.duckdb.*")),
-            }
+        for phase in spec["phases"]
+    ]
+    points = []
+    # Points run `parallel` at a time (each its own files): on idle cores that halves the time.
+    parallel = int(spec.get("parallel", 1))
+    for first in range(0, len(faults), parallel):
+        group = range(first, min(first + parallel, len(faults)))
+        outs = {i: work / f"point{i}.duckdb" for i in group}
+        reports = {i: work / f"report{i}.json" for i in group}
+        killed = _fork_runs([(IndexConfig(**{**base, "out": str(outs[i])}), faults[i], reports[i]) for i in group])
+        after_kill = [
+            {"out_exists": outs[i].exists(), "checkpoint": Path(str(outs[i]) + ".ckpt").exists()} for i in group
+        ]
+        resumed = _fork_runs(
+            [(IndexConfig(**{**base, "out": str(outs[i]), "resume": True}), None, reports[i]) for i in group]
         )
+        for j, i in enumerate(group):
+            points.append(
+                {
+                    "fault": faults[i],
+                    "killed": killed[j],
+                    "after_kill": after_kill[j],
+                    "resumed": resumed[j],
+                    "out": str(outs[i]),
+                    "left": sorted(p.name for p in work.glob(f"point{i}.duckdb.*")),
+                }
+            )
     full = None
     if spec.get("disk"):
         full = _disk_full(spec["disk"], base, report)

@@ -76,9 +76,19 @@ def fault_runs(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir) 
         spec = work / "spec.json"
         options = _run_options(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir)
         spec.write_text(
-            json.dumps({"config": options, "dir": str(work), "seed": KILL_SEED, "phases": KILL_PHASES, "disk": disk})
+            json.dumps(
+                {
+                    "config": options,
+                    "dir": str(work),
+                    "seed": KILL_SEED,
+                    "phases": KILL_PHASES,
+                    "parallel": 2,
+                    "disk": disk,
+                }
+            )
         )
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        # One thread per run: two runs go side by side.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
         proc = subprocess.run(
             [sys.executable, str(HERE / "kill_points.py"), str(spec)],
             capture_output=True,
