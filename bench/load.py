@@ -134,7 +134,9 @@ def warm_up(base: str, site: Site) -> None:
 def report(env: Environment, site: Site, duration: float) -> bool:
     stats = env.stats
     total = stats.total
-    print(f"\n{'route':<14}{'requests':>9}{'req/s':>8}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'errors':>8}{'429':>6}  goal p50")
+    print(
+        f"\n{'route':<14}{'requests':>9}{'req/s':>8}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'errors':>8}{'429':>6}  goal p50"
+    )
     ok = True
     for route in ROUTES:
         entry = stats.entries.get((route, "POST" if route == "live text" else "GET"))
