@@ -163,12 +163,20 @@ def parse_root_path(_ctx, _param, value: str | None) -> str | None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device for live inference.")
 @click.option("--root-path", default=None, metavar="PREFIX", callback=parse_root_path, help=ROOT_PATH_HELP)
+@click.option(
+    "--reload-on-change",
+    is_flag=True,
+    help="Serve the new index as soon as the file is rebuilt in place (each worker watches it). "
+    "Without it, send SIGHUP to a single-process server to reload.",
+)
 @user_errors
-def serve_command(index_file: str, host: str, port: int, device: str, root_path: str | None) -> None:
+def serve_command(
+    index_file: str, host: str, port: int, device: str, root_path: str | None, reload_on_change: bool
+) -> None:
     """Serve an index built by `actscope index` in the browser and as a JSON API."""
     from actscope.app.server import serve
 
-    serve(index_file, host=host, port=port, device=device, root_path=root_path)
+    serve(index_file, host=host, port=port, device=device, root_path=root_path, reload_on_change=reload_on_change)
 
 
 @main.command("demo")

@@ -20,6 +20,7 @@ from actscope.app import urls as site_urls
 from actscope.app.fast_route import HotRoutes, PlainParamsRoute
 from actscope.app.head import HeadAsGet
 from actscope.app.live_service import LiveService
+from actscope.app.reload import ReloadingApp
 from actscope.app.render import make_templates
 from actscope.app.resources import resource_dir
 from actscope.app.response_cache import CacheMiddleware, ResponseCache
@@ -148,9 +149,9 @@ def settings_from_env() -> Settings:
         raise ActscopeError(f"invalid setting: {problems}") from None
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ReloadingApp:
     """The app of one `serve` worker process: settings from ACTSCOPE_* variables."""
-    return create_app(settings_from_env())
+    return ReloadingApp(settings_from_env(), create_app)
 
 
 def serve(
@@ -159,6 +160,7 @@ def serve(
     port: int = 8000,
     device: str = "cpu",
     root_path: str | None = None,
+    reload_on_change: bool = False,
 ) -> None:
     """Run the explorer with uvicorn until interrupted.
 
@@ -169,6 +171,11 @@ def serve(
     (default 1) torch threads per process. `root_path` (default: ACTSCOPE_ROOT_PATH, or
     none) is the path prefix the site is served under behind a reverse proxy that strips
     it; uvicorn passes it to the app as the ASGI root_path.
+
+    An index rebuilt in place (`actscope index` renames the finished file over the old
+    one) is served once the server is told: on SIGHUP with one worker process, or as
+    soon as each worker sees the file change with `reload_on_change` (see reload.py).
+    Until then it serves the file it opened.
     """
     import os
 
@@ -180,10 +187,16 @@ def serve(
     os.environ.setdefault("ACTSCOPE_LIVE_THREADS", "1")
     if root_path is not None:
         os.environ["ACTSCOPE_ROOT_PATH"] = root_path
+    if reload_on_change:
+        os.environ["ACTSCOPE_RELOAD_ON_CHANGE"] = "true"
     settings = settings_from_env()  # the worker processes read the same variables
     workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
-    # Fail here, with one line, on a missing, unreadable or incompatible file.
-    Store(index_file, resident_mb=0).close()
+    # Fail here, with one line, on a missing, unreadable, damaged or incompatible file.
+    check = Store(index_file, resident_mb=0)
+    try:
+        check.verify()
+    finally:
+        check.close()
     prefix = settings.root_path
     where = (
         f"http://{host}:{port}/ for a proxy that serves it under {prefix}/ and strips the prefix"
@@ -207,4 +220,4 @@ def serve(
     if workers > 1:
         uvicorn.run("actscope.app.server:app_from_env", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(ReloadingApp(settings, create_app, sighup=True), **options)

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     response_cache_mb: int = 128
     # Rows per page of a source's unit table (the visitor may ask for up to 500).
     page_size: int = 50
+    # Serve the new index when the file at index_file changes (rebuilt in place); each
+    # worker process polls it every reload_interval_s seconds.
+    reload_on_change: bool = False
+    reload_interval_s: float = 1.0
     # Request bodies larger than this (bytes) get 413, before they are read. None: the
     # longest accepted text (max_text_chars) JSON-escaped, plus room for the other fields.
     max_body_bytes: int | None = None

@@ -36,9 +36,24 @@ def save_checkpoint(
         "grids": {slug: grid.state_dict() for slug, grid in grids.items()},
         "accumulators": {slug: acc.state_dict() for slug, acc in accumulators.items()},
     }
-    partial = Path(str(path) + ".part")
-    torch.save(state, partial)
+    partial = _partial(path)
+    try:
+        with open(partial, "wb") as file:  # through Python's file: a full disk is an OSError that says so
+            torch.save(state, file)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # e.g. the disk is full: the last checkpoint stays as it was
+        raise
     os.replace(partial, path)
+
+
+def _partial(path: Path) -> Path:
+    return Path(str(path) + ".part")
+
+
+def remove_checkpoint(path: Path) -> None:
+    """The checkpoint and any partial one a killed run was writing."""
+    for part in (Path(path), _partial(path)):
+        part.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any], device) -> dict[str, Any] | None:

@@ -50,7 +50,7 @@ class Progress:
 
 def run_index(config: IndexConfig) -> str:
     from actscope.indexer.accumulate.calibrate import calibrate
-    from actscope.indexer.checkpoint import load_checkpoint
+    from actscope.indexer.checkpoint import load_checkpoint, remove_checkpoint
     from actscope.indexer.memory import keep_freed_memory
     from actscope.indexer.store.writer import StoreWriter
 
@@ -81,20 +81,29 @@ def run_index(config: IndexConfig) -> str:
             for slug, acc in accumulators.items():
                 acc.load_state_dict(state["accumulators"][slug])
             done = Progress(state["batches_done"], state["n_sequences"])
-            writer.truncate_sequences(done.n_sequences)
+            writer.rewind(done.n_sequences)
         else:
-            config.checkpoint_path.unlink(missing_ok=True)
+            remove_checkpoint(config.checkpoint_path)
         done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
         if done.n_sequences == 0:
             raise ActscopeError(
                 f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
             )
         finalize(writer, run, accumulators, done.n_sequences, started)
-        writer.finish(Path(config.out))
-    except BaseException:
+        writer.finish(Path(config.out), then_forget=config.checkpoint_path)
+    except BaseException as exc:
         _abandon(writer, config)
+        reason = _out_of_space(exc)
+        if reason is not None:
+            then = (
+                "run the same command with --resume to go on from the last checkpoint"
+                if config.checkpoint_path.exists()
+                else "run it again"
+            )
+            raise ActscopeError(
+                f"out of disk space writing the index beside --out {config.out} ({reason}): free some space, then {then}"
+            ) from exc
         raise
-    config.checkpoint_path.unlink(missing_ok=True)
     n_tokens = done.n_sequences * (config.ctx - 1)
     units = sum(s.n_units for s in run.sources)
     return (
@@ -226,6 +235,20 @@ def _passes_multiple(before: int, after: int, every: int) -> bool:
     """Whether a multiple of `every` lies in before+1 .. after: a step of the run can
     complete several batches (the calibration's), and must not skip a checkpoint."""
     return after // every > before // every
+
+
+def _out_of_space(exc: BaseException) -> str | None:
+    """The system's reason if a write failed for want of space (a full disk, a quota, a
+    file size limit), else None. DuckDB reports these in its own errors' text."""
+    import errno
+    import os
+
+    reasons = [os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)]
+    if isinstance(exc, OSError):
+        return os.strerror(exc.errno) if exc.errno is not None and os.strerror(exc.errno) in reasons else None
+    if "duckdb" in type(exc).__module__:
+        return next((reason for reason in reasons if reason in str(exc)), None)
+    return None
 
 
 def _abandon(writer, config: IndexConfig) -> None:

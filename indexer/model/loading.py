@@ -234,6 +234,7 @@ def _load_official(name: str, device: str, processing: dict[str, Any]):
 
 def _load_native(path: Path, device: str):
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import PreTrainedTokenizerFast
@@ -251,7 +252,7 @@ def _load_native(path: Path, device: str):
             add_bos_token=meta.get("bos_token") is not None,
         )
         state_dict = load_file(str(path / NATIVE_WEIGHTS))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise ActscopeError(f"--model {path}: unreadable actscope model directory ({exc})") from exc
     # to_dict() stores dtype as a string such as "torch.float32".
     dtype = config.get("dtype", "torch.float32")
@@ -261,7 +262,11 @@ def _load_native(path: Path, device: str):
     config = {k: v for k, v in config.items() if k in HookedTransformerConfig.__dataclass_fields__}
     cfg = HookedTransformerConfig.from_dict(config)
     model = HookedTransformer(cfg, tokenizer=tokenizer)
-    model.load_state_dict(state_dict, strict=False)
+    try:
+        model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # the tensors' shapes are not the config's
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise ActscopeError(f"--model {path}: {NATIVE_WEIGHTS} does not fit {NATIVE_CONFIG} ({detail[:200]})") from exc
     return model.to(device, print_details=False), tokenizer
 
 

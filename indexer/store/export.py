@@ -79,8 +79,9 @@ FIRST_CHUNK = 64  # units of the first query: its bytes leave quickly, later one
 
 
 def chunks(con, model: str, source: str, fmt: str, units_per_chunk: int = 512) -> Iterator[bytes]:
-    """The export of a source as byte pieces. `con`: the DuckDB connection; the
-    export opens its own cursor on it (the pieces may be asked for from any thread)."""
+    """The export of a source as byte pieces. `con`: the index (anything with a
+    `cursor()`); the export opens its own cursor on it (the pieces may be asked for from
+    any thread)."""
     if fmt not in FORMATS:
         raise ActscopeError(f"unknown export format {fmt!r}: expected parquet or jsonl")
     cur = con.cursor()

@@ -138,12 +138,28 @@ class Store:
             raise ActscopeError(f"{path}: no such index file (build one with `actscope index`)")
         import duckdb
 
+        # Attached to a database instance of its own: duckdb.connect(path) would hand back
+        # the instance already open on that path, which still reads the file the path
+        # named before an index was rebuilt in place over it.
+        self._con = duckdb.connect()
+        quoted = str(self.path).replace("'", "''")
         try:
-            self._con = duckdb.connect(str(self.path), read_only=True)
+            self._con.execute(f"ATTACH '{quoted}' AS {_ALIAS} (READ_ONLY)")
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ActscopeError(f"{path}: cannot open it as a DuckDB index ({first})") from exc
+            self._con.close()
+            raise ActscopeError(f"{path}: cannot open it as a DuckDB index ({_first_line(exc)})") from exc
+        self._con.execute(f"USE {_ALIAS}")
         self._local = threading.local()
+        try:
+            self._open(resident_mb)
+        except duckdb.Error as exc:
+            self._con.close()
+            raise ActscopeError(f"{path}: {_damaged(exc)}") from exc
+        except BaseException:
+            self._con.close()
+            raise
+
+    def _open(self, resident_mb: int) -> None:
         self._check_version()
         self._vocab: dict[str, tuple[list[str], list[bytes]]] = {}
         self._hex: dict[str, tuple[list[str | None], frozenset[int]]] = {}
@@ -172,9 +188,32 @@ class Store:
     def _cur(self):
         cur = getattr(self._local, "cur", None)
         if cur is None:
-            cur = self._con.cursor()
+            cur = self.cursor()
             self._local.cur = cur
         return cur
+
+    def cursor(self):
+        """A new cursor on the index (each thread needs its own)."""
+        cur = self._con.cursor()
+        cur.execute(f"USE {_ALIAS}")  # a cursor starts in the instance's own (empty) database
+        return cur
+
+    def verify(self) -> None:
+        """Read every value of every table once: DuckDB checks each block's checksum as it
+        reads it, so a damaged or truncated file fails here (ActscopeError) rather than on
+        the request that happens to read the damaged block."""
+        import duckdb
+
+        cur = self.cursor()
+        try:
+            for (name,) in cur.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY table_name", [_ALIAS]
+            ).fetchall():
+                cur.execute(f'SELECT max(hash(t)) FROM "{name}" AS t').fetchall()  # hash(t): every column
+        except duckdb.Error as exc:
+            raise ActscopeError(f"{self.path}: {_damaged(exc)}") from exc
+        finally:
+            cur.close()
 
     def _all(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         return self._cur().execute(sql, params or []).fetchall()
@@ -187,15 +226,17 @@ class Store:
 
         try:
             rows = self._all("SELECT value FROM meta WHERE key = 'schema_version'")
-        except duckdb.Error:
+        except duckdb.CatalogException:
             raise ActscopeError(f"{self.path}: not an actscope index (no meta table)") from None
         if not rows:
             raise ActscopeError(f"{self.path}: not an actscope index (no schema_version)")
         found = rows[0][0]
         if str(found) != str(SCHEMA_VERSION):
+            newer = str(found).isdigit() and int(found) > SCHEMA_VERSION
             raise ActscopeError(
                 f"{self.path}: index schema version {found}, this actscope reads version "
                 f"{SCHEMA_VERSION}; rebuild it with `actscope index`"
+                + (" (or upgrade actscope: a newer version wrote it)" if newer else "")
             )
 
     def _read_meta(self) -> dict[str, Any]:
@@ -530,7 +571,18 @@ class Store:
         order, so each reads only its units' row groups), one Parquet row group or run of
         lines per query. The first piece comes after one chunk's query, and memory holds
         one chunk whatever the source's size."""
-        return export.chunks(self._con, model, source, fmt, units_per_chunk)
+        return export.chunks(self, model, source, fmt, units_per_chunk)
+
+
+_ALIAS = "actscope_index"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _damaged(exc: BaseException) -> str:
+    return f"the index file is damaged or truncated ({_first_line(exc)}); rebuild it with `actscope index`"
 
 
 def is_utf8(raw: bytes) -> bool:

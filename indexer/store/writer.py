@@ -131,9 +131,15 @@ class StoreWriter:
         for future in submitted:
             future.result()
 
-    def truncate_sequences(self, n_sequences: int) -> None:
-        """Drop sequences written after the checkpoint a resumed run starts from."""
+    def rewind(self, n_sequences: int) -> None:
+        """Back to the state of the checkpoint a resumed run starts from: the sequences
+        written after it dropped, and whatever a run killed while finishing had written
+        of the tables that are written at the end (finalize writes them again)."""
         self._submit(self.con.execute, "DELETE FROM sequences WHERE model = ? AND seq >= ?", [self.model, n_sequences])
+        for name in schema.TABLES:
+            if name not in ("sequences", "meta"):
+                self._submit(self.con.execute, f"DELETE FROM {name}")
+        self._submit(self.con.execute, "DELETE FROM meta WHERE key <> 'schema_version'")
 
     def add_sequences(self, first_seq: int, tokens: np.ndarray) -> None:
         self._pending.append((first_seq, tokens.astype(np.int32, copy=False)))
@@ -187,11 +193,18 @@ class StoreWriter:
         params = [part for pair in zip(items, texts) for part in pair]
         self._submit(self.con.execute, f"INSERT OR REPLACE INTO meta VALUES {placeholders}", params)
 
-    def finish(self, out_path: Path) -> None:
-        """Checkpoint and close the file, then atomically move it to `out_path`."""
+    def finish(self, out_path: Path, then_forget: Path | None = None) -> None:
+        """Checkpoint and close the file, remove `then_forget` (the run's checkpoint), then
+        atomically move the file to `out_path`. The checkpoint goes before the rename: a
+        run killed in between starts over on --resume, where a checkpoint left behind
+        would point at a partial file that is no longer there."""
         self.flush()
         self._submit(self.con.execute, "CHECKPOINT")
         self.close()
+        if then_forget is not None:
+            from actscope.indexer.checkpoint import remove_checkpoint
+
+            remove_checkpoint(then_forget)
         os.replace(self.tmp_path, out_path)
 
     def close(self) -> None:
