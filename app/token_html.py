@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import cast
@@ -251,7 +252,7 @@ def _strength(a: float) -> str:
 def tokens_html(
     table: TokenTable,
     ids: list[int],
-    acts: list[float | None] | None,
+    acts: Sequence[float | None] | None,
     scale: float,
     focus: int | None = None,
     bos: bool = False,
@@ -273,7 +274,7 @@ def append_spans(
     out: list[str],
     table: TokenTable,
     ids: list[int],
-    acts: list[float | None] | None,
+    acts: Sequence[float | None] | None,
     scale: float,
     focus: int | None,
     bos: bool,
@@ -292,7 +293,7 @@ def append_spans(
         values: list[str] = [""] * n
     else:
         unmeasured: list[int] = []
-        numbers = cast(list[float], acts)
+        numbers: Sequence[float] = cast(Sequence[float], acts)
         if None in acts:  # not measured (a --dla twin's last token: no next token)
             unmeasured = [i for i, a in enumerate(acts) if a is None]
             numbers = [0.0 if a is None else a for a in acts]

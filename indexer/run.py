@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def run_index(config: IndexConfig) -> str:
                 f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
             )
         finalize(writer, run, accumulators, done.n_sequences, started)
-        writer.finish(Path(config.out), then_forget=config.checkpoint_path)
+        writer.finish(Path(config.out), before_rename=partial(remove_checkpoint, config.checkpoint_path))
     except BaseException as exc:
         _abandon(writer, config)
         reason = _out_of_space(exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -193,18 +194,16 @@ class StoreWriter:
         params = [part for pair in zip(items, texts) for part in pair]
         self._submit(self.con.execute, f"INSERT OR REPLACE INTO meta VALUES {placeholders}", params)
 
-    def finish(self, out_path: Path, then_forget: Path | None = None) -> None:
-        """Checkpoint and close the file, remove `then_forget` (the run's checkpoint), then
-        atomically move the file to `out_path`. The checkpoint goes before the rename: a
-        run killed in between starts over on --resume, where a checkpoint left behind
-        would point at a partial file that is no longer there."""
+    def finish(self, out_path: Path, before_rename: Callable[[], None] | None = None) -> None:
+        """Checkpoint and close the file, call `before_rename` (the run removes its
+        checkpoint there), then atomically move the file to `out_path`. The checkpoint goes
+        before the rename: a run killed in between starts over on --resume, where a
+        checkpoint left behind would point at a partial file that is no longer there."""
         self.flush()
         self._submit(self.con.execute, "CHECKPOINT")
         self.close()
-        if then_forget is not None:
-            from actscope.indexer.checkpoint import remove_checkpoint
-
-            remove_checkpoint(then_forget)
+        if before_rename is not None:
+            before_rename()
         os.replace(self.tmp_path, out_path)
 
     def close(self) -> None:
