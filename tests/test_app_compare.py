@@ -193,7 +193,9 @@ def test_random_directions_live_and_left_out_of_try(client, con, tiny_solu_dir):
 
     text = "def f(x):\n    return x"
     data = client.get(f"/api/{SOLU}/1-res-pre-rand/3", params={"text": text}).json()
-    assert data["source"]["kind"] == "direction" and data["cos_in_out"] is None
+    from actscope.indexer.kinds.direction import DirectionKind
+
+    assert data["source"]["kind"] == DirectionKind.name and data["cos_in_out"] is None
     (direction,) = con.execute(
         "SELECT direction FROM directions WHERE model = ? AND source = '1-res-pre-rand' AND unit = 3", [SOLU]
     ).fetchone()
@@ -206,4 +208,9 @@ def test_random_directions_live_and_left_out_of_try(client, con, tiny_solu_dir):
     page = client.get(f"/{SOLU}/1-res-pre-rand/3", params={"text": text})
     assert page.status_code == 200 and "live-tokens" in page.text
     tried = client.get(f"/api/{SOLU}/try", params={"text": text}).json()
-    assert [b["source"] for b in tried["sources"]] == ["0-mlp", "1-mlp", "1-mlp-mid", "1-mlp-pre"]
+    assert [b["source"] for b in tried["sources"]] == [
+        "0-mlp",
+        "1-mlp-pre",
+        "1-mlp-mid",
+        "1-mlp",
+    ]  # by layer, as --neurons gave them

@@ -73,10 +73,14 @@ def reference(con, tiny_model_dir):
 
 
 def test_sources_slugs_and_kind(con):
+    from actscope.indexer.kinds.direction import DirectionKind
+
     rows = con.execute(
-        "SELECT slug, hook_name, kind, n_units, band_basis FROM sources WHERE kind = 'direction' ORDER BY slug"
+        "SELECT slug, hook_name, kind, n_units, band_basis FROM sources WHERE slug LIKE '%-rand%' ORDER BY slug"
     ).fetchall()
-    expected = sorted((slug, hook, "direction", int(option.split("@")[0]), "all") for option, slug, hook in DIRECTIONS)
+    expected = sorted(
+        (slug, hook, DirectionKind.name, int(option.split("@")[0]), "all") for option, slug, hook in DIRECTIONS
+    )
     assert rows == expected
 
 

@@ -240,6 +240,7 @@ def test_live_direct_effect_matches_the_reference_and_leaves_the_last_token_unme
     assert len(spans) == len(acts)
     assert "unmeasured" in spans[-1]["class"] and spans[-1]["title"].endswith(": not measured")
     assert float(spans[1]["data-act"]) == pytest.approx(acts[1], abs=1e-4)
+    assert "not measured" in page.select_one("#live-result .unmeasured-note").get_text()
 
 
 def _build(model, dla=True, **request):
@@ -374,3 +375,23 @@ def test_accumulators_leave_the_tail_out(sparse, fused):
     torch.testing.assert_close(accumulator.top.payload["act"], expected_top)
     samples = accumulator.samples.token
     assert (samples >= 0).sum() > 0 and bool((samples[samples >= 0] % n_pos < n_pos - 1).all())
+
+
+def test_try_page_with_twins_shows_the_last_token_unmeasured(dla_client):
+    """The try page lists every non-control source per token; a twin has none on the last."""
+    from bs4 import BeautifulSoup
+
+    text = "def f(x):\n    return x + 1"
+    api = dla_client.get("/api/tiny/try", params={"text": text}).json()
+    n = len(api["tokens"])
+    twins = [s for s in api["sources"] if s["source"].endswith("-dla")]
+    assert twins and all(s["top"][n - 1] == [] and s["top"][1] for s in twins)
+    page = dla_client.get("/tiny/try", params={"text": text, "pos": n - 1})
+    assert page.status_code == 200
+    soup = BeautifulSoup(page.text, "html.parser")
+    last = soup.select(".try-tokens a.t")[n - 1]
+    assert f"{twins[0]['source']} not measured" in last["data-units"]
+    column = soup.select_one(f'.try-source[data-source="{twins[0]["source"]}"]')
+    assert "Not measured on this token" in column.get_text() and not column.select("li")
+    sources = [s.slug for s in dla_client.app.state.store.sources("tiny")]
+    assert sources.index("1-mlp") < sources.index("1-mlp-dla")  # a twin after its source

@@ -138,6 +138,12 @@ class DirectionKind(UnitKind):
             return vectors @ w_o if w_o.shape[0] == vectors.shape[1] else None
         return None
 
+    def describe(self, spec: dict[str, Any]) -> str | None:
+        return (
+            "Random directions, a control: each unit is the projection of the hook's activation onto a "
+            "random unit vector, to set neurons and features against."
+        )
+
     def reload(self, row: dict[str, Any], device: str) -> Source:
         source = super().reload(row, device)
         vectors = row.get("unit_vectors")

@@ -94,6 +94,13 @@ class DlaKind(UnitKind):
             twins.append(Source(slug, base.hook_name, self, base.layer, base.n_units, spec, DirectEffect(base)))
         return twins
 
+    def describe(self, spec: dict[str, Any]) -> str | None:
+        return (
+            f"Direct effect on the next token: each unit of {self.twin_of(spec)} times what its output adds to the "
+            "logit of the token that actually comes next (through the final norm). Negative where it lowers it; "
+            "the last token of a sequence has no next token and is not indexed."
+        )
+
     def twin_of(self, spec: dict[str, Any]) -> str | None:
         return spec.get("of")
 

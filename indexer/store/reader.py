@@ -274,7 +274,8 @@ class Store:
         return out
 
     def _read_sources(self) -> list[SourceInfo]:
-        cur = self._cur().execute("SELECT * FROM sources ORDER BY model, layer, kind, slug")
+        # By layer, then as the run wrote them: the registry's order, each twin after its source.
+        cur = self._cur().execute("SELECT * FROM sources ORDER BY model, layer, rowid")
         names = [d[0] for d in cur.description]
         out = []
         for values in cur.fetchall():
