@@ -217,6 +217,8 @@ def start_server(index: str) -> tuple[subprocess.Popen, int, dict]:
         TRANSFORMERS_OFFLINE="1",
         WANDB_MODE="disabled",
         TOKENIZERS_PARALLELISM="false",
+        # Every client here is one address: the per-client live budget would measure itself.
+        ACTSCOPE_LIVE_TOKENS_PER_MINUTE="0",
     )
     cmd = [sys.executable, "-c", "from actscope.cli import main; main()", "serve", index, "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
