@@ -12,7 +12,7 @@ import re
 from itertools import combinations
 from typing import Any
 
-from actscope.app.pages import example_dicts, get_model, source_dict
+from actscope.app.pages import example_dicts, get_model, source_dict, stats_dict
 from actscope.app.params import FieldError
 from actscope.app.unit_refs import UnitRef, compare_text
 from actscope.app.unit_view import scale_of
@@ -90,16 +90,7 @@ def _unit_column(store: Store, urls: URLs, ref: UnitRef, page_model: str) -> dic
         "index": ref.index,
         "url": urls.unit(ref.model, ref.source, ref.index),
         "dead": st.n_fired == 0,
-        "stats": {
-            "max": st.max,
-            "min": st.min,
-            "mean": st.mean,
-            "std": st.std,
-            "density": st.density,
-            "n_tokens": st.n_tokens,
-            "n_fired": st.n_fired,
-            "histogram": {"edges": st.hist_edges, "counts": st.hist_counts},
-        },
+        "stats": stats_dict(st),
         "bands": [{"band": b.band, "lo": b.lo, "hi": b.hi, "count": b.count} for b in rec.bands],
         "scale": scale_of(st),
         "top": example_dicts(store, ref.model, rec.top),

@@ -20,7 +20,7 @@ from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
 from actscope.indexer import kinds
-from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store
+from actscope.indexer.store.reader import Example, ModelInfo, SourceInfo, Store, UnitStats
 from actscope.indexer.store.unit_table import UnitTable
 
 
@@ -54,6 +54,20 @@ def twin_source(store: Store, model: str, src: SourceInfo) -> SourceInfo | None:
 def examples_by(s: SourceInfo) -> str:
     """What a source's examples are ranked by (its kind says)."""
     return kinds.KINDS[s.kind].examples_by if s.kind in kinds.KINDS else "activation"
+
+
+def stats_dict(st: UnitStats) -> dict[str, Any]:
+    """A unit's statistics as the pages and the JSON give them."""
+    return {
+        "max": st.max,
+        "min": st.min,
+        "mean": st.mean,
+        "std": st.std,
+        "density": st.density,
+        "n_tokens": st.n_tokens,
+        "n_fired": st.n_fired,
+        "histogram": {"edges": st.hist_edges, "counts": st.hist_counts},
+    }
 
 
 def source_dict(s: SourceInfo) -> dict[str, Any]:
@@ -378,16 +392,7 @@ def unit_data(
         },
         "dead": st.n_fired == 0,
         "n_dead": len(liveness.dead),
-        "stats": {
-            "max": st.max,
-            "min": st.min,
-            "mean": st.mean,
-            "std": st.std,
-            "density": st.density,
-            "n_tokens": st.n_tokens,
-            "n_fired": st.n_fired,
-            "histogram": {"edges": st.hist_edges, "counts": st.hist_counts},
-        },
+        "stats": stats_dict(st),
         "cos_in_out": st.cos_in_out,
         "scale": scale,
         "top": top,

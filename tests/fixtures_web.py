@@ -144,7 +144,32 @@ def live_server(web_index):
 PREFIX = "/actscope"
 
 
-class StripPrefixProxy:
+class HandlerThread:
+    """An http.server handler class served on 127.0.0.1:<free port> in a thread of the
+    test process, for as long as the `with` block lasts."""
+
+    def __init__(self, handler) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        import threading
+
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+class StripPrefixProxy(HandlerThread):
     """A reverse proxy on 127.0.0.1:<free port> in a thread of the test process, as a
     user puts in front of `actscope serve --root-path PREFIX` (nginx:
     `location /actscope/ { proxy_pass http://127.0.0.1:8000/; }`): it forwards
@@ -152,7 +177,7 @@ class StripPrefixProxy:
 
     def __init__(self, upstream_port: int, prefix: str = PREFIX):
         import http.client
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         class Handler(BaseHTTPRequestHandler):
             def forward(self) -> None:
@@ -183,22 +208,7 @@ class StripPrefixProxy:
             def log_message(self, format, *args):  # quiet
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        import threading
-
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="session")

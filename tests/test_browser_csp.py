@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from fixtures_web import HandlerThread
+
 pytestmark = [pytest.mark.browser]
 
 
@@ -77,11 +79,11 @@ def test_the_browser_enforces_the_policy(page, live_server):
     assert any("script-src 'self'" in text for text in seen), seen
 
 
-class Blog:
+class Blog(HandlerThread):
     """A page on another origin (its own port) that frames two URLs of the site."""
 
     def __init__(self, html: str):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         body = html.encode()
 
@@ -96,19 +98,8 @@ class Blog:
             def log_message(self, format, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-
-    def __enter__(self):
-        import threading
-
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
+        self.url += "/"
 
 
 def test_only_the_embed_view_can_be_framed(page, live_server):
