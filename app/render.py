@@ -54,8 +54,11 @@ def example_items(
     keys = [f"{ex['seq']}:{ex['pos']}" for ex in examples]
     opens = urls.unit_opening(model, source, index, keys, **state)
     links = urls.sequences(model, source, index, [(ex["seq"], ex["pos"]) for ex in examples])
-    windows = [Window(ex["token_ids"], ex["acts"], ex["focus"], ex["start"] == 0) for ex in examples]
-    spans = windows_html(table, windows, scale)
+    # A head's examples are tinted by attention instead (append_attention below).
+    plain = [ex for ex in examples if ex.get("attention") is None]
+    windows = [Window(ex["token_ids"], ex["acts"], ex["focus"], ex["start"] == 0) for ex in plain]
+    plain_spans = iter(windows_html(table, windows, scale))
+    spans = [next(plain_spans) if ex.get("attention") is None else "" for ex in examples]
     out: list[str] = []
     for i, ex, key, href, link, tokens in zip(count(first), examples, keys, opens, links, spans):
         is_open = open is not None and (ex["seq"], ex["pos"]) == (open["seq"], open["pos"])
