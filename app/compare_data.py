@@ -139,19 +139,18 @@ def compare_data(store: Store, urls: URLs, model: str, units: str | None, *, str
     the error is returned under "error", with no units, and the text kept."""
     get_model(store, model)
     data: dict[str, Any] = {"model": model, "units_text": units or "", "units": [], "overlap": None, "error": None}
+    outside_schema = strict and re.fullmatch(UNITS_PATTERN, units or "") is None
     try:
         refs = parse_units(store, model, units)
-        if strict and not re.fullmatch(UNITS_PATTERN, units or ""):
-            raise FieldError(
-                "units", "Write the units as source/index or model:source/index, comma-separated, no spaces."
-            )
     except FieldError as exc:
-        if strict:
-            if exc.status == 404 and not re.fullmatch(UNITS_PATTERN, units or ""):
-                raise FieldError(exc.field, exc.message) from None  # outside the schema: a 422
-            raise
-        data["error"] = exc.message
-        return data
+        if not strict:
+            data["error"] = exc.message
+            return data
+        if exc.status == 404 and outside_schema:
+            raise FieldError(exc.field, exc.message) from None  # outside the schema: a 422
+        raise
+    if outside_schema:
+        raise FieldError("units", "Write the units as source/index or model:source/index, comma-separated, no spaces.")
     columns = [_unit_column(store, urls, ref, model) for ref in refs]
     data["units_text"] = compare_text(refs, model)
     data["units"] = columns
