@@ -217,6 +217,25 @@ class LiveService:
                     self._cache.popitem(last=False)
         return [found[key] for key in keys]
 
+    def run_task(self, task: Callable[[LiveModel], Any]) -> Any:
+        """task(live model), run alone by the worker, queued and timed out like every live
+        request (e.g. one batch of a hypothesis test's forward passes); what it returns."""
+        self.load()
+        if not self._waiting.acquire(blocking=False):
+            raise unavailable("The server is busy with other live requests; try again in a moment.")
+        try:
+            job = _Job("", "", None)
+            job.task = task
+            self._submit(job)
+            if not job.done.wait(self.timeout_s):
+                job.cancelled = True
+                raise unavailable("Timed out waiting for the model; try again in a moment.")
+        finally:
+            self._waiting.release()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
     def _run(
         self, key: tuple, source: str, text: str = "", cut: bool = False, ids: list[int] | None = None
     ) -> LiveResult:

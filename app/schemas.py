@@ -315,6 +315,47 @@ class RandomOut(BaseModel):
     url: str = Field(description="Its JSON URL, as in Location")
 
 
+class HypothesisExampleOut(ExampleOut):
+    matched: list[bool] = Field(description="Per token of the example: whether the regex matched it")
+
+
+class HypothesisFiguresOut(BaseModel):
+    n_sequences: int = Field(description="Sequences tested")
+    seqs: list[int] = Field(description="Their numbers (GET /api/{model}/sequences/{seq} gives their tokens)")
+    n_tokens: int = Field(description="Tokens scored: every token of the sequences but BOS (and unmeasured ones)")
+    n_matched: int = Field(description="Tokens the regex matched")
+    n_active: int = Field(description="Tokens whose activation is above the threshold")
+    n_active_matched: int = Field(description="Tokens both active and matched")
+    precision: float | None = Field(description="n_active_matched / n_active; null when no token is active")
+    recall: float | None = Field(description="n_active_matched / n_matched; null when no token is matched")
+    auroc: float | None = Field(
+        description="ROC AUC of the activation as a score for matched tokens (ties count one half); "
+        "null when every token or none is matched"
+    )
+    false_positives: list[HypothesisExampleOut] = Field(
+        description="Active tokens no match explains, highest activation first (one per sequence, at most 5)"
+    )
+    false_negatives: list[HypothesisExampleOut] = Field(
+        description="Matched tokens that are not active, lowest activation first (one per sequence, at most 5)"
+    )
+
+
+class HypothesisOut(HypothesisFiguresOut):
+    model: str
+    source: str
+    index: int
+    regex: str
+    sequences: int = Field(description="Sequences asked for (all the index has when it has fewer)")
+    seed: int
+    threshold: float = Field(description="Active means activation > threshold")
+    threshold_default: bool = Field(
+        description="The threshold is the unit's default: its 99th-percentile band edge, or 0 for a sparse kind"
+    )
+    top_examples: HypothesisFiguresOut = Field(
+        description="The same figures over the sequences of the unit's top examples"
+    )
+
+
 class SequenceOut(BaseModel):
     model: str
     seq: int

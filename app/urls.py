@@ -101,6 +101,10 @@ class URLs:
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
 
+    def unit_hypothesis(self, model: str, source: str, index: int, **params: object) -> str:
+        """A unit's regex hypothesis test (regex, threshold, sequences, seed)."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/hypothesis", params)
+
     def random_unit(self, model: str, source: str, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/random", params)
 

@@ -1,0 +1,412 @@
+"""A regex hypothesis against a unit: its parameters, the test, and its page data.
+
+The unit runs live on a seeded random sample of the stored sequences and, as a second
+stratum, on the sequences of its top examples (a sparse unit may not fire once in a
+random sample). Every token but BOS (and the positions a kind leaves unmeasured) is
+scored: matched by the regex (app/regex_match.py) or not, active (activation >
+threshold) or not; app/hypothesis_figures.py gives precision, recall and ROC AUC, and
+the disagreements shown as examples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actscope.app import limits, pages, params, regex_match
+from actscope.app.errors import AppError, not_found, unavailable
+from actscope.app.hypothesis_figures import TokenAt, disagreements, figures
+from actscope.app.hypothesis_jobs import HypothesisJobs, Job
+from actscope.app.live_service import LiveService
+from actscope.app.unit_view import scale_of
+from actscope.indexer import kinds
+from actscope.indexer.store.reader import Band, Example, Store
+
+DEFAULT_SEQUENCES = 256
+MAX_SEQUENCES = 1024
+MAX_SEED = 2**32 - 1
+DEFAULT_QUANTILE = 0.99  # a dense unit's default threshold: the band edge at this quantile
+EXAMPLES_SHOWN = 5  # disagreement examples of each kind, per stratum
+MATCH_TIME_LIMIT_S = 2.0  # all regex matching of one test (a catastrophic pattern stops here)
+TIME_LIMIT_S = 120.0  # one whole test
+BATCH_SEQUENCES = 32  # sequences per forward pass
+BATCH_VALUES = 1 << 24  # at most this many activations (units x tokens) per forward pass
+DEFAULT_WINDOW = (24, 8)  # tokens before and after an example's focus, if the index does not say
+
+
+@dataclass(frozen=True)
+class HypothesisQuery:
+    regex: str
+    sequences: int = DEFAULT_SEQUENCES
+    seed: int = 0
+    threshold: float | None = None  # None: the unit's default
+
+
+FIELDS = ("regex", "threshold", "sequences", "seed")
+
+
+def query_errors(query: HypothesisQuery) -> dict[str, str]:
+    """What is wrong with a query, by field (the API and the page say the same)."""
+    errors = {}
+    try:
+        regex_match.compile_pattern(query.regex)
+    except regex_match.PatternError as exc:
+        errors["regex"] = str(exc)
+    if not 1 <= query.sequences <= MAX_SEQUENCES:
+        errors["sequences"] = f"sequences must be between 1 and {MAX_SEQUENCES:,}, not {query.sequences}."
+    if not 0 <= query.seed <= MAX_SEED:
+        errors["seed"] = f"seed must be between 0 and {MAX_SEED:,}, not {query.seed}."
+    if query.threshold is not None and not math.isfinite(query.threshold):
+        errors["threshold"] = f"threshold must be a finite number, not {query.threshold}."
+    return errors
+
+
+def check_query(query: HypothesisQuery) -> None:
+    """The API's check: the first error as a 422 naming its field."""
+    errors = query_errors(query)
+    if errors:
+        field_name, message = next(iter(errors.items()))
+        raise params.FieldError(field_name, message)
+
+
+def parse_form(raw: Mapping[str, str]) -> tuple[HypothesisQuery | None, dict[str, str]]:
+    """The page's fields as typed: (the query, or None without a regex; errors by field)."""
+    errors: dict[str, str] = {}
+
+    def number(name: str, default: int) -> int:
+        text = raw.get(name, "").strip()
+        if not text:
+            return default
+        if text.isascii() and text.isdigit():
+            return int(text)
+        errors[name] = f"{name} must be a whole number, not {text!r}."
+        return default
+
+    sequences = number("sequences", DEFAULT_SEQUENCES)
+    seed = number("seed", 0)
+    threshold = None
+    text = raw.get("threshold", "").strip()
+    if text:
+        try:
+            threshold = float(text)
+        except ValueError:
+            errors["threshold"] = f"threshold must be a number, not {text!r}."
+    pattern = raw.get("regex")
+    if pattern is None:
+        return None, errors
+    query = HypothesisQuery(pattern, sequences, seed, threshold)
+    for name, message in query_errors(query).items():
+        errors.setdefault(name, message)
+    return query, errors
+
+
+def default_threshold(sparse: bool, bands: list[Band]) -> float:
+    """0 ("fires") for a sparse kind; else the unit's band edge nearest the 99th percentile."""
+    if sparse or not bands:
+        return 0.0
+    return float(min(bands, key=lambda b: abs(b.q_lo - DEFAULT_QUANTILE)).lo)
+
+
+def sample_sequences(n_sequences: int, wanted: int, seed: int) -> list[int]:
+    """`wanted` distinct stored sequences drawn with `seed` (numpy's default_rng(seed)
+    .choice without replacement), in order; all of them when there are fewer."""
+    if wanted >= n_sequences:
+        return list(range(n_sequences))
+    return sorted(np.random.default_rng(seed).choice(n_sequences, size=wanted, replace=False).tolist())
+
+
+@dataclass
+class Plan:
+    """One test, resolved against the index: what runs, and on what."""
+
+    model: str
+    source: str
+    index: int
+    query: HypothesisQuery
+    threshold: float
+    sample: list[int]
+    top: list[int]  # the sequences of the unit's top examples, by rank
+    ctx: int
+    tail: int
+    scale: float
+    key: tuple = field(init=False)
+
+    def __post_init__(self) -> None:
+        q = self.query
+        self.key = (self.model, self.source, self.index, q.regex, q.sequences, q.seed, self.threshold)
+
+
+def plan(store: Store, model: str, source: str, index: int, query: HypothesisQuery) -> Plan:
+    """The test of `query` on a unit (404 for a unit the index lacks)."""
+    info = pages.get_model(store, model)
+    src = pages.get_source(store, model, source)
+    pages.check_index(src, index)
+    rec = store.unit(model, source, index, bands=())
+    if rec is None:
+        raise not_found(f"Unit {index} of {source} has no statistics in this index.")
+    kind = kinds.get(src.kind)
+    threshold = query.threshold if query.threshold is not None else default_threshold(kind.sparse, rec.bands)
+    return Plan(
+        model,
+        source,
+        index,
+        query,
+        threshold,
+        sample_sequences(info.n_sequences, query.sequences, query.seed),
+        list(dict.fromkeys(ex.seq for ex in rec.top)),
+        info.ctx,
+        kind.tail,
+        scale_of(rec.stats),
+    )
+
+
+def start(store: Store, live: LiveService, jobs: HypothesisJobs, p: Plan) -> Job | dict[str, Any]:
+    """The test's result if it is known, else its job (started, or the one running)."""
+    found = jobs.result(p.key)
+    if found is not None:
+        return found
+    if not live.enabled:
+        raise unavailable("Live inference is switched off on this server: hypotheses cannot be tested.")
+    spent = _Spent()
+
+    def before():
+        # The client pays for the tokens the model will run (none when all are known).
+        missing = [s for s in dict.fromkeys(p.sample + p.top) if jobs.acts.get((p.model, p.source, p.index, s)) is None]
+        reservation = limits.reserve_live(len(missing) * p.ctx) if missing else None
+        return lambda: reservation.settle(spent.tokens) if reservation is not None else None
+
+    return jobs.start(p.key, lambda job: _run(store, live, jobs, p, job, spent), before)
+
+
+@dataclass
+class _Spent:
+    tokens: int = 0
+
+
+def _run(store: Store, live: LiveService, jobs: HypothesisJobs, p: Plan, job: Job, spent: _Spent) -> dict[str, Any]:
+    """The test, in its thread: decode and match, run the model, score."""
+    deadline = time.monotonic() + TIME_LIMIT_S
+    pattern = regex_match.compile_pattern(p.query.regex)
+    seqs = list(dict.fromkeys(p.sample + p.top))
+    job.progress("reading the sequences")
+    ids = {s: _sequence(store, p.model, s) for s in seqs}
+    job.progress("decoding the sequences")
+    decoded = _decode(store, live, jobs, p.model, seqs, ids)
+    job.progress("matching the regex")
+    match_deadline = time.monotonic() + MATCH_TIME_LIMIT_S
+    try:
+        matched = {s: regex_match.matched_tokens(pattern, decoded[s], match_deadline) for s in seqs}
+    except TimeoutError:
+        raise params.FieldError(
+            "regex",
+            f"The regular expression took more than {MATCH_TIME_LIMIT_S:g} s to match {len(seqs)} sequences: "
+            "it probably backtracks catastrophically (nested repeats such as (a+)+). Simplify it.",
+        ) from None
+    acts = _activations(live, jobs, p, job, seqs, ids, spent, deadline)
+    job.progress("scoring")
+    window = _window(store)
+    sample = _stratum(store, p, p.sample, ids, acts, matched, window)
+    return {
+        "model": p.model,
+        "source": p.source,
+        "index": p.index,
+        "regex": p.query.regex,
+        "sequences": p.query.sequences,
+        "seed": p.query.seed,
+        "threshold": p.threshold,
+        "threshold_default": p.query.threshold is None,
+        **sample,
+        "top_examples": _stratum(store, p, p.top, ids, acts, matched, window),
+    }
+
+
+def _sequence(store: Store, model: str, seq: int) -> list[int]:
+    found = store.sequence(model, seq)
+    if found is None:
+        raise not_found(f"No sequence {seq} in the index of {model!r}.")
+    return found
+
+
+def _decode(store: Store, live: LiveService, jobs: HypothesisJobs, model: str, seqs: list[int], ids) -> dict:
+    """Each sequence's text and token spans (kept for the next test). The tokenizer is
+    used in the model worker only: live requests tokenize there too."""
+    out = {s: jobs.decoded.get((model, s)) for s in seqs}
+    missing = [s for s in seqs if out[s] is None]
+    if missing:
+        token_bytes = store.vocab_bytes(model)
+
+        def task(live_model) -> list[regex_match.Decoded]:
+            loaded = live_model.loaded
+            tokenizer = loaded.tokenizer
+            special = {loaded.bos_token_id, loaded.eos_token_id, *(getattr(tokenizer, "all_special_ids", None) or [])}
+            special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if t.special}
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+
+                def decode_batch(lists):
+                    return backend.decode_batch(lists, skip_special_tokens=False)
+            else:
+
+                def decode_batch(lists):
+                    return tokenizer.batch_decode(lists, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+            return regex_match.decode_sequences([ids[s] for s in missing], decode_batch, special, token_bytes)
+
+        for s, found in zip(missing, live.run_task(task)):
+            out[s] = found
+            jobs.decoded.put((model, s), found)
+    return out
+
+
+def _activations(
+    live: LiveService, jobs: HypothesisJobs, p: Plan, job: Job, seqs: list[int], ids, spent: _Spent, deadline: float
+) -> dict[int, np.ndarray]:
+    """The unit's activation on every token of each sequence: known ones from the cache,
+    the others run through the model in batches (each a turn of the live queue)."""
+    out = {s: jobs.acts.get((p.model, p.source, p.index, s)) for s in seqs}
+    missing = [s for s in seqs if out[s] is None]
+    n_units = live.sources[p.source].n_units if p.source in live.sources else 1
+    per_batch = max(1, min(BATCH_SEQUENCES, BATCH_VALUES // max(1, n_units * p.ctx)))
+    batches = [missing[i : i + per_batch] for i in range(0, len(missing), per_batch)]
+    for done, batch in enumerate(batches):
+        job.progress("running the model", done, len(batches))
+        if time.monotonic() > deadline:
+            raise unavailable(f"The hypothesis test took longer than {TIME_LIMIT_S:g} s; try fewer sequences.")
+        rows = [ids[s] for s in batch]
+        unit = p.index
+
+        def task(live_model, rows=rows) -> list[np.ndarray]:
+            return [a[:, unit].copy() for a in live_model.activations_batch(rows, p.source)]
+
+        for s, row, values in zip(batch, rows, live.run_task(task)):
+            out[s] = values
+            jobs.acts.put((p.model, p.source, p.index, s), values)
+            spent.tokens += len(row)
+    job.progress("running the model", len(batches), len(batches))
+    return out
+
+
+def _window(store: Store) -> tuple[int, int]:
+    config = store.meta.get("run_config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = None
+    window = config.get("window") if isinstance(config, dict) else None
+    if isinstance(window, list | tuple) and len(window) == 2:
+        return int(window[0]), int(window[1])
+    return DEFAULT_WINDOW
+
+
+def _stratum(store: Store, p: Plan, seqs: list[int], ids, acts, matched, window: tuple[int, int]) -> dict[str, Any]:
+    """Figures and disagreement examples over every measured token of `seqs` but BOS."""
+    seq_parts, pos_parts, act_parts, match_parts = [], [], [], []
+    for s in seqs:
+        values = acts[s]
+        keep = np.flatnonzero(~np.isnan(values))
+        keep = keep[keep > 0]
+        seq_parts.append(np.full(keep.size, s, dtype=np.int64))
+        pos_parts.append(keep)
+        act_parts.append(values[keep].astype(np.float64))
+        match_parts.append(matched[s][keep])
+    seq_all = np.concatenate(seq_parts) if seqs else np.zeros(0, dtype=np.int64)
+    pos_all = np.concatenate(pos_parts) if seqs else np.zeros(0, dtype=np.int64)
+    act_all = np.concatenate(act_parts) if seqs else np.zeros(0)
+    match_all = np.concatenate(match_parts) if seqs else np.zeros(0, dtype=bool)
+    found = figures(act_all, match_all, p.threshold)
+    fp, fn = disagreements(seq_all, pos_all, act_all, match_all, p.threshold, EXAMPLES_SHOWN)
+    return {
+        "n_sequences": len(seqs),
+        "seqs": seqs,
+        **found.as_dict(),
+        "false_positives": _examples(store, p, fp, ids, acts, matched, window),
+        "false_negatives": _examples(store, p, fn, ids, acts, matched, window),
+    }
+
+
+def _examples(store: Store, p: Plan, tokens: list[TokenAt], ids, acts, matched, window) -> list[dict[str, Any]]:
+    """Tokens as examples (the unit page's shape), each with which of its tokens matched."""
+    before, after = window
+    examples, flags = [], []
+    for t in tokens:
+        length = len(ids[t.seq]) - p.tail
+        start, end = max(0, t.pos - before), min(length, t.pos + after + 1)
+        values = acts[t.seq][start:end].tolist()
+        examples.append(Example(t.seq, t.pos, t.act, start, ids[t.seq][start:end], values))
+        flags.append(matched[t.seq][start:end].tolist())
+    out = pages.example_dicts(store, p.model, examples)
+    for ex, marks in zip(out, flags):
+        ex["matched"] = marks
+    return out
+
+
+# -- page data -------------------------------------------------------------------------
+def page_data(
+    store: Store,
+    live: LiveService,
+    jobs: HypothesisJobs,
+    model: str,
+    source: str,
+    index: int,
+    raw: Mapping[str, str],
+    poll: bool,
+) -> tuple[dict[str, Any], int]:
+    """(The hypothesis page's data, its status): the form as typed, the errors next to
+    it, and the test's state: "form" (nothing asked, or bad input), "running" (with its
+    progress), "done" (with its result) or "failed" (with the error)."""
+    src = pages.get_source(store, model, source)
+    pages.check_index(src, index)
+    query, errors = parse_form(raw)
+    data: dict[str, Any] = {
+        "model": model,
+        "source": pages.source_dict(src),
+        "index": index,
+        "form": {name: raw.get(name, "") for name in FIELDS},
+        "errors": errors,
+        "state": "form",
+        "error": None,
+        "result": None,
+        "progress": None,
+        "scale": 1.0,
+        "query": None,
+    }
+    if query is None or errors:
+        return data, 422 if errors else 200
+    p = plan(store, model, source, index, query)
+    data["scale"] = p.scale
+    data["query"] = {
+        "regex": query.regex,
+        "sequences": query.sequences,
+        "seed": query.seed,
+        "threshold": query.threshold,
+    }
+    try:
+        found = jobs.result(p.key)
+        if found is None and poll:
+            job = jobs.find(p.key)
+            found = job if job is not None else start(store, live, jobs, p)
+        elif found is None:
+            found = start(store, live, jobs, p)
+    except AppError as exc:
+        data.update(state="failed", error=exc.message)
+        return data, exc.status
+    if isinstance(found, dict):
+        data.update(state="done", result=found)
+    elif found.error is not None:
+        data.update(state="failed", error=found.error.message)
+        if isinstance(found.error, params.FieldError):
+            data["errors"] = {found.error.field: found.error.message}
+            data["state"] = "form"
+        return data, found.error.status
+    elif found.result is not None:
+        data.update(state="done", result=found.result)
+    else:
+        data.update(state="running", progress={"stage": found.stage, "done": found.done, "total": found.total})
+    return data, 200
