@@ -176,6 +176,8 @@ def test_every_url_carries_the_prefix_and_answers(crawled):
         f"{PREFIX}/{M}/N-mlp/N",  # unit pages
         f"{PREFIX}/api/{M}/N-mlp/N",
         f"{PREFIX}/{M}/N-mlp/N/live",  # the live block (htmx)
+        f"{PREFIX}/{M}/N-mlp/N/hypothesis",  # the regex box's page, and its JSON twin
+        f"{PREFIX}/api/{M}/N-mlp/N/hypothesis",
         f"{PREFIX}/{M}/sequences/N",  # "show full sequence"
         f"{PREFIX}/api/{M}/sequences/N",
     ]:
