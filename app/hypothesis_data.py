@@ -388,25 +388,23 @@ def page_data(
         "threshold": query.threshold,
     }
     try:
-        found = jobs.result(p.key)
+        found: Job | dict[str, Any] | None = jobs.result(p.key)
         if found is None and poll:
-            job = jobs.find(p.key)
-            found = job if job is not None else start(store, live, jobs, p)
-        elif found is None:
+            found = jobs.find(p.key)
+        if found is None:
             found = start(store, live, jobs, p)
     except AppError as exc:
         data.update(state="failed", error=exc.message)
         return data, exc.status
+    if isinstance(found, Job) and found.result is not None:
+        found = found.result
     if isinstance(found, dict):
         data.update(state="done", result=found)
     elif found.error is not None:
         data.update(state="failed", error=found.error.message)
-        if isinstance(found.error, params.FieldError):
-            data["errors"] = {found.error.field: found.error.message}
-            data["state"] = "form"
+        if isinstance(found.error, params.FieldError):  # e.g. a regex too slow to match: shown at its box
+            data.update(state="form", errors={found.error.field: found.error.message})
         return data, found.error.status
-    elif found.result is not None:
-        data.update(state="done", result=found.result)
     else:
         data.update(state="running", progress={"stage": found.stage, "done": found.done, "total": found.total})
     return data, 200

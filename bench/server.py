@@ -14,6 +14,10 @@ requests:
                                                      sorted by each of its columns,
                                                      random order and page
   search      GET  /api/{model}/search?token=...     top tokens of that source's units
+  regex       GET  /api/{model}/{source}/{index}/hypothesis?regex=...&seed=I
+                                                     a regex hypothesis over 256 sequences,
+                                                     run live; a new unit and seed each time
+                                                     (nothing cached), one client
   export      GET  /api/{model}/{source}/export.FMT  time to the first byte, one client
 
 With --big-index PATH it runs again on an index of 102,400 units (12 layers x 3,072
@@ -50,6 +54,8 @@ TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}  # 
 TABLE_MS = 50.0  # a source table page, sorted by any column
 SEARCH_MS = 50.0  # token search
 EXPORT_FIRST_BYTE_MS = 1000.0
+REGEX_MS = 4000.0  # a regex hypothesis over 256 sequences (issue 18)
+REGEXES = [r"\bdef\b", r"\bthe\b", r"[.,;:]", r"\n", r"[A-Z]{2,}", r"\bself\b", r"\(", r"\b(if|for|while)\b"]
 WORDS = [
     "the",
     "of",
@@ -372,7 +378,7 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
     try:
         model = home["models"][0]
         sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
-        extra, scenarios, single = "", [], None
+        extra, scenarios, single, regex_scenario = "", [], None, None
         if live:
             slug_live, n_live = sources[0]
             # Warm-up: the live model loads.
@@ -399,6 +405,19 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
                     TARGETS_MS["live 128 tokens"],
                 )
             )
+            regex_units = [(slug, rng.randrange(n)) for slug, n in sources for _ in range(args.regex_requests)]
+            rng.shuffle(regex_units)
+            regex_scenario = (
+                "regex over 256 sequences, 1 client",
+                lambda i: (
+                    "GET",
+                    f"/api/{model['model']}/{regex_units[i][0]}/{regex_units[i][1]}/hypothesis?"
+                    + urllib.parse.urlencode({"regex": REGEXES[i % len(REGEXES)], "sequences": 256, "seed": 1000 + i}),
+                    None,
+                ),
+                args.regex_requests,
+                REGEX_MS,
+            )
             single_texts = [long_text(rng) for _ in range(60)]
             single = (
                 "live 128 tokens, 1 client",
@@ -414,6 +433,8 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
         ok = report(port, scenarios, args.clients)
         if single:
             ok &= report(port, [single], 1)
+        if regex_scenario:
+            ok &= report(port, [regex_scenario], 1)
         ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
         ok &= export_first_bytes(port, model, args.export_rounds)
         return ok
@@ -439,6 +460,7 @@ def main() -> int:
         help="Distinct units per page scenario (each requested twice: first view, cached)",
     )
     ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
+    ap.add_argument("--regex-requests", type=int, default=10, help="Requests of the regex hypothesis scenario")
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
     ap.add_argument("--seed", type=int, default=0)
