@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import hypothesis_data, params, schemas
+from actscope.app import hypothesis_data, hypothesis_run, params, schemas
 from actscope.app import urls as site_urls
 from actscope.app.deps import LiveDep, StoreDep
 from actscope.app.errors import unavailable
@@ -27,7 +27,7 @@ Regex = Annotated[
         description="A Python regular expression (re). A token is matched when a non-empty match ends in its "
         "text (the match's last character, m.end() - 1); sequences are decoded without BOS, special tokens "
         "as nothing. An invalid pattern, or one that takes over "
-        f"{hypothesis_data.MATCH_TIME_LIMIT_S:g} s to match the sample, is a 422",
+        f"{hypothesis_run.MATCH_TIME_LIMIT_S:g} s to match the sample, is a 422",
         min_length=1,
         max_length=MAX_PATTERN_CHARS,
         json_schema_extra={"format": "regex"},
@@ -98,7 +98,7 @@ async def api_hypothesis(
     found = await run_in_threadpool(begin)
     if isinstance(found, dict):
         return JSON(found)
-    if not await found.wait(hypothesis_data.TIME_LIMIT_S + live.timeout_s):
+    if not await found.wait(hypothesis_run.TIME_LIMIT_S + live.timeout_s):
         raise unavailable("The hypothesis test is still running; ask again in a moment (its result is kept).")
     if found.error is not None:
         raise found.error

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from bs4 import BeautifulSoup
 
-from actscope.app import hypothesis_data, schemas
+from actscope.app import hypothesis_run, schemas
 from actscope.app.regex_match import Decoded, PatternError, compile_pattern, decode_sequences, matched_tokens
 from fixtures_web import make_client
 
@@ -272,7 +272,7 @@ def test_bad_input_is_a_422_in_the_error_shape_and_shown_next_to_the_form(client
 
 
 def test_catastrophic_pattern_is_stopped_by_the_time_limit(client, monkeypatch):
-    monkeypatch.setattr(hypothesis_data, "MATCH_TIME_LIMIT_S", 0.3)
+    monkeypatch.setattr(hypothesis_run, "MATCH_TIME_LIMIT_S", 0.3)
     started = time.monotonic()
     r = client.get(f"/api/{M}/0-mlp/2/hypothesis", params={"regex": r"(?:(?:[\s\S]|[\s\S])+)+$x"})
     assert time.monotonic() - started < 10
