@@ -17,17 +17,20 @@ server (`concurrent=True`: the match runs without the GIL).
 
 from __future__ import annotations
 
+import importlib
 import re
 import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Any
 
 import numpy as np
 import regex
 
 MAX_PATTERN_CHARS = 1000
+MAX_EXPANDED = 10_000  # items of a pattern with its counted repeats unrolled
 MAX_TIMEOUT_S = 86_400.0  # a deadline further off than this is none
 
 
@@ -65,10 +68,52 @@ def compile_pattern(pattern: str) -> regex.Pattern:
         raise PatternError(f"Ambiguous regular expression: {exc}; escape the character to match it.") from None
     except (OverflowError, RecursionError, ValueError) as exc:
         raise PatternError(f"Not a usable regular expression: {exc}.") from None
+    size = _expanded_size(_parse(pattern))
+    if size > MAX_EXPANDED:
+        # The regex module unrolls counted repeats when it compiles (x{10000000}: ~17 s).
+        raise PatternError(
+            f"The regular expression's counted repeats are too large ({size:,} items once unrolled; the "
+            f"limit is {MAX_EXPANDED:,}): use + or * instead of large {{m,n}} counts."
+        )
     try:
         return regex.compile(pattern, flags=regex.VERSION0)
     except (regex.error, OverflowError, RecursionError, ValueError) as exc:
         raise PatternError(f"Not a usable regular expression: {exc}.") from None
+
+
+def _parse(pattern: str):
+    """re's parse tree of a pattern re.compile accepted."""
+    parser: Any = getattr(re, "_parser", None)  # Python 3.11+; sre_parse before
+    if parser is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            parser = importlib.import_module("sre_parse")
+    return parser.parse(pattern)
+
+
+def _expanded_size(tree) -> int:
+    """Items of a parsed pattern once every counted repeat is unrolled (an unbounded
+    repeat counted by its minimum)."""
+    c: Any = getattr(re, "_constants", None) or importlib.import_module("sre_constants")  # 3.11+ / before
+    repeats = {c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT)}
+    total = 0
+    for op, av in tree:
+        if op in repeats:
+            low, high, item = av
+            total += max(1, low if high == c.MAXREPEAT else high) * _expanded_size(item)
+        elif op == c.SUBPATTERN:
+            total += _expanded_size(av[-1])
+        elif op == c.BRANCH:
+            total += sum(_expanded_size(branch) for branch in av[1])
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            total += _expanded_size(av[1])
+        elif op == c.GROUPREF_EXISTS:
+            total += sum(_expanded_size(part) for part in av[1:] if part is not None)
+        elif op == getattr(c, "ATOMIC_GROUP", None):
+            total += _expanded_size(av)
+        else:
+            total += 1
+    return total
 
 
 def decode_sequences(

@@ -76,6 +76,10 @@ def test_bad_and_catastrophic_patterns():
             compile_pattern(bad)
     with pytest.raises(PatternError, match="empty"):
         compile_pattern("")
+    for big in ("x{300000}", "(?:ab{100}){100}", "(?=a{20000,})"):  # the regex module would unroll them for seconds
+        with pytest.raises(PatternError, match="counted repeats are too large"):
+            compile_pattern(big)
+    compile_pattern("(?:ab{10}){100}|a+b*")  # 1,100 items: fine
     with pytest.raises(PatternError, match="Ambiguous"):
         compile_pattern("[[:alpha:]]")  # re reads it one way today, another later: refused
     text = "a" * 60 + "!"
