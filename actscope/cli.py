@@ -206,7 +206,7 @@ def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool
         return
     from actscope.app.server import serve
 
-    serve(out, host=host, port=port, device="cpu", root_path=root_path)
+    serve([out], host=host, port=port, device="cpu", root_path=root_path)
 
 
 @main.command("train-default")
