@@ -247,12 +247,12 @@ def test_results_and_activations_are_kept(client):
     jobs = client.app.state.hypotheses
     url = f"/api/{M}/1-mlp/4/hypothesis"
     first = client.get(url, params={"regex": "in"}).json()
-    started, passes = jobs.started, client.app.state.live.forward_passes
+    started, passes = jobs.started, client.app.state.catalog.live(M).forward_passes
     assert client.get(url, params={"regex": "in"}).json() == first  # the same query: kept
     assert jobs.started == started
     other = client.get(url, params={"regex": "re", "threshold": "-1"}).json()  # another regex, same unit
     assert jobs.started == started + 1 and other["regex"] == "re"
-    assert client.app.state.live.forward_passes == passes  # decoded and run before: no model turn
+    assert client.app.state.catalog.live(M).forward_passes == passes  # decoded and run before: no model turn
 
 
 @pytest.mark.parametrize(
