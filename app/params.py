@@ -405,3 +405,70 @@ Pos = Annotated[
         json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}]},
     ),
 ]
+
+# The explain route's parameters (checked by explain_data.check_settings).
+ExplainSeq = Annotated[
+    int | None,
+    Query(
+        description="A stored sequence (with pos): the example to explain; past the last: 404",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}]},
+    ),
+]
+ExplainPos = Annotated[
+    int | None,
+    Query(
+        description="The focus position, from 1 (0 is BOS; past the last measured one: 404). With text: "
+        "default its last measured token",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}]},
+    ),
+]
+ExplainText = Annotated[
+    str | None,
+    Query(
+        description=f"Your text instead of a stored example (BOS is prepended). {TEXT_RULE}",
+        json_schema_extra={"anyOf": [{"type": "string", **TEXT_SCHEMA}]},
+    ),
+]
+ExplainMethod = Annotated[
+    str | None,
+    Query(
+        description="How a token is ablated: replace (default: swapped for the baseline token) or noise "
+        "(Gaussian noise added to its embedding)",
+        json_schema_extra={"anyOf": [{"type": "string", "enum": ["replace", "noise"]}]},
+    ),
+]
+ExplainBaseline = Annotated[
+    int | None,
+    Query(
+        description="replace: the token id swapped in (default the model's BOS/EOS id); past the vocabulary: 404",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}]},
+    ),
+]
+ExplainSigma = Annotated[
+    float | None,
+    Query(
+        description="noise: its scale, in per-dimension stds of W_E's rows (default 1)",
+        json_schema_extra={"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 100}]},
+    ),
+]
+ExplainDraws = Annotated[
+    int | None,
+    Query(
+        description="noise: draws averaged (default 8)",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1, "maximum": 32}]},
+    ),
+]
+ExplainSeed = Annotated[
+    int | None,
+    Query(
+        description="noise: the draws' seed, 0 to 2^32 - 1 (default 0)",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**32 - 1}]},
+    ),
+]
+ExplainThreshold = Annotated[
+    float | None,
+    Query(
+        description="The share of the full activation a minimal example keeps at least (default 0.9)",
+        json_schema_extra={"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1}]},
+    ),
+]

@@ -101,6 +101,14 @@ class URLs:
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
 
+    def explain(self, model: str, source: str, index: int, **params: object) -> str:
+        """What mattered at an example's focus (seq, pos) or a text's, and its minimal example."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/explain", params)
+
+    def minimal(self, model: str, source: str, index: int, **params: object) -> str:
+        """The minimal examples of a unit's top examples, summed up."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/minimal", params)
+
     def random_unit(self, model: str, source: str, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/random", params)
 
