@@ -5,6 +5,7 @@ computation (app/explain.py) run in the live worker, the result as JSON-ready da
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from actscope.app import pages
 from actscope.app.errors import bad_input
 from actscope.app.explain import METHODS, Ablation, Explained, Target, Truncation, explain, truncate
 from actscope.app.live_service import LiveService, clean_text
-from actscope.app.params import FieldError, missing
+from actscope.app.params import FieldError, missing, visitor_text
 from actscope.app.urls import URLs
 from actscope.indexer import kinds
 from actscope.indexer.store.reader import Store
@@ -278,3 +279,45 @@ async def minimal_data(
         "url": urls.minimal(model, source, index, threshold=settings.query()["threshold"]),
         "unit_url": urls.unit(model, source, index),
     }
+
+
+# -- the pages: form values, and the unit page's `explain` state ---------------------------
+FORM_INTS = ("seq", "pos", "baseline", "draws", "seed")
+FORM_FLOATS = ("sigma", "threshold")
+FORM_FIELDS = ("seq", "pos", "text", "method", *FORM_INTS[2:], *FORM_FLOATS)
+
+
+def form_values(query: Mapping[str, str]) -> dict[str, str]:
+    """The explain form's fields as the visitor gave them (to show them again)."""
+    return {name: query.get(name, "") for name in FORM_FIELDS}
+
+
+def parse_form(query: Mapping[str, str]) -> dict[str, Any]:
+    """explain_data's keyword arguments from a page's query (empty: the default)."""
+    args: dict[str, Any] = {}
+    for name in FORM_INTS:
+        raw = query.get(name, "").strip()
+        if raw:
+            if not (raw.isascii() and raw.isdigit()):
+                raise FieldError(name, f"{name} must be a whole number, 0 or more, not {raw!r}.")
+            args[name] = int(raw)
+    for name in FORM_FLOATS:
+        raw = query.get(name, "").strip()
+        if raw:
+            try:
+                args[name] = float(raw)
+            except ValueError:
+                raise FieldError(name, f"{name} must be a number, not {raw!r}.") from None
+    text = query.get("text")
+    if text:
+        args["text"] = visitor_text(text)
+    if query.get("method"):
+        args["method"] = query["method"]
+    return args
+
+
+def unit_frame(store: Store, urls: URLs, model: str, source: str, index: int) -> dict[str, Any]:
+    """What the explanation pages show of the unit without a result (404: no such unit)."""
+    src = pages.get_source(store, model, source)
+    pages.check_index(src, index)
+    return {"model": model, "source": source, "index": index, "unit_url": urls.unit(model, source, index)}

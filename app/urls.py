@@ -91,12 +91,14 @@ class URLs:
         """The unit's embed card (the one page other sites may frame)."""
         return f"{self.base}/embed/{_q(model)}/{_q(source)}/{int(index)}"
 
-    def unit_opening(self, model: str, source: str, index: int, keys: list[str], **params: object) -> list[str]:
-        """[unit(model, source, index, **params, open=key) for key in keys], the common
-        part built once (a unit page links every example open)."""
-        page = self.unit(model, source, index, **{k: v for k, v in params.items() if k != "open"})
+    def unit_opening(
+        self, model: str, source: str, index: int, keys: list[str], name: str = "open", **params: object
+    ) -> list[str]:
+        """[unit(model, source, index, **params, open=key) for key in keys] (or another
+        parameter `name`), the common part built once (a unit page links every example open)."""
+        page = self.unit(model, source, index, **{k: v for k, v in params.items() if k != name})
         sep = "&" if "?" in page else "?"
-        return [f"{page}{sep}open={_qv(key)}" for key in keys]
+        return [f"{page}{sep}{name}={_qv(key)}" for key in keys]
 
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)

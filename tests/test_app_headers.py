@@ -27,6 +27,8 @@ ROUTE_TABLE = {
     "/api/{model}/{source}/random": ("GET", f"/api/{M}/{S}/random", None, 302),
     "/api/{model}/{source}/export.{fmt}": ("GET", f"/api/{M}/{S}/export.jsonl", None, 200),
     "/api/{model}/{source}/{index}": ("GET", f"/api/{M}/{S}/3", None, 200),
+    "/api/{model}/{source}/{index}/explain": ("GET", f"/api/{M}/{S}/3/explain?seq=0&pos=5", None, 200),
+    "/api/{model}/{source}/{index}/minimal": ("GET", f"/api/{M}/{S}/3/minimal", None, 200),
     "/embed/{model}/{source}/{index}": ("GET", f"/embed/{M}/{S}/3", None, 200),
     "/": ("GET", "/", None, 200),
     "/{model}": ("GET", f"/{M}", None, 200),
@@ -38,6 +40,8 @@ ROUTE_TABLE = {
     "/{model}/{source}/random": ("GET", f"/{M}/{S}/random", None, 302),
     "/{model}/{source}/{index}": ("GET", f"/{M}/{S}/3", None, 200),
     "/{model}/{source}/{index}/live": ("GET", f"/{M}/{S}/3/live?text=def", None, 303),
+    "/{model}/{source}/{index}/explain": ("GET", f"/{M}/{S}/3/explain?seq=0&pos=5", None, 200),
+    "/{model}/{source}/{index}/minimal": ("GET", f"/{M}/{S}/3/minimal", None, 200),
 }
 # Errors and cached answers take other paths through the app: they carry the headers too.
 EXTRA = [
