@@ -44,6 +44,7 @@ def unit_page_part(
     asked = unit_explain(value)
     if asked is None:
         return None
+    url: str | None
     if asked.top:
         url = urls.minimal(model, source, index)
     elif asked.text:
