@@ -5,6 +5,7 @@ computation (app/explain.py) run in the live worker, the result as JSON-ready da
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -283,6 +284,7 @@ async def minimal_data(
 
 # -- the pages: form values, and the unit page's `explain` state ---------------------------
 FORM_INTS = ("seq", "pos", "baseline", "draws", "seed")
+NUMBER = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")  # as JSON writes one (float() takes more)
 FORM_FLOATS = ("sigma", "threshold")
 FORM_FIELDS = ("seq", "pos", "text", "method", *FORM_INTS[2:], *FORM_FLOATS)
 
@@ -296,18 +298,17 @@ def parse_form(query: Mapping[str, str]) -> dict[str, Any]:
     """explain_data's keyword arguments from a page's query (empty: the default)."""
     args: dict[str, Any] = {}
     for name in FORM_INTS:
-        raw = query.get(name, "").strip()
+        raw = query.get(name, "")
         if raw:
             if not (raw.isascii() and raw.isdigit()):
                 raise FieldError(name, f"{name} must be a whole number, 0 or more, not {raw!r}.")
             args[name] = int(raw)
     for name in FORM_FLOATS:
-        raw = query.get(name, "").strip()
+        raw = query.get(name, "")
         if raw:
-            try:
-                args[name] = float(raw)
-            except ValueError:
-                raise FieldError(name, f"{name} must be a number, not {raw!r}.") from None
+            if not NUMBER.match(raw):
+                raise FieldError(name, f"{name} must be a number, not {raw!r}.")
+            args[name] = float(raw)
     text = query.get("text")
     if text:
         args["text"] = visitor_text(text)

@@ -291,24 +291,11 @@ async def api_explain(
     at `hook_embed` (sigma times the per-dimension std of W_E's rows), averaged over
     `draws` seeded draws. `truncation`: the shortest suffix ending at the focus (BOS
     prepended) whose focus activation keeps `threshold` of `act`, or null."""
-    data = await explain_data.explain_data(
-        store,
-        live,
-        site_urls.for_request(request),
-        model,
-        source,
-        index,
-        seq=seq,
-        pos=pos,
-        text=params.visitor_text(text),
-        method=method,
-        baseline=baseline,
-        sigma=sigma,
-        draws=draws,
-        seed=seed,
-        threshold=threshold,
-    )
-    return JSON(data)
+    raw = {"seq": seq, "pos": pos, "text": text, "method": method, "baseline": baseline}
+    raw.update(sigma=sigma, draws=draws, seed=seed, threshold=threshold)
+    args = explain_data.parse_form({k: v for k, v in raw.items() if v is not None})
+    urls = site_urls.for_request(request)
+    return JSON(await explain_data.explain_data(store, live, urls, model, source, index, **args))
 
 
 @router.get(
@@ -328,8 +315,9 @@ async def api_minimal(
     """For each of the unit's first 20 top examples: the shortest suffix ending at its
     focus (BOS prepended, starting in its window) that keeps `threshold` of its focus
     activation. `n_found` of `n_examples` have one, the longest `max_tokens` long."""
+    asked = explain_data.parse_form({"threshold": threshold or ""}).get("threshold")
     urls = site_urls.for_request(request)
-    return JSON(await explain_data.minimal_data(store, live, urls, model, source, index, threshold))
+    return JSON(await explain_data.minimal_data(store, live, urls, model, source, index, asked))
 
 
 async def api_unit(
