@@ -247,7 +247,7 @@ async def minimal_data(
     cost = sum(tg.truncation_tokens(tail) for tg in targets)
     key = ("minimal", source, index, tuple((tg.ids, tg.focus, tg.first) for tg in targets), t)
     found: list[Truncation] = await live.atask(key, cost, lambda m: [truncate(m, tg, t) for tg in targets])
-    examples = []
+    examples: list[dict[str, Any]] = []
     for ex, where, cut in zip(top, wheres, found):
         ids = where.ids[cut.start : where.focus + 1] if cut.start is not None else []
         examples.append(
@@ -267,7 +267,7 @@ async def minimal_data(
                 "url": urls.explain(model, source, index, seq=ex.seq, pos=ex.pos),
             }
         )
-    lengths = [e["pos"] - e["truncation"]["start"] + 1 for e in examples if e["truncation"] is not None]
+    lengths = [ex.pos - cut.start + 1 for ex, cut in zip(top, found) if cut.start is not None]
     return {
         "model": model,
         "source": source,
