@@ -250,3 +250,42 @@ def test_every_kind_through_the_registry(tiny_model_dir):
             alone = float(live.activations(replaced, slug)[focus, index])
             assert done.ablated[p - 1] == pytest.approx(alone, abs=1e-5), (slug, p)
     assert kinds_seen == {"head", "dla", "neuron"}
+
+
+def test_unit_page_explains_the_visitors_text_after_the_page(client):
+    """explain=text: the page carries a box that loads the attribution (htmx), and a plain
+    link to the same for a browser without JavaScript; neither is computed with the page."""
+    from bs4 import BeautifulSoup
+
+    text = "def wrap(text, width):"
+    page = client.get(f"/{M}/0-mlp/7", params={"text": text, "explain": "text"})
+    assert page.status_code == 200
+    box = BeautifulSoup(page.text, "html.parser").select_one("#live-result .why")
+    assert box is not None and box["hx-trigger"] == "load" and box.select_one(".why-row") is None
+    url = box["hx-get"]
+    assert box.select_one("a.why-page")["href"] == url
+    api = client.get("/api" + url).json()
+    assert api["text"] == text and api["pos"] == len(api["token_ids"]) - 1 + api["start"]
+    fragment = BeautifulSoup(client.get(url, headers={"HX-Request": "true"}).text, "html.parser")
+    shown = [t.get("data-act") for t in fragment.select(".why-row .t")]
+    assert shown == [None if v is None else f"{v:.4f}" for v in api["delta"]]
+    assert fragment.select_one("h1") is None  # the block alone
+    full = BeautifulSoup(client.get(url).text, "html.parser")  # no JavaScript: a page of its own
+    assert full.select_one("h1") is not None and len(full.select(".why-row .t")) == len(shown)
+    # Other links of the page keep the state; "hide" drops it.
+    hide = BeautifulSoup(page.text, "html.parser").select_one("#live-result a.why-link")["href"]
+    assert "explain" not in hide and "text=" in hide
+
+
+def test_what_mattered_links_keep_the_page_state(client):
+    from urllib.parse import parse_qs, urlsplit
+
+    from bs4 import BeautifulSoup
+
+    page = client.get(f"/{M}/0-mlp/7", params={"per_page": "3", "text": "abc", "open": "1:16"})
+    items = BeautifulSoup(page.text, "html.parser").select("li.example")
+    assert len(items) == 3
+    for li in items:
+        query = parse_qs(urlsplit(li.select_one("a.why-link")["href"]).query)
+        key = li.select_one("a.full-link")["data-open"]
+        assert query == {"per_page": ["3"], "text": ["abc"], "open": ["1:16"], "explain": [key]}
