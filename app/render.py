@@ -104,11 +104,11 @@ def _why_links(
     out = []
     for key, href in zip(keys, hrefs):
         if key != shown:
-            out.append(f'<a class="why-link" href="{escape(href)}">what mattered</a>\n')
+            out.append(f'<a class="why-link" href="{escape(href)}" data-keep="open">what mattered</a>\n')
             continue
         url = escape(explain["url"])  # type: ignore[index]
         out.append(
-            f'<a class="why-link" href="{closed}" aria-expanded="true">hide what mattered</a>\n'
+            f'<a class="why-link" href="{closed}" data-keep="open" aria-expanded="true">hide what mattered</a>\n'
             f'<div class="why" hx-get="{url}" hx-trigger="load" hx-swap="innerHTML">'
             f'<a class="why-page" href="{url}">see what mattered (computed on request)</a></div>\n'
         )

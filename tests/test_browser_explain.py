@@ -40,8 +40,12 @@ def _check_attribution(page, item, expected: dict) -> None:
 def test_what_mattered_tints_the_example_and_survives_reload(page, live_server):
     page.goto(live_server.url + UNIT)
     first = page.locator("li.example").first
+    # The full sequence opened in place (app.js pushes open=): "what mattered" keeps it.
+    first.locator("a.full-link").click()
+    page.wait_for_url(re.compile(r"open="))
     first.locator("a.why-link").click()
     page.wait_for_url(re.compile(r"explain=\d+%3A\d+|explain=\d+:\d+"))
+    assert "open=" in page.url
     key = page.evaluate("new URLSearchParams(location.search).get('explain')")
     seq, pos = map(int, key.split(":"))
     expected = _api(live_server, f"/api{UNIT}/explain?seq={seq}&pos={pos}")
