@@ -28,24 +28,28 @@ SUMMARY_EXAMPLES = 20  # top examples the unit-level line sums up
 
 
 @dataclass(frozen=True)
-class Settings:
-    """An explanation's parameters (the URL's), checked."""
+class ExplainSettings:
+    """An explanation's parameters (the URL's), checked; `bos`: the default baseline."""
 
     ablation: Ablation
     threshold: float
+    bos: int
 
     def query(self) -> dict[str, Any]:
         """As query parameters, the defaults left out."""
         a = self.ablation
-        out: dict[str, Any] = {"method": a.method if a.method != "replace" else None}
+        out: dict[str, Any] = {}
         if a.method == "noise":
-            out.update(sigma=_num(a.sigma, 1.0), draws=a.draws if a.draws != 8 else None, seed=a.seed or None)
+            out.update(method="noise", sigma=_num(a.sigma, 1.0), draws=a.draws if a.draws != 8 else None)
+            out["seed"] = a.seed or None
+        elif a.baseline != self.bos:
+            out["baseline"] = a.baseline
         out["threshold"] = _num(self.threshold, 0.9)
         return out
 
 
 def _num(value: float, default: float) -> str | None:
-    return None if value == default else f"{value:g}"
+    return None if value == default else repr(value)  # repr: the shortest text that reads back the same
 
 
 def window_of(store: Store) -> tuple[int, int]:
@@ -63,7 +67,7 @@ def check_settings(
     threshold: float | None,
     d_vocab: int,
     bos: int,
-) -> Settings:
+) -> ExplainSettings:
     method = method or "replace"
     if method not in METHODS:
         raise FieldError("method", f"method must be replace or noise, not {method!r}.")
@@ -83,7 +87,7 @@ def check_settings(
     threshold = 0.9 if threshold is None else threshold
     if not 0 < threshold <= 1:
         raise FieldError("threshold", f"threshold must be above 0 and at most 1, not {threshold:g}.")
-    return Settings(Ablation(method, bos if baseline is None else baseline, sigma, draws, seed), threshold)
+    return ExplainSettings(Ablation(method, bos if baseline is None else baseline, sigma, draws, seed), threshold, bos)
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,14 @@ async def explain_data(
 
 
 def payload(
-    store: Store, urls: URLs, model: str, source: str, index: int, where: Where, settings: Settings, done: Explained
+    store: Store,
+    urls: URLs,
+    model: str,
+    source: str,
+    index: int,
+    where: Where,
+    settings: ExplainSettings,
+    done: Explained,
 ) -> dict[str, Any]:
     window = where.ids[where.start : where.end + 1]
     ablated: list[float | None] = []

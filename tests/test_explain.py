@@ -120,6 +120,8 @@ def test_noise_matches_the_same_draws_added_by_hand(client, db, tl):
     assert r.status_code == 200, r.text
     d = r.json()
     assert (d["method"], d["sigma"], d["draws"], d["seed"], d["baseline_token_id"]) == ("noise", 2.0, 3, 5, None)
+    again = client.get(d["url"].replace(f"/{M}/", f"/api/{M}/", 1)).json()  # the permalink's twin
+    assert again["ablated"] == d["ablated"]
     w_e = tl[0].model.W_E.detach().numpy().astype(np.float64)
     std = torch.tensor(w_e.std(axis=0, ddof=1), dtype=torch.float32)
     start = d["start"]
@@ -159,6 +161,7 @@ def test_text_focus_is_the_last_token_or_pos(client, tl):
     assert (d["truncation"] or {}).get("start") == (cut[0] if cut else None)
     at = client.get(f"/api/{M}/0-mlp/{unit}/explain", params={"text": text, "pos": 3, "baseline": 5}).json()
     assert at["pos"] == 3 and at["start"] == 0 and at["focus"] == 3 and at["baseline_token_id"] == 5
+    assert "baseline=5" in at["url"] and "pos=3" in at["url"]  # its permalink says all of it
     replaced = ids[:2] + [5] + ids[3:4]
     assert at["ablated"][2] == pytest.approx(run_focus(tl, replaced, hook, unit, 3), abs=1e-4)
 
