@@ -19,6 +19,10 @@ requests:
                                                      run live; a new unit and seed each time
                                                      (nothing cached), one client
   export      GET  /api/{model}/{source}/export.FMT  time to the first byte, one client
+  explain     GET  /api/{model}/{source}/{index}/explain?seq=S&pos=P
+                                                     a top example of a random unit of
+                                                     every source, one client (no two
+                                                     alike: no cache hits)
 
 With --big-index PATH it runs again on an index of 102,400 units (12 layers x 3,072
 neurons of a random model and a 65,536-feature TopK SAE, 4,096 tokens), built at PATH
@@ -56,6 +60,7 @@ SEARCH_MS = 50.0  # token search
 EXPORT_FIRST_BYTE_MS = 1000.0
 REGEX_MS = 4000.0  # a regex hypothesis over 256 sequences (issue 18)
 REGEXES = [r"\bdef\b", r"\bthe\b", r"[.,;:]", r"\n", r"[A-Z]{2,}", r"\bself\b", r"\(", r"\b(if|for|while)\b"]
+EXPLAIN_MS = 300.0  # what mattered at one example + its minimal example, on the bundled model
 WORDS = [
     "the",
     "of",
@@ -372,6 +377,25 @@ def export_first_bytes(port: int, model: dict, rounds: int) -> bool:
     return ok
 
 
+def explain_scenario(base: str, model: dict, rng: random.Random, n_requests: int) -> tuple:
+    """Explain one example: the first top example of a random unit of each source in
+    turn (units without examples skipped), each asked once."""
+    name, sources = model["model"], model["sources"]
+    wanted: list[str] = []
+    seen: set[tuple] = set()
+    for i in range(n_requests * 20):
+        if len(wanted) == n_requests:
+            break
+        s = sources[i % len(sources)]
+        index = rng.randrange(s["n_units"])
+        top = get_json(f"{base}/api/{name}/{s['slug']}/{index}")["top"]
+        if not top or (s["slug"], index) in seen:
+            continue
+        seen.add((s["slug"], index))
+        wanted.append(f"/api/{name}/{s['slug']}/{index}/explain?seq={top[0]['seq']}&pos={top[0]['pos']}")
+    return ("explain one example, 1 client", lambda i: ("GET", wanted[i], None), len(wanted), EXPLAIN_MS)
+
+
 def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
     server, port, home = start_server(index)
     base = f"http://127.0.0.1:{port}"
@@ -430,11 +454,15 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
                 TARGETS_MS["live 128 tokens"],
             )
         header(index, model, args.clients, extra)
+        if live and args.only_explain:
+            return report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
         ok = report(port, scenarios, args.clients)
         if single:
             ok &= report(port, [single], 1)
         if regex_scenario:
             ok &= report(port, [regex_scenario], 1)
+        if live:
+            ok &= report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
         ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
         ok &= export_first_bytes(port, model, args.export_rounds)
         return ok
@@ -461,6 +489,8 @@ def main() -> int:
     )
     ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
     ap.add_argument("--regex-requests", type=int, default=10, help="Requests of the regex hypothesis scenario")
+    ap.add_argument("--explain-requests", type=int, default=40, help="Requests of the explain scenario")
+    ap.add_argument("--only-explain", action="store_true", help="Only the explain scenario (on the demo index)")
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
     ap.add_argument("--seed", type=int, default=0)
