@@ -8,6 +8,7 @@ tables (the vocabulary, a source's unit table) are cached in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -18,9 +19,11 @@ from typing import Any
 
 from actscope.indexer.errors import ActscopeError
 from actscope.indexer.store import export
-from actscope.indexer.store.resident import ResidentTables
+from actscope.indexer.store.budget import ResidentBudget
+from actscope.indexer.store.loader import SourceLoader
+from actscope.indexer.store.resident import SequenceTable, SourceTables
 from actscope.indexer.store.schema import SCHEMA_VERSION
-from actscope.indexer.store.token_search import FocusTable, TokenVariants
+from actscope.indexer.store.token_search import FocusTable, SqlFocus, TokenVariants
 from actscope.indexer.store.unit_table import UnitTable
 
 
@@ -130,9 +133,11 @@ class Liveness:
 class Store:
     """A read-only actscope index. Safe to use from many threads."""
 
-    def __init__(self, path: str | Path, resident_mb: int = 1024):
-        """Open `path` read-only. Models whose examples fit in `resident_mb` MB are
-        loaded into memory (see store_resident); others are read with SQL per request."""
+    def __init__(self, path: str | Path, resident_mb: float = 1024):
+        """Open `path` read-only. What the store keeps in memory stays within `resident_mb`
+        MB (store/budget.py): a model that fits whole is loaded now; otherwise each
+        source's unit data is loaded in the background on its first visit while it fits,
+        and whatever does not fit is read with SQL per request."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ActscopeError(f"{path}: no such index file (build one with `actscope index`)")
@@ -159,7 +164,7 @@ class Store:
             self._con.close()
             raise
 
-    def _open(self, resident_mb: int) -> None:
+    def _open(self, resident_mb: float) -> None:
         self._check_version()
         self._vocab: dict[str, tuple[list[str], list[bytes]]] = {}
         self._hex: dict[str, tuple[list[str | None], frozenset[int]]] = {}
@@ -167,22 +172,98 @@ class Store:
         self.meta = self._read_meta()
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
-        self._unit_tables: dict[tuple[str, str], UnitTable] = {}
-        self._liveness: dict[tuple[str, str], Liveness] = {}
-        self._resident: dict[str, ResidentTables] = {}
         self._variants: dict[str, TokenVariants] = {}
-        self._focus: dict[str, FocusTable] = {}
+        self._loader = SourceLoader(self._load_source)
+        self._loading_cursor = None
+        self.budget = ResidentBudget(int(resident_mb * 2**20), on_evict=self._evicted)
         for m in self._models:
-            if ResidentTables.size_estimate(self._cur(), m) <= resident_mb * 2**20:
-                self._resident[m] = ResidentTables.load(self._cur(), m)
-        for m, slug in self._sources:
-            if m in self._resident:
-                self.liveness(m, slug)  # read now: pages served from memory query nothing
+            if self._model_fits(m):  # a small index: all of it now, so no page ever queries
+                for _, slug in [k for k in self._sources if k[0] == m]:
+                    self._load_source(m, slug)
+                for _, slug in [k for k in self._sources if k[0] == m]:
+                    self.liveness(m, slug)
+
+    def _model_fits(self, model: str) -> bool:
+        """Whether the model's sequences and every source's unit data fit the budget
+        (estimated from row counts and a sample of list lengths: no full scan)."""
+        if self.budget.limit <= 0:
+            return False
+        n_rows = {
+            name: self._all(f"SELECT count(*) FROM {name} WHERE model = ?", [model])[0][0]
+            for name in ("unit_stats", "bands", "logits", "examples")
+        }
+        (acts,) = self._all("SELECT coalesce(avg(len(acts)), 0) FROM (SELECT acts FROM examples LIMIT 2048)")[0]
+        (hist,) = self._all(
+            "SELECT coalesce(avg(len(hist_edges) + len(hist_counts)), 0) FROM (SELECT * FROM unit_stats LIMIT 2048)"
+        )[0]
+        (logit,) = self._all(
+            "SELECT coalesce(avg(len(top_ids) + len(bottom_ids)), 0) FROM (SELECT * FROM logits LIMIT 2048)"
+        )[0]
+        n_units = sum(s.n_units for (m, _), s in self._sources.items() if m == model)
+        estimate = (
+            n_rows["unit_stats"] * (80 + hist * 8)
+            + n_rows["bands"] * 56
+            + n_rows["logits"] * (16 + logit * 8)
+            + n_rows["examples"] * (24 + acts * 4)
+            + n_units * 32
+        )
+        return estimate * 1.1 <= self.budget.limit
+
+    # -- what is held in memory -------------------------------------------------------
+    def _sequences(self, cur, model: str) -> SequenceTable | None:
+        """The model's sequences if they are in memory, loaded now (with `cur`) if they fit."""
+        key = ("sequences", model)
+        found = self.budget.get(key)
+        if found is None and self.budget.could_admit(SequenceTable.size_estimate(cur, model)):
+            found = SequenceTable.load(cur, model)
+            if not self.budget.admit(key, found, found.nbytes):
+                return None
+        return found
+
+    def _load_source(self, model: str, slug: str) -> bool:
+        """A source's unit data into memory, if it fits the budget's free room."""
+        key = ("unit data", model, slug)
+        if key in self.budget:
+            return True
+        info = self._sources[(model, slug)]
+        cur = self.cursor()
+        self._loading_cursor = cur
+        try:
+            if SourceTables.size_estimate(cur, model, slug, info.n_units) > self.budget.room():
+                return False
+            sequences = self._sequences(cur, model)
+            if sequences is None:
+                return False
+            tables = SourceTables.load(cur, model, slug, info.n_units, sequences)
+        finally:
+            self._loading_cursor = None
+            cur.close()
+        return self.budget.admit(key, tables, tables.nbytes, spare=True)
+
+    def _evicted(self, key) -> None:
+        if key[0] == "unit data":
+            self._loader.forget(key[1], key[2])
+
+    def _tables(self, model: str, source: str) -> SourceTables | None:
+        """The source's unit data if in memory; else None, and its loading is asked for."""
+        found = self.budget.get(("unit data", model, source))
+        if found is None and (model, source) in self._sources:
+            self._loader.request(model, source)
+        return found
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the sources asked for so far are loaded (or found not to fit)."""
+        self._loader.wait(timeout)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of index data the store holds in memory (at most the budget)."""
+        return self.budget.used
 
     @property
     def resident(self) -> bool:
-        """True if every model is served from memory."""
-        return set(self._resident) == set(self._models)
+        """True if every unit of every model is served from memory."""
+        return all(("unit data", m, s) in self.budget for m, s in self._sources)
 
     # -- plumbing --------------------------------------------------------------------
     def _cur(self):
@@ -219,6 +300,12 @@ class Store:
         return self._cur().execute(sql, params or []).fetchall()
 
     def close(self) -> None:
+        self._loader.stop()  # no load starts from now on
+        loading = self._loading_cursor
+        if loading is not None:
+            with contextlib.suppress(Exception):
+                loading.interrupt()  # the load in progress fails at once and is dropped
+        self._loader.wait()
         self._con.close()
 
     def _check_version(self) -> None:
@@ -375,39 +462,51 @@ class Store:
                 self._variants[model] = found
         return found
 
-    def focus_table(self, model: str) -> FocusTable:
-        """Which units' top examples focus on which token (built once per model, on the
-        first token search: one pass over the top examples)."""
-        found = self._focus.get(model)
-        if found is None:
-            with self._lock:
-                found = self._focus.get(model)
-                if found is None:
-                    found = FocusTable.load(self._cur(), model)
-                    self._focus[model] = found
-        return found
+    def focus_table(self, model: str) -> FocusTable | SqlFocus:
+        """Which units' top examples focus on which token: in memory if it fits the budget
+        (built once per model, on the first token search: one pass over the top
+        examples), else a search that queries each time."""
+        key = ("search", model)
+        found = self.budget.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self.budget.get(key)
+            if found is not None:
+                return found
+            if self.budget.could_admit(FocusTable.size_estimate(self._cur(), model)):
+                table = FocusTable.load(self._cur(), model)
+                if self.budget.admit(key, table, table.nbytes):
+                    return table
+        return SqlFocus(self.cursor, model)
 
     def top_examples(self, model: str, wanted: list[tuple[str, int, int]]) -> list[Example | None]:
         """The top examples (source, unit, rank) of `wanted`, in that order (None where
         there is none)."""
-        resident = self._resident.get(model)
-        if resident is not None:
-            rows = [resident.top_example_row(source, unit, rank) for source, unit, rank in wanted]
-            return [None if r is None else Example(*r) for r in rows]
-        if not wanted:
-            return []
-        found = {
-            (str(src), int(u), int(r)): Example(int(seq), int(pos), float(act), int(start), list(ids), list(acts))
-            for src, u, r, seq, pos, act, start, acts, ids in self._all(
-                "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
-                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-                "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
-                "JOIN (SELECT unnest(?) AS source, unnest(?) AS unit, unnest(?) AS rank) w "
-                "ON w.source = e.source AND w.unit = e.unit AND w.rank = e.rank "
-                "WHERE e.model = ? AND e.band IS NULL",
-                [[w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted], model],
+        found: dict[tuple[str, int, int], Example | None] = {}
+        for source, unit, rank in wanted:
+            tables = self._tables(model, source)
+            if tables is not None:
+                row = tables.top_example_row(unit, rank)
+                found[(source, unit, rank)] = None if row is None else Example(*row)
+        rest = [w for w in wanted if w not in found]
+        if rest:
+            found.update(
+                {
+                    (str(src), int(u), int(r)): Example(
+                        int(seq), int(pos), float(act), int(start), list(ids), list(acts)
+                    )
+                    for src, u, r, seq, pos, act, start, acts, ids in self._all(
+                        "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
+                        "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+                        "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+                        "JOIN (SELECT unnest(?) AS source, unnest(?) AS unit, unnest(?) AS rank) w "
+                        "ON w.source = e.source AND w.unit = e.unit AND w.rank = e.rank "
+                        "WHERE e.model = ? AND e.band IS NULL",
+                        [[w[0] for w in rest], [w[1] for w in rest], [w[2] for w in rest], model],
+                    )
+                }
             )
-        }
         return [found.get(w) for w in wanted]
 
     # -- units -----------------------------------------------------------------------
@@ -415,15 +514,15 @@ class Store:
         """A unit's record: its statistics, top examples, bands and logit effects. With
         `bands`, only those bands carry their examples (the others their number, `stored`):
         a page shows one set of examples."""
-        resident = self._resident.get(model)
-        if resident is not None:
-            st = resident.stats_row(source, unit)
+        tables = self._tables(model, source)
+        if tables is not None:
+            st = tables.stats_row(unit)
             if st is None:
                 return None
-            example_rows = resident.example_rows(source, unit, bands)
-            sizes = resident.band_sizes(source, unit)
-            band_rows = resident.band_rows(source, unit)
-            logit_row = resident.logit_row(source, unit)
+            example_rows = tables.example_rows(unit, bands)
+            sizes = tables.band_sizes(unit)
+            band_rows = tables.band_rows(unit)
+            logit_row = tables.logit_row(unit)
         else:
             st = self._stats_sql(model, source, unit)
             if st is None:
@@ -508,9 +607,11 @@ class Store:
         return example_rows, band_rows, logit_row
 
     def unit_table(self, model: str, source: str) -> UnitTable:
-        """Every unit of a source with its headline numbers and sort orders (built once)."""
-        key = (model, source)
-        table = self._unit_tables.get(key)
+        """Every unit of a source with its headline numbers and sort orders: kept in
+        memory if it fits the budget, else read for this request (its sort order then
+        computed for the request too)."""
+        key = ("table", model, source)
+        table = self.budget.get(key)
         if table is not None:
             return table
         rows = self._all(
@@ -524,27 +625,27 @@ class Store:
             [model, source, model, source],
         )
         table = UnitTable.from_rows(rows)
-        with self._lock:
-            self._unit_tables[key] = table
+        if self.budget.could_admit(table.nbytes_sorted):
+            table.sort_all()
+            self.budget.admit(key, table, table.nbytes)
         return table
 
     def liveness(self, model: str, source: str) -> Liveness:
-        """The fired and dead units of a source (read once, cached)."""
-        key = (model, source)
-        found = self._liveness.get(key)
+        """The fired and dead units of a source (kept if it fits the budget)."""
+        key = ("liveness", model, source)
+        found = self.budget.get(key)
         if found is not None:
             return found
         import numpy as np
 
-        info = self._sources.get(key)
+        info = self._sources.get((model, source))
         n = info.n_units if info else 0
         rows = self._all(
             "SELECT unit FROM unit_stats WHERE model = ? AND source = ? AND n_fired > 0 ORDER BY unit", [model, source]
         )
         fired = np.array([r[0] for r in rows], dtype=np.int64)
         found = Liveness(fired, np.setdiff1d(np.arange(n, dtype=np.int64), fired))
-        with self._lock:
-            self._liveness[key] = found
+        self.budget.admit(key, found, found.fired.nbytes + found.dead.nbytes)
         return found
 
     def unit_vectors(self, model: str, source: str):
@@ -560,9 +661,9 @@ class Store:
         return np.array([r[0] for r in rows], dtype=np.float32)
 
     def sequence(self, model: str, seq: int) -> list[int] | None:
-        resident = self._resident.get(model)
-        if resident is not None:
-            return resident.sequence(seq)
+        sequences = self.budget.get(("sequences", model))
+        if sequences is not None:
+            return sequences.sequence(seq)
         rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
         return list(rows[0][0]) if rows else None
 
