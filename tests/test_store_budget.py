@@ -68,6 +68,9 @@ def test_pages_from_sql_equal_pages_from_memory(web_index, full_size):
             store.settle()
             if mb == 0:
                 assert store.resident_bytes == 0 and type(store.focus_table(M)).__name__ == "SqlFocus"
+            else:  # the sources left to SQL are read by rowid range
+                keys = store.budget.keys()
+                assert any(k[0] == "rows" and ("unit data", *k[1:]) not in keys for k in keys), keys
             for path in paths:  # again, with whatever the loader brought into memory meanwhile
                 assert _get(low, path) == expected[path], (mb, path)
 

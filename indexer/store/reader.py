@@ -22,6 +22,7 @@ from actscope.indexer.store import export
 from actscope.indexer.store.budget import ResidentBudget
 from actscope.indexer.store.loader import SourceLoader
 from actscope.indexer.store.resident import SequenceTable, SourceTables
+from actscope.indexer.store.row_index import RowIndex
 from actscope.indexer.store.schema import SCHEMA_VERSION
 from actscope.indexer.store.token_search import FocusTable, SqlFocus, TokenVariants
 from actscope.indexer.store.unit_table import UnitTable
@@ -146,7 +147,9 @@ class Store:
         # Attached to a database instance of its own: duckdb.connect(path) would hand back
         # the instance already open on that path, which still reads the file the path
         # named before an index was rebuilt in place over it.
-        self._con = duckdb.connect()
+        # DuckDB's own cache of the file's blocks is bounded too: by default it may grow to
+        # most of the machine's memory (a full read of a 2 GB index left 6 GB resident).
+        self._con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT})
         quoted = str(self.path).replace("'", "''")
         try:
             self._con.execute(f"ATTACH '{quoted}' AS {_ALIAS} (READ_ONLY)")
@@ -175,19 +178,27 @@ class Store:
         self._variants: dict[str, TokenVariants] = {}
         self._loader = SourceLoader(self._load_source)
         self._loading_cursor = None
+        self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
         self.budget = ResidentBudget(int(resident_mb * 2**20), on_evict=self._evicted)
         for m in self._models:
-            if self._model_fits(m):  # a small index: all of it now, so no page ever queries
-                for _, slug in [k for k in self._sources if k[0] == m]:
+            estimate = self._model_estimate(m)
+            if estimate * 1.1 > self.budget.limit:
+                continue  # each source loaded on its first visit, while it fits
+            slugs = [slug for model, slug in self._sources if model == m]
+            if estimate <= EAGER_BYTES:  # a small index: all of it now, so no page ever queries
+                for slug in slugs:
                     self._load_source(m, slug)
-                for _, slug in [k for k in self._sources if k[0] == m]:
+                for slug in slugs:
                     self.liveness(m, slug)
+            else:  # a large one that fits: loaded in the background, pages answered meanwhile
+                for slug in slugs:
+                    self._loader.request(m, slug)
 
-    def _model_fits(self, model: str) -> bool:
-        """Whether the model's sequences and every source's unit data fit the budget
-        (estimated from row counts and a sample of list lengths: no full scan)."""
+    def _model_estimate(self, model: str) -> int:
+        """Bytes of the model's unit data in memory, estimated from row counts and a
+        sample of list lengths (no full scan)."""
         if self.budget.limit <= 0:
-            return False
+            return 2**62  # nothing is kept: no need to count
         n_rows = {
             name: self._all(f"SELECT count(*) FROM {name} WHERE model = ?", [model])[0][0]
             for name in ("unit_stats", "bands", "logits", "examples")
@@ -207,7 +218,7 @@ class Store:
             + n_rows["examples"] * (24 + acts * 4)
             + n_units * 32
         )
-        return estimate * 1.1 <= self.budget.limit
+        return int(estimate)
 
     # -- what is held in memory -------------------------------------------------------
     def _sequences(self, cur, model: str) -> SequenceTable | None:
@@ -491,6 +502,9 @@ class Store:
                 found[(source, unit, rank)] = None if row is None else Example(*row)
         rest = [w for w in wanted if w not in found]
         if rest:
+            found.update(self._top_examples_by_rowid(model, rest))
+            rest = [w for w in rest if w not in found]
+        if rest:
             found.update(
                 {
                     (str(src), int(u), int(r)): Example(
@@ -509,6 +523,39 @@ class Store:
             )
         return [found.get(w) for w in wanted]
 
+    def _top_examples_by_rowid(self, model: str, wanted: list[tuple[str, int, int]]) -> dict:
+        """The top examples of `wanted` whose source has a row index: each read at its
+        rowid (the unit's first top row plus its rank), all in one query."""
+        at: dict[int, tuple[str, int, int]] = {}
+        found: dict[tuple[str, int, int], Example | None] = {}
+        for source, unit, rank in wanted:
+            rows_at = self._row_index(model, source)
+            if rows_at is None:
+                continue
+            rng = rows_at.of("examples top", unit)
+            if rng is None or not 0 <= rank <= rng[1] - rng[0]:
+                found[(source, unit, rank)] = None
+            else:
+                at[rng[0] + rank] = (source, unit, rank)
+        if not at:
+            return found
+        picked = " UNION ALL ".join(
+            "SELECT source, unit, rank, seq, pos, act, start, acts FROM examples "
+            "WHERE rowid BETWEEN ? AND ? AND model = ? AND band IS NULL"
+            for _ in at
+        )
+        rows = self._all(
+            "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
+            "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+            f"FROM ({picked}) e JOIN sequences s ON s.model = ? AND s.seq = e.seq",
+            [v for rowid in at for v in (rowid, rowid, model)] + [model],
+        )
+        for src, u, r, seq, pos, act, start, acts, ids in rows:
+            found[(str(src), int(u), int(r))] = Example(
+                int(seq), int(pos), float(act), int(start), list(ids), list(acts)
+            )
+        return found
+
     # -- units -----------------------------------------------------------------------
     def unit(self, model: str, source: str, unit: int, bands: Collection[int] | None = None) -> UnitRecord | None:
         """A unit's record: its statistics, top examples, bands and logit effects. With
@@ -524,10 +571,11 @@ class Store:
             band_rows = tables.band_rows(unit)
             logit_row = tables.logit_row(unit)
         else:
-            st = self._stats_sql(model, source, unit)
+            rows_at = self._row_index(model, source)
+            st = self._stats_sql(model, source, unit, rows_at)
             if st is None:
                 return None
-            example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit)
+            example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit, rows_at)
             sizes = Counter(row[0] for row in example_rows if row[0] is not None)
             if bands is not None:
                 example_rows = [row for row in example_rows if row[0] is None or row[0] in bands]
@@ -544,11 +592,44 @@ class Store:
         logits = Logits(*logit_row) if logit_row is not None else None
         return UnitRecord(model, source, unit, stats, top, band_list, logits)
 
-    def _stats_sql(self, model: str, source: str, unit: int) -> dict[str, Any] | None:
+    def _row_index(self, model: str, source: str) -> RowIndex | None:
+        """Where the source's units' rows are, by rowid (kept if it fits; None: filter by unit)."""
+        key = ("rows", model, source)
+        found = self.budget.get(key)
+        info = self._sources.get((model, source))
+        if found is not None or info is None or (model, source) in self._unordered:
+            return found
+        if not self.budget.could_admit(RowIndex.size_estimate(info.n_units)):
+            return None
+        with self._lock:
+            found = self.budget.get(key)
+            if found is None and (model, source) not in self._unordered:
+                found = RowIndex.load(self._cur(), model, source, info.n_units)
+                if found is None:
+                    self._unordered.add((model, source))
+                elif not self.budget.admit(key, found, found.nbytes):
+                    found = None
+        return found
+
+    @staticmethod
+    def _where(rows_at: RowIndex | None, run: str, unit: int) -> tuple[str, list[Any]] | None:
+        """The filter on a unit's rows of `run` beyond (model, source, unit): its rowid
+        range ("" without a row index); None if it has no rows there."""
+        if rows_at is None:
+            return "", []
+        rng = rows_at.of(run, unit)
+        if rng is None:
+            return None
+        return "rowid BETWEEN ? AND ? AND ", list(rng)
+
+    def _stats_sql(self, model: str, source: str, unit: int, rows_at: RowIndex | None = None) -> dict[str, Any] | None:
+        where = self._where(rows_at, "unit_stats", unit)
+        if where is None:
+            return None
         rows = self._all(
             "SELECT max, min, mean, std, density, n_tokens, n_fired, cos_in_out, hist_edges, "
-            "hist_counts FROM unit_stats WHERE model = ? AND source = ? AND unit = ?",
-            [model, source, unit],
+            f"hist_counts FROM unit_stats WHERE {where[0]}model = ? AND source = ? AND unit = ?",
+            [*where[1], model, source, unit],
         )
         if not rows:
             return None
@@ -566,9 +647,38 @@ class Store:
             "hist_counts": [int(x) for x in r[9]],
         }
 
-    def _unit_rows_sql(self, model: str, source: str, unit: int):
-        params = [model, source, unit]
-        example_rows = [
+    def _example_rows_sql(self, model: str, source: str, unit: int, rows_at: RowIndex | None) -> list[tuple]:
+        """(band, seq, pos, act, start, acts, token_ids) rows of a unit, by band (top
+        first) and rank."""
+        key = [model, source, unit]
+        runs = ("examples top", "examples bands") if rows_at is not None else ("examples",)
+        found = [p for p in (self._where(rows_at, run, unit) for run in runs) if p is not None]
+        if not found:
+            return []
+        picked = " UNION ALL ".join(
+            "SELECT band, rank, seq, pos, act, start, acts FROM examples "
+            f"WHERE {where}model = ? AND source = ? AND unit = ?"
+            for where, _ in found
+        )
+        params = [v for _, values in found for v in [*values, *key]]
+        sequences = self.budget.get(("sequences", model))
+        if sequences is not None:  # the windows' tokens from memory: no join
+            rows = self._all(
+                f"SELECT band, seq, pos, act, start, acts FROM ({picked}) ORDER BY band NULLS FIRST, rank", params
+            )
+            return [
+                (
+                    None if band is None else int(band),
+                    int(seq),
+                    int(pos),
+                    float(act),
+                    int(start),
+                    [float(a) for a in acts],
+                    sequences.window(int(seq), int(start), len(acts)),
+                )
+                for band, seq, pos, act, start, acts in rows
+            ]
+        return [
             (
                 None if band is None else int(band),
                 int(seq),
@@ -581,29 +691,37 @@ class Store:
             for band, seq, pos, act, start, acts, ids in self._all(
                 "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
                 "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-                "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
-                "WHERE e.model = ? AND e.source = ? AND e.unit = ? "
+                f"FROM ({picked}) e JOIN sequences s ON s.model = ? AND s.seq = e.seq "
                 "ORDER BY e.band NULLS FIRST, e.rank",
-                params,
+                [*params, model],
             )
         ]
-        band_rows = [
-            (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
-            for b, ql, qh, lo, hi, c, sh in self._all(
-                "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band",
-                params,
-            )
-        ]
-        rows = self._all(
-            "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
-            "WHERE model = ? AND source = ? AND unit = ?",
-            params,
-        )
+
+    def _unit_rows_sql(self, model: str, source: str, unit: int, rows_at: RowIndex | None = None):
+        params = [model, source, unit]
+        example_rows = self._example_rows_sql(model, source, unit, rows_at)
+        band_rows = []
+        where = self._where(rows_at, "bands", unit)
+        if where is not None:
+            band_rows = [
+                (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
+                for b, ql, qh, lo, hi, c, sh in self._all(
+                    "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
+                    f"WHERE {where[0]}model = ? AND source = ? AND unit = ? ORDER BY band",
+                    [*where[1], *params],
+                )
+            ]
         logit_row = None
-        if rows:
-            t_ids, t_vals, b_ids, b_vals = rows[0]
-            logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
+        where = self._where(rows_at, "logits", unit)
+        if where is not None:
+            rows = self._all(
+                "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
+                f"WHERE {where[0]}model = ? AND source = ? AND unit = ?",
+                [*where[1], *params],
+            )
+            if rows:
+                t_ids, t_vals, b_ids, b_vals = rows[0]
+                logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
         return example_rows, band_rows, logit_row
 
     def unit_table(self, model: str, source: str) -> UnitTable:
@@ -677,6 +795,8 @@ class Store:
 
 
 _ALIAS = "actscope_index"
+EAGER_BYTES = 256 * 2**20  # a model whose unit data fits and is smaller is loaded at start (~1 s)
+DUCKDB_MEMORY_LIMIT = "512MB"  # DuckDB's buffer cache, beside the resident budget
 
 
 def _first_line(exc: BaseException) -> str:
