@@ -220,8 +220,11 @@ class FocusTable:
     def search(self, token_ids: list[int], source: str | None = None) -> FocusResult:
         """The units whose top examples focus on any of `token_ids` (of `source` only,
         if given), their counts summed over those tokens, ranked."""
-        lo = np.searchsorted(self.tokens, token_ids, side="left")
-        hi = np.searchsorted(self.tokens, token_ids, side="right")
+        # In the table's dtype: Python ints would make numpy cast the whole column (tens of ms at 5M rows).
+        ids = np.asarray(token_ids, dtype=np.int64)
+        ids = ids[(ids >= np.iinfo(np.int32).min) & (ids <= np.iinfo(np.int32).max)].astype(self.tokens.dtype)
+        lo = np.searchsorted(self.tokens, ids, side="left")
+        hi = np.searchsorted(self.tokens, ids, side="right")
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)] or [np.zeros(0, dtype=np.intp)])
         if source is not None:
             if source not in self.sources:
