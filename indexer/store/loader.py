@@ -60,7 +60,8 @@ class SourceLoader:
             try:
                 self._load(model, source)
             except Exception as exc:  # a failed load leaves the source to SQL
-                log.warning("could not load %s/%s into memory: %s", model, source, exc)
+                if not self._stopped:  # else interrupted by close(): nothing to say
+                    log.warning("could not load %s/%s into memory: %s", model, source, exc)
 
     def wait(self, timeout: float | None = None) -> None:
         """Until the queue is empty and nothing is loading."""

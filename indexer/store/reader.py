@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.store import export
+from actscope.indexer.store import export, unit_sql
 from actscope.indexer.store.budget import ResidentBudget
 from actscope.indexer.store.loader import SourceLoader
 from actscope.indexer.store.resident import SequenceTable, SourceTables
@@ -502,7 +502,8 @@ class Store:
                 found[(source, unit, rank)] = None if row is None else Example(*row)
         rest = [w for w in wanted if w not in found]
         if rest:
-            found.update(self._top_examples_by_rowid(model, rest))
+            by_rowid = unit_sql.top_examples(self._all, model, rest, lambda source: self._row_index(model, source))
+            found.update({w: None if row is None else Example(*row) for w, row in by_rowid.items()})
             rest = [w for w in rest if w not in found]
         if rest:
             found.update(
@@ -523,39 +524,6 @@ class Store:
             )
         return [found.get(w) for w in wanted]
 
-    def _top_examples_by_rowid(self, model: str, wanted: list[tuple[str, int, int]]) -> dict:
-        """The top examples of `wanted` whose source has a row index: each read at its
-        rowid (the unit's first top row plus its rank), all in one query."""
-        at: dict[int, tuple[str, int, int]] = {}
-        found: dict[tuple[str, int, int], Example | None] = {}
-        for source, unit, rank in wanted:
-            rows_at = self._row_index(model, source)
-            if rows_at is None:
-                continue
-            rng = rows_at.of("examples top", unit)
-            if rng is None or not 0 <= rank <= rng[1] - rng[0]:
-                found[(source, unit, rank)] = None
-            else:
-                at[rng[0] + rank] = (source, unit, rank)
-        if not at:
-            return found
-        picked = " UNION ALL ".join(
-            "SELECT source, unit, rank, seq, pos, act, start, acts FROM examples "
-            "WHERE rowid BETWEEN ? AND ? AND model = ? AND band IS NULL"
-            for _ in at
-        )
-        rows = self._all(
-            "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
-            "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-            f"FROM ({picked}) e JOIN sequences s ON s.model = ? AND s.seq = e.seq",
-            [v for rowid in at for v in (rowid, rowid, model)] + [model],
-        )
-        for src, u, r, seq, pos, act, start, acts, ids in rows:
-            found[(str(src), int(u), int(r))] = Example(
-                int(seq), int(pos), float(act), int(start), list(ids), list(acts)
-            )
-        return found
-
     # -- units -----------------------------------------------------------------------
     def unit(self, model: str, source: str, unit: int, bands: Collection[int] | None = None) -> UnitRecord | None:
         """A unit's record: its statistics, top examples, bands and logit effects. With
@@ -572,10 +540,11 @@ class Store:
             logit_row = tables.logit_row(unit)
         else:
             rows_at = self._row_index(model, source)
-            st = self._stats_sql(model, source, unit, rows_at)
+            st = unit_sql.stats(self._all, model, source, unit, rows_at)
             if st is None:
                 return None
-            example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit, rows_at)
+            sequences = self.budget.get(("sequences", model))
+            example_rows, band_rows, logit_row = unit_sql.unit_rows(self._all, model, source, unit, rows_at, sequences)
             sizes = Counter(row[0] for row in example_rows if row[0] is not None)
             if bands is not None:
                 example_rows = [row for row in example_rows if row[0] is None or row[0] in bands]
@@ -610,119 +579,6 @@ class Store:
                 elif not self.budget.admit(key, found, found.nbytes):
                     found = None
         return found
-
-    @staticmethod
-    def _where(rows_at: RowIndex | None, run: str, unit: int) -> tuple[str, list[Any]] | None:
-        """The filter on a unit's rows of `run` beyond (model, source, unit): its rowid
-        range ("" without a row index); None if it has no rows there."""
-        if rows_at is None:
-            return "", []
-        rng = rows_at.of(run, unit)
-        if rng is None:
-            return None
-        return "rowid BETWEEN ? AND ? AND ", list(rng)
-
-    def _stats_sql(self, model: str, source: str, unit: int, rows_at: RowIndex | None = None) -> dict[str, Any] | None:
-        where = self._where(rows_at, "unit_stats", unit)
-        if where is None:
-            return None
-        rows = self._all(
-            "SELECT max, min, mean, std, density, n_tokens, n_fired, cos_in_out, hist_edges, "
-            f"hist_counts FROM unit_stats WHERE {where[0]}model = ? AND source = ? AND unit = ?",
-            [*where[1], model, source, unit],
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return {
-            "max": float(r[0]),
-            "min": float(r[1]),
-            "mean": float(r[2]),
-            "std": float(r[3]),
-            "density": float(r[4]),
-            "n_tokens": int(r[5]),
-            "n_fired": int(r[6]),
-            "cos_in_out": None if r[7] is None else float(r[7]),
-            "hist_edges": [float(x) for x in r[8]],
-            "hist_counts": [int(x) for x in r[9]],
-        }
-
-    def _example_rows_sql(self, model: str, source: str, unit: int, rows_at: RowIndex | None) -> list[tuple]:
-        """(band, seq, pos, act, start, acts, token_ids) rows of a unit, by band (top
-        first) and rank."""
-        key = [model, source, unit]
-        runs = ("examples top", "examples bands") if rows_at is not None else ("examples",)
-        found = [p for p in (self._where(rows_at, run, unit) for run in runs) if p is not None]
-        if not found:
-            return []
-        picked = " UNION ALL ".join(
-            "SELECT band, rank, seq, pos, act, start, acts FROM examples "
-            f"WHERE {where}model = ? AND source = ? AND unit = ?"
-            for where, _ in found
-        )
-        params = [v for _, values in found for v in [*values, *key]]
-        sequences = self.budget.get(("sequences", model))
-        if sequences is not None:  # the windows' tokens from memory: no join
-            rows = self._all(
-                f"SELECT band, seq, pos, act, start, acts FROM ({picked}) ORDER BY band NULLS FIRST, rank", params
-            )
-            return [
-                (
-                    None if band is None else int(band),
-                    int(seq),
-                    int(pos),
-                    float(act),
-                    int(start),
-                    [float(a) for a in acts],
-                    sequences.window(int(seq), int(start), len(acts)),
-                )
-                for band, seq, pos, act, start, acts in rows
-            ]
-        return [
-            (
-                None if band is None else int(band),
-                int(seq),
-                int(pos),
-                float(act),
-                int(start),
-                [float(a) for a in acts],
-                list(ids),
-            )
-            for band, seq, pos, act, start, acts, ids in self._all(
-                "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
-                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-                f"FROM ({picked}) e JOIN sequences s ON s.model = ? AND s.seq = e.seq "
-                "ORDER BY e.band NULLS FIRST, e.rank",
-                [*params, model],
-            )
-        ]
-
-    def _unit_rows_sql(self, model: str, source: str, unit: int, rows_at: RowIndex | None = None):
-        params = [model, source, unit]
-        example_rows = self._example_rows_sql(model, source, unit, rows_at)
-        band_rows = []
-        where = self._where(rows_at, "bands", unit)
-        if where is not None:
-            band_rows = [
-                (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
-                for b, ql, qh, lo, hi, c, sh in self._all(
-                    "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                    f"WHERE {where[0]}model = ? AND source = ? AND unit = ? ORDER BY band",
-                    [*where[1], *params],
-                )
-            ]
-        logit_row = None
-        where = self._where(rows_at, "logits", unit)
-        if where is not None:
-            rows = self._all(
-                "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
-                f"WHERE {where[0]}model = ? AND source = ? AND unit = ?",
-                [*where[1], *params],
-            )
-            if rows:
-                t_ids, t_vals, b_ids, b_vals = rows[0]
-                logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
-        return example_rows, band_rows, logit_row
 
     def unit_table(self, model: str, source: str) -> UnitTable:
         """Every unit of a source with its headline numbers and sort orders: kept in
