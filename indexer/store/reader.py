@@ -179,6 +179,7 @@ class Store:
         self._loader = SourceLoader(self._load_source)
         self._loading_cursor = None
         self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
+        self._rows_lock = threading.Lock()
         self.budget = ResidentBudget(int(resident_mb * 2**20), on_evict=self._evicted)
         for m in self._models:
             estimate = self._model_estimate(m)
@@ -570,7 +571,7 @@ class Store:
             return found
         if not self.budget.could_admit(RowIndex.size_estimate(info.n_units)):
             return None
-        with self._lock:
+        with self._rows_lock:  # not the store's lock: the first search holds that for seconds
             found = self.budget.get(key)
             if found is None and (model, source) not in self._unordered:
                 found = RowIndex.load(self._cur(), model, source, info.n_units)
