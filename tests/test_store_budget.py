@@ -118,3 +118,20 @@ def test_resident_bytes_stay_within_the_budget(web_index, full_size, db):
         finally:
             store.close()
     assert 0 < kept[0] < kept[-1] == full_size
+
+
+def test_budget_keeps_tables_before_unit_data():
+    """Spare parts (a source's unit data) only take free room and never evict; kept parts
+    (tables, search) evict spare ones, least recently used first, and never each other."""
+    from actscope.indexer.store.budget import ResidentBudget
+
+    evicted = []
+    budget = ResidentBudget(100, on_evict=evicted.append)
+    assert budget.admit("a", "A", 40, spare=True) and budget.admit("b", "B", 40, spare=True)
+    assert not budget.admit("c", "C", 30, spare=True)  # no room, and spare parts never evict
+    assert budget.get("a") == "A"  # a is now the most recently used
+    assert budget.admit("table", "T", 50)  # kept: evicts b (least recently used), not a
+    assert evicted == ["b"] and budget.keys() == ["a", "table"] and budget.used == 90
+    assert not budget.admit("search", "S", 70)  # would need the table evicted too: refused
+    assert budget.used == 90 and evicted == ["b"] and budget.get("search") is None
+    assert budget.admit("search", "S", 50) and evicted == ["b", "a"] and budget.used == 100
