@@ -54,14 +54,14 @@ def test_pages_from_sql_equal_pages_from_memory(web_index, full_size):
     """With no budget everything is read with SQL; with a third of what the index needs,
     some of it; every unit page, JSON, sorted table page and search is the same."""
     with make_client(web_index, live=False, response_cache_mb=0) as mem:
-        store = mem.app.state.store
+        store = mem.app.state.catalog.store(M)
         paths = _pages(store)
         expected = {p: _get(mem, p) for p in paths}
         assert store.resident and type(store.focus_table(M)).__name__ == "FocusTable"
     assert all(status == 200 for status, _ in expected.values())
     for mb in (0, full_size / 3 / 2**20):
         with make_client(web_index, live=False, response_cache_mb=0, resident_mb=mb) as low:
-            store = low.app.state.store
+            store = low.app.state.catalog.store(M)
             assert not store.resident
             for path in paths:
                 assert _get(low, path) == expected[path], (mb, path)
