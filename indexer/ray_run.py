@@ -50,7 +50,7 @@ def run_on_ray(
     try:
         if not config.resume:
             clear_state_dir(state_dir)
-        resources = _task_resources(ray.cluster_resources(), workers)
+        resources = _task_resources(ray.cluster_resources(), workers, gpus=config.device != "cpu")
         _say(config, f"{workers} shards on Ray, {_describe(resources)} each; states in {state_dir}")
         shard_task = ray.remote(max_retries=RETRIES)(index_shard).options(**resources)
         pending = {shard_task.remote(config, i, workers, str(state_dir)): i for i in range(workers)}
@@ -113,9 +113,10 @@ def _start(ray, address: str | None) -> None:
         raise ActscopeError(f"cannot start or reach {where}: {exc}") from exc
 
 
-def _task_resources(cluster: dict, workers: int) -> dict:
-    """One GPU per shard on a cluster with GPUs, else an equal share of the CPUs."""
-    if cluster.get("GPU", 0) >= 1:
+def _task_resources(cluster: dict, workers: int, gpus: bool = True) -> dict:
+    """One GPU per shard on a cluster with GPUs (unless `gpus` is off: --device cpu),
+    else an equal share of the CPUs."""
+    if gpus and cluster.get("GPU", 0) >= 1:
         return {"num_gpus": 1, "num_cpus": 1}
     return {"num_cpus": max(1, int(cluster.get("CPU", 1)) // workers)}
 

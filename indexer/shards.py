@@ -128,9 +128,10 @@ def run_shard(config: IndexConfig, shard: Shard, state_dir: Path, resume: bool) 
 
     started = time.perf_counter()
     done_path = shard.state_path(state_dir)
-    if resume and done_path.exists() and shard.sequences_path(state_dir).exists():
-        read_header(done_path)  # a readable state, or a clear error
-        return f"shard {shard} was complete already -> {done_path}"
+    if resume and done_path.exists():
+        header = read_header(done_path)  # a readable state, or a clear error
+        if header.empty or shard.sequences_path(state_dir).exists():
+            return f"shard {shard} was complete already -> {done_path}"
     keep_freed_memory()
     run = load_shard_run(config)
     calibration = shared_calibration(state_dir, run)

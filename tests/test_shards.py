@@ -158,6 +158,28 @@ def test_five_uneven_shards_merged_equal_the_single_run(tmp_path, inputs, single
     assert_same_index(out, single)
 
 
+def test_a_merge_ties_minus_zero_with_zero_as_the_stream_does():
+    """The compiled insertion compares scores as numbers (-0.0 == 0.0: the earlier token
+    stays); a merge of states must keep the same one, not rank 0.0 above -0.0."""
+    import torch
+
+    from actscope.indexer.accumulate.sampling import new_examples
+
+    def state(score: float, token: int):
+        examples = new_examples(1, 1, True, 1, "cpu")
+        examples.add(
+            torch.tensor([0]),
+            torch.tensor([score], dtype=torch.float64),
+            torch.tensor([token]),
+            lambda index: {"act": torch.tensor([score]), "win": torch.zeros(1, 1)},
+        )
+        return examples
+
+    earlier, later = state(-0.0, 5), state(0.0, 9)
+    earlier.merge(later)
+    assert earlier.token.tolist() == [[5]]
+
+
 def test_shard_ranges_are_whole_batches():
     from actscope.indexer.shards import Shard, shard_range
 
@@ -312,6 +334,7 @@ def test_each_ray_task_takes_a_gpu_or_its_share_of_the_cpus():
     assert _task_resources({"CPU": 16.0}, 3) == {"num_cpus": 5}
     assert _task_resources({"CPU": 2.0}, 8) == {"num_cpus": 1}
     assert _task_resources({"CPU": 32.0, "GPU": 8.0}, 8) == {"num_gpus": 1, "num_cpus": 1}
+    assert _task_resources({"CPU": 32.0, "GPU": 8.0}, 8, gpus=False) == {"num_cpus": 4}  # --device cpu
 
 
 @pytest.mark.slow
