@@ -144,6 +144,7 @@ def main() -> None:
 @click.option(
     "--state-out",
     default=None,
+    metavar="DIR",
     type=click.Path(file_okay=False),
     help="With --shard: the directory every shard of the run writes its state to.",
 )
@@ -151,13 +152,20 @@ def main() -> None:
     "--workers",
     type=int,
     default=None,
+    metavar="N",
     help="Index N shards as Ray tasks (a local Ray instance, or --ray-address), merged into --out. "
     "Needs pip install 'actscope[ray]'.",
 )
-@click.option("--ray-address", default=None, help="With --workers: the Ray cluster to run on (default: a local one).")
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="With --workers: the Ray cluster to run on (default: a local one).",
+)
 @click.option(
     "--state-dir",
     default=None,
+    metavar="DIR",
     type=click.Path(file_okay=False),
     help="With --workers: the directory, on storage every node shares, for the shards' states and checkpoints "
     "(default: FILE.duckdb.shards beside --out; needed with --ray-address).",
