@@ -180,6 +180,36 @@ def test_a_merge_ties_minus_zero_with_zero_as_the_stream_does():
     assert earlier.token.tolist() == [[5]]
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_dense_unit_silent_on_most_tokens_keeps_its_earliest_zeros(fused):
+    """Top-k ties go to the earlier token however the tokens are batched: a unit that is
+    0 (or -0.0) on every token but a few keeps its earliest zeros, in one batch or two."""
+    import torch
+
+    from actscope.indexer.accumulate.calibrate import _dense_grid
+    from actscope.indexer.accumulate.dense import DenseAccumulator
+    from actscope.indexer.accumulate.sampling import token_keys
+    from actscope.indexer.kinds.neuron import NeuronKind
+
+    generator = torch.Generator().manual_seed(3)
+    acts = torch.zeros(8, 33, 2)
+    acts[:, :, 0] = torch.where(torch.rand(8, 33, generator=generator) < 0.5, -0.0, 0.0)
+    acts[5, 7, 0] = 2.0  # the one value above the zeros
+    acts[:, :, 1] = torch.randn(8, 33, generator=generator)
+    grid = _dense_grid(acts[:2], 2, 32, 0, NeuronKind.band_levels)
+    keys = token_keys(torch.arange(8 * 33).view(8, 33), 0)
+
+    def top_tokens(parts) -> list[int]:
+        accumulator = DenseAccumulator(2, grid, top_k=4, band_size=2, window=(1, 1), device="cpu", fused=fused)
+        for first, last in parts:
+            accumulator.update(acts[first:last].contiguous(), first, keys[first:last].contiguous())
+        return accumulator.top.token[0].tolist()
+
+    earliest = [5 * 33 + 7, 1, 2, 3]  # the 2.0, then the zeros of sequence 0 from position 1
+    assert top_tokens([(0, 8)]) == earliest
+    assert top_tokens([(0, 3), (3, 8)]) == earliest
+
+
 def test_shard_ranges_are_whole_batches():
     from actscope.indexer.shards import Shard, shard_range
 
