@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from actscope import __version__
 from actscope.app import errors, limits, routes_api, routes_embed, routes_html
 from actscope.app import urls as site_urls
+from actscope.app.example_json import CorpusJSON
 from actscope.app.fast_route import HotRoutes, PlainParamsRoute
 from actscope.app.head import HeadAsGet
 from actscope.app.live_service import LiveService
@@ -91,6 +92,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.live = live
     app.state.templates = make_templates({m.model: TokenTable(store.vocab_bytes(m.model)) for m in models})
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
+    # Each model's corpus tokens as JSON, for the API's example sets (None: not held in memory).
+    app.state.corpus_json = {m.model: CorpusJSON.build(store, m.model) for m in models}
     hot = [r for r in (*routes_api.router.routes, *routes_html.router.routes) if isinstance(r, PlainParamsRoute)]
     app.add_middleware(HotRoutes, routes=hot)  # inside the cache: a cached page never gets here
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)

@@ -22,7 +22,7 @@ by bench/big_index.py the first time (about 3 minutes) and reused after that. Li
 inference is measured on the first index only.
 
 Usage:
-  .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16]
+  .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16] [--units-only]
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
 builder. The load generator shares the 2 cores with the server, so the numbers are
@@ -373,6 +373,7 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
         model = home["models"][0]
         sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
         extra, scenarios, single = "", [], None
+        live = live and not args.units_only
         if live:
             slug_live, n_live = sources[0]
             # Warm-up: the live model loads.
@@ -414,8 +415,9 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
         ok = report(port, scenarios, args.clients)
         if single:
             ok &= report(port, [single], 1)
-        ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
-        ok &= export_first_bytes(port, model, args.export_rounds)
+        if not args.units_only:
+            ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
+            ok &= export_first_bytes(port, model, args.export_rounds)
         return ok
     finally:
         stop_server(server)
@@ -441,6 +443,7 @@ def main() -> int:
     ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
+    ap.add_argument("--units-only", action="store_true", help="Only the unit page scenarios (no live, table, search, export)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
