@@ -394,9 +394,7 @@ def windows_html(table: TokenTable, windows: list[Window], scale: float) -> list
     for w in windows:
         ids, n = w.ids, len(w.acts)
         last = first + n
-        if n != len(ids) or not n or not (
-            plain or (min(ids) >= 0 and max(ids) < n_vocab and partial.isdisjoint(ids))
-        ):
+        if n != len(ids) or not n or not (plain or (min(ids) >= 0 and max(ids) < n_vocab and partial.isdisjoint(ids))):
             out.append(str(tokens_html(table, ids, w.acts, scale, w.focus, w.bos)))
             first = last
             continue

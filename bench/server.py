@@ -443,7 +443,9 @@ def main() -> int:
     ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
-    ap.add_argument("--units-only", action="store_true", help="Only the unit page scenarios (no live, table, search, export)")
+    ap.add_argument(
+        "--units-only", action="store_true", help="Only the unit page scenarios (no live, table, search, export)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
