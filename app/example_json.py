@@ -4,7 +4,7 @@ An example's `tokens`, `token_ids` and `token_bytes` depend only on its window o
 corpus. When the index is held in memory, every corpus token's three JSON values are
 encoded once, when the app starts, into one byte string each, in corpus order, with
 each token's offset in it: a window's values are then one slice of each string, and
-only the activations are serialised per request (by orjson, in one call per set). The
+only the activations are serialised per request (by orjson). The
 bytes are those orjson writes for pages.example_dicts (tests/test_example_json.py
 compares them on every unit of an index).
 """
@@ -24,7 +24,7 @@ from actscope.indexer.store.reader import Example, Store
 MAX_TOKENS = 4_000_000
 
 _EXAMPLE = (
-    b'{"seq":%d,"pos":%d,"act":%b,"start":%d,"tokens":[%b],"token_ids":[%b],"token_bytes":[%b],"acts":[%b],"focus":%d}'
+    b'{"seq":%d,"pos":%d,"act":%b,"start":%d,"tokens":[%b],"token_ids":[%b],"token_bytes":[%b],"acts":%b,"focus":%d}'
 )
 
 
@@ -111,8 +111,7 @@ class CorpusJSON:
         )
         args: list = [None] * (9 * k)
         args[0::9], args[1::9], args[3::9] = seqs, pos, start
-        # All activations in one orjson call, cut at the brackets between examples.
-        args[7::9] = orjson.dumps(acts)[2:-2].split(b"],[")
+        args[7::9] = map(orjson.dumps, acts)
         args[2::9] = orjson.dumps(list(map(_ACT, examples)))[1:-1].split(b",")
         args[4::9], args[5::9], args[6::9] = tokens, ids, hexes
         args[8::9] = (np.array(pos) - start).tolist()
