@@ -191,7 +191,7 @@ def show_token(tok: str) -> str:
 
 def fmt(value: Any, digits: int = 3) -> str:
     if type(value) is float and digits == 3 and (value == 0 or 1e-3 <= abs(value) < 1e6):
-        return "%.3f" % value  # the common case, without the general one's checks (called ~60 times a page)
+        return f"{value:.3f}"  # the common case, without the general checks (called ~60 times a page)
     if value is None:
         return "\u2013"
     if isinstance(value, float):
