@@ -103,10 +103,11 @@ class CorpusJSON:
         if not (last <= self.seq_stop[seq]).all():
             return None  # a sequence the corpus lacks (its stop is -1), or past its end
         where = np.concatenate((first, last))
-        # Each window's values: one slice of each text, without the last comma.
+        # Each window's values: one slice of each text, without the last comma (an empty
+        # window: an empty slice).
         cuts = [off[where] for off in self.offsets]
         tokens, ids, hexes = (
-            map(text.__getitem__, map(slice, cut[:k].tolist(), (cut[k:] - 1).tolist()))
+            map(text.__getitem__, map(slice, cut[:k].tolist(), np.maximum(cut[k:] - 1, cut[:k]).tolist()))
             for text, cut in zip(self.texts, cuts)
         )
         args: list = [None] * (9 * k)

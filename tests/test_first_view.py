@@ -78,6 +78,9 @@ def test_example_sets_outside_the_corpus_fall_back_to_dicts(store, web_index):
     assert corpus.example_sets([[ex], [unknown]]) is None
     assert corpus.example_sets([[too_long]]) is None
     assert orjson.dumps(corpus.example_sets([[], []])) == b"[[],[]]"
+    # A window of no tokens, at the corpus's first position too: empty lists.
+    empty = Example(0, 0, 1.5, 0, [], [])
+    assert orjson.dumps(corpus.example_sets([[empty]])) == orjson.dumps([pages.example_dicts(store, M, [empty])])
     # Not held in memory, or larger than allowed: no encoded corpus.
     cold = Store(web_index, resident_mb=0)
     try:
