@@ -81,10 +81,12 @@ def histogram_svg(edges: list[float], counts: list[int], bands: list[dict[str, A
         if m["label"]:
             m["label_y"] = m["row"] * ROW_H + LABEL_FONT
     plot_h = HEIGHT - pad_top - PAD_BOTTOM
-    top = max(math.log1p(c) for c in counts) or 1.0
-    # Bars as columns (x, y, width, height), one value per bar.
-    xs = [x(v) for v in edges]
-    hs = [math.log1p(c) / top * plot_h for c in counts]
+    logs = list(map(math.log1p, counts))
+    top = max(logs) or 1.0
+    # Bars as columns (x, y, width, height), one value per bar (x(v) written out: a
+    # call per edge cost more than the arithmetic).
+    xs = [PAD_X + (v - lo) / span * plot_w for v in edges]
+    hs = [c / top * plot_h for c in logs]
     bars = {
         "x": xs[:-1],
         "y": [pad_top + plot_h - h for h in hs],
@@ -120,9 +122,11 @@ def histogram_markup(edges: list[float], counts: list[int], bands: list[dict[str
     if b:
         # All bars in one % format: one <rect> per bar with its range and count.
         labels = fmt_all(edges)
-        ns = [f"{c:,}" for c in counts]
-        cells = [v for bar in zip(b["x"], b["y"], b["w"], b["h"], labels, labels[1:], ns) for v in bar]
-        out.append(_BAR * len(counts) % tuple(cells))
+        n = len(counts)
+        cells: list[Any] = [None] * (7 * n)
+        cells[0::7], cells[1::7], cells[2::7], cells[3::7] = b["x"][:n], b["y"], b["w"][:n], b["h"]
+        cells[4::7], cells[5::7], cells[6::7] = labels[:n], labels[1 : n + 1], map("{:,}".format, counts)
+        out.append(_BAR * n % tuple(cells))
     for m in h["marks"]:
         out.append(
             f'<line class="band-mark" x1="{m["x"]}" x2="{m["x"]}" y1="{h["top"] - 2}" y2="{h["baseline"]}">'

@@ -9,6 +9,7 @@ Errors are AppError (404/422/503).
 from __future__ import annotations
 
 import random as _random
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import chain, islice
 from typing import Any
@@ -97,9 +98,23 @@ def model_dict(store: Store, m: ModelInfo) -> dict[str, Any]:
     }
 
 
-def example_dicts(store: Store, model: str, examples: list[Example]) -> list[dict[str, Any]]:
+def example_dicts(store: Store, model: str, examples: list[Example], with_tokens: bool = True) -> list[dict[str, Any]]:
     """Each example as the pages' data, every example's tokens looked up in one go (a
-    unit page has up to a hundred examples)."""
+    unit page has up to a hundred examples). Without `with_tokens` (an HTML page, which
+    shows tokens by id) no token strings or bytes."""
+    if not with_tokens:
+        return [
+            {
+                "seq": ex.seq,
+                "pos": ex.pos,
+                "act": ex.act,
+                "start": ex.start,
+                "token_ids": ex.token_ids,
+                "acts": ex.acts,
+                "focus": ex.pos - ex.start,
+            }
+            for ex in examples
+        ]
     ids = list(chain.from_iterable(ex.token_ids for ex in examples))
     tokens, hexes = store.token_strings(model, ids), store.token_hex(model, ids)
     out = []
@@ -318,6 +333,7 @@ def unit_data(
     explain: str | None = None,
     shown_only: bool = False,
     with_full: bool = False,
+    as_json: Callable[[list[list[Example]]], list[Any] | None] | None = None,
 ) -> dict[str, Any]:
     """A unit's page data: statistics, top examples, bands, logit effects, links, the
     example set shown (`band`: "top" or a band number, checked; `page` of `per_page` of
@@ -326,9 +342,12 @@ def unit_data(
     on an indexed token is `dead`.
 
     With `shown_only` (the HTML page) only the band shown carries its examples: the
-    other bands keep their range, count and share but no "examples" key. By default
+    other bands keep their range, count and share but no "examples" key, and examples
+    carry no token strings or bytes (the page shows tokens by id). By default
     (the API) every band has them. The top examples are always there. With `with_full`
-    (the HTML page), `full` is the expanded example's whole sequence, tinted."""
+    (the HTML page), `full` is the expanded example's whole sequence, tinted. With
+    `as_json` (the API), the example sets are what as_json(sets) gives (each set as
+    JSON), unless it gives None."""
     src = get_source(store, model, source)
     check_index(src, index)
     # The page reads the examples of the band it shows only (band_choice checks it below).
@@ -394,11 +413,19 @@ def unit_data(
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
-    # Every example the data carries, converted in one go, then cut back into its sets.
+    attention_hook = kinds.get(src.kind).attention_hook(src.layer)
     with_examples = [b for b in rec.bands if not shown_only or shown == str(b.band)]
-    dicts = iter(example_dicts(store, model, rec.top + [ex for b in with_examples for ex in b.examples]))
-    top = list(islice(dicts, len(rec.top)))
-    band_examples = {b.band: list(islice(dicts, len(b.examples))) for b in with_examples}
+    sets = [rec.top] + [b.examples for b in with_examples]
+    # The API's sets as JSON already, where they can be (a head's examples get attention below).
+    encoded = as_json(sets) if as_json is not None and attention_hook is None else None
+    top: Any
+    if encoded is not None:
+        top, band_examples = encoded[0], {b.band: e for b, e in zip(with_examples, encoded[1:])}
+    else:
+        # Every example the data carries, converted in one go, then cut back into its sets.
+        dicts = iter(example_dicts(store, model, [ex for s in sets for ex in s], with_tokens=not shown_only))
+        top = list(islice(dicts, len(rec.top)))
+        band_examples = {b.band: list(islice(dicts, len(b.examples))) for b in with_examples}
     twin = twin_source(store, model, src)
     data: dict[str, Any] = {
         "model": model,
@@ -462,7 +489,6 @@ def unit_data(
         "live": live_part,
         "explain": explained,
     }
-    attention_hook = kinds.get(src.kind).attention_hook(src.layer)
     data["attention"] = None
     if attention_hook is not None:
         # Where the focus token of each example on the page attends (a head's pattern).

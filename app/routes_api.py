@@ -359,7 +359,19 @@ router.add_api_route(
 def _api_unit(request, store, live, model, source, index, text, band, page, per_page, open):
     # A cached answer never gets here: CacheMiddleware serves it before routing.
     urls = site_urls.for_request(request)
+    corpus = request.app.state.corpus_json.get(model)
     data = pages.unit_data(
-        store, live, urls, model, source, index, band=band, text=text, page=page, per_page=per_page, open=open
+        store,
+        live,
+        urls,
+        model,
+        source,
+        index,
+        band=band,
+        text=text,
+        page=page,
+        per_page=per_page,
+        open=open,
+        as_json=corpus.example_sets if corpus is not None else None,
     )
     return request.app.state.response_cache.put_for(request, JSON(data))

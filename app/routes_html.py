@@ -16,6 +16,7 @@ from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import AppError
 from actscope.app.fast_route import PlainParamsRoute
 from actscope.app.live_service import LiveService
+from actscope.app.render import page_bytes
 from actscope.indexer import kinds
 from actscope.indexer.store.reader import Store
 
@@ -51,7 +52,11 @@ def render(
         return templates.TemplateResponse(
             request, template, context, block_name=block, status_code=status, headers=headers
         )
-    return templates.TemplateResponse(request, template, context, status_code=status, headers=headers)
+    context["request"] = request
+    for processor in templates.context_processors:
+        context.update(processor(request))
+    body = page_bytes(templates.get_template(template), context)
+    return HTMLResponse(body, status_code=status, headers=headers)
 
 
 def _here(request: Request) -> str:

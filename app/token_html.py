@@ -136,6 +136,10 @@ class TokenTable:
         # the value, `">shown</span>` (+ what follows a newline) after it.
         self.before_value = [f'" title="{t}: ' for t in self.titles]
         self.after_value = [f'">{box}</span>{after}' for box, after in self.shown]
+        # The same as arrays: numpy picks a page's pieces by token id in one step.
+        self.before_array = np.array(self.before_value, dtype=object)
+        self.after_array = np.array(self.after_value, dtype=object)
+        self._codes: dict[int, Markup] = {}
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -158,8 +162,14 @@ class TokenTable:
         return ascii_html(json.dumps(f"<{token_id}>", ensure_ascii=False))
 
     def code(self, token_id: int) -> Markup:
-        """`<code class="tok">` with the quoted label and the id on hover."""
-        return Markup(f'<code class="tok" title="id {int(token_id)}">{self.quoted(token_id)}</code>')
+        """`<code class="tok">` with the quoted label and the id on hover (kept: logit
+        tables show the same tokens again and again)."""
+        found = self._codes.get(token_id)
+        if found is None:
+            found = Markup(f'<code class="tok" title="id {int(token_id)}">{self.quoted(token_id)}</code>')
+            if len(self._codes) < 65536:
+                self._codes[token_id] = found
+        return found
 
     def clusters(self, ids: list[int]) -> list[Cluster]:
         """The groups of consecutive tokens of `ids` that hold one character between them."""
@@ -345,8 +355,10 @@ class Window:
     bos: bool = False
 
 
-# Every span opening, positive ones then negative ones, by tint strength.
+# Every span opening, positive ones then negative ones, by tint strength (also as an
+# array: numpy picks a page's openings in one step).
 _OPENINGS = _OPEN + _OPEN_NEG
+_OPENINGS_ARRAY = np.array(_OPENINGS, dtype=object)
 _VALUE_AGAIN = '" data-act="'
 
 
@@ -365,32 +377,45 @@ def windows_html(table: TokenTable, windows: list[Window], scale: float) -> list
     a = np.array(acts, dtype=np.float64)
     strength = np.abs(a) * inv + 0.5
     opening = np.where(strength < 1000, strength, 1000).astype(np.intp) + (a < 0) * len(_OPEN)
-    heads = list(map(_OPENINGS.__getitem__, opening.tolist()))
+    heads = _OPENINGS_ARRAY[opening].tolist()
     before, after, n_vocab, partial = table.before_value, table.after_value, len(table), table.partial_ids
+    # Whether every window's ids are plain (in the vocabulary, none a partial character),
+    # one pass over all of them: then no window needs its own check, and the pieces of
+    # all their spans are picked by id in one step.
+    all_ids = list(chain.from_iterable(w.ids for w in windows))
+    plain = bool(all_ids) and min(all_ids) >= 0 and max(all_ids) < n_vocab and partial.isdisjoint(all_ids)
+    if plain and all(len(w.ids) == len(w.acts) for w in windows):
+        picked = np.array(all_ids, dtype=np.intp)
+        befores, afters = table.before_array[picked].tolist(), table.after_array[picked].tolist()
+    else:
+        befores = afters = None
     out = []
     first = 0
     for w in windows:
         ids, n = w.ids, len(w.acts)
         last = first + n
-        if n != len(ids) or not n or min(ids) < 0 or max(ids) >= n_vocab or not partial.isdisjoint(ids):
+        if n != len(ids) or not n or not (plain or (min(ids) >= 0 and max(ids) < n_vocab and partial.isdisjoint(ids))):
             out.append(str(tokens_html(table, ids, w.acts, scale, w.focus, w.bos)))
             first = last
             continue
-        parts = [_VALUE_AGAIN] * (6 * n)
-        parts[0::6] = heads[first:last]
-        parts[1::6] = map(before.__getitem__, ids)
-        parts[2::6] = parts[4::6] = values[first:last]
-        parts[5::6] = map(after.__getitem__, ids)
+        parts = [_VALUE_AGAIN] * (6 * n + 2)
+        parts[0], parts[-1] = '<span class="toks">', "</span>"
+        parts[1:-1:6] = heads[first:last]
+        parts[3:-1:6] = parts[5:-1:6] = values[first:last]
+        if befores is not None:
+            parts[2:-1:6], parts[6:-1:6] = befores[first:last], afters[first:last]
+        else:
+            parts[2:-1:6], parts[6:-1:6] = map(before.__getitem__, ids), map(after.__getitem__, ids)
         focus = w.focus
         if focus is not None and 0 <= focus < n and not (w.bos and focus == 0):
             act = w.acts[focus]
             cls = "t neg focus" if act < 0 else "t focus"
             span = _span(table, cls, _strength(abs(act) * inv), ids[focus], values[first + focus])
-            parts[6 * focus : 6 * focus + 6] = (span, "", "", "", "", "")
+            parts[6 * focus + 1 : 6 * focus + 7] = (span, "", "", "", "", "")
         if w.bos:
             span = _span(table, "t bos focus" if focus == 0 else "t bos", "0.000", ids[0], values[first])
-            parts[0:6] = (span, "", "", "", "", "")
-        out.append('<span class="toks">' + "".join(parts) + "</span>")
+            parts[1:7] = (span, "", "", "", "", "")
+        out.append("".join(parts))
         first = last
     return out
 

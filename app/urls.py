@@ -98,7 +98,11 @@ class URLs:
         parameter `name`), the common part built once (a unit page links every example open)."""
         page = self.unit(model, source, index, **{k: v for k, v in params.items() if k != name})
         sep = "&" if "?" in page else "?"
-        return [f"{page}{sep}{name}={_qv(key)}" for key in keys]
+        # A key is SEQ:POS: only its colon needs quoting (what _qv would write).
+        return [
+            f"{page}{sep}{name}={key.replace(':', '%3A') if key.replace(':', '').isdecimal() and key.isascii() else _qv(key)}"
+            for key in keys
+        ]
 
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)

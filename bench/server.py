@@ -37,7 +37,7 @@ was asked for is in memory (or found not to fit), and the server's resident set 
 (now and peak) beside the bytes the store says it holds.
 
 Usage:
-  .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16]
+  .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16] [--units-only]
   .venv/bin/python bench/server.py --million million.duckdb --resident-mb 4096,1024
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
@@ -413,6 +413,7 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
         model = home["models"][0]
         sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
         extra, scenarios, single, regex_scenario = "", [], None, None
+        live = live and not args.units_only
         if live:
             slug_live, n_live = sources[0]
             # Warm-up: the live model loads.
@@ -473,8 +474,9 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
             ok &= report(port, [regex_scenario], 1)
         if live:
             ok &= report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
-        ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
-        ok &= export_first_bytes(port, model, args.export_rounds)
+        if not args.units_only:
+            ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
+            ok &= export_first_bytes(port, model, args.export_rounds)
         return ok
     finally:
         stop_server(server)
@@ -578,6 +580,9 @@ def main() -> int:
     ap.add_argument("--only-explain", action="store_true", help="Only the explain scenario (on the demo index)")
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
+    ap.add_argument(
+        "--units-only", action="store_true", help="Only the unit page scenarios (no live, table, search, export)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
