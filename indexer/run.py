@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-
 from actscope import __version__
 from actscope.indexer.config import IndexConfig
 from actscope.indexer.errors import ActscopeError
