@@ -128,6 +128,13 @@ def main() -> None:
 @click.option(
     "--checkpoint-every", type=int, default=200, show_default=True, help="Batches between checkpoints (0: never)."
 )
+@click.option(
+    "--max-state-gb",
+    type=float,
+    default=None,
+    help="Accumulator state one pass may hold, in GB: more units than fit are indexed in groups of "
+    "whole sources, one pass over the corpus each, into the same file (the plan is printed first).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def index_command(**options) -> None:

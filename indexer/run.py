@@ -49,8 +49,8 @@ class Progress:
 
 
 def run_index(config: IndexConfig) -> str:
-    from actscope.indexer.accumulate.calibrate import calibrate
     from actscope.indexer.checkpoint import load_checkpoint, remove_checkpoint
+    from actscope.indexer.groups import plan_groups
     from actscope.indexer.memory import keep_freed_memory
     from actscope.indexer.store.writer import StoreWriter
 
@@ -59,6 +59,13 @@ def run_index(config: IndexConfig) -> str:
     keep_freed_memory()  # the batches' tensors reuse resident memory instead of faulting in fresh pages
     with clock.phase("load"):
         run = load(config)
+    plan = plan_groups(run.sources, config, config.max_state_gb) if config.max_state_gb else None
+    if plan is not None:
+        print(plan.describe(), file=sys.stderr)
+        if plan.passes > 1 and config.resume:
+            raise ActscopeError(
+                "--resume: a run in several groups (--max-state-gb) keeps no checkpoint; run it again without --resume"
+            )
     state = None
     if config.resume:
         state = load_checkpoint(config.checkpoint_path, run.identity, run.device)
@@ -70,32 +77,16 @@ def run_index(config: IndexConfig) -> str:
     with clock.phase("open file"):
         writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
     try:
-        stream = batches(run)
-        calibrated: list = []
-        if state is not None:
-            grids = state["grids"]
-        else:
-            with clock.phase("calibration"):
-                grids, calibrated = calibrate(
-                    run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k
-                )
-        accumulators = new_accumulators(run.sources, grids, config, run.device)
-        done = Progress()
-        if state is not None:
-            for slug, acc in accumulators.items():
-                acc.load_state_dict(state["accumulators"][slug])
-            done = Progress(state["batches_done"], state["n_sequences"])
-            writer.rewind(done.n_sequences)
-        else:
+        if plan is not None and plan.passes > 1:
             remove_checkpoint(config.checkpoint_path)
-        with clock.phase("batches"):
-            done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
-        last_batch = time.perf_counter()
-        if done.n_sequences == 0:
-            raise ActscopeError(
-                f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
-            )
-        finalize(writer, run, accumulators, done.n_sequences, clock)
+            band_levels, n_sequences = run_groups(run, plan, writer, clock)
+            last_batch = time.perf_counter()
+            finalize(writer, run, {}, n_sequences, clock, band_levels)
+        else:
+            done, accumulators = _run_whole(run, state, writer, clock)
+            last_batch = time.perf_counter()
+            finalize(writer, run, accumulators, done.n_sequences, clock)
+            n_sequences = done.n_sequences
         with clock.phase("last writes"):
             writer.finish(Path(config.out), before_rename=partial(remove_checkpoint, config.checkpoint_path))
         clock.add("after the last batch", time.perf_counter() - last_batch)
@@ -112,12 +103,130 @@ def run_index(config: IndexConfig) -> str:
                 f"out of disk space writing the index beside --out {config.out} ({reason}): free some space, then {then}"
             ) from exc
         raise
-    n_tokens = done.n_sequences * (config.ctx - 1)
+    if not config.quiet:
+        print(_time_outside_batches(clock), file=sys.stderr)
+    n_tokens = n_sequences * (config.ctx - 1)
     units = sum(s.n_units for s in run.sources)
     return (
         f"indexed {units} units ({', '.join(s.slug for s in run.sources)}) over {n_tokens:,} tokens "
         f"in {time.perf_counter() - started:.1f}s -> {config.out}"
     )
+
+
+def _run_whole(run: Loaded, state: dict | None, writer, clock: PhaseClock) -> tuple[Progress, dict]:
+    """Every source in one pass over the corpus, from the checkpoint `state` if resumed."""
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.checkpoint import remove_checkpoint
+
+    config = run.config
+    stream = batches(run)
+    calibrated: list = []
+    if state is not None:
+        grids = state["grids"]
+    else:
+        with clock.phase("calibration"):
+            grids, calibrated = calibrate(
+                run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k
+            )
+    accumulators = new_accumulators(run.sources, grids, config, run.device)
+    done = Progress()
+    if state is not None:
+        for slug, acc in accumulators.items():
+            acc.load_state_dict(state["accumulators"][slug])
+        done = Progress(state["batches_done"], state["n_sequences"])
+        writer.rewind(done.n_sequences)
+    else:
+        remove_checkpoint(config.checkpoint_path)
+    with clock.phase("batches"):
+        done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
+    _check_not_empty(config, done.n_sequences)
+    return done, accumulators
+
+
+def _check_not_empty(config: IndexConfig, n_sequences: int) -> None:
+    if n_sequences == 0:
+        raise ActscopeError(
+            f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
+        )
+
+
+@dataclass
+class GroupResult:
+    """What one group's pass over the corpus leaves: its sources' accumulators."""
+
+    accumulators: dict
+    n_sequences: int
+
+
+class _SequencesWritten:
+    """The sequence writer of every group after the first: the first wrote them."""
+
+    def add_sequences(self, first_seq: int, tokens) -> None:
+        pass
+
+    def flush(self, wait: bool = False) -> None:
+        pass
+
+
+def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int]:
+    """Each group of `plan` in its own pass over the corpus, its unit tables written (and
+    its state dropped) before the next starts; ({slug: band levels}, sequences)."""
+    from actscope.indexer.final_tables import write_unit_tables
+
+    levels: dict[str, list] = {}
+    n_sequences = None
+    for number, group in enumerate(plan.groups):
+        if not run.config.quiet:
+            print(f"group {number + 1} of {plan.passes}: {group.n_units:,} units", file=sys.stderr)
+        result = run_group(run, group, writer if number == 0 else _SequencesWritten(), clock)
+        if n_sequences is not None and result.n_sequences != n_sequences:
+            raise ActscopeError(
+                f"--dataset {run.config.dataset}: the corpus changed between two groups' passes "
+                f"({n_sequences} sequences, then {result.n_sequences})"
+            )
+        n_sequences = result.n_sequences
+        with clock.phase("unit tables"):
+            write_unit_tables(
+                writer, run.model.spec.slug, group.sources, result.accumulators, run.model.model, run.config.ctx
+            )
+        levels.update({slug: list(acc.grid.levels) for slug, acc in result.accumulators.items()})
+        del result  # the next group's state takes its place
+    assert n_sequences is not None
+    return levels, n_sequences
+
+
+def run_group(run: Loaded, group, sequences, clock: PhaseClock | None = None) -> GroupResult:
+    """One group's pass over the whole corpus: calibration and accumulation of its sources
+    only, each exactly as in a run of every source (a function of the group alone, so a
+    scheduler can run groups as tasks). `sequences` gets the corpus's token batches (the
+    index's writer, or a writer that drops them)."""
+    from dataclasses import replace
+
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.model.runner import ActivationRunner
+
+    clock = clock or PhaseClock()
+    config = replace(run.config, checkpoint_every=0)  # a group's state alone is no checkpoint of the run
+    runner = ActivationRunner(run.model.model, group.sources, reuse_outputs=True)
+    part = replace(run, config=config, sources=group.sources, runner=runner)
+    stream = batches(part)
+    with clock.phase("calibration"):
+        grids, calibrated = calibrate(
+            runner, stream, part.sources, config.calibration_tokens, config.hist_bins, config.top_k
+        )
+    accumulators = new_accumulators(part.sources, grids, config, run.device)
+    with clock.phase("batches"):
+        done = stream_all(part, steps(part, calibrated, stream), accumulators, grids, sequences, Progress())
+    _check_not_empty(config, done.n_sequences)
+    return GroupResult(accumulators, done.n_sequences)
+
+
+def _time_outside_batches(clock: PhaseClock) -> str:
+    """The log's line of where the time outside the batches went."""
+    before = clock.summary(["load", "open file", "calibration"])
+    after = clock.summary(["unit tables", "logit tables", "vocabulary", "writes", "last writes"])
+    last = clock.seconds.get("after the last batch", 0.0)
+    return f"time before the batches: {before}; after the last batch: {last:.1f} s ({after})"
 
 
 def load(config: IndexConfig) -> Loaded:
