@@ -185,7 +185,8 @@ def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int]
                 f"({n_sequences} sequences, then {result.n_sequences})"
             )
         n_sequences = result.n_sequences
-        with clock.phase("unit tables"):
+        # The last group's unit tables are written after the last batch, the others' between passes.
+        with clock.phase("unit tables" if number == plan.passes - 1 else "between passes"):
             write_unit_tables(
                 writer, run.model.spec.slug, group.sources, result.accumulators, run.model.model, run.config.ctx
             )
@@ -223,10 +224,10 @@ def run_group(run: Loaded, group, sequences, clock: PhaseClock | None = None) ->
 
 def _time_outside_batches(clock: PhaseClock) -> str:
     """The log's line of where the time outside the batches went."""
-    before = clock.summary(["load", "open file", "calibration"])
+    before = clock.summary(["load", "open file", "calibration", "between passes"])
     after = clock.summary(["unit tables", "logit tables", "vocabulary", "writes", "last writes"])
     last = clock.seconds.get("after the last batch", 0.0)
-    return f"time before the batches: {before}; after the last batch: {last:.1f} s ({after})"
+    return f"time outside the batches: {before}; after the last batch {last:.1f} s ({after})"
 
 
 def load(config: IndexConfig) -> Loaded:
