@@ -1,4 +1,4 @@
-"""The `actscope` command: index, serve, demo, train-default.
+"""The `actscope` command: index, merge, serve, demo, train-default.
 
 Heavy libraries (torch, transformer_lens, sae_lens) are imported inside the commands so
 `actscope --help` stays instant. Errors caused by user input are printed as one line
@@ -72,7 +72,12 @@ def main() -> None:
     required=True,
     help="Hugging Face dataset name (streamed), local .txt/.jsonl/.parquet files (globs allowed), or a built-in corpus.",
 )
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The DuckDB file to write.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The DuckDB file to write (not with --shard: `actscope merge` writes it).",
+)
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text (jsonl, parquet, hub).")
 @click.option("--split", default="train", show_default=True, help="Dataset split (hub datasets).")
 @click.option(
@@ -136,15 +141,124 @@ def main() -> None:
     "whole sources, one pass over the corpus each, into the same file (the plan is printed first).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Index only shard I (from 0) of N contiguous ranges of the corpus, into --state-out; "
+    "`actscope merge` writes the index from all N (for Slurm arrays and other schedulers).",
+)
+@click.option(
+    "--state-out",
+    default=None,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="With --shard: the directory every shard of the run writes its state to.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Index N shards as Ray tasks (a local Ray instance, or --ray-address), merged into --out. "
+    "Needs pip install 'actscope[ray]'.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="With --workers: the Ray cluster to run on (default: a local one).",
+)
+@click.option(
+    "--state-dir",
+    default=None,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="With --workers: the directory, on storage every node shares, for the shards' states and checkpoints "
+    "(default: FILE.duckdb.shards beside --out; needed with --ray-address).",
+)
 @user_errors
-def index_command(**options) -> None:
+def index_command(
+    shard: str | None,
+    state_out: str | None,
+    workers: int | None,
+    ray_address: str | None,
+    state_dir: str | None,
+    **options,
+) -> None:
     """Index every neuron and SAE feature of a model over a corpus into a DuckDB file."""
     from actscope.indexer.config import IndexConfig
+    from actscope.indexer.errors import ActscopeError
+
+    if options.get("max_state_gb") is not None and (shard is not None or workers is not None):
+        raise ActscopeError(
+            "--max-state-gb runs its groups in one process: it does not go with --shard or --workers yet"
+        )
+    if shard is not None:
+        from actscope.indexer.shards import Shard, check_state_dir, run_shard
+
+        if options["out"] is not None:
+            raise ActscopeError(
+                "--shard writes the shard's state to --state-out, not an index: leave out --out, and write the "
+                "index with actscope merge DIR --out FILE.duckdb once every shard is done"
+            )
+        if state_out is None:
+            raise ActscopeError("--shard needs --state-out DIR, the directory every shard of the run writes to")
+        if workers is not None or ray_address or state_dir:
+            raise ActscopeError("--shard runs one shard; --workers, --ray-address and --state-dir run them all on Ray")
+        part = Shard.parse(shard)
+        directory = check_state_dir(state_out, "--state-out")
+        config = IndexConfig.from_cli({**options, "out": str(part.sequences_path(directory))})
+        click.echo(run_shard(config, part, directory, resume=config.resume))
+        return
+    if state_out is not None:
+        raise ActscopeError("--state-out goes with --shard I/N")
+    if options["out"] is None:
+        raise ActscopeError("--out FILE.duckdb is needed (or --shard I/N with --state-out DIR)")
+    config = IndexConfig.from_cli(options)
+    if workers is not None:
+        from actscope.indexer.ray_run import run_on_ray
+        from actscope.indexer.shards import check_state_dir
+
+        if workers < 1:
+            raise ActscopeError("--workers must be at least 1")
+        if ray_address and state_dir is None:
+            raise ActscopeError(
+                "--ray-address needs --state-dir: a directory on storage every node of the cluster shares"
+            )
+        directory = check_state_dir(state_dir or config.out + ".shards", "--state-dir")
+        click.echo(run_on_ray(config, workers, directory, ray_address, owned_dir=state_dir is None))
+        return
+    if ray_address or state_dir:
+        raise ActscopeError("--ray-address and --state-dir go with --workers N")
     from actscope.indexer.run import run_index
 
-    config = IndexConfig.from_cli(options)
-    summary = run_index(config)
-    click.echo(summary)
+    click.echo(run_index(config))
+
+
+@main.command("merge")
+@click.argument("state_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The DuckDB file to write.")
+@click.option(
+    "--model",
+    default=None,
+    help="The model's directory on this machine, if not where the shards read it (its files must be the same).",
+)
+@click.option(
+    "--sae",
+    "saes",
+    multiple=True,
+    help="Every SAE's directory on this machine, in the shards' order, if not where they read them (repeatable).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda: for the logit tables.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@user_errors
+def merge_command(state_dir: str, out: str, model: str | None, saes: tuple[str, ...], device: str, quiet: bool) -> None:
+    """Merge the shard states of STATE_DIR (from `actscope index --shard I/N --state-out STATE_DIR`)
+    into one index, the one a single run would write."""
+    from actscope.indexer.merge import merge_states
+
+    click.echo(merge_states(state_dir, out, model=model, saes=saes, device=device, quiet=quiet))
 
 
 ROOT_PATH_HELP = (
@@ -165,7 +279,7 @@ def parse_root_path(_ctx, _param, value: str | None) -> str | None:
 
 
 @main.command("serve")
-@click.argument("index_file", type=click.Path(dir_okay=False))
+@click.argument("index_files", nargs=-1, required=True, type=click.Path(), metavar="INDEX...")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device for live inference.")
@@ -173,17 +287,27 @@ def parse_root_path(_ctx, _param, value: str | None) -> str | None:
 @click.option(
     "--reload-on-change",
     is_flag=True,
-    help="Serve the new index as soon as the file is rebuilt in place (each worker watches it). "
+    help="Serve the new index as soon as a file is rebuilt in place (each worker watches them). "
     "Without it, send SIGHUP to a single-process server to reload.",
 )
 @user_errors
 def serve_command(
-    index_file: str, host: str, port: int, device: str, root_path: str | None, reload_on_change: bool
+    index_files: tuple[str, ...], host: str, port: int, device: str, root_path: str | None, reload_on_change: bool
 ) -> None:
-    """Serve an index built by `actscope index` in the browser and as a JSON API."""
+    """Serve indexes built by `actscope index` in the browser and as a JSON API.
+
+    INDEX is an index file, or a directory: every *.duckdb file in it. Every model of
+    every index is served under its own name."""
     from actscope.app.server import serve
 
-    serve(index_file, host=host, port=port, device=device, root_path=root_path, reload_on_change=reload_on_change)
+    serve(
+        list(index_files),
+        host=host,
+        port=port,
+        device=device,
+        root_path=root_path,
+        reload_on_change=reload_on_change,
+    )
 
 
 @main.command("demo")
@@ -203,7 +327,7 @@ def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool
         return
     from actscope.app.server import serve
 
-    serve(out, host=host, port=port, device="cpu", root_path=root_path)
+    serve([out], host=host, port=port, device="cpu", root_path=root_path)
 
 
 @main.command("train-default")

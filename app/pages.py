@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from actscope.app import head_view, index_record, live_data, params, unit_refs, unit_view
+from actscope.app import explain_state, head_view, index_record, live_data, params, unit_refs, unit_view
+from actscope.app.catalog import Catalog, ServedModel
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
@@ -130,18 +131,36 @@ def logit_list(store: Store, model: str, ids: list[int], values: list[float]) ->
 
 
 # -- pages ----------------------------------------------------------------------------
-def home_data(store: Store) -> dict[str, Any]:
-    models = [model_dict(store, m) for m in store.models()]
+def served_model_dict(catalog: Catalog, m: ServedModel) -> dict[str, Any]:
+    """A model with its sources, and the index file it is served from."""
+    return {**model_dict(m.store, m.info), "index": catalog.label(m.index)}
+
+
+def home_data(catalog: Catalog, only: str | None = None) -> dict[str, Any]:
+    """Every model served (or only the one named), and the index files they come from.
+    `corpus`, `built_at` and `meta` are those of the first file (each model and file
+    has its own)."""
+    served = [catalog.served(only)] if only is not None else catalog.models()
+    indexes = [
+        {
+            "file": catalog.label(f),
+            "models": [m.model for m in served if m.index is f],
+            **index_record.summary(f.store.meta),
+        }
+        for f in catalog.files()
+        if any(m.index is f for m in served)
+    ]
+    models = [served_model_dict(catalog, m) for m in served]
+    first = indexes[0]
     return {
         "models": models,
         "n_tokens": sum(m["n_tokens"] for m in models),
         "n_sequences": sum(m["n_sequences"] for m in models),
-        **index_record.summary(store.meta),
+        "corpus": first["corpus"],
+        "built_at": first["built_at"],
+        "meta": first["meta"],
+        "indexes": indexes,
     }
-
-
-def model_data(store: Store, model: str) -> dict[str, Any]:
-    return model_dict(store, get_model(store, model))
 
 
 COLUMNS = {
@@ -296,6 +315,7 @@ def unit_data(
     page: str | None = None,
     per_page: str | None = None,
     open: str | None = None,
+    explain: str | None = None,
     shown_only: bool = False,
     with_full: bool = False,
 ) -> dict[str, Any]:
@@ -320,6 +340,7 @@ def unit_data(
     shown = params.band_choice(band, len(rec.bands))
     page_no, n_per_page = params.example_page(page, per_page)
     opened = params.open_example(open)
+    explained = explain_state.unit_page_part(urls, model, source, index, explain, params.visitor_text(text))
     if opened is not None:
         info = get_model(store, model)
         if opened[0] >= info.n_sequences or opened[1] >= info.ctx:
@@ -365,10 +386,11 @@ def unit_data(
         "per_page": n_per_page if n_per_page != params.EXAMPLES_PER_PAGE else None,
         "open": None if opened is None else f"{opened[0]}:{opened[1]}",
         "text": text,
+        "explain": None if explained is None else explained["key"],
     }
 
     def set_url(p: int) -> str:
-        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None})
+        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None, "explain": None})
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
@@ -438,6 +460,7 @@ def unit_data(
         "text": text,
         "params": state,
         "live": live_part,
+        "explain": explained,
     }
     attention_hook = kinds.get(src.kind).attention_hook(src.layer)
     data["attention"] = None

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import compare_data, limits, live_data, pages, params, schemas, search_data, try_data
+from actscope.app import compare_data, explain_data, limits, live_data, pages, params, schemas, search_data, try_data
 from actscope.app import urls as site_urls
-from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import not_found
 from actscope.app.fast_route import PlainParamsRoute
 
@@ -53,13 +53,13 @@ def _doc(model: Any, errors: Responses = ERRORS) -> dict[str, Any]:
 
 
 @router.get("", summary="Models and their sources", **_doc(schemas.HomeOut))
-def api_home(store: StoreDep):
-    return JSON(pages.home_data(store))
+def api_home(catalog: CatalogDep):
+    return JSON(pages.home_data(catalog))
 
 
 @router.get("/{model}", summary="One model and its sources", **_doc(schemas.ModelOut))
-def api_model(store: StoreDep, model: params.ModelName):
-    return JSON(pages.model_data(store, model))
+def api_model(catalog: CatalogDep, model: params.ModelName):
+    return JSON(pages.served_model_dict(catalog, catalog.served(model)))
 
 
 @router.get("/{model}/sequences/{seq}", summary="The exact token ids of a corpus sequence", **_doc(schemas.SequenceOut))
@@ -152,7 +152,7 @@ def api_search(
 )
 def api_compare(
     request: Request,
-    store: StoreDep,
+    catalog: CatalogDep,
     model: params.ModelName,
     units: Annotated[
         str,
@@ -165,7 +165,8 @@ def api_compare(
 ):
     """Each unit's statistics, histogram and top examples, and the overlap of their top
     examples' focus tokens (seq, pos): per pair of units of one model, and in all."""
-    return JSON(compare_data.compare_data(store, site_urls.for_request(request), model, units, strict=True))
+    stores = dict(catalog.stores())
+    return JSON(compare_data.compare_data(stores, site_urls.for_request(request), model, units, strict=True))
 
 
 @router.get(
@@ -251,6 +252,75 @@ def api_export(store: StoreDep, model: params.ModelName, source: params.SourceSl
     )
 
 
+EXPLAIN_ERRORS: Responses = {
+    **LIVE_ERRORS,
+    404: {
+        "model": schemas.ErrorOut,
+        "description": "Unknown model, source, unit or sequence; a position that is BOS or past the last measured "
+        "one; a baseline past the vocabulary; or no example named (seq and pos, or text)",
+    },
+}
+
+
+@router.get(
+    "/{model}/{source}/{index}/explain",
+    summary="What mattered at a focus token: ablation attribution and the minimal example (live)",
+    **_doc(schemas.ExplainOut, EXPLAIN_ERRORS),
+)
+async def api_explain(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: params.ModelName,
+    source: params.SourceSlug,
+    index: params.UnitIndex,
+    seq: params.ExplainSeq = None,
+    pos: params.ExplainPos = None,
+    text: params.ExplainText = None,
+    method: params.ExplainMethod = None,
+    baseline: params.ExplainBaseline = None,
+    sigma: params.ExplainSigma = None,
+    draws: params.ExplainDraws = None,
+    seed: params.ExplainSeed = None,
+    threshold: params.ExplainThreshold = None,
+):
+    """A stored example (`seq`, `pos`) or a text (focus: its last measured token, or
+    `pos`), in the window the index keeps around a focus. For each window token from the
+    window's start up to the focus (never BOS): the focus activation with that token
+    ablated (`ablated`) and `delta` = act - ablated; null elsewhere. `replace` swaps the
+    token for `baseline` (default the model's BOS/EOS id); `noise` adds Gaussian noise
+    at `hook_embed` (sigma times the per-dimension std of W_E's rows), averaged over
+    `draws` seeded draws. `truncation`: the shortest suffix ending at the focus (BOS
+    prepended) whose focus activation keeps `threshold` of `act`, or null."""
+    raw = {"seq": seq, "pos": pos, "text": text, "method": method, "baseline": baseline}
+    raw.update(sigma=sigma, draws=draws, seed=seed, threshold=threshold)
+    args = explain_data.parse_form({k: v for k, v in raw.items() if v is not None})
+    urls = site_urls.for_request(request)
+    return JSON(await explain_data.explain_data(store, live, urls, model, source, index, **args))
+
+
+@router.get(
+    "/{model}/{source}/{index}/minimal",
+    summary="The minimal example of each of a unit's top examples, summed up (live)",
+    **_doc(schemas.MinimalOut, LIVE_ERRORS),
+)
+async def api_minimal(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: params.ModelName,
+    source: params.SourceSlug,
+    index: params.UnitIndex,
+    threshold: params.ExplainThreshold = None,
+):
+    """For each of the unit's first 20 top examples: the shortest suffix ending at its
+    focus (BOS prepended, starting in its window) that keeps `threshold` of its focus
+    activation. `n_found` of `n_examples` have one, the longest `max_tokens` long."""
+    asked = explain_data.parse_form({"threshold": threshold or ""}).get("threshold")
+    urls = site_urls.for_request(request)
+    return JSON(await explain_data.minimal_data(store, live, urls, model, source, index, asked))
+
+
 async def api_unit(
     request: Request,
     model: params.ModelName,
@@ -268,7 +338,8 @@ async def api_unit(
     expanded example."""
     # The hottest route reads app.state itself: two dependencies cost ~10% of a
     # first view (FastAPI resolves each per request).
-    store, live = request.app.state.store, request.app.state.live
+    served = request.app.state.catalog.served(model)
+    store, live = served.store, served.live
     args = (request, store, live, model, source, index, text, band, page, per_page, open)
     if store.resident and text is None:  # from memory: pure CPU, no hop to the threadpool
         return _api_unit(*args)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import compare_data, head_view, pages, params, search_data, try_data, unit_view
+from actscope.app import compare_data, explain_data, head_view, pages, params, search_data, try_data, unit_view
 from actscope.app import urls as site_urls
-from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import AppError
 from actscope.app.fast_route import PlainParamsRoute
 from actscope.app.live_service import LiveService
@@ -86,16 +86,15 @@ def _or_shown_error(
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, store: StoreDep):
+def home(request: Request, catalog: CatalogDep):
     urls = site_urls.for_request(request)
-    return render(request, "home.html", pages.home_data(store), page_url=urls.home(), title="actscope")
+    return render(request, "home.html", pages.home_data(catalog), page_url=urls.home(), title="actscope")
 
 
 @router.get("/{model}", response_class=HTMLResponse)
-def model_page(request: Request, store: StoreDep, model: str):
+def model_page(request: Request, catalog: CatalogDep, model: str):
     urls = site_urls.for_request(request)
-    data = pages.home_data(store)
-    data["models"] = [pages.model_data(store, model)]
+    data = pages.home_data(catalog, only=model)
     return render(request, "home.html", data, page_url=urls.model(model), title=f"{model} · actscope")
 
 
@@ -190,10 +189,10 @@ def sequence_page(
 
 
 @router.get("/{model}/compare", response_class=HTMLResponse)
-def compare_page(request: Request, store: StoreDep, model: str, units: str | None = None):
+def compare_page(request: Request, catalog: CatalogDep, model: str, units: str | None = None):
     """Units side by side; bad units are shown next to the form, the text kept."""
     urls = site_urls.for_request(request)
-    data = compare_data.compare_data(store, urls, model, units, strict=False)
+    data = compare_data.compare_data(dict(catalog.stores()), urls, model, units, strict=False)
     status = 422 if data["error"] and units is not None else 200  # the empty form asks for nothing yet
     if units is None:
         data["error"] = None
@@ -280,6 +279,7 @@ class UnitState:
     page: str | None = None
     per_page: str | None = None
     open: str | None = None
+    explain: str | None = None  # an attribution or minimal-example summary shown (explain_state)
 
 
 async def unit_page(
@@ -293,11 +293,13 @@ async def unit_page(
     per_page: str | None = None,
     open: str | None = None,
     goto: str | None = None,
+    explain: str | None = None,
 ):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
     # view (FastAPI resolves each per request).
-    store, live = request.app.state.store, request.app.state.live
-    state = UnitState(band, text, page, per_page, open)
+    served = request.app.state.catalog.served(model)
+    store, live = served.store, served.live
+    state = UnitState(band, text, page, per_page, open, explain)
     if goto:  # an empty box asks for nothing
         return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
@@ -342,6 +344,7 @@ def _unit_with_text(
             page=state.page,
             per_page=state.per_page,
             open=state.open,
+            explain=state.explain,
             shown_only=True,
             with_full=with_full,
         )
@@ -417,4 +420,65 @@ def unit_live(
         block="live",
         status=200 if status < 500 else status,
         headers={"HX-Push-Url": share, "X-Live-Status": str(status)},
+    )
+
+
+@router.get("/{model}/{source}/{index}/explain", response_class=HTMLResponse)
+async def explain_page(request: Request, store: StoreDep, live: LiveDep, model: str, source: str, index: int):
+    """What mattered at a focus token and the minimal example: a page with its form, or
+    (htmx) the result block a unit page loads after itself. Computed in the live worker."""
+    urls = site_urls.for_request(request)
+    query = request.query_params
+    try:
+        data = await explain_data.explain_data(
+            store, live, urls, model, source, index, **explain_data.parse_form(query)
+        )
+        error, status = None, 200
+    except AppError as exc:
+        if exc.status == 404 and not isinstance(exc, params.FieldError):
+            raise
+        data = explain_data.unit_frame(store, urls, model, source, index)
+        error, status = exc.message, _shown_status(exc)
+    data.update(form=explain_data.form_values(query), error=error)
+    fragment = bool(request.headers.get("hx-request"))
+    return render(
+        request,
+        "explain.html",
+        data,
+        page_url=_here(request),
+        title=f"What mattered · {source}/{index} · {model}",
+        block="explained" if fragment else None,
+        # htmx swaps 2xx answers only: an error is shown inside the block.
+        status=200 if fragment and status < 500 else status,
+        headers={"X-Live-Status": str(status)} if fragment else None,
+    )
+
+
+@router.get("/{model}/{source}/{index}/minimal", response_class=HTMLResponse)
+async def minimal_page(
+    request: Request, store: StoreDep, live: LiveDep, model: str, source: str, index: int, threshold: str | None = None
+):
+    """The minimal examples of a unit's top examples and the line summing them up; htmx
+    gets the line alone (a unit page loads it after itself)."""
+    urls = site_urls.for_request(request)
+    try:
+        asked = explain_data.parse_form({"threshold": threshold or ""}).get("threshold")
+        data = await explain_data.minimal_data(store, live, urls, model, source, index, asked)
+        error, status = None, 200
+    except AppError as exc:
+        if exc.status == 404 and not isinstance(exc, params.FieldError):
+            raise
+        data = explain_data.unit_frame(store, urls, model, source, index)
+        error, status = exc.message, _shown_status(exc)
+    data.update(threshold_text=threshold or "", error=error)
+    fragment = bool(request.headers.get("hx-request"))
+    return render(
+        request,
+        "minimal.html",
+        data,
+        page_url=_here(request),
+        title=f"Minimal examples · {source}/{index} · {model}",
+        block="summary" if fragment else None,
+        status=200 if fragment and status < 500 else status,
+        headers={"X-Live-Status": str(status)} if fragment else None,
     )

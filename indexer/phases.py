@@ -16,9 +16,10 @@ class PhaseClock:
     """Seconds per phase, in the order the phases first ran (a phase may run several times:
     its times add up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: float | None = None) -> None:
+        """`started`: the run's start (time.perf_counter()), if before now."""
         self.seconds: dict[str, float] = {}
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -263,8 +263,8 @@ def load(config: IndexConfig) -> Loaded:
     return Loaded(config, device, loaded, sources, runner, identity)
 
 
-def batches(run: Loaded) -> Iterator:
-    """The corpus as token batches [batch, ctx].
+def batches(run: Loaded, first_sequence: int = 0) -> Iterator:
+    """The corpus as token batches [batch, ctx] (from `first_sequence` on: a shard's).
 
     On the CPU the documents are read in the background (a Hub stream waits on the
     network there) but tokenised here, between forward passes: a tokenizer thread beside
@@ -286,6 +286,7 @@ def batches(run: Loaded) -> Iterator:
         ctx=config.ctx,
         batch_size=config.batch_size,
         max_sequences=run.max_sequences,
+        first_sequence=first_sequence,
     )
     return stream if on_cpu else prefetch(stream)
 

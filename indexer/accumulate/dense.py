@@ -25,6 +25,7 @@ from actscope.indexer.accumulate.sampling import (
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
 MAX_SAMPLE_CAPACITY = 1 << 20  # band-sample candidates buffered per part (32 MB)
+TOP_ROWS_CHUNK = 2048  # units per step of the warm-up's top-k
 
 
 class DenseAccumulator(MergeableAccumulator):
@@ -150,8 +151,7 @@ class DenseAccumulator(MergeableAccumulator):
     def _warm_up_top(self, acts: torch.Tensor, body: torch.Tensor, values: torch.Tensor, first_seq: int) -> None:
         """Until every unit has k examples: reduce the batch to its own top-k per unit."""
         k_batch = min(self.top.n, values.shape[0])
-        _, rows = values.topk(k_batch, dim=0)
-        rows = rows.reshape(-1)
+        rows = top_rows(values, k_batch).reshape(-1)
         units = torch.arange(self.n_units, device=body.device).repeat(k_batch)
         self._add_top(acts, rows // body.shape[1], rows % body.shape[1] + 1, units, first_seq)
 
@@ -205,3 +205,18 @@ class DenseAccumulator(MergeableAccumulator):
             self.window,
             compiled=self.fused,
         )
+
+
+def top_rows(values: torch.Tensor, k: int) -> torch.Tensor:
+    """[k, U] rows of the k largest values [R, U] of each unit, ties to the earlier row
+    (and -0.0 tied with 0.0), as the stream and merges break them: a plain topk picks
+    any of the tied rows, so a batch of many equal values (a unit silent on most tokens)
+    kept other examples depending on how the corpus was batched or sharded."""
+    bits = (values.float() + 0.0).view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()  # monotone in the value
+    later = (1 << 32) - 1 - torch.arange(values.shape[0], device=values.device)[:, None]
+    chunks = [  # a few columns at a time: the int64 keys are twice the batch's size
+        ((ordered[:, start : start + TOP_ROWS_CHUNK] << 32) | later).topk(k, dim=0).indices
+        for start in range(0, values.shape[1], TOP_ROWS_CHUNK)
+    ]
+    return torch.cat(chunks, dim=1)

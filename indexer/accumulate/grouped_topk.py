@@ -99,8 +99,9 @@ class GroupedTopK:
     def _rank_bits(self, score: torch.Tensor) -> torch.Tensor:
         """Non-negative int64 < 2**33 that sorts ascending in the order best-first."""
         if self.descending:
-            # Scores are float32 activations: order their bit patterns, then flip.
-            bits = score.float().view(torch.int32).long()
+            # Scores are float32 activations: order their bit patterns, then flip. Adding 0
+            # turns -0.0 into 0.0: the two tie, as in the compiled insertion (kernels_cpu).
+            bits = (score.float() + 0.0).view(torch.int32).long()
             ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # monotone in the value
             return (2**31 - 1) - ordered  # in [0, 2**32): largest value first
         # Sampling keys have 32-bit resolution in [0, 1); empty slots (inf) sort last.

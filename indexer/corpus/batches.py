@@ -63,21 +63,33 @@ def iter_batches(
     ctx: int,
     batch_size: int,
     max_sequences: int | None,
+    first_sequence: int = 0,
 ) -> Iterator[Batch]:
-    """Pack documents into [batch, ctx] token tensors, BOS at position 0 of every row."""
+    """Pack documents into [batch, ctx] token tensors, BOS at position 0 of every row.
+
+    `first_sequence` (a multiple of batch_size): the sequences before it are packed but not
+    yielded; the first batch is the one the whole stream has there (a shard's stream)."""
     import torch
 
+    if first_sequence % batch_size:
+        raise ValueError(f"first_sequence {first_sequence} is not a multiple of batch_size {batch_size}")
     body = ctx - 1
     buffer: list[int] = []
     start = 0  # consumed prefix of buffer; compacted lazily so long documents stay linear
     rows: list[list[int]] = []
     n_seq = 0
-    batch_index = 0
+    batch_index = first_sequence // batch_size
     for ids in iter_token_stream(documents, tokenizer, eos_token_id):
         del buffer[:start]
         start = 0
         buffer.extend(ids)
         while len(buffer) - start >= body:
+            if n_seq < first_sequence:  # before the shard: counted, never built
+                start += body
+                n_seq += 1
+                if max_sequences is not None and n_seq >= max_sequences:
+                    return
+                continue
             rows.append([bos_token_id] + buffer[start : start + body])
             start += body
             n_seq += 1
@@ -89,3 +101,9 @@ def iter_batches(
                 return
     if rows:
         yield Batch(batch_index, n_seq - len(rows), torch.tensor(rows, dtype=torch.long))
+
+
+def count_sequences(documents: Iterator[str], tokenizer, *, eos_token_id: int, ctx: int) -> int:
+    """The number of sequences iter_batches packs `documents` into (no limit): the corpus
+    is tokenised, nothing is kept."""
+    return sum(len(ids) for ids in iter_token_stream(documents, tokenizer, eos_token_id)) // (ctx - 1)
