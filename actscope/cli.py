@@ -133,6 +133,13 @@ def main() -> None:
 @click.option(
     "--checkpoint-every", type=int, default=200, show_default=True, help="Batches between checkpoints (0: never)."
 )
+@click.option(
+    "--max-state-gb",
+    type=float,
+    default=None,
+    help="Accumulator state one pass may hold, in GB: more units than fit are indexed in groups of "
+    "whole sources, one pass over the corpus each, into the same file (the plan is printed first).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--shard",
@@ -183,6 +190,10 @@ def index_command(
     from actscope.indexer.config import IndexConfig
     from actscope.indexer.errors import ActscopeError
 
+    if options.get("max_state_gb") is not None and (shard is not None or workers is not None):
+        raise ActscopeError(
+            "--max-state-gb runs its groups in one process: it does not go with --shard or --workers yet"
+        )
     if shard is not None:
         from actscope.indexer.shards import Shard, check_state_dir, run_shard
 

@@ -39,6 +39,9 @@ class IndexConfig:
     hist_bins: int = 512
     # Tokens used to estimate each unit's range and quantile band edges.
     calibration_tokens: int = 8192
+    # Accumulator state one pass may hold, in GB: more units than fit are indexed in groups,
+    # one pass over the corpus each (indexer/groups.py). None: every unit in one pass.
+    max_state_gb: float | None = None
 
     def __post_init__(self) -> None:
         self.saes = list(self.saes)
@@ -53,6 +56,8 @@ class IndexConfig:
             raise ActscopeError("--ctx must be at least 2 (BOS plus one token)")
         if self.max_tokens is not None and self.max_tokens < self.ctx:
             raise ActscopeError(f"--max-tokens {self.max_tokens} is smaller than one sequence (--ctx {self.ctx})")
+        if self.max_state_gb is not None and not self.max_state_gb > 0:
+            raise ActscopeError(f"--max-state-gb {self.max_state_gb}: must be more than 0")
         if self.no_neurons and self.neuron_hooks:
             raise ActscopeError("--no-neurons contradicts --neurons")
         if self.no_neurons and not self.saes and not self.directions and not self.heads:
@@ -88,7 +93,7 @@ class IndexConfig:
 
     def identity(self) -> dict[str, Any]:
         """The options that determine the index content (a resumed run must match them)."""
-        ignored = {"resume", "quiet", "checkpoint_every", "device", "out"}
+        ignored = {"resume", "quiet", "checkpoint_every", "device", "out", "max_state_gb"}
         return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
     @classmethod

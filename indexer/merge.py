@@ -137,6 +137,7 @@ def write_index(
     """The index of merged state `header` (its accumulators), the sequences copied from
     the `shards`' files, finalized as run_index finalizes; a summary line."""
     from actscope.indexer.identity import describe_differences, identity_hash
+    from actscope.indexer.phases import PhaseClock
     from actscope.indexer.run import _abandon, _out_of_space, finalize
     from actscope.indexer.shards import load_shard_run
     from actscope.indexer.store.writer import StoreWriter
@@ -159,7 +160,7 @@ def write_index(
         for shard in shards:
             if not shard.empty:
                 _copy_sequences(writer, sequences_of(shard))
-        finalize(writer, run, accumulators, header.n_sequences, started)
+        finalize(writer, run, accumulators, header.n_sequences, PhaseClock(started))
         writer.set_meta(
             "shards",
             {

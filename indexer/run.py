@@ -14,11 +14,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from actscope import __version__
 from actscope.indexer.config import IndexConfig
 from actscope.indexer.errors import ActscopeError
+from actscope.indexer.phases import PhaseClock
 
 SEQUENCE_FLUSH_BATCHES = 64  # token batches kept in memory before they go to the file
 DOCUMENT_PREFETCH = 64  # documents read ahead: two of the tokenizer's groups (corpus/batches.py)
@@ -50,14 +49,23 @@ class Progress:
 
 
 def run_index(config: IndexConfig) -> str:
-    from actscope.indexer.accumulate.calibrate import calibrate
     from actscope.indexer.checkpoint import load_checkpoint, remove_checkpoint
+    from actscope.indexer.groups import plan_groups
     from actscope.indexer.memory import keep_freed_memory
     from actscope.indexer.store.writer import StoreWriter
 
-    started = time.perf_counter()
+    clock = PhaseClock()
+    started = clock.started
     keep_freed_memory()  # the batches' tensors reuse resident memory instead of faulting in fresh pages
-    run = load(config)
+    with clock.phase("load"):
+        run = load(config)
+    plan = plan_groups(run.sources, config, config.max_state_gb) if config.max_state_gb else None
+    if plan is not None:
+        print(plan.describe(), file=sys.stderr)
+        if plan.passes > 1 and config.resume:
+            raise ActscopeError(
+                "--resume: a run in several groups (--max-state-gb) keeps no checkpoint; run it again without --resume"
+            )
     state = None
     if config.resume:
         state = load_checkpoint(config.checkpoint_path, run.identity, run.device)
@@ -66,32 +74,22 @@ def run_index(config: IndexConfig) -> str:
     # The file is opened before the first forward pass: the first index a process writes
     # starts its DuckDB instance, which trims the C heap (see store/writer.py); done now,
     # that hands back none of the memory the forward passes page in.
-    writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
+    with clock.phase("open file"):
+        writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
     try:
-        stream = batches(run)
-        calibrated: list = []
-        if state is not None:
-            grids = state["grids"]
-        else:
-            grids, calibrated = calibrate(
-                run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k
-            )
-        accumulators = new_accumulators(run.sources, grids, config, run.device)
-        done = Progress()
-        if state is not None:
-            for slug, acc in accumulators.items():
-                acc.load_state_dict(state["accumulators"][slug])
-            done = Progress(state["batches_done"], state["n_sequences"])
-            writer.rewind(done.n_sequences)
-        else:
+        if plan is not None and plan.passes > 1:
             remove_checkpoint(config.checkpoint_path)
-        done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
-        if done.n_sequences == 0:
-            raise ActscopeError(
-                f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
-            )
-        finalize(writer, run, accumulators, done.n_sequences, started)
-        writer.finish(Path(config.out), before_rename=partial(remove_checkpoint, config.checkpoint_path))
+            band_levels, n_sequences = run_groups(run, plan, writer, clock)
+            last_batch = time.perf_counter()
+            finalize(writer, run, {}, n_sequences, clock, band_levels)
+        else:
+            done, accumulators = _run_whole(run, state, writer, clock)
+            last_batch = time.perf_counter()
+            finalize(writer, run, accumulators, done.n_sequences, clock)
+            n_sequences = done.n_sequences
+        with clock.phase("last writes"):
+            writer.finish(Path(config.out), before_rename=partial(remove_checkpoint, config.checkpoint_path))
+        clock.add("after the last batch", time.perf_counter() - last_batch)
     except BaseException as exc:
         _abandon(writer, config)
         reason = _out_of_space(exc)
@@ -105,12 +103,131 @@ def run_index(config: IndexConfig) -> str:
                 f"out of disk space writing the index beside --out {config.out} ({reason}): free some space, then {then}"
             ) from exc
         raise
-    n_tokens = done.n_sequences * (config.ctx - 1)
+    if not config.quiet:
+        print(_time_outside_batches(clock), file=sys.stderr)
+    n_tokens = n_sequences * (config.ctx - 1)
     units = sum(s.n_units for s in run.sources)
     return (
         f"indexed {units} units ({', '.join(s.slug for s in run.sources)}) over {n_tokens:,} tokens "
         f"in {time.perf_counter() - started:.1f}s -> {config.out}"
     )
+
+
+def _run_whole(run: Loaded, state: dict | None, writer, clock: PhaseClock) -> tuple[Progress, dict]:
+    """Every source in one pass over the corpus, from the checkpoint `state` if resumed."""
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.checkpoint import remove_checkpoint
+
+    config = run.config
+    stream = batches(run)
+    calibrated: list = []
+    if state is not None:
+        grids = state["grids"]
+    else:
+        with clock.phase("calibration"):
+            grids, calibrated = calibrate(
+                run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k
+            )
+    accumulators = new_accumulators(run.sources, grids, config, run.device)
+    done = Progress()
+    if state is not None:
+        for slug, acc in accumulators.items():
+            acc.load_state_dict(state["accumulators"][slug])
+        done = Progress(state["batches_done"], state["n_sequences"])
+        writer.rewind(done.n_sequences)
+    else:
+        remove_checkpoint(config.checkpoint_path)
+    with clock.phase("batches"):
+        done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
+    _check_not_empty(config, done.n_sequences)
+    return done, accumulators
+
+
+def _check_not_empty(config: IndexConfig, n_sequences: int) -> None:
+    if n_sequences == 0:
+        raise ActscopeError(
+            f"--dataset {config.dataset}: the corpus is empty or shorter than one sequence of {config.ctx} tokens"
+        )
+
+
+@dataclass
+class GroupResult:
+    """What one group's pass over the corpus leaves: its sources' accumulators."""
+
+    accumulators: dict
+    n_sequences: int
+
+
+class _SequencesWritten:
+    """The sequence writer of every group after the first: the first wrote them."""
+
+    def add_sequences(self, first_seq: int, tokens) -> None:
+        pass
+
+    def flush(self, wait: bool = False) -> None:
+        pass
+
+
+def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int]:
+    """Each group of `plan` in its own pass over the corpus, its unit tables written (and
+    its state dropped) before the next starts; ({slug: band levels}, sequences)."""
+    from actscope.indexer.final_tables import write_unit_tables
+
+    levels: dict[str, list] = {}
+    n_sequences = None
+    for number, group in enumerate(plan.groups):
+        if not run.config.quiet:
+            print(f"group {number + 1} of {plan.passes}: {group.n_units:,} units", file=sys.stderr)
+        result = run_group(run, group, writer if number == 0 else _SequencesWritten(), clock)
+        if n_sequences is not None and result.n_sequences != n_sequences:
+            raise ActscopeError(
+                f"--dataset {run.config.dataset}: the corpus changed between two groups' passes "
+                f"({n_sequences} sequences, then {result.n_sequences})"
+            )
+        n_sequences = result.n_sequences
+        # The last group's unit tables are written after the last batch, the others' between passes.
+        with clock.phase("unit tables" if number == plan.passes - 1 else "between passes"):
+            write_unit_tables(
+                writer, run.model.spec.slug, group.sources, result.accumulators, run.model.model, run.config.ctx
+            )
+        levels.update({slug: list(acc.grid.levels) for slug, acc in result.accumulators.items()})
+        del result  # the next group's state takes its place
+    assert n_sequences is not None
+    return levels, n_sequences
+
+
+def run_group(run: Loaded, group, sequences, clock: PhaseClock | None = None) -> GroupResult:
+    """One group's pass over the whole corpus: calibration and accumulation of its sources
+    only, each exactly as in a run of every source (a function of the group alone, so a
+    scheduler can run groups as tasks). `sequences` gets the corpus's token batches (the
+    index's writer, or a writer that drops them)."""
+    from dataclasses import replace
+
+    from actscope.indexer.accumulate.calibrate import calibrate
+    from actscope.indexer.model.runner import ActivationRunner
+
+    clock = clock or PhaseClock()
+    config = replace(run.config, checkpoint_every=0)  # a group's state alone is no checkpoint of the run
+    runner = ActivationRunner(run.model.model, group.sources, reuse_outputs=True)
+    part = replace(run, config=config, sources=group.sources, runner=runner)
+    stream = batches(part)
+    with clock.phase("calibration"):
+        grids, calibrated = calibrate(
+            runner, stream, part.sources, config.calibration_tokens, config.hist_bins, config.top_k
+        )
+    accumulators = new_accumulators(part.sources, grids, config, run.device)
+    with clock.phase("batches"):
+        done = stream_all(part, steps(part, calibrated, stream), accumulators, grids, sequences, Progress())
+    _check_not_empty(config, done.n_sequences)
+    return GroupResult(accumulators, done.n_sequences)
+
+
+def _time_outside_batches(clock: PhaseClock) -> str:
+    """The log's line of where the time outside the batches went."""
+    before = clock.summary(["load", "open file", "calibration", "between passes"])
+    after = clock.summary(["unit tables", "logit tables", "vocabulary", "writes", "last writes"])
+    last = clock.seconds.get("after the last batch", 0.0)
+    return f"time outside the batches: {before}; after the last batch {last:.1f} s ({after})"
 
 
 def load(config: IndexConfig) -> Loaded:
@@ -326,103 +443,37 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
     return update
 
 
-def logit_threads(threads: int) -> int:
-    """Torch threads for the logit tables, of the `threads` torch uses (the machine's
-    cores, or OMP_NUM_THREADS / torch.set_num_threads): all but the one the writer's
-    DuckDB inserts with meanwhile."""
-    return max(1, threads - 1)
+def finalize(
+    writer, run: Loaded, accumulators: dict, n_sequences: int, clock: PhaseClock, band_levels: dict | None = None
+) -> None:
+    """Everything but the sequences, into the file: the unit tables of `accumulators` (a
+    grouped run wrote its groups' already and passes none, with each source's
+    `band_levels`), then the facts read off the weights, each inserted by the writer's
+    thread while the next is computed."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started: float) -> None:
-    """Everything but the sequences, into the file. The largest tables go first; the facts
-    read off the weights (logit tables, vocabulary) are computed while DuckDB inserts them."""
-    import pyarrow as pa
-    import torch
-
-    from actscope.indexer.accumulate.finalize import example_rows, unit_rows
     from actscope.indexer.corpus.documents import describe_corpus
-    from actscope.indexer.model.token_bytes import vocab_bytes
-    from actscope.indexer.store.writer import fixed_width_lists, repeated
-    from actscope.indexer.weights import logit_table
+    from actscope.indexer.final_tables import direction_table, vocab_table, write_logit_tables, write_unit_tables
 
     config, loaded, sources = run.config, run.model, run.sources
     model, slug = loaded.model, loaded.spec.slug
-    # Each table in one insert, every source's rows in it: DuckDB writes a large insert
-    # straight to the file in full row groups. The examples first: they take DuckDB longest.
-    writer.write_table(
-        "examples",
-        pa.concat_tables(
-            [example_rows(slug, source.slug, accumulators[source.slug], config.ctx) for source in sources]
-        ),
-    )
-    rows = [
-        unit_rows(slug, source.slug, accumulators[source.slug], source.kind.cos_in_out(model, source))
-        for source in sources
-    ]
-    writer.write_table("unit_stats", pa.concat_tables([stats for stats, _ in rows]))
-    writer.write_table("bands", pa.concat_tables([bands for _, bands in rows]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(logit_threads(threads))
-    try:
-        tables = {source.slug: logit_table(model, source) for source in sources}
-    finally:
-        torch.set_num_threads(threads)
-    logits = [
-        pa.table(
-            {
-                "model": repeated(slug, source.n_units),
-                "source": repeated(source.slug, source.n_units),
-                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
-                "top_ids": fixed_width_lists(table.top_ids.int().numpy()),
-                "top_values": fixed_width_lists(table.top_values.float().numpy()),
-                "bottom_ids": fixed_width_lists(table.bottom_ids.int().numpy()),
-                "bottom_values": fixed_width_lists(table.bottom_values.float().numpy()),
-            }
+    levels = dict(band_levels or {})
+    levels.update({name: list(acc.grid.levels) for name, acc in accumulators.items()})
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="actscope-vocab") as helper:
+        vocab = helper.submit(vocab_table, loaded)  # decoded while the matmuls below hold no GIL
+        if accumulators:
+            with clock.phase("unit tables"):
+                write_unit_tables(writer, slug, sources, accumulators, model, config.ctx)
+        with clock.phase("logit tables"):
+            write_logit_tables(writer, slug, sources, model)
+        directions = direction_table(slug, sources)
+        if directions is not None:
+            writer.write_table("directions", directions)
+        writer.write_rows(
+            "sources", [{**source.row(), "model": slug, "band_levels": levels[source.slug]} for source in sources]
         )
-        for source in sources
-        if (table := tables[source.slug]) is not None
-    ]
-    if logits:
-        writer.write_table("logits", pa.concat_tables(logits))
-    directions = [
-        pa.table(
-            {
-                "model": repeated(slug, source.n_units),
-                "source": repeated(source.slug, source.n_units),
-                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
-                "direction": fixed_width_lists(vectors.numpy()),
-            }
-        )
-        for source in sources
-        if (vectors := source.kind.stored_vectors(source)) is not None
-    ]
-    if directions:
-        writer.write_table("directions", pa.concat_tables(directions))
-    writer.write_rows(
-        "sources",
-        [
-            {
-                **source.row(),
-                "model": slug,
-                "band_levels": list(accumulators[source.slug].grid.levels),
-            }
-            for source in sources
-        ],
-    )
-    vocab_size = int(model.cfg.d_vocab)
-    tokens = loaded.tokenizer.batch_decode([[i] for i in range(vocab_size)])
-    raw = vocab_bytes(loaded.tokenizer, vocab_size)
-    writer.write_table(
-        "vocab",
-        pa.table(
-            {
-                "model": repeated(slug, vocab_size),
-                "token_id": pa.array(np.arange(vocab_size, dtype=np.int32)),
-                "token": pa.array(tokens),
-                "token_bytes": pa.array(raw, type=pa.binary()),
-            }
-        ),
-    )
+        with clock.phase("vocabulary"):
+            writer.write_table("vocab", vocab.result())
     cfg = model.cfg
     writer.write_rows(
         "models",
@@ -434,7 +485,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
                 "loader": json.dumps(loaded.loader),
                 "n_layers": int(cfg.n_layers),
                 "d_model": int(cfg.d_model),
-                "d_vocab": vocab_size,
+                "d_vocab": int(cfg.d_vocab),
                 "n_ctx": int(cfg.n_ctx),
                 "ctx": config.ctx,
                 "bos_token_id": loaded.bos_token_id,
@@ -444,6 +495,8 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
             }
         ],
     )
+    with clock.phase("writes"):
+        writer.wait()
     writer.set_meta(
         "package_version",
         __version__,
@@ -451,5 +504,6 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
         run_config=config.to_dict(),
         dataset=config.dataset,
         corpus=describe_corpus(config.dataset, config.text_column, config.split).to_dict(),
-        elapsed_seconds=round(time.perf_counter() - started, 2),
+        elapsed_seconds=round(time.perf_counter() - clock.started, 2),
+        phase_seconds=clock.rounded(),
     )

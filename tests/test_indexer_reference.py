@@ -249,7 +249,11 @@ def test_vocab_and_run_record(con, reference):
         "dataset",
         "corpus",
         "elapsed_seconds",
+        "phase_seconds",
     }
+    phases = json.loads(meta["phase_seconds"])
+    assert {"load", "calibration", "batches", "logit tables"} <= set(phases)
+    assert sum(phases.values()) <= json.loads(meta["elapsed_seconds"])
     corpus = json.loads(meta["corpus"])
     assert corpus["source"] == "local files" and corpus["name"] == Path(meta["dataset"]).name
     assert json.loads(meta["elapsed_seconds"]) > 0 and meta["created_at"].startswith("20")

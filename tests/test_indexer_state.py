@@ -243,7 +243,10 @@ def test_fused_cpu_kernels_equal_the_torch_path(
     from actscope.indexer.accumulate import kernels_cpu
 
     if capacity is not None:
+        from actscope.indexer.accumulate import dense
+
         monkeypatch.setattr(kernels_cpu, "CANDIDATE_CAPACITY", capacity)
+        monkeypatch.setattr(dense, "MAX_SAMPLE_CAPACITY", capacity)
 
     sae_dir = request.getfixturevalue("tiny_sae_dir" if sae == "standard" else "tiny_topk_sae_dir")
     runner, sources, batches, grids = _pipeline(tiny_model_dir, sae_dir, tiny_corpus_dir, 6, 60, 300, top_k=5)
@@ -295,6 +298,38 @@ def _compare_fused_and_torch(runner, sources, batches, grids, expect_top_k: bool
             assert torch.equal(a.token, b.token), (source.slug, name)
             torch.testing.assert_close(a.payload["win"], b.payload["win"], equal_nan=True)
         assert (fused.samples.token >= 0).sum() > 100
+
+
+def test_fused_dense_buffers_every_sample_candidate_of_a_wide_source():
+    """A fresh source's bands are all open: in its first batch each band of each unit takes
+    up to band_size candidates, 1,536 units x 7 bands x 8 per part here, more than the
+    default buffer holds. The dense buffer is sized for all of them, so the tensor path
+    (which took most of the first minutes of a 100k-unit run) never runs, and the state
+    is the one it gives."""
+    from actscope.indexer.accumulate.calibrate import _dense_grid
+    from actscope.indexer.accumulate.dense import DenseAccumulator
+    from actscope.indexer.accumulate.sampling import token_keys
+    from actscope.indexer.kinds.neuron import NeuronKind
+
+    generator = torch.Generator().manual_seed(3)
+    acts = torch.randn(2, 1025, 3072, generator=generator)
+    grid = _dense_grid(acts[:, :64], 3072, 64, 3, NeuronKind.band_levels)
+    keys = token_keys(torch.arange(2 * 1025).view(2, 1025), 0)
+    fused, plain = (
+        DenseAccumulator(3072, grid, top_k=3, band_size=8, window=(2, 1), device="cpu", fused=fused)
+        for fused in (True, False)
+    )
+
+    def tensor_path(*args):
+        raise AssertionError("the fused pass fell back to the tensor path")
+
+    fused._update_samples = tensor_path
+    fused.update(acts, 0, keys)
+    plain.update(acts, 0, keys)
+    assert torch.equal(fused.stats.hist, plain.stats.hist)
+    assert torch.equal(fused.samples.token, plain.samples.token)
+    assert torch.equal(fused.top.token, plain.top.token)
+    assert int((fused.samples.token >= 0).sum()) > 3072 * 7 * 8 * 0.9
 
 
 @pytest.mark.parametrize("n_pos", [129, 16385])  # 256 and 32768 rows: int16 and int32 count tables

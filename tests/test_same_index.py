@@ -108,3 +108,57 @@ def test_table_matches_reference(rebuilt, table):
 
 def _first_difference(got: list, want: list) -> int:
     return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
+# Enough state for both neuron sources together (128 units), not for both SAEs (256):
+# the neurons, then each SAE on its own, three passes over the corpus.
+GROUPED_STATE_GB = 0.0008
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory, inputs, tiny_corpus_dir) -> tuple[Path, str]:
+    """(index, plan printed) of the same run in groups under --max-state-gb."""
+    import contextlib
+    import io
+
+    from actscope.indexer.config import IndexConfig
+    from actscope.indexer.run import run_index
+
+    out = tmp_path_factory.mktemp("grouped-index") / "grouped.duckdb"
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        run_index(
+            IndexConfig(
+                model=str(inputs / "model"),
+                dataset=str(tiny_corpus_dir),
+                out=str(out),
+                saes=[str(inputs / "sae"), str(inputs / "sae-topk")],
+                max_state_gb=GROUPED_STATE_GB,
+                **TINY_INDEX_OPTIONS,
+            )
+        )
+    return out, log.getvalue()
+
+
+def test_grouped_run_prints_its_plan(grouped):
+    _, log = grouped
+    assert "384 units in 3 groups, 3 passes over the corpus" in log
+    assert "group 1: 128 units" in log and "0-mlp, 1-mlp" in log
+    assert "group 2: 128 units" in log and "group 3: 128 units" in log
+
+
+@pytest.mark.skipif(WRITING, reason="compares with the reference being written")
+@pytest.mark.parametrize("table", TABLES)
+def test_grouped_run_matches_reference(grouped, table):
+    """Every group streams the corpus on its own; the file holds them all, as one pass would."""
+    path, _ = grouped
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        actual = _read_table(con, table)
+    finally:
+        con.close()
+    expected = pq.read_table(REFERENCE / "index" / f"{table}.parquet")
+    assert actual.num_rows == expected.num_rows > 0
+    for name in expected.column_names:
+        want, got = expected.column(name).to_pylist(), actual.column(name).to_pylist()
+        assert got == want, f"{table}.{name} differs from the reference at row {_first_difference(got, want)}"

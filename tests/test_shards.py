@@ -307,6 +307,9 @@ def test_missing_and_duplicate_shards_are_refused_by_name(tmp_path, two_shards):
         (["--workers", "2", "--ray-address", "auto", "--out", "x.duckdb"], "--ray-address needs --state-dir"),
         (["--state-dir", "S", "--out", "x.duckdb"], "--ray-address and --state-dir go with --workers N"),
         ([], "--out FILE.duckdb is needed"),
+        (["--shard", "0/2", "--state-out", "S", "--max-state-gb", "1"], "--max-state-gb runs its groups in one"),
+        (["--workers", "2", "--out", "x.duckdb", "--max-state-gb", "1"], "--max-state-gb runs its groups in one"),
+        (["--max-state-gb", "0", "--out", "x.duckdb"], "--max-state-gb 0.0: must be more than 0"),
     ],
 )
 def test_sharding_options_are_checked(tmp_path, inputs, args, message):

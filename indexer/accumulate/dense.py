@@ -24,6 +24,7 @@ from actscope.indexer.accumulate.sampling import (
 
 SAMPLE_CHUNK = 512  # tokens per step of band sampling
 HISTC_MIN_VALUES = 1 << 20
+MAX_SAMPLE_CAPACITY = 1 << 20  # band-sample candidates buffered per part (32 MB)
 TOP_ROWS_CHUNK = 2048  # units per step of the warm-up's top-k
 
 
@@ -70,6 +71,19 @@ class DenseAccumulator(MergeableAccumulator):
             self._update_top(acts, body, body.reshape(-1, self.n_units) * self.grid.scale, first_seq)
         if candidates.samples_overflowed():
             self._update_samples(acts, body, first_seq, self._body(keys).reshape(-1))
+
+    def _sample_capacity(self) -> int:
+        """Room for every candidate a pass can find: a band takes at most band_size per
+        batch, so a part's units x bands x band_size (at most MAX_SAMPLE_CAPACITY). With
+        less, the first batches of a source of thousands of units, whose bands are all still
+        open, overflowed the buffer and were sampled again by the tensor path: at 36,864
+        neurons that was most of the run's first minutes."""
+        import numba
+
+        from actscope.indexer.accumulate.kernels_cpu import CANDIDATE_CAPACITY
+
+        bound = -(-self.n_units // numba.get_num_threads()) * self.grid.n_bands * self.samples.n
+        return max(CANDIDATE_CAPACITY, min(bound, MAX_SAMPLE_CAPACITY))
 
     def _count_scratch(self, n_rows: int) -> torch.Tensor:
         """dense_pass's zeroed [n_parts, part width, n_bins] count tables, kept: int16 when a

@@ -107,12 +107,14 @@ class CandidateBuffers:
     def __init__(self) -> None:
         self.top = self.sample = np.zeros((0, 0, 0), dtype=np.int64)
 
-    def reset(self) -> Candidates:
-        """Empty buffers, one part per numba thread."""
+    def reset(self, sample_capacity: int = CANDIDATE_CAPACITY) -> Candidates:
+        """Empty buffers, one part per numba thread, with room for `sample_capacity`
+        band-sample candidates per part."""
         n_parts = numba.get_num_threads()
         if self.top.shape[:2] != (n_parts, CANDIDATE_CAPACITY):
             self.top = np.zeros((n_parts, CANDIDATE_CAPACITY, 3), dtype=np.int64)
-            self.sample = np.zeros((n_parts, CANDIDATE_CAPACITY, 4), dtype=np.int64)
+        if self.sample.shape[:2] != (n_parts, sample_capacity):
+            self.sample = np.zeros((n_parts, sample_capacity, 4), dtype=np.int64)
         return Candidates(
             top=self.top,
             n_top=np.zeros(n_parts, dtype=np.int64),

@@ -248,7 +248,7 @@ class MergeableAccumulator:
 
         if self._candidates is None:
             self._candidates = CandidateBuffers()
-        found = self._candidates.reset()
+        found = self._candidates.reset(self._sample_capacity())
         tests = CandidateTests(
             top_threshold=top_threshold.numpy(),
             band_threshold=band_thresholds(self.samples, self.grid.band_start).numpy(),
@@ -265,6 +265,12 @@ class MergeableAccumulator:
             found,
         )
         return found
+
+    def _sample_capacity(self) -> int:
+        """Band-sample candidates the compiled passes buffer per part of the units."""
+        from actscope.indexer.accumulate.kernels_cpu import CANDIDATE_CAPACITY
+
+        return CANDIDATE_CAPACITY
 
     def _top_threshold(self) -> torch.Tensor:
         """[U] float32: the value a token must beat to be a top-k candidate, for the compiled
