@@ -48,6 +48,7 @@ class IndexFile:
     store: Store
     fingerprint: Fingerprint  # taken before it was opened: a change meanwhile is seen next poll
     holders: int = 0
+    lives: list[LiveService] = field(default_factory=list)  # its models' live services, closed with it
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def hold(self) -> None:
@@ -60,6 +61,8 @@ class IndexFile:
             self.holders -= 1
             last = self.holders == 0
         if last:
+            for live in self.lives:
+                live.close()
             self.store.close()
 
 
@@ -181,10 +184,12 @@ def _open_file(path: Path, resident_mb: float) -> IndexFile:
 
 def _serve_models(index: IndexFile, settings: Settings) -> list[ServedModel]:
     store = index.store
-    return [
+    served = [
         ServedModel(info, index, _live_service(store, info, settings), TokenTable(store.vocab_bytes(info.model)))
         for info in store.models()
     ]
+    index.lives.extend(m.live for m in served)
+    return served
 
 
 def _live_service(store: Store, info: ModelInfo, settings: Settings) -> LiveService:

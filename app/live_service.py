@@ -75,6 +75,7 @@ class LiveService:
         self._queue: deque[_Job] = deque()
         self._queue_cond = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._closed = False  # a reload replaced this service: its worker ends, its model is let go
         self.max_batch = max_batch
         self.threads = threads
         # ids -> strings from the index's vocab table (same decoding, ~5x cheaper than
@@ -94,6 +95,8 @@ class LiveService:
         """Load the model once (lazily); raise 503 if it cannot be loaded."""
         if not self.enabled:
             raise unavailable("Live inference is switched off on this server.")
+        if self._closed:
+            raise unavailable("This index was reloaded; try again.")
         if self._live is not None:
             return self._live
         with self._load_lock:
@@ -306,8 +309,19 @@ class LiveService:
         return result
 
     # -- the model worker: one thread, requests batched per source ----------------------
+    def close(self) -> None:
+        """Let go of the model once the queue is empty: the index was reloaded and no
+        request uses this service any more (its worker thread ends too)."""
+        with self._queue_cond:
+            self._closed = True
+            self._queue_cond.notify_all()
+            if self._worker is None:
+                self._live = None
+
     def _submit(self, job: _Job) -> None:
         with self._queue_cond:
+            if self._closed:
+                raise unavailable("This index was reloaded; try again.")
             self._queue.append(job)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="actscope-live", daemon=True)
@@ -318,6 +332,9 @@ class LiveService:
         while True:
             with self._queue_cond:
                 while not self._queue:
+                    if self._closed:
+                        self._live, self._worker = None, None
+                        return
                     self._queue_cond.wait()
                 first = self._queue.popleft()
                 batch = [first]

@@ -230,7 +230,10 @@ def test_one_file_rebuilt_is_reloaded_alone(server, served_dir, tiny_topk_index,
     reloading = server.reloading
     before = reloading.catalog
     solu_file, solu_live = before.file_of("solu-tiny"), before.live("solu-tiny")
-    old_tiny = before.file_of("tiny")
+    old_tiny, old_live = before.file_of("tiny"), before.live("tiny")
+    live = httpx.post(f"{server.url}/api/tiny/activations", json={"text": "def f", "source": "1-mlp", "index": 0})
+    assert live.status_code == 200 and old_live.loaded
+    old_worker = old_live._worker
     solu_page = f"{server.url}/api/solu-tiny/1-mlp/2"
     cached = httpx.get(solu_page).content
     unit = f"{server.url}/api/tiny/1-res-sae/0"
@@ -246,6 +249,8 @@ def test_one_file_rebuilt_is_reloaded_alone(server, served_dir, tiny_topk_index,
     assert after.file_of("solu-tiny") is solu_file and after.live("solu-tiny") is solu_live and solu_live.loaded
     assert [f.path.name for f in after.opened] == ["tiny.duckdb"]
     _wait(lambda: old_tiny.holders == 0, "the old file was not let go")
+    _wait(lambda: not old_live.loaded, "the old file's live model was not let go")  # its worker thread ended
+    assert old_worker is not None and not old_worker.is_alive() and after.live("tiny") is not old_live
     cache = reloading.current.app.state.response_cache
     hits = cache.hits
     assert httpx.get(solu_page).content == cached and cache.hits == hits + 1  # adopted, not rendered again
