@@ -270,7 +270,9 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
     from actscope.indexer.accumulate.dense import DenseAccumulator
     from actscope.indexer.accumulate.sparse import SparseAccumulator
 
-    common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
+    common = dict(
+        top_k=config.top_k, band_size=config.band_size, window=config.window, device=device, reservoir=config.reservoir
+    )
     return {
         source.slug: (SparseAccumulator if source.kind.sparse else DenseAccumulator)(
             source.n_units, grids[source.slug], tail=source.kind.tail, **common
@@ -295,11 +297,15 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
     [batch, ctx]; `top_k` as ActivationRunner passes it to `consume`."""
     import torch
 
+    from actscope.indexer.accumulate.reservoir import ReservoirBatch
     from actscope.indexer.accumulate.sampling import token_keys
 
     batch, ctx = tokens.shape
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
+    # The step's positions as the fingerprint reservoirs see them, once for all sources.
+    with_fingerprints = any(acc.fingerprints is not None for acc in accumulators.values())
+    positions = ReservoirBatch.of(tokens, first_seq, seed) if with_fingerprints else None
 
     # The row order the compiled (CPU) passes visit, computed once for all sources (once
     # more for sources that leave the last positions out).
@@ -321,6 +327,9 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
             accumulator.update(acts, first_seq, keys, order=order)
         else:
             accumulator.update(acts, first_seq, keys, top_k=top_k, order=order)
+        if accumulator.fingerprints is not None:
+            assert positions is not None, "made when any accumulator keeps fingerprints"
+            accumulator.fingerprints.update(acts, positions)
 
     return update
 
@@ -360,6 +369,7 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
     ]
     writer.write_table("unit_stats", pa.concat_tables([stats for stats, _ in rows]))
     writer.write_table("bands", pa.concat_tables([bands for _, bands in rows]))
+    reservoir = _write_fingerprints(writer, run, accumulators)
     threads = torch.get_num_threads()
     torch.set_num_threads(logit_threads(threads))
     try:
@@ -397,6 +407,20 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
     ]
     if directions:
         writer.write_table("directions", pa.concat_tables(directions))
+    decoders = [
+        pa.table(
+            {
+                "model": repeated(slug, source.n_units),
+                "source": repeated(source.slug, source.n_units),
+                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
+                "direction": fixed_width_lists(vectors.detach().float().cpu().numpy()),
+            }
+        )
+        for source in sources
+        if source.kind.decoder_neighbours and (vectors := source.kind.output_directions(model, source)) is not None
+    ]
+    if decoders:
+        writer.write_table("decoders", pa.concat_tables(decoders))
     writer.write_rows(
         "sources",
         [
@@ -451,4 +475,26 @@ def finalize(writer, run: Loaded, accumulators: dict, n_sequences: int, started:
         dataset=config.dataset,
         corpus=describe_corpus(config.dataset, config.text_column, config.split).to_dict(),
         elapsed_seconds=round(time.perf_counter() - started, 2),
+        reservoir=reservoir,
     )
+
+
+def _write_fingerprints(writer, run: Loaded, accumulators: dict) -> dict[str, Any] | None:
+    """The reservoir's positions and every unit's fingerprint into the file; returns the
+    reservoir's description for the meta table (None without fingerprints)."""
+    import pyarrow as pa
+
+    from actscope.indexer.accumulate.finalize import fingerprint_rows, reservoir_rows
+    from actscope.indexer.accumulate.reservoir import RESERVOIR_TAIL
+
+    config, slug = run.config, run.model.spec.slug
+    kept = [(source, accumulators[source.slug]) for source in run.sources]
+    if not kept or kept[0][1].fingerprints is None:
+        return None
+    positions = reservoir_rows(slug, kept[0][1], config.ctx)
+    writer.write_table("reservoir", positions)
+    writer.write_table(
+        "fingerprints",
+        pa.concat_tables([fingerprint_rows(slug, source.slug, acc, source.kind.sparse) for source, acc in kept]),
+    )
+    return {"n": positions.num_rows, "capacity": config.reservoir, "seed": config.seed, "tail": RESERVOIR_TAIL}
