@@ -23,10 +23,12 @@ ROUTE_TABLE = {
     "/api/{model}/try": ("GET", f"/api/{M}/try?text=def+f", None, 200),
     "/api/{model}/search": ("GET", f"/api/{M}/search?token=def", None, 200),
     "/api/{model}/compare": ("GET", f"/api/{M}/compare?units={S}/3,{S}/4", None, 200),
+    "/api/{model}/reservoir": ("GET", f"/api/{M}/reservoir", None, 200),
     "/api/{model}/{source}": ("GET", f"/api/{M}/{S}", None, 200),
     "/api/{model}/{source}/random": ("GET", f"/api/{M}/{S}/random", None, 302),
     "/api/{model}/{source}/export.{fmt}": ("GET", f"/api/{M}/{S}/export.jsonl", None, 200),
     "/api/{model}/{source}/{index}": ("GET", f"/api/{M}/{S}/3", None, 200),
+    "/api/{model}/{source}/{index}/similar": ("GET", f"/api/{M}/{S}/3/similar", None, 200),
     "/embed/{model}/{source}/{index}": ("GET", f"/embed/{M}/{S}/3", None, 200),
     "/": ("GET", "/", None, 200),
     "/{model}": ("GET", f"/{M}", None, 200),
@@ -38,6 +40,7 @@ ROUTE_TABLE = {
     "/{model}/{source}/random": ("GET", f"/{M}/{S}/random", None, 302),
     "/{model}/{source}/{index}": ("GET", f"/{M}/{S}/3", None, 200),
     "/{model}/{source}/{index}/live": ("GET", f"/{M}/{S}/3/live?text=def", None, 303),
+    "/{model}/{source}/{index}/similar": ("GET", f"/{M}/{S}/3/similar", None, 200),
 }
 # Errors and cached answers take other paths through the app: they carry the headers too.
 EXTRA = [
