@@ -15,6 +15,10 @@ requests:
                                                      random order and page
   search      GET  /api/{model}/search?token=...     top tokens of that source's units
   export      GET  /api/{model}/{source}/export.FMT  time to the first byte, one client
+  similar     GET  /api/{model}/{source}/{index}/similar?scope=all&k=20
+                                                     random units of every source (fingerprint
+                                                     correlations over all sources), one client
+                                                     and N clients
 
 With --big-index PATH it runs again on an index of 102,400 units (12 layers x 3,072
 neurons of a random model and a 65,536-feature TopK SAE, 4,096 tokens), built at PATH
@@ -23,6 +27,7 @@ inference is measured on the first index only.
 
 Usage:
   .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16]
+      [--only similar]
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
 builder. The load generator shares the 2 cores with the server, so the numbers are
@@ -49,6 +54,7 @@ from pathlib import Path
 TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}  # cached passes too
 TABLE_MS = 50.0  # a source table page, sorted by any column
 SEARCH_MS = 50.0  # token search
+SIMILAR_MS = 50.0  # a unit's 20 neighbours over every source
 EXPORT_FIRST_BYTE_MS = 1000.0
 WORDS = [
     "the",
@@ -332,6 +338,23 @@ def table_scenarios(base: str, model: dict, rng: random.Random, n_requests: int)
     return out
 
 
+def similar_scenarios(base: str, model: dict, rng: random.Random, n_requests: int, clients: int) -> list:
+    """A random unit's 20 neighbours over every source (scope=all): after a first call,
+    which reads the fingerprints into memory. Not cached: each is a product with every
+    unit's fingerprint."""
+    m = model["model"]
+    urllib.request.urlopen(f"{base}/api/{m}/{model['sources'][0]['slug']}/0/similar?scope=all&k=20").read()
+    units = [(s["slug"], u) for s in model["sources"] for u in range(s["n_units"])]
+
+    def make(i: int) -> tuple[str, str, None]:
+        slug, u = units[rng.randrange(len(units))]
+        return "GET", f"/api/{m}/{slug}/{u}/similar?scope=all&k=20", None
+
+    return [("similar k=20 all sources, 1 client", make, n_requests, SIMILAR_MS, 1)] + (
+        [(f"similar k=20 all sources, {clients} clients", make, n_requests, SIMILAR_MS, clients)] if clients > 1 else []
+    )
+
+
 def export_first_bytes(port: int, model: dict, rounds: int) -> bool:
     """Time to the first body bytes of each export of the largest source and of the
     first, one client; the connection is closed after them."""
@@ -367,6 +390,7 @@ def export_first_bytes(port: int, model: dict, rounds: int) -> bool:
 
 
 def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
+    live = live and args.only != "similar"
     server, port, home = start_server(index)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -411,11 +435,19 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
                 TARGETS_MS["live 128 tokens"],
             )
         header(index, model, args.clients, extra)
-        ok = report(port, scenarios, args.clients)
-        if single:
-            ok &= report(port, [single], 1)
-        ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
-        ok &= export_first_bytes(port, model, args.export_rounds)
+        ok = True
+        if args.only in (None, "pages"):
+            ok &= report(port, scenarios, args.clients)
+            if single:
+                ok &= report(port, [single], 1)
+            ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
+        if args.only in (None, "similar"):
+            for name, make, n, target, clients in similar_scenarios(
+                base, model, rng, args.table_requests, args.clients
+            ):
+                ok &= report(port, [(name, make, n, target)], clients)
+        if args.only in (None, "pages"):
+            ok &= export_first_bytes(port, model, args.export_rounds)
         return ok
     finally:
         stop_server(server)
@@ -442,6 +474,9 @@ def main() -> int:
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--only", choices=["pages", "similar"], default=None, help="Only these scenarios (default: every one)"
+    )
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
