@@ -168,7 +168,7 @@ def parse_root_path(_ctx, _param, value: str | None) -> str | None:
 
 
 @main.command("serve")
-@click.argument("index_file", type=click.Path(dir_okay=False))
+@click.argument("index_files", nargs=-1, required=True, type=click.Path(), metavar="INDEX...")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device for live inference.")
@@ -176,17 +176,27 @@ def parse_root_path(_ctx, _param, value: str | None) -> str | None:
 @click.option(
     "--reload-on-change",
     is_flag=True,
-    help="Serve the new index as soon as the file is rebuilt in place (each worker watches it). "
+    help="Serve the new index as soon as a file is rebuilt in place (each worker watches them). "
     "Without it, send SIGHUP to a single-process server to reload.",
 )
 @user_errors
 def serve_command(
-    index_file: str, host: str, port: int, device: str, root_path: str | None, reload_on_change: bool
+    index_files: tuple[str, ...], host: str, port: int, device: str, root_path: str | None, reload_on_change: bool
 ) -> None:
-    """Serve an index built by `actscope index` in the browser and as a JSON API."""
+    """Serve indexes built by `actscope index` in the browser and as a JSON API.
+
+    INDEX is an index file, or a directory: every *.duckdb file in it. Every model of
+    every index is served under its own name."""
     from actscope.app.server import serve
 
-    serve(index_file, host=host, port=port, device=device, root_path=root_path, reload_on_change=reload_on_change)
+    serve(
+        list(index_files),
+        host=host,
+        port=port,
+        device=device,
+        root_path=root_path,
+        reload_on_change=reload_on_change,
+    )
 
 
 @main.command("demo")
@@ -206,7 +216,7 @@ def demo_command(out: str, host: str, port: int, rebuild: bool, build_only: bool
         return
     from actscope.app.server import serve
 
-    serve(out, host=host, port=port, device="cpu", root_path=root_path)
+    serve([out], host=host, port=port, device="cpu", root_path=root_path)
 
 
 @main.command("train-default")

@@ -3,17 +3,19 @@ and top examples), the overlap of their top examples' focus tokens, and the corr
 of every pair's fingerprints.
 
 Units are written `source/index`, or `model:source/index` for a unit of another model
-the server holds (app/unit_refs.py). Focus tokens are (seq, pos) pairs of one model's
+the server holds, from any of its index files (app/unit_refs.py). Focus tokens are (seq, pos) pairs of one model's
 corpus: only units of the same model have comparable ones.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
 
-from actscope.app.pages import example_dicts, get_model, source_dict, stats_dict
+from actscope.app.errors import not_found
+from actscope.app.pages import example_dicts, source_dict, stats_dict
 from actscope.app.params import FieldError
 from actscope.app.similar_data import pair_correlations, served_models
 from actscope.app.unit_refs import UnitRef, compare_text
@@ -28,9 +30,9 @@ UNITS_PATTERN = f"^{_REF}(?:,{_REF}){{1,{MAX_UNITS - 1}}}$"
 UNIT_REF = re.compile(r"^(?:([^:/\s]+):)?([^:/\s]+)/(\d+)$")
 
 
-def parse_units(store: Store, model: str, text: str | None) -> list[UnitRef]:
-    """The units of a compare URL's `units`, checked against the index: a FieldError
-    ("units") naming every bad one."""
+def parse_units(stores: Mapping[str, Store], model: str, text: str | None) -> list[UnitRef]:
+    """The units of a compare URL's `units`, checked against the models served (`stores`:
+    model -> its Store): a FieldError ("units") naming every bad one."""
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     if not items:
         raise FieldError(
@@ -48,7 +50,7 @@ def parse_units(store: Store, model: str, text: str | None) -> list[UnitRef]:
             malformed = True
             continue
         ref = UnitRef(match.group(1) or model, match.group(2), int(match.group(3)))
-        problem = _check(store, ref, item)
+        problem = _check(stores, ref, item)
         if problem is None and ref in refs:
             problem, malformed = f"{item} is listed twice.", True
         if problem:
@@ -66,10 +68,10 @@ def parse_units(store: Store, model: str, text: str | None) -> list[UnitRef]:
     return refs
 
 
-def _check(store: Store, ref: UnitRef, item: str) -> str | None:
-    if store.model(ref.model) is None:
-        served = ", ".join(m.model for m in store.models())
-        return f"{item}: no model {ref.model!r} is served here (models: {served})."
+def _check(stores: Mapping[str, Store], ref: UnitRef, item: str) -> str | None:
+    store = stores.get(ref.model)
+    if store is None:
+        return f"{item}: no model {ref.model!r} is served here (models: {', '.join(stores)})."
     src = store.source(ref.model, ref.source)
     if src is None:
         known = ", ".join(s.slug for s in store.sources(ref.model))
@@ -136,10 +138,14 @@ def overlap(urls: URLs, units: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def compare_data(store: Store, urls: URLs, model: str, units: str | None, *, strict: bool = True) -> dict[str, Any]:
-    """Units side by side. Bad `units` raise a FieldError; without `strict` (the page)
-    the error is returned under "error", with no units, and the text kept."""
-    get_model(store, model)
+def compare_data(
+    stores: Mapping[str, Store], urls: URLs, model: str, units: str | None, *, strict: bool = True
+) -> dict[str, Any]:
+    """Units side by side, on the page of `model`; `stores`: the Store of each model
+    served (dict(catalog.stores())). Bad `units` raise a FieldError; without `strict`
+    (the page) the error is returned under "error", with no units, and the text kept."""
+    if model not in stores:
+        raise not_found(f"No model {model!r} on this server (it serves: {', '.join(stores)}).")
     data: dict[str, Any] = {
         "model": model,
         "units_text": units or "",
@@ -150,7 +156,7 @@ def compare_data(store: Store, urls: URLs, model: str, units: str | None, *, str
     }
     outside_schema = strict and re.fullmatch(UNITS_PATTERN, units or "") is None
     try:
-        refs = parse_units(store, model, units)
+        refs = parse_units(stores, model, units)
     except FieldError as exc:
         if not strict:
             data["error"] = exc.message
@@ -160,9 +166,9 @@ def compare_data(store: Store, urls: URLs, model: str, units: str | None, *, str
         raise
     if outside_schema:
         raise FieldError("units", "Write the units as source/index or model:source/index, comma-separated, no spaces.")
-    columns = [_unit_column(store, urls, ref, model) for ref in refs]
+    columns = [_unit_column(stores[ref.model], urls, ref, model) for ref in refs]
     data["units_text"] = compare_text(refs, model)
     data["units"] = columns
     data["overlap"] = overlap(urls, columns)
-    data["correlations"] = pair_correlations(served_models(store), refs)
+    data["correlations"] = pair_correlations(served_models(stores.items()), refs)
     return data

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from actscope.app import head_view, index_record, live_data, params, unit_refs, unit_view
+from actscope.app.catalog import Catalog, ServedModel
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
 from actscope.app.urls import URLs
@@ -130,18 +131,36 @@ def logit_list(store: Store, model: str, ids: list[int], values: list[float]) ->
 
 
 # -- pages ----------------------------------------------------------------------------
-def home_data(store: Store) -> dict[str, Any]:
-    models = [model_dict(store, m) for m in store.models()]
+def served_model_dict(catalog: Catalog, m: ServedModel) -> dict[str, Any]:
+    """A model with its sources, and the index file it is served from."""
+    return {**model_dict(m.store, m.info), "index": catalog.label(m.index)}
+
+
+def home_data(catalog: Catalog, only: str | None = None) -> dict[str, Any]:
+    """Every model served (or only the one named), and the index files they come from.
+    `corpus`, `built_at` and `meta` are those of the first file (each model and file
+    has its own)."""
+    served = [catalog.served(only)] if only is not None else catalog.models()
+    indexes = [
+        {
+            "file": catalog.label(f),
+            "models": [m.model for m in served if m.index is f],
+            **index_record.summary(f.store.meta),
+        }
+        for f in catalog.files()
+        if any(m.index is f for m in served)
+    ]
+    models = [served_model_dict(catalog, m) for m in served]
+    first = indexes[0]
     return {
         "models": models,
         "n_tokens": sum(m["n_tokens"] for m in models),
         "n_sequences": sum(m["n_sequences"] for m in models),
-        **index_record.summary(store.meta),
+        "corpus": first["corpus"],
+        "built_at": first["built_at"],
+        "meta": first["meta"],
+        "indexes": indexes,
     }
-
-
-def model_data(store: Store, model: str) -> dict[str, Any]:
-    return model_dict(store, get_model(store, model))
 
 
 COLUMNS = {

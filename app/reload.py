@@ -1,12 +1,14 @@
-"""Serving an index that is rebuilt in place.
+"""Serving index files that are rebuilt in place.
 
 `actscope index` writes a temporary file and renames it over --out, so the path always
 names a complete index, and a server that opened the old file goes on reading it (its
-inode stays alive while open). `ReloadingApp` serves the app of one file and swaps in
-the app of the file the path names now: on SIGHUP (single-process serving), or when
-the file at the path changes (`--reload-on-change`: each worker process polls it). The
-new app is built and checked beside the old one; new requests then go to it, requests
-already running finish on the old one, and the old file is closed after the last.
+inode stays alive while open). `ReloadingApp` serves the app of its index files and
+swaps in an app that serves the files the paths name now: on SIGHUP (single-process
+serving), or when a file at one of the paths changes (`--reload-on-change`: each worker
+process polls them). Only the changed files are opened again: the new app carries the
+others over (catalog.py), with their live models and cached pages. The new app is
+built and checked beside the old one; new requests then go to it, requests already
+running finish on the old one, and an old file is closed after the last.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -25,23 +26,17 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from actscope.app.catalog import Catalog, Fingerprint, fingerprint
 from actscope.app.settings import Settings
 
 log = logging.getLogger("actscope.app")
 
 
-def fingerprint(path: Path) -> tuple[int, int, int, int]:
-    """What changes when a file is replaced or rewritten: device, inode, size, mtime."""
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 @dataclass
 class Served:
-    """One app over one file, with the requests it is serving."""
+    """One app over its files, with the requests it is serving."""
 
     app: FastAPI
-    fingerprint: tuple[int, int, int, int]
     in_flight: int = 0
     retired: bool = False
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -52,24 +47,26 @@ class Served:
         await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
 
     async def close(self) -> None:
-        """Run the app's lifespan shutdown: it closes the index file."""
+        """Run the app's lifespan shutdown: it lets go of its index files."""
         if not self._closed:
             self._closed = True
             await self._stack.aclose()
 
 
 class ReloadingApp:
-    """An ASGI app that forwards each request to the app of the current index file."""
+    """An ASGI app that forwards each request to the app of the current index files.
 
-    def __init__(self, settings: Settings, build: Callable[[Settings], FastAPI], sighup: bool = False) -> None:
+    `build(settings)` builds the first app; `build(settings, reload_of=app,
+    changed=paths)` one that opens `paths` again and carries over the other files of
+    `app` (server.create_app)."""
+
+    def __init__(self, settings: Settings, build: Callable[..., FastAPI], sighup: bool = False) -> None:
         self.settings = settings
-        self.path = Path(settings.index_file)
         self._build = build
         self.sighup = sighup
-        before = fingerprint(self.path)  # taken before opening: a change meanwhile is seen next poll
-        self.current = Served(build(settings), before)
+        self.current = Served(build(settings))
         self.reloads = 0
-        self._failed: tuple[int, int, int, int] | None = None
+        self._failed: dict[Path, Fingerprint] = {}  # not tried again until the file changes again
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -86,60 +83,87 @@ class ReloadingApp:
             if served.retired and served.in_flight == 0:
                 await served.close()
 
-    async def reload(self, why: str) -> bool:
-        """Serve the file the path names now, if it opens and reads whole; else keep the
-        current one and say why. True if the app was swapped."""
+    @property
+    def catalog(self) -> Catalog:
+        return self.current.app.state.catalog
+
+    def _changed(self) -> list[Path]:
+        """The served files whose path names another file now (or the same, rewritten)."""
+        out = []
+        for f in self.catalog.files():
+            try:
+                if fingerprint(f.path) != f.fingerprint:
+                    out.append(f.path)
+            except OSError:  # between an unlink and a rename, or gone: keep serving it
+                continue
+        return out
+
+    async def reload(self, why: str, paths: list[Path] | None = None) -> bool:
+        """Serve the files `paths` name now (None: every file that changed), if they
+        open and read whole; else keep serving the files open and say why. True if the
+        app was swapped."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
+            paths = self._changed() if paths is None else paths
+            if not paths:
+                log.warning("actscope: %s, but no index file changed: kept serving the files open", why)
+                return False
             try:
-                before = fingerprint(self.path)
+                before = {path: fingerprint(path) for path in paths}
             except OSError as exc:
                 log.warning("actscope: %s, but kept serving the index it had open: %s", why, exc)
                 return False
             try:
-                app = await run_in_threadpool(self._build_checked)
+                app = await run_in_threadpool(self._build_checked, paths)
             except Exception as exc:  # ActscopeError says what is wrong with the file; anything else too
-                self._failed = before  # not tried again until the file changes again
+                self._failed.update(before)
                 log.warning("actscope: %s, but kept serving the index it had open: %s", why, exc)
                 return False
-            fresh = Served(app, before)
+            fresh = Served(app)
             await fresh.start()
             old, self.current = self.current, fresh
             old.retired = True
             if old.in_flight == 0:
                 await old.close()
             self.reloads += 1
-            self._failed = None
-            log.warning("actscope: %s: now serving the index at %s", why, self.path)
+            for path in paths:
+                self._failed.pop(path, None)
+            log.warning("actscope: %s: now serving the index at %s", why, ", ".join(map(str, paths)))
             return True
 
-    def _build_checked(self) -> FastAPI:
-        app = self._build(self.settings)
+    def _build_checked(self, paths: list[Path]) -> FastAPI:
+        app = self._build(self.settings, reload_of=self.current.app, changed=paths)
+        catalog: Catalog = app.state.catalog
         try:
-            app.state.store.verify()  # a damaged file is refused before it serves anything
+            for f in catalog.opened:
+                f.store.verify()  # a damaged file is refused before it serves anything
         except BaseException:
-            app.state.store.close()
+            catalog.close()
             raise
         return app
 
     async def _watch(self, interval: float) -> None:
-        """Poll the file; reload once a change has held still for one more poll (a file
-        copied into place rather than renamed may still be growing)."""
-        pending = None
+        """Poll the files; reload those whose change has held still for one more poll (a
+        file copied into place rather than renamed may still be growing)."""
+        pending: dict[Path, Fingerprint] = {}
         while True:
             await asyncio.sleep(interval)
-            try:
-                now = fingerprint(self.path)
-            except OSError:  # between an unlink and a rename, or gone: keep serving
-                continue
-            if now in (self.current.fingerprint, self._failed):
-                pending = None
-            elif now != pending:
-                pending = now
-            else:
-                pending = None
-                await self.reload("the index file changed")
+            ready = []
+            for f in self.catalog.files():
+                try:
+                    now = fingerprint(f.path)
+                except OSError:  # between an unlink and a rename, or gone: keep serving
+                    continue
+                if now in (f.fingerprint, self._failed.get(f.path)):
+                    pending.pop(f.path, None)
+                elif now != pending.get(f.path):
+                    pending[f.path] = now
+                else:
+                    del pending[f.path]
+                    ready.append(f.path)
+            if ready:
+                await self.reload("the index file changed", ready)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)

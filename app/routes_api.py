@@ -22,7 +22,7 @@ from actscope.app import (
     try_data,
 )
 from actscope.app import urls as site_urls
-from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import not_found
 from actscope.app.fast_route import PlainParamsRoute
 
@@ -63,13 +63,13 @@ def _doc(model: Any, errors: Responses = ERRORS) -> dict[str, Any]:
 
 
 @router.get("", summary="Models and their sources", **_doc(schemas.HomeOut))
-def api_home(store: StoreDep):
-    return JSON(pages.home_data(store))
+def api_home(catalog: CatalogDep):
+    return JSON(pages.home_data(catalog))
 
 
 @router.get("/{model}", summary="One model and its sources", **_doc(schemas.ModelOut))
-def api_model(store: StoreDep, model: params.ModelName):
-    return JSON(pages.model_data(store, model))
+def api_model(catalog: CatalogDep, model: params.ModelName):
+    return JSON(pages.served_model_dict(catalog, catalog.served(model)))
 
 
 @router.get("/{model}/sequences/{seq}", summary="The exact token ids of a corpus sequence", **_doc(schemas.SequenceOut))
@@ -162,7 +162,7 @@ def api_search(
 )
 def api_compare(
     request: Request,
-    store: StoreDep,
+    catalog: CatalogDep,
     model: params.ModelName,
     units: Annotated[
         str,
@@ -175,7 +175,8 @@ def api_compare(
 ):
     """Each unit's statistics, histogram and top examples, and the overlap of their top
     examples' focus tokens (seq, pos): per pair of units of one model, and in all."""
-    return JSON(compare_data.compare_data(store, site_urls.for_request(request), model, units, strict=True))
+    stores = dict(catalog.stores())
+    return JSON(compare_data.compare_data(stores, site_urls.for_request(request), model, units, strict=True))
 
 
 @router.get(
@@ -301,7 +302,8 @@ async def api_unit(
     expanded example."""
     # The hottest route reads app.state itself: two dependencies cost ~10% of a
     # first view (FastAPI resolves each per request).
-    store, live = request.app.state.store, request.app.state.live
+    served = request.app.state.catalog.served(model)
+    store, live = served.store, served.live
     args = (request, store, live, model, source, index, text, band, page, per_page, open)
     if store.resident and text is None:  # from memory: pure CPU, no hop to the threadpool
         return _api_unit(*args)
@@ -347,7 +349,7 @@ SimilarK = Annotated[
 )
 def api_similar(
     request: Request,
-    store: StoreDep,
+    catalog: CatalogDep,
     model: params.ModelName,
     source: params.SourceSlug,
     index: params.UnitIndex,
@@ -358,6 +360,8 @@ def api_similar(
     with this unit's (Pearson r), largest first: only units active on at least 8 of the
     reservoir's positions and not constant there have one (else `note` says why and
     `similar` is empty). The unit's direct-effect twin, the same unit at other hooks and
-    control sources are left out. SAE features also list `decoder_cosine`."""
-    served = similar_data.served_models(store)
+    control sources are left out. Other models served here are compared with `scope=all`
+    when their reservoirs line up (`models` says why one does not). SAE features also
+    list `decoder_cosine`."""
+    served = similar_data.served_models(catalog.stores())
     return JSON(similar_data.similar_data(served, site_urls.for_request(request), model, source, index, scope, k))

@@ -18,7 +18,8 @@ EMBED_EXAMPLES = 5
 def embed_data(request: Request, model: str, source: str, index: int) -> dict:
     """The unit's page data, cut to what the card shows: its top examples and a few
     statistics, with the URL of its full page."""
-    store, live = request.app.state.store, request.app.state.live
+    served = request.app.state.catalog.served(model)
+    store, live = served.store, served.live
     urls = site_urls.for_request(request)
     data = pages.unit_data(store, live, urls, model, source, index, shown_only=True)
     data["top"] = data["top"][:EMBED_EXAMPLES]

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from actscope.app import compare_data, head_view, pages, params, search_data, similar_data, try_data, unit_view
 from actscope.app import urls as site_urls
-from actscope.app.deps import LiveDep, StoreDep
+from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import AppError
 from actscope.app.fast_route import PlainParamsRoute
 from actscope.app.live_service import LiveService
@@ -86,16 +86,15 @@ def _or_shown_error(
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, store: StoreDep):
+def home(request: Request, catalog: CatalogDep):
     urls = site_urls.for_request(request)
-    return render(request, "home.html", pages.home_data(store), page_url=urls.home(), title="actscope")
+    return render(request, "home.html", pages.home_data(catalog), page_url=urls.home(), title="actscope")
 
 
 @router.get("/{model}", response_class=HTMLResponse)
-def model_page(request: Request, store: StoreDep, model: str):
+def model_page(request: Request, catalog: CatalogDep, model: str):
     urls = site_urls.for_request(request)
-    data = pages.home_data(store)
-    data["models"] = [pages.model_data(store, model)]
+    data = pages.home_data(catalog, only=model)
     return render(request, "home.html", data, page_url=urls.model(model), title=f"{model} · actscope")
 
 
@@ -190,10 +189,10 @@ def sequence_page(
 
 
 @router.get("/{model}/compare", response_class=HTMLResponse)
-def compare_page(request: Request, store: StoreDep, model: str, units: str | None = None):
+def compare_page(request: Request, catalog: CatalogDep, model: str, units: str | None = None):
     """Units side by side; bad units are shown next to the form, the text kept."""
     urls = site_urls.for_request(request)
-    data = compare_data.compare_data(store, urls, model, units, strict=False)
+    data = compare_data.compare_data(dict(catalog.stores()), urls, model, units, strict=False)
     status = 422 if data["error"] and units is not None else 200  # the empty form asks for nothing yet
     if units is None:
         data["error"] = None
@@ -296,7 +295,8 @@ async def unit_page(
 ):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
     # view (FastAPI resolves each per request).
-    store, live = request.app.state.store, request.app.state.live
+    served = request.app.state.catalog.served(model)
+    store, live = served.store, served.live
     state = UnitState(band, text, page, per_page, open)
     if goto:  # an empty box asks for nothing
         return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
@@ -380,12 +380,12 @@ def _jump(request, store, live, model, source, index, state: UnitState, goto: st
 
 @router.get("/{model}/{source}/{index}/similar", response_class=HTMLResponse)
 def similar_page(
-    request: Request, store: StoreDep, model: str, source: str, index: int, scope: str = "all", k: str = "20"
+    request: Request, catalog: CatalogDep, model: str, source: str, index: int, scope: str = "all", k: str = "20"
 ):
     """A unit's neighbours; a bad scope or k is shown next to the form, the default list
     below it. An htmx request (the unit page's panel) gets the list's block only."""
     urls = site_urls.for_request(request)
-    served = similar_data.served_models(store)
+    served = similar_data.served_models(catalog.stores())
 
     def view() -> dict[str, Any]:
         count = params.parse_int("k", k, "a whole number")

@@ -41,6 +41,12 @@ class SourceOut(BaseModel):
     )
 
 
+class CorpusOut(BaseModel):
+    name: str = Field(description="The dataset spec (a built-in corpus, a Hub name, or local files by file name)")
+    source: str = Field(description='"built-in", "local files", "Hugging Face Hub", or "" for older indexes')
+    description: str
+
+
 class ModelOut(BaseModel):
     model: str
     n_layers: int
@@ -51,21 +57,27 @@ class ModelOut(BaseModel):
     n_sequences: int
     n_tokens: int = Field(description="Indexed tokens, BOS excluded")
     sources: list[SourceOut]
+    index: str = Field(description="The index file the model is served from (its `file` in `GET /api`'s `indexes`)")
 
 
-class CorpusOut(BaseModel):
-    name: str = Field(description="The dataset spec (a built-in corpus, a Hub name, or local files by file name)")
-    source: str = Field(description='"built-in", "local files", "Hugging Face Hub", or "" for older indexes')
-    description: str
-
-
-class HomeOut(BaseModel):
-    models: list[ModelOut]
-    n_tokens: int
-    n_sequences: int
+class IndexOut(BaseModel):
+    file: str = Field(
+        description="The index file's name (with the folders that tell it apart, when two served files share a name)"
+    )
+    models: list[str] = Field(description="The models served from it")
     corpus: CorpusOut
     built_at: str | None = Field(description="When the index was written (UTC)")
     meta: dict[str, Any] = Field(description="The run record, absolute paths reduced to file names")
+
+
+class HomeOut(BaseModel):
+    models: list[ModelOut] = Field(description="Every model served, from every index file")
+    n_tokens: int
+    n_sequences: int
+    corpus: CorpusOut = Field(description="The corpus of the first index file (see `indexes` for each)")
+    built_at: str | None = Field(description="When the first index file was written (UTC)")
+    meta: dict[str, Any] = Field(description="The run record of the first index file, paths reduced to file names")
+    indexes: list[IndexOut] = Field(description="The index files served, each with its corpus and run record")
 
 
 class UnitRowOut(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from actscope import __version__
 from actscope.app import errors, limits, routes_api, routes_embed, routes_html
 from actscope.app import urls as site_urls
+from actscope.app.catalog import Catalog, check_files, open_catalog
 from actscope.app.fast_route import HotRoutes, PlainParamsRoute
 from actscope.app.head import HeadAsGet
 from actscope.app.live_service import LiveService
@@ -25,10 +27,8 @@ from actscope.app.render import make_templates
 from actscope.app.resources import resource_dir
 from actscope.app.response_cache import CacheMiddleware, ResponseCache
 from actscope.app.security_headers import SecurityHeaders
-from actscope.app.settings import Settings
-from actscope.app.token_html import TokenTable
+from actscope.app.settings import Settings, index_paths
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.store.reader import Store
 
 log = logging.getLogger("actscope.app")
 
@@ -52,45 +52,33 @@ class RootPath:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app over one index file (opened read-only, schema version checked)."""
-    store = Store(settings.index_file, resident_mb=settings.resident_mb)
-    models = store.models()
-    if not models:
-        raise ActscopeError(f"{settings.index_file}: the index holds no model")
-    # One file holds one model; live inference runs that model.
-    first = models[0]
-    live = LiveService(
-        first,
-        store.sources(first.model),
-        device=settings.device,
-        max_waiting=settings.live_max_waiting,
-        timeout_s=settings.live_timeout_s,
-        max_chars=settings.max_text_chars,
-        cache_size=settings.live_cache_size,
-        enabled=settings.live,
-        max_batch=settings.live_max_batch,
-        threads=settings.live_threads,
-        token_strings=lambda ids: store.token_strings(first.model, ids),
-        unit_vectors=lambda slug: store.unit_vectors(first.model, slug),
-    )
+def create_app(settings: Settings, reload_of: FastAPI | None = None, changed: Collection[Path] = ()) -> FastAPI:
+    """Build the app over the index files of `settings` (opened read-only, schema
+    versions checked), serving every model of every file. `reload_of`: the app it
+    replaces (reload.py), whose files not in `changed` are carried over, with their live
+    models and cached pages."""
+    previous: Catalog | None = reload_of.state.catalog if reload_of is not None else None
+    catalog = open_catalog(settings, previous, changed)
+    first = catalog.models()[0].live
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.live and settings.preload_live:
             # Load in the background: pages answer at once, live requests wait for it.
-            threading.Thread(target=_preload, args=(live,), daemon=True).start()
+            threading.Thread(target=_preload, args=(first,), daemon=True).start()
         yield
-        store.close()
+        catalog.close()
 
     app = FastAPI(
         title="actscope", description=DESCRIPTION, version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None
     )
     app.state.settings = settings
-    app.state.store = store
-    app.state.live = live
-    app.state.templates = make_templates({m.model: TokenTable(store.vocab_bytes(m.model)) for m in models})
+    app.state.catalog = catalog
+    app.state.templates = make_templates({m.model: m.tokens for m in catalog.models()})
     app.state.response_cache = ResponseCache(settings.response_cache_mb * 2**20)
+    if reload_of is not None:  # the pages of the models whose file did not change stay valid
+        kept = {m.model for m in catalog.models() if m.index not in catalog.opened}
+        app.state.response_cache.adopt(reload_of.state.response_cache, kept)
     hot = [r for r in (*routes_api.router.routes, *routes_html.router.routes) if isinstance(r, PlainParamsRoute)]
     app.add_middleware(HotRoutes, routes=hot)  # inside the cache: a cached page never gets here
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
@@ -155,7 +143,7 @@ def app_from_env() -> ReloadingApp:
 
 
 def serve(
-    index_file: str,
+    index_files: str | list[str],
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str = "cpu",
@@ -176,12 +164,20 @@ def serve(
     one) is served once the server is told: on SIGHUP with one worker process, or as
     soon as each worker sees the file change with `reload_on_change` (see reload.py).
     Until then it serves the file it opened.
+
+    `index_files`: one index file or several, or directories (every *.duckdb file in
+    each); every model of every file is served under its own name.
     """
     import os
 
     import uvicorn
 
-    os.environ["ACTSCOPE_INDEX_FILE"] = str(Path(index_file).resolve())
+    try:
+        paths = index_paths(index_files)
+    except ValueError as exc:
+        raise ActscopeError(str(exc)) from None
+    # The worker processes read the same files, whatever their working directory.
+    os.environ["ACTSCOPE_INDEX_FILE"] = os.pathsep.join(str(p.resolve()) for p in paths)
     os.environ["ACTSCOPE_DEVICE"] = device
     os.environ.setdefault("ACTSCOPE_PRELOAD_LIVE", "true")
     os.environ.setdefault("ACTSCOPE_LIVE_THREADS", "1")
@@ -191,12 +187,9 @@ def serve(
         os.environ["ACTSCOPE_RELOAD_ON_CHANGE"] = "true"
     settings = settings_from_env()  # the worker processes read the same variables
     workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
-    # Fail here, with one line, on a missing, unreadable, damaged or incompatible file.
-    check = Store(index_file, resident_mb=0)
-    try:
-        check.verify()
-    finally:
-        check.close()
+    # Fail here, with one line, on a missing, unreadable, damaged or incompatible file,
+    # or on two files holding models of the same name.
+    found = check_files(paths)
     prefix = settings.root_path
     where = (
         f"http://{host}:{port}/ for a proxy that serves it under {prefix}/ and strips the prefix"
@@ -204,7 +197,9 @@ def serve(
         if prefix
         else f"http://{host}:{port}/ (JSON API at /api, docs at /docs)"
     )
-    print(f"actscope: serving {index_file} on {where} with {workers} worker process{'es' if workers > 1 else ''}")
+    listed = "; ".join(f"{path}: {', '.join(names)}" for path, names in found)
+    what = str(paths[0]) if len(found) == 1 else f"{len(found)} index files ({listed})"
+    print(f"actscope: serving {what} on {where} with {workers} worker process{'es' if workers > 1 else ''}")
     # access_log off: at log level warning nothing is printed anyway, but uvicorn would
     # still format every request's log line.
     # proxy_headers off: uvicorn would believe X-Forwarded-For from 127.0.0.1; the app

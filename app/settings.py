@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,35 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Bytes of a live request body besides its text (source, index, k, braces and names).
 BODY_ENVELOPE = 4096
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*")
+
+
+def index_paths(value: object) -> list[Path]:
+    """The index files named by `value`: a path, a list of paths, or text with paths
+    separated by os.pathsep (":" on Unix, as in PATH). A directory stands for every
+    *.duckdb file in it, by name. Each file once, in the order given."""
+    if isinstance(value, str):
+        parts: list[object] = [p for p in value.split(os.pathsep) if p.strip()]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [value]
+    out: list[Path] = []
+    for part in parts:
+        path = Path(str(part).strip())
+        if path.is_dir():
+            found = sorted(path.glob("*.duckdb"))
+            if not found:
+                raise ValueError(f"{path}: a directory with no *.duckdb index file in it")
+            out.extend(found)
+        else:
+            out.append(path)
+    if not out:
+        raise ValueError("no index file given")
+    # The same file named twice (e.g. alone and through its directory) is served once.
+    unique: dict[Path, Path] = {}
+    for path in out:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def normalise_root_path(value: str) -> str:
@@ -29,7 +59,10 @@ def normalise_root_path(value: str) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACTSCOPE_")
 
-    index_file: Path
+    # The index files served, each model under its own name: one path, or several
+    # (ACTSCOPE_INDEX_FILE: separated by os.pathsep, ":" on Unix); a directory stands
+    # for every *.duckdb file in it (see index_paths).
+    index_file: Annotated[list[Path], NoDecode]
     device: str = "cpu"
     # The path prefix the site is served under, behind a reverse proxy that strips it
     # ("/actscope"; "" at the root of the host): the ASGI root_path. Every URL the app
@@ -60,8 +93,8 @@ class Settings(BaseSettings):
     response_cache_mb: int = 128
     # Rows per page of a source's unit table (the visitor may ask for up to 500).
     page_size: int = 50
-    # Serve the new index when the file at index_file changes (rebuilt in place); each
-    # worker process polls it every reload_interval_s seconds.
+    # Serve the new index when a file of index_file changes (rebuilt in place); each
+    # worker process polls them every reload_interval_s seconds.
     reload_on_change: bool = False
     reload_interval_s: float = 1.0
     # Request bodies larger than this (bytes) get 413, before they are read. None: the
@@ -81,6 +114,11 @@ class Settings(BaseSettings):
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         return 12 * self.max_text_chars + BODY_ENVELOPE
+
+    @field_validator("index_file", mode="before")
+    @classmethod
+    def _expand_index_files(cls, value: object) -> object:
+        return index_paths(value)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -8,12 +8,13 @@ and the same tokens at the same positions). Its direct-effect twin, the same uni
 layer's other hooks, and control sources are never listed. SAE features (kinds with
 `decoder_neighbours`) also list the units whose decoder directions are closest.
 
-The code takes the served models as a list of `Served` (model slug, store) pairs, however
-many indexes the server holds.
+The code takes the served models as a list of `Served` (model slug, store) pairs: every
+model of every index file the server holds (catalog.stores()).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -43,9 +44,9 @@ class Served:
     store: Store
 
 
-def served_models(store: Store) -> list[Served]:
-    """Every model of the server's index."""
-    return [Served(m.model, store) for m in store.models()]
+def served_models(stores: Iterable[tuple[str, Store]]) -> list[Served]:
+    """Every model served, from (model name, Store) pairs (catalog.stores())."""
+    return [Served(model, store) for model, store in stores]
 
 
 def _find(served: list[Served], model: str) -> Served:

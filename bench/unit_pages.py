@@ -35,8 +35,7 @@ def serve(index: str) -> None:
     from actscope.app.settings import Settings
 
     app = create_app(Settings(index_file=index, live=False, response_cache_mb=0))
-    store = app.state.store
-    model = store.models()[0].model
+    model, store = app.state.catalog.stores()[0]
     units = [(s.slug, u) for s in store.sources(model) for u in range(s.n_units)]
     random.Random(0).shuffle(units)
 

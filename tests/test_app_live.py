@@ -226,7 +226,7 @@ def test_concurrent_live_requests_are_batched_and_exact(client, web_index):
     from concurrent.futures import ThreadPoolExecutor
 
     texts = [f"return {'x' * i} + value{i}" for i in range(1, 13)]
-    live = client.app.state.live
+    live = client.app.state.catalog.live(M)
     singles = [live.run_ids(live.run(t, "1-res-sae").token_ids, "1-res-sae").acts for t in texts]
     live._cache.clear()
     passes = live.forward_passes

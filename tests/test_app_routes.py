@@ -133,7 +133,7 @@ def test_unit_routes_without_the_router_answer_as_through_it(client):
 
 
 def test_store_reads_only_the_bands_asked_for(client):
-    store = client.app.state.store
+    store = client.app.state.catalog.store(M)
     whole = store.unit(M, S, 3)
     part = store.unit(M, S, 3, bands={1})
     assert part.top == whole.top and part.stats == whole.stats

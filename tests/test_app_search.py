@@ -164,7 +164,7 @@ def test_token_search_reads_the_same_from_sql_as_from_memory(web_index, client, 
 
     params = {"token": word, "per_page": 500}
     with make_client(web_index, resident_mb=0, live=False) as sql_client:
-        assert not sql_client.app.state.store.resident
+        assert not sql_client.app.state.catalog.store(M).resident
         assert (
             sql_client.get(f"/api/{M}/search", params=params).json()
             == client.get(f"/api/{M}/search", params=params).json()

@@ -60,7 +60,7 @@ def test_indexer_command_builds_the_demo_index_and_exits(compose):
 def test_app_command_serves_that_index_on_all_interfaces(compose):
     name, params = parse_cli(compose["services"]["app"]["command"])
     assert name == "serve"
-    assert params["index_file"] == "/data/demo.duckdb"
+    assert params["index_files"] == ("/data/demo.duckdb",)
     assert params["host"] == "0.0.0.0" and params["port"] == 8000
 
 

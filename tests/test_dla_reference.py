@@ -393,5 +393,5 @@ def test_try_page_with_twins_shows_the_last_token_unmeasured(dla_client):
     assert f"{twins[0]['source']} not measured" in last["data-units"]
     column = soup.select_one(f'.try-source[data-source="{twins[0]["source"]}"]')
     assert "Not measured on this token" in column.get_text() and not column.select("li")
-    sources = [s.slug for s in dla_client.app.state.store.sources("tiny")]
+    sources = [s.slug for s in dla_client.app.state.catalog.store("tiny").sources("tiny")]
     assert sources.index("1-mlp") < sources.index("1-mlp-dla")  # a twin after its source

@@ -61,7 +61,7 @@ def test_live_model_that_fails_to_load_leaves_pages_up_and_live_routes_503(tmp_p
         page = client.get(f"/{M}/0-mlp/3", params={"text": TEXT})
         assert page.status_code == 503 and "Live inference is unavailable" in page.text
         assert "<h1" in page.text  # the unit page itself, with the error shown on it
-        assert client.app.state.live.loaded is False
+        assert client.app.state.catalog.live(M).loaded is False
 
 
 # -- damaged index files --------------------------------------------------------------
@@ -258,11 +258,14 @@ def _body(client, path: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def two_indexes(web_index, tiny_topk_index):
-    """({path: body} of the old index, of the new one) as an in-process app serves them."""
+def two_indexes(tmp_path_factory, web_index, tiny_topk_index):
+    """({path: body} of the old index, of the new one) as an in-process app serves them,
+    each under the served file's name (the model's JSON names its file)."""
     bodies = []
     for index in (web_index, tiny_topk_index):
-        with make_client(index, live=False) as client:
+        named = tmp_path_factory.mktemp("named") / "served.duckdb"
+        shutil.copyfile(index, named)
+        with make_client(named, live=False) as client:
             bodies.append({path: _body(client, path) for path in SWAP_PATHS})
     old, new = bodies
     assert old[SWAP_PATHS[0]] != new[SWAP_PATHS[0]] and old[SWAP_PATHS[1]] != new[SWAP_PATHS[1]]
