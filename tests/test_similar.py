@@ -209,3 +209,24 @@ def test_every_units_top_cross_model_neighbour_is_its_twin(tiny_index, renamed_i
     assert checked > 150
     assert _similar(served, "tiny", "1-mlp", 3, scope="model")["models"] == [{"model": "tiny-b", "reason": None}]
     assert {n["model"] for n in _similar(served, "tiny", "1-mlp", 3, scope="model")["similar"]} == {"tiny"}
+
+
+def test_the_server_of_both_files_lists_the_twin_in_the_other_model(tiny_index, renamed_index, duplicated_index):
+    """`actscope serve` of several files: neighbours cross into the model whose reservoir
+    lines up, and the page says why the other is not compared; the compare view across
+    the two models gives the twins' r = 1."""
+    from fixtures_web import make_client
+
+    with make_client([tiny_index, renamed_index, duplicated_index[0]], live=False) as client:
+        data = client.get("/api/tiny/0-mlp/7/similar", params={"k": 3}).json()
+        top = data["similar"][0]
+        assert (top["model"], top["source"], top["index"]) == ("tiny-b", "0-mlp", 7)
+        assert top["r"] == pytest.approx(1.0, abs=1e-5)
+        assert top["compare"] == "/tiny/compare?units=0-mlp/7,tiny-b:0-mlp/7"
+        reasons = {m["model"]: m["reason"] for m in data["models"]}
+        assert reasons["tiny-b"] is None and "another --seed" in reasons["tiny-dup"]
+        compared = client.get(top["compare"].replace("/tiny/", "/api/tiny/", 1)).json()
+        assert compared["correlations"][0]["r"] == pytest.approx(1.0, abs=1e-5)
+        page = BeautifulSoup(client.get("/tiny/0-mlp/7/similar").text, "html.parser")
+        assert page.select_one(".similar-table a.neighbour").get_text() == "tiny-b:0-mlp/7"
+        assert "Units of tiny-dup are not compared: a reservoir at other positions" in page.get_text(" ")
