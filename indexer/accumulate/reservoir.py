@@ -88,9 +88,12 @@ class FingerprintReservoir:
         self.tokens = torch.full((capacity,), -1, dtype=torch.int64, device=device)
         self.acts = torch.zeros((capacity, n_units), dtype=torch.float16, device=device)
 
-    def threshold(self) -> int:
-        """The priority a position must not exceed to be offered (ties go by id)."""
-        return int(self.priority.max()) if self.filled == self.capacity else _NONE - 1
+    def threshold(self) -> torch.Tensor:
+        """The priority a position must not exceed to be offered (ties go by id), as a
+        0-d tensor on the state's device (no host sync)."""
+        if self.filled == self.capacity:
+            return self.priority.max()
+        return torch.tensor(_NONE - 1, dtype=torch.int64, device=self.priority.device)
 
     def update(self, acts: torch.Tensor, batch: ReservoirBatch) -> None:
         """acts [B, P, U]: offer the step's eligible positions under the threshold."""
