@@ -100,7 +100,9 @@ class FingerprintReservoir:
         b, p = (batch.priority <= self.threshold()).nonzero(as_tuple=True)
         if b.numel() == 0:
             return
-        self._offer(batch.priority[b, p], batch.ids[b, p], batch.tokens[b, p], lambda i: acts[b[i], p[i]])
+        rows = acts.view(-1, acts.shape[-1]) if acts.is_contiguous() else acts.reshape(-1, acts.shape[-1])
+        flat = b * acts.shape[1] + p
+        self._offer(batch.priority[b, p], batch.ids[b, p], batch.tokens[b, p], lambda i: rows.index_select(0, flat[i]))
 
     def merge(self, other: FingerprintReservoir) -> None:
         n = other.filled
@@ -125,7 +127,8 @@ class FingerprintReservoir:
         self.priority[slots] = priority[entering]
         self.ids[slots] = ids[entering]
         self.tokens[slots] = tokens[entering].to(torch.int64)
-        self.acts[slots] = values_of(entering).clamp(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16)
+        values = values_of(entering).to(torch.float16)  # one pass; past float16's range: inf, clamped below
+        self.acts.index_copy_(0, slots, torch.nan_to_num_(values, nan=0.0, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX))
         self.filled = int(keep.numel())
 
     def final(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
