@@ -167,7 +167,7 @@ def open_catalog(settings: Settings, previous: Catalog | None = None, changed: C
     return Catalog(files, models, opened)
 
 
-def _open_file(path: Path, resident_mb: int) -> IndexFile:
+def _open_file(path: Path, resident_mb: float) -> IndexFile:
     try:
         before = fingerprint(path)
     except OSError:  # Store says what is wrong with the path

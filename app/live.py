@@ -38,6 +38,12 @@ class LiveModel:
     def token_strings(self, ids: list[int]) -> list[str]:
         return self.loaded.tokenizer.batch_decode([[i] for i in ids])
 
+    def runner(self, slug: str) -> ActivationRunner:
+        """The runner of source `slug` (for callers that batch their own rows)."""
+        if slug not in self._runners:
+            raise ActscopeError(f"unknown source {slug!r} (known: {', '.join(self._runners)})")
+        return self._runners[slug]
+
     def activations(self, token_ids: list[int], slug: str) -> np.ndarray:
         """[len(token_ids), n_units] float32 activations of source `slug`."""
         import torch

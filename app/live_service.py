@@ -153,7 +153,38 @@ class LiveService:
             reservation.settle(len(job.ids or ()) if job.acts is not None else 0)
         return result
 
+    async def atask(self, key: tuple, tokens: int, task: Callable[[LiveModel], Any]) -> Any:
+        """Run `task` on the live model in the worker, alone, bounded like every live run
+        (queued, timed out) and cached under `key`; the client's budget pays `tokens`."""
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        if self._live is None:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(self.load)
+        reservation = limits.reserve_live(tokens)
+        job = _Job("", "", None)
+        job.task = task
+        try:
+            await self._await_done(job)
+        finally:
+            reservation.settle(tokens if job.error is None and job.done.is_set() else 0)
+        if job.error is not None:
+            raise job.error
+        with self._cache_lock:
+            self._cache[key] = job.result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return job.result
+
     async def _await_job(self, job: _Job, key: tuple, cut: bool) -> LiveResult:
+        await self._await_done(job)
+        return self._finish(job, key, cut)
+
+    async def _await_done(self, job: _Job) -> None:
         import asyncio
 
         if not self._waiting.acquire(blocking=False):
@@ -175,7 +206,6 @@ class LiveService:
                 raise unavailable("Timed out waiting for the model; try again in a moment.") from None
         finally:
             self._waiting.release()
-        return self._finish(job, key, cut)
 
     def run_ids(self, token_ids: list[int], source: str) -> LiveResult:
         """Run the model on exact token ids (e.g. a stored corpus sequence)."""
@@ -216,6 +246,25 @@ class LiveService:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return [found[key] for key in keys]
+
+    def run_task(self, task: Callable[[LiveModel], Any]) -> Any:
+        """task(live model), run alone by the worker, queued and timed out like every live
+        request (e.g. one batch of a hypothesis test's forward passes); what it returns."""
+        self.load()
+        if not self._waiting.acquire(blocking=False):
+            raise unavailable("The server is busy with other live requests; try again in a moment.")
+        try:
+            job = _Job("", "", None)
+            job.task = task
+            self._submit(job)
+            if not job.done.wait(self.timeout_s):
+                job.cancelled = True
+                raise unavailable("Timed out waiting for the model; try again in a moment.")
+        finally:
+            self._waiting.release()
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     def _run(
         self, key: tuple, source: str, text: str = "", cut: bool = False, ids: list[int] | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from actscope.app import head_view, index_record, live_data, params, unit_refs, unit_view
+from actscope.app import explain_state, head_view, index_record, live_data, params, unit_refs, unit_view
 from actscope.app.catalog import Catalog, ServedModel
 from actscope.app.errors import not_found
 from actscope.app.live_service import LiveService
@@ -315,6 +315,7 @@ def unit_data(
     page: str | None = None,
     per_page: str | None = None,
     open: str | None = None,
+    explain: str | None = None,
     shown_only: bool = False,
     with_full: bool = False,
 ) -> dict[str, Any]:
@@ -339,6 +340,7 @@ def unit_data(
     shown = params.band_choice(band, len(rec.bands))
     page_no, n_per_page = params.example_page(page, per_page)
     opened = params.open_example(open)
+    explained = explain_state.unit_page_part(urls, model, source, index, explain, params.visitor_text(text))
     if opened is not None:
         info = get_model(store, model)
         if opened[0] >= info.n_sequences or opened[1] >= info.ctx:
@@ -384,10 +386,11 @@ def unit_data(
         "per_page": n_per_page if n_per_page != params.EXAMPLES_PER_PAGE else None,
         "open": None if opened is None else f"{opened[0]}:{opened[1]}",
         "text": text,
+        "explain": None if explained is None else explained["key"],
     }
 
     def set_url(p: int) -> str:
-        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None})
+        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None, "explain": None})
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
@@ -457,6 +460,7 @@ def unit_data(
         "text": text,
         "params": state,
         "live": live_part,
+        "explain": explained,
     }
     attention_hook = kinds.get(src.kind).attention_hook(src.layer)
     data["attention"] = None

@@ -405,3 +405,71 @@ Pos = Annotated[
         json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}]},
     ),
 ]
+
+# The explain routes' parameters: text as the pages' forms send it (empty: the default),
+# parsed and checked by explain_data.parse_form and check_settings.
+ExplainSeq = Annotated[
+    str | None,
+    Query(
+        description="A stored sequence (with pos): the example to explain; past the last: 404",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 0}),
+    ),
+]
+ExplainPos = Annotated[
+    str | None,
+    Query(
+        description="The focus position, from 1 (0 is BOS; past the last measured one: 404). With text: "
+        "default its last measured token",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 0}),
+    ),
+]
+ExplainText = Annotated[
+    str | None,
+    Query(
+        description=f"Your text instead of a stored example (BOS is prepended). {TEXT_RULE}",
+        json_schema_extra=_or_empty({"type": "string", **TEXT_SCHEMA}),
+    ),
+]
+ExplainMethod = Annotated[
+    str | None,
+    Query(
+        description="How a token is ablated: replace (default: swapped for the baseline token) or noise "
+        "(Gaussian noise added to its embedding)",
+        json_schema_extra={"anyOf": [{"type": "string", "enum": ["replace", "noise", ""]}]},
+    ),
+]
+ExplainBaseline = Annotated[
+    str | None,
+    Query(
+        description="replace: the token id swapped in (default the model's BOS/EOS id); past the vocabulary: 404",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 0}),
+    ),
+]
+ExplainSigma = Annotated[
+    str | None,
+    Query(
+        description="noise: its scale, in per-dimension stds of W_E's rows (default 1)",
+        json_schema_extra=_or_empty({"type": "number", "exclusiveMinimum": 0, "maximum": 100}),
+    ),
+]
+ExplainDraws = Annotated[
+    str | None,
+    Query(
+        description="noise: draws averaged (default 8)",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 1, "maximum": 32}),
+    ),
+]
+ExplainSeed = Annotated[
+    str | None,
+    Query(
+        description="noise: the draws' seed, 0 to 2^32 - 1 (default 0)",
+        json_schema_extra=_or_empty({"type": "integer", "minimum": 0, "maximum": 2**32 - 1}),
+    ),
+]
+ExplainThreshold = Annotated[
+    str | None,
+    Query(
+        description="The share of the full activation a minimal example keeps at least (default 0.9)",
+        json_schema_extra=_or_empty({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+    ),
+]

@@ -39,6 +39,7 @@ def example_items(
     open: dict[str, int] | None = None,
     full: Markup | str = "",
     first: int = 0,
+    explain: dict[str, Any] | None = None,
 ) -> Markup:
     """The <li> of each example of a unit page: focus activation, tinted tokens, and a
     link that shows or hides its full sequence in the item. The link is the unit page
@@ -49,6 +50,8 @@ def example_items(
     spans themselves."""
     if not examples:
         return Markup('<li class="empty">No examples in this set.</li>')
+    # "what mattered": each example's attribution (`explain=SEQ:POS`), loaded by htmx.
+    why = _why_links(urls, model, source, index, examples, state, explain)
     state = {k: v for k, v in (state or {}).items() if k != "open"}
     closed = escape(urls.unit(model, source, index, **state))
     keys = [f"{ex['seq']}:{ex['pos']}" for ex in examples]
@@ -75,9 +78,41 @@ def example_items(
             f'\n<a class="full-link" href="{closed if is_open else escape(href)}#ex-{i}" data-open="{key}" '
             f'data-seq="{escape(link)}" aria-controls="full-{i}" aria-expanded="{"true" if is_open else "false"}">'
             f"{'hide' if is_open else 'show'} full sequence</a>\n"
+            f"{why[i - first]}"
             f'<div class="full" id="full-{i}">{full if is_open else ""}</div>\n</li>\n'
         )
     return Markup("".join(out))
+
+
+def _why_links(
+    urls: URLs,
+    model: str,
+    source: str,
+    index: int,
+    examples: list[dict[str, Any]],
+    state: dict[str, Any] | None,
+    explain: dict[str, Any] | None,
+) -> list[str]:
+    """Per example: its "what mattered" link (the unit page with `explain=SEQ:POS`, or
+    without it for the example explained), and for that example the box its attribution
+    loads into after the page (htmx; without JavaScript, a link to it)."""
+    state = {k: v for k, v in (state or {}).items() if k != "explain"}
+    keys = [f"{ex['seq']}:{ex['pos']}" for ex in examples]
+    hrefs = urls.unit_opening(model, source, index, keys, name="explain", **state)
+    shown = explain["key"] if explain is not None and explain["seq"] is not None else None
+    closed = escape(urls.unit(model, source, index, **state))
+    out = []
+    for key, href in zip(keys, hrefs):
+        if key != shown:
+            out.append(f'<a class="why-link" href="{escape(href)}" data-keep="open">what mattered</a>\n')
+            continue
+        url = escape(explain["url"])  # type: ignore[index]
+        out.append(
+            f'<a class="why-link" href="{closed}" data-keep="open" aria-expanded="true">hide what mattered</a>\n'
+            f'<div class="why" hx-get="{url}" hx-trigger="load" hx-swap="innerHTML">'
+            f'<a class="why-page" href="{url}">see what mattered (computed on request)</a></div>\n'
+        )
+    return out
 
 
 def attention_tokens(table: TokenTable, ids: list[int], attention: dict[str, Any], focus: int) -> Markup:

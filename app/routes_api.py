@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from actscope.app import (
     compare_data,
+    explain_data,
     limits,
     live_data,
     pages,
@@ -283,6 +284,75 @@ def api_export(store: StoreDep, model: params.ModelName, source: params.SourceSl
         media_type=media,
         headers={"Content-Disposition": disposition},
     )
+
+
+EXPLAIN_ERRORS: Responses = {
+    **LIVE_ERRORS,
+    404: {
+        "model": schemas.ErrorOut,
+        "description": "Unknown model, source, unit or sequence; a position that is BOS or past the last measured "
+        "one; a baseline past the vocabulary; or no example named (seq and pos, or text)",
+    },
+}
+
+
+@router.get(
+    "/{model}/{source}/{index}/explain",
+    summary="What mattered at a focus token: ablation attribution and the minimal example (live)",
+    **_doc(schemas.ExplainOut, EXPLAIN_ERRORS),
+)
+async def api_explain(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: params.ModelName,
+    source: params.SourceSlug,
+    index: params.UnitIndex,
+    seq: params.ExplainSeq = None,
+    pos: params.ExplainPos = None,
+    text: params.ExplainText = None,
+    method: params.ExplainMethod = None,
+    baseline: params.ExplainBaseline = None,
+    sigma: params.ExplainSigma = None,
+    draws: params.ExplainDraws = None,
+    seed: params.ExplainSeed = None,
+    threshold: params.ExplainThreshold = None,
+):
+    """A stored example (`seq`, `pos`) or a text (focus: its last measured token, or
+    `pos`), in the window the index keeps around a focus. For each window token from the
+    window's start up to the focus (never BOS): the focus activation with that token
+    ablated (`ablated`) and `delta` = act - ablated; null elsewhere. `replace` swaps the
+    token for `baseline` (default the model's BOS/EOS id); `noise` adds Gaussian noise
+    at `hook_embed` (sigma times the per-dimension std of W_E's rows), averaged over
+    `draws` seeded draws. `truncation`: the shortest suffix ending at the focus (BOS
+    prepended) whose focus activation keeps `threshold` of `act`, or null."""
+    raw = {"seq": seq, "pos": pos, "text": text, "method": method, "baseline": baseline}
+    raw.update(sigma=sigma, draws=draws, seed=seed, threshold=threshold)
+    args = explain_data.parse_form({k: v for k, v in raw.items() if v is not None})
+    urls = site_urls.for_request(request)
+    return JSON(await explain_data.explain_data(store, live, urls, model, source, index, **args))
+
+
+@router.get(
+    "/{model}/{source}/{index}/minimal",
+    summary="The minimal example of each of a unit's top examples, summed up (live)",
+    **_doc(schemas.MinimalOut, LIVE_ERRORS),
+)
+async def api_minimal(
+    request: Request,
+    store: StoreDep,
+    live: LiveDep,
+    model: params.ModelName,
+    source: params.SourceSlug,
+    index: params.UnitIndex,
+    threshold: params.ExplainThreshold = None,
+):
+    """For each of the unit's first 20 top examples: the shortest suffix ending at its
+    focus (BOS prepended, starting in its window) that keeps `threshold` of its focus
+    activation. `n_found` of `n_examples` have one, the longest `max_tokens` long."""
+    asked = explain_data.parse_form({"threshold": threshold or ""}).get("threshold")
+    urls = site_urls.for_request(request)
+    return JSON(await explain_data.minimal_data(store, live, urls, model, source, index, asked))
 
 
 async def api_unit(

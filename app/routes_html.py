@@ -10,7 +10,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import compare_data, head_view, pages, params, search_data, similar_data, try_data, unit_view
+from actscope.app import (
+    compare_data,
+    explain_data,
+    head_view,
+    pages,
+    params,
+    search_data,
+    similar_data,
+    try_data,
+    unit_view,
+)
 from actscope.app import urls as site_urls
 from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import AppError
@@ -279,6 +289,7 @@ class UnitState:
     page: str | None = None
     per_page: str | None = None
     open: str | None = None
+    explain: str | None = None  # an attribution or minimal-example summary shown (explain_state)
 
 
 async def unit_page(
@@ -292,12 +303,13 @@ async def unit_page(
     per_page: str | None = None,
     open: str | None = None,
     goto: str | None = None,
+    explain: str | None = None,
 ):
     # The hottest page reads app.state itself: two dependencies cost ~10% of a first
     # view (FastAPI resolves each per request).
     served = request.app.state.catalog.served(model)
     store, live = served.store, served.live
-    state = UnitState(band, text, page, per_page, open)
+    state = UnitState(band, text, page, per_page, open, explain)
     if goto:  # an empty box asks for nothing
         return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
@@ -342,6 +354,7 @@ def _unit_with_text(
             page=state.page,
             per_page=state.per_page,
             open=state.open,
+            explain=state.explain,
             shown_only=True,
             with_full=with_full,
         )
@@ -444,4 +457,65 @@ def unit_live(
         block="live",
         status=200 if status < 500 else status,
         headers={"HX-Push-Url": share, "X-Live-Status": str(status)},
+    )
+
+
+@router.get("/{model}/{source}/{index}/explain", response_class=HTMLResponse)
+async def explain_page(request: Request, store: StoreDep, live: LiveDep, model: str, source: str, index: int):
+    """What mattered at a focus token and the minimal example: a page with its form, or
+    (htmx) the result block a unit page loads after itself. Computed in the live worker."""
+    urls = site_urls.for_request(request)
+    query = request.query_params
+    try:
+        data = await explain_data.explain_data(
+            store, live, urls, model, source, index, **explain_data.parse_form(query)
+        )
+        error, status = None, 200
+    except AppError as exc:
+        if exc.status == 404 and not isinstance(exc, params.FieldError):
+            raise
+        data = explain_data.unit_frame(store, urls, model, source, index)
+        error, status = exc.message, _shown_status(exc)
+    data.update(form=explain_data.form_values(query), error=error)
+    fragment = bool(request.headers.get("hx-request"))
+    return render(
+        request,
+        "explain.html",
+        data,
+        page_url=_here(request),
+        title=f"What mattered · {source}/{index} · {model}",
+        block="explained" if fragment else None,
+        # htmx swaps 2xx answers only: an error is shown inside the block.
+        status=200 if fragment and status < 500 else status,
+        headers={"X-Live-Status": str(status)} if fragment else None,
+    )
+
+
+@router.get("/{model}/{source}/{index}/minimal", response_class=HTMLResponse)
+async def minimal_page(
+    request: Request, store: StoreDep, live: LiveDep, model: str, source: str, index: int, threshold: str | None = None
+):
+    """The minimal examples of a unit's top examples and the line summing them up; htmx
+    gets the line alone (a unit page loads it after itself)."""
+    urls = site_urls.for_request(request)
+    try:
+        asked = explain_data.parse_form({"threshold": threshold or ""}).get("threshold")
+        data = await explain_data.minimal_data(store, live, urls, model, source, index, asked)
+        error, status = None, 200
+    except AppError as exc:
+        if exc.status == 404 and not isinstance(exc, params.FieldError):
+            raise
+        data = explain_data.unit_frame(store, urls, model, source, index)
+        error, status = exc.message, _shown_status(exc)
+    data.update(threshold_text=threshold or "", error=error)
+    fragment = bool(request.headers.get("hx-request"))
+    return render(
+        request,
+        "minimal.html",
+        data,
+        page_url=_here(request),
+        title=f"Minimal examples · {source}/{index} · {model}",
+        block="summary" if fragment else None,
+        status=200 if fragment and status < 500 else status,
+        headers={"X-Live-Status": str(status)} if fragment else None,
     )

@@ -400,12 +400,114 @@ class RandomOut(BaseModel):
     url: str = Field(description="Its JSON URL, as in Location")
 
 
+class HypothesisExampleOut(ExampleOut):
+    matched: list[bool] = Field(description="Per token of the example: whether the regex matched it")
+
+
+class HypothesisFiguresOut(BaseModel):
+    n_sequences: int = Field(description="Sequences tested")
+    seqs: list[int] = Field(description="Their numbers (GET /api/{model}/sequences/{seq} gives their tokens)")
+    n_tokens: int = Field(description="Tokens scored: every token of the sequences but BOS (and unmeasured ones)")
+    n_matched: int = Field(description="Tokens the regex matched")
+    n_active: int = Field(description="Tokens whose activation is above the threshold")
+    n_active_matched: int = Field(description="Tokens both active and matched")
+    precision: float | None = Field(description="n_active_matched / n_active; null when no token is active")
+    recall: float | None = Field(description="n_active_matched / n_matched; null when no token is matched")
+    auroc: float | None = Field(
+        description="ROC AUC of the activation as a score for matched tokens (ties count one half); "
+        "null when every token or none is matched"
+    )
+    false_positives: list[HypothesisExampleOut] = Field(
+        description="Active tokens no match explains, highest activation first (one per sequence, at most 5)"
+    )
+    false_negatives: list[HypothesisExampleOut] = Field(
+        description="Matched tokens that are not active, lowest activation first (one per sequence, at most 5)"
+    )
+
+
+class HypothesisOut(HypothesisFiguresOut):
+    model: str
+    source: str
+    index: int
+    regex: str
+    sequences: int = Field(description="Sequences asked for (all the index has when it has fewer)")
+    seed: int
+    threshold: float = Field(description="Active means activation > threshold")
+    threshold_default: bool = Field(
+        description="The threshold is the unit's default: its 99th-percentile band edge, or 0 for a sparse kind"
+    )
+    top_examples: HypothesisFiguresOut = Field(
+        description="The same figures over the sequences of the unit's top examples"
+    )
+
+
 class SequenceOut(BaseModel):
     model: str
     seq: int
     token_ids: list[int] = Field(description="Exactly what was fed to the model, BOS first")
     tokens: list[str]
     token_bytes: TokenBytes
+
+
+class TruncationOut(BaseModel):
+    start: int = Field(description="The sequence position of the minimal example's first token")
+    tokens: list[str] = Field(description="The minimal example, from `start` to the focus (the model saw BOS first)")
+    token_ids: list[int]
+    act: float = Field(description="The focus activation on the minimal example (BOS + tokens)")
+    threshold: float = Field(description="The share of the full activation it keeps at least")
+
+
+class ExplainOut(BaseModel):
+    model: str
+    source: str
+    index: int
+    seq: int | None = Field(description="The stored sequence explained; null for a text")
+    pos: int = Field(description="The focus: its position in the sequence or text (0 is BOS)")
+    text: str | None
+    method: str = Field(description="replace or noise")
+    sigma: float | None = Field(description="noise: the noise scale, in per-dimension stds of W_E's rows")
+    draws: int | None = Field(description="noise: draws averaged")
+    seed: int | None = Field(description="noise: the seed of the draws")
+    baseline_token_id: int | None = Field(description="replace: the token swapped in")
+    tokens: list[str] = Field(description="The window, the same as the stored example's")
+    token_ids: list[int]
+    token_bytes: TokenBytes
+    start: int = Field(description="The sequence position of the window's first token")
+    focus: int = Field(description="The focus token's index in the window")
+    act: float = Field(description="The focus activation on the whole prefix, from BOS")
+    ablated: list[float | None] = Field(
+        description="Per window token: the focus activation with that token ablated; null for BOS and after the focus"
+    )
+    delta: list[float | None] = Field(description="act - ablated per window token (positive: the token helped)")
+    truncation: TruncationOut | None = Field(
+        description="The shortest suffix ending at the focus that keeps threshold of act; null when none in the window does"
+    )
+    threshold: float
+    url: str = Field(description="This explanation's page")
+    unit_url: str
+
+
+class MinimalExampleOut(BaseModel):
+    seq: int
+    pos: int
+    act: float = Field(description="The focus activation on the whole prefix, computed live")
+    truncation: TruncationOut | None
+    url: str = Field(description="This example's explanation page")
+
+
+class MinimalOut(BaseModel):
+    model: str
+    source: str
+    index: int
+    threshold: float
+    n_examples: int = Field(description="Top examples summed up (the first 20 at most)")
+    n_found: int = Field(description="Of them, those with a minimal example within their window")
+    max_tokens: int | None = Field(
+        description="The longest of those minimal examples, in tokens (BOS not counted); null when none"
+    )
+    examples: list[MinimalExampleOut]
+    url: str
+    unit_url: str
 
 
 class ActivationsIn(BaseModel):

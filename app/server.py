@@ -16,11 +16,12 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actscope import __version__
-from actscope.app import errors, limits, routes_api, routes_embed, routes_html
+from actscope.app import errors, limits, routes_api, routes_embed, routes_html, routes_hypothesis
 from actscope.app import urls as site_urls
 from actscope.app.catalog import Catalog, check_files, open_catalog
 from actscope.app.fast_route import HotRoutes, PlainParamsRoute
 from actscope.app.head import HeadAsGet
+from actscope.app.hypothesis_jobs import HypothesisJobs
 from actscope.app.live_service import LiveService
 from actscope.app.reload import ReloadingApp
 from actscope.app.render import make_templates
@@ -79,6 +80,7 @@ def create_app(settings: Settings, reload_of: FastAPI | None = None, changed: Co
     if reload_of is not None:  # the pages of the models whose file did not change stay valid
         kept = {m.model for m in catalog.models() if m.index not in catalog.opened}
         app.state.response_cache.adopt(reload_of.state.response_cache, kept)
+    app.state.hypotheses = HypothesisJobs()  # regex hypothesis tests: running, and their results
     hot = [r for r in (*routes_api.router.routes, *routes_html.router.routes) if isinstance(r, PlainParamsRoute)]
     app.add_middleware(HotRoutes, routes=hot)  # inside the cache: a cached page never gets here
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
@@ -96,6 +98,8 @@ def create_app(settings: Settings, reload_of: FastAPI | None = None, changed: Co
     app.include_router(routes_api.router)
     app.include_router(routes_embed.router)
     app.include_router(routes_html.router)
+    app.include_router(routes_hypothesis.api_router)
+    app.include_router(routes_hypothesis.router)
     return app
 
 

@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     max_text_chars: int = 20_000
     # Cached live results (text, source) -> activations.
     live_cache_size: int = 256
-    # Unit examples are served from memory when the index's examples fit this budget.
-    resident_mb: int = 1024
+    # What the store keeps of the index in memory (unit data, unit tables, sequences,
+    # token search), in MB; what does not fit is read with SQL (store/budget.py).
+    resident_mb: float = 1024
     # Rendered unit pages (HTML and JSON) kept in memory, in MB (0: off).
     response_cache_mb: int = 128
     # Rows per page of a source's unit table (the visitor may ask for up to 500).

@@ -91,12 +91,14 @@ class URLs:
         """The unit's embed card (the one page other sites may frame)."""
         return f"{self.base}/embed/{_q(model)}/{_q(source)}/{int(index)}"
 
-    def unit_opening(self, model: str, source: str, index: int, keys: list[str], **params: object) -> list[str]:
-        """[unit(model, source, index, **params, open=key) for key in keys], the common
-        part built once (a unit page links every example open)."""
-        page = self.unit(model, source, index, **{k: v for k, v in params.items() if k != "open"})
+    def unit_opening(
+        self, model: str, source: str, index: int, keys: list[str], name: str = "open", **params: object
+    ) -> list[str]:
+        """[unit(model, source, index, **params, open=key) for key in keys] (or another
+        parameter `name`), the common part built once (a unit page links every example open)."""
+        page = self.unit(model, source, index, **{k: v for k, v in params.items() if k != name})
         sep = "&" if "?" in page else "?"
-        return [f"{page}{sep}open={_qv(key)}" for key in keys]
+        return [f"{page}{sep}{name}={_qv(key)}" for key in keys]
 
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
@@ -108,6 +110,18 @@ class URLs:
     def reservoir(self, model: str) -> str:
         """The positions a model's fingerprints are taken at (JSON only)."""
         return f"{self.base}/api/{_q(model)}/reservoir"
+
+    def unit_hypothesis(self, model: str, source: str, index: int, **params: object) -> str:
+        """A unit's regex hypothesis test (regex, threshold, sequences, seed)."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/hypothesis", params)
+
+    def explain(self, model: str, source: str, index: int, **params: object) -> str:
+        """What mattered at an example's focus (seq, pos) or a text's, and its minimal example."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/explain", params)
+
+    def minimal(self, model: str, source: str, index: int, **params: object) -> str:
+        """The minimal examples of a unit's top examples, summed up."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/minimal", params)
 
     def random_unit(self, model: str, source: str, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/random", params)

@@ -14,20 +14,36 @@ requests:
                                                      sorted by each of its columns,
                                                      random order and page
   search      GET  /api/{model}/search?token=...     top tokens of that source's units
+  regex       GET  /api/{model}/{source}/{index}/hypothesis?regex=...&seed=I
+                                                     a regex hypothesis over 256 sequences,
+                                                     run live; a new unit and seed each time
+                                                     (nothing cached), one client
   export      GET  /api/{model}/{source}/export.FMT  time to the first byte, one client
   similar     GET  /api/{model}/{source}/{index}/similar?scope=all&k=20
                                                      random units of every source (fingerprint
                                                      correlations over all sources), one client
                                                      and N clients
+  explain     GET  /api/{model}/{source}/{index}/explain?seq=S&pos=P
+                                                     a top example of a random unit of
+                                                     every source, one client (no two
+                                                     alike: no cache hits)
 
 With --big-index PATH it runs again on an index of 102,400 units (12 layers x 3,072
 neurons of a random model and a 65,536-feature TopK SAE, 4,096 tokens), built at PATH
 by bench/big_index.py the first time (about 3 minutes) and reused after that. Live
 inference is measured on the first index only.
 
+With --million PATH it runs on an index of 1,048,576 units (16 sources of 65,536
+neurons, synthetic activations: see bench/million_index.py, which builds it at PATH the
+first time), without live inference, once per --resident-mb budget. It reports the
+time `actscope serve` takes to answer its first request, the time until every source it
+was asked for is in memory (or found not to fit), and the server's resident set size
+(now and peak) beside the bytes the store says it holds.
+
 Usage:
   .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16]
-      [--only similar]
+      [--only-similar]
+  .venv/bin/python bench/server.py --million million.duckdb --resident-mb 4096,1024
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
 builder. The load generator shares the 2 cores with the server, so the numbers are
@@ -56,6 +72,9 @@ TABLE_MS = 50.0  # a source table page, sorted by any column
 SEARCH_MS = 50.0  # token search
 SIMILAR_MS = 50.0  # a unit's 20 neighbours over every source
 EXPORT_FIRST_BYTE_MS = 1000.0
+REGEX_MS = 4000.0  # a regex hypothesis over 256 sequences (issue 18)
+REGEXES = [r"\bdef\b", r"\bthe\b", r"[.,;:]", r"\n", r"[A-Z]{2,}", r"\bself\b", r"\(", r"\b(if|for|while)\b"]
+EXPLAIN_MS = 300.0  # what mattered at one example + its minimal example, on the bundled model
 WORDS = [
     "the",
     "of",
@@ -213,8 +232,9 @@ def long_text(rng: random.Random, n_words: int = 220) -> str:
     return f"{rng.randrange(10**9)} " + " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def start_server(index: str) -> tuple[subprocess.Popen, int, dict]:
-    """`actscope serve INDEX` on a free port; (process, port, the /api home)."""
+def start_server(index: str, **settings: str) -> tuple[subprocess.Popen, int, dict]:
+    """`actscope serve INDEX` on a free port, with ACTSCOPE_{NAME} = value for each of
+    `settings`; (process, port, the /api home)."""
     port = free_port()
     env = dict(
         os.environ,
@@ -225,6 +245,7 @@ def start_server(index: str) -> tuple[subprocess.Popen, int, dict]:
         TOKENIZERS_PARALLELISM="false",
         # Every client here is one address: the per-client live budget would measure itself.
         ACTSCOPE_LIVE_TOKENS_PER_MINUTE="0",
+        **{f"ACTSCOPE_{name.upper()}": value for name, value in settings.items()},
     )
     cmd = [sys.executable, "-c", "from actscope.cli import main; main()", "serve", index, "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -389,14 +410,33 @@ def export_first_bytes(port: int, model: dict, rounds: int) -> bool:
     return ok
 
 
+def explain_scenario(base: str, model: dict, rng: random.Random, n_requests: int) -> tuple:
+    """Explain one example: the first top example of a random unit of each source in
+    turn (units without examples skipped), each asked once."""
+    name, sources = model["model"], model["sources"]
+    wanted: list[str] = []
+    seen: set[tuple] = set()
+    for i in range(n_requests * 20):
+        if len(wanted) == n_requests:
+            break
+        s = sources[i % len(sources)]
+        index = rng.randrange(s["n_units"])
+        top = get_json(f"{base}/api/{name}/{s['slug']}/{index}")["top"]
+        if not top or (s["slug"], index) in seen:
+            continue
+        seen.add((s["slug"], index))
+        wanted.append(f"/api/{name}/{s['slug']}/{index}/explain?seq={top[0]['seq']}&pos={top[0]['pos']}")
+    return ("explain one example, 1 client", lambda i: ("GET", wanted[i], None), len(wanted), EXPLAIN_MS)
+
+
 def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
-    live = live and args.only != "similar"
+    live = live and not args.only_similar
     server, port, home = start_server(index)
     base = f"http://127.0.0.1:{port}"
     try:
         model = home["models"][0]
         sources = [(s["slug"], s["n_units"]) for s in model["sources"]]
-        extra, scenarios, single = "", [], None
+        extra, scenarios, single, regex_scenario = "", [], None, None
         if live:
             slug_live, n_live = sources[0]
             # Warm-up: the live model loads.
@@ -423,6 +463,19 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
                     TARGETS_MS["live 128 tokens"],
                 )
             )
+            regex_units = [(slug, rng.randrange(n)) for slug, n in sources for _ in range(args.regex_requests)]
+            rng.shuffle(regex_units)
+            regex_scenario = (
+                "regex over 256 sequences, 1 client",
+                lambda i: (
+                    "GET",
+                    f"/api/{model['model']}/{regex_units[i][0]}/{regex_units[i][1]}/hypothesis?"
+                    + urllib.parse.urlencode({"regex": REGEXES[i % len(REGEXES)], "sequences": 256, "seed": 1000 + i}),
+                    None,
+                ),
+                args.regex_requests,
+                REGEX_MS,
+            )
             single_texts = [long_text(rng) for _ in range(60)]
             single = (
                 "live 128 tokens, 1 client",
@@ -435,19 +488,86 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
                 TARGETS_MS["live 128 tokens"],
             )
         header(index, model, args.clients, extra)
+        if live and args.only_explain:
+            return report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
         ok = True
-        if args.only in (None, "pages"):
+        if not args.only_similar:
             ok &= report(port, scenarios, args.clients)
             if single:
                 ok &= report(port, [single], 1)
+            if regex_scenario:
+                ok &= report(port, [regex_scenario], 1)
+            if live:
+                ok &= report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
             ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
-        if args.only in (None, "similar"):
-            for name, make, n, target, clients in similar_scenarios(
-                base, model, rng, args.table_requests, args.clients
-            ):
-                ok &= report(port, [(name, make, n, target)], clients)
-        if args.only in (None, "pages"):
+        for name, make, n, target, clients in similar_scenarios(base, model, rng, args.table_requests, args.clients):
+            ok &= report(port, [(name, make, n, target)], clients)
+        if not args.only_similar:
             ok &= export_first_bytes(port, model, args.export_rounds)
+        return ok
+    finally:
+        stop_server(server)
+
+
+def process_memory(pid: int) -> tuple[float, float]:
+    """(resident set size, its peak) of a process, in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.split()
+    return int(fields["VmRSS"][0]) / 1024, int(fields["VmHWM"][0]) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, limit_s: float = 600.0) -> float:
+    """Seconds until the process uses less than a tenth of a core over 2 s (its
+    background loads done)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        before = cpu_seconds(pid)
+        time.sleep(2.0)
+        if cpu_seconds(pid) - before < 0.2:
+            break
+    return time.perf_counter() - t0
+
+
+def bench_million(index: str, args, rng: random.Random, resident_mb: str) -> bool:
+    """The million-unit index under one memory budget: start time, loading, memory and
+    every page scenario but live inference and export."""
+    t0 = time.perf_counter()
+    server, port, home = start_server(index, live="false", resident_mb=resident_mb)
+    started = time.perf_counter() - t0
+    base = f"http://127.0.0.1:{port}"
+    try:
+        model = home["models"][0]
+        m = model["model"]
+        rss_start, _ = process_memory(server.pid)
+        t1 = time.perf_counter()
+        for s in model["sources"]:  # a first visit of each source asks for its unit data and builds its table
+            urllib.request.urlopen(f"{base}/api/{m}/{s['slug']}/1").read()
+            urllib.request.urlopen(f"{base}/{m}/{s['slug']}").read()
+        first_search = time.perf_counter()
+        get_json(f"{base}/api/{m}/search?token=ba")
+        first_search = time.perf_counter() - first_search
+        warm = time.perf_counter() - t1
+        settle = wait_idle(server.pid)
+        rss, peak = process_memory(server.pid)
+        header(index, model, args.clients, f"; ACTSCOPE_RESIDENT_MB={resident_mb}, live off")
+        print(
+            f"start (process to first answer) {started:.1f} s; first visit of every source and first search "
+            f"{warm:.1f} s (search alone {first_search:.1f} s); background loads {settle:.0f} s more; "
+            f"RSS {rss_start:.0f} MB at start, {rss:.0f} MB loaded (peak {peak:.0f} MB)",
+            flush=True,
+        )
+        ok = report(port, unit_scenarios(model, rng, args.requests), args.clients)
+        ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
+        rss, peak = process_memory(server.pid)
+        print(f"RSS after the scenarios {rss:.0f} MB (peak {peak:.0f} MB)", flush=True)
         return ok
     finally:
         stop_server(server)
@@ -463,6 +583,17 @@ def main() -> int:
         help="Also run on the 102,400-unit index at PATH, built there first if missing (minutes; see bench/big_index.py)",
     )
     ap.add_argument("--big-only", action="store_true", help="Only the big index (with --big-index)")
+    ap.add_argument(
+        "--million",
+        default=None,
+        metavar="PATH",
+        help="Only the 1,048,576-unit index at PATH, built there first if missing (see bench/million_index.py)",
+    )
+    ap.add_argument(
+        "--resident-mb",
+        default="4096,1024",
+        help="ACTSCOPE_RESIDENT_MB budgets of the --million runs (comma-separated)",
+    )
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument(
         "--requests",
@@ -471,16 +602,25 @@ def main() -> int:
         help="Distinct units per page scenario (each requested twice: first view, cached)",
     )
     ap.add_argument("--live-requests", type=int, default=400, help="Requests of the live scenario")
+    ap.add_argument("--regex-requests", type=int, default=10, help="Requests of the regex hypothesis scenario")
+    ap.add_argument("--explain-requests", type=int, default=40, help="Requests of the explain scenario")
+    ap.add_argument("--only-explain", action="store_true", help="Only the explain scenario (on the demo index)")
     ap.add_argument("--table-requests", type=int, default=200, help="Requests per table and search scenario")
     ap.add_argument("--export-rounds", type=int, default=3, help="Exports started per source and format")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--only", choices=["pages", "similar"], default=None, help="Only these scenarios (default: every one)"
-    )
+    ap.add_argument("--only-similar", action="store_true", help="Only the neighbours (similar) scenarios")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
     ok = True
+    if args.million:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from million_index import ensure_million_index
+
+        index = str(ensure_million_index(args.million))
+        for budget in args.resident_mb.split(","):
+            ok &= bench_million(index, args, rng, budget.strip())
+        return 0 if ok else 1
     if not args.big_only:
         index = args.index
         if index is None:

@@ -35,7 +35,8 @@ def serve(index: str) -> None:
     from actscope.app.settings import Settings
 
     app = create_app(Settings(index_file=index, live=False, response_cache_mb=0))
-    model, store = app.state.catalog.stores()[0]
+    catalog = getattr(app.state, "catalog", None)  # a build from before several indexes has one store
+    model, store = catalog.stores()[0] if catalog else (app.state.store.models()[0].model, app.state.store)
     units = [(s.slug, u) for s in store.sources(model) for u in range(s.n_units)]
     random.Random(0).shuffle(units)
 

@@ -29,6 +29,9 @@ ROUTE_TABLE = {
     "/api/{model}/{source}/export.{fmt}": ("GET", f"/api/{M}/{S}/export.jsonl", None, 200),
     "/api/{model}/{source}/{index}": ("GET", f"/api/{M}/{S}/3", None, 200),
     "/api/{model}/{source}/{index}/similar": ("GET", f"/api/{M}/{S}/3/similar", None, 200),
+    "/api/{model}/{source}/{index}/hypothesis": ("GET", f"/api/{M}/{S}/3/hypothesis?regex=def", None, 200),
+    "/api/{model}/{source}/{index}/explain": ("GET", f"/api/{M}/{S}/3/explain?seq=0&pos=5", None, 200),
+    "/api/{model}/{source}/{index}/minimal": ("GET", f"/api/{M}/{S}/3/minimal", None, 200),
     "/embed/{model}/{source}/{index}": ("GET", f"/embed/{M}/{S}/3", None, 200),
     "/": ("GET", "/", None, 200),
     "/{model}": ("GET", f"/{M}", None, 200),
@@ -41,6 +44,9 @@ ROUTE_TABLE = {
     "/{model}/{source}/{index}": ("GET", f"/{M}/{S}/3", None, 200),
     "/{model}/{source}/{index}/live": ("GET", f"/{M}/{S}/3/live?text=def", None, 303),
     "/{model}/{source}/{index}/similar": ("GET", f"/{M}/{S}/3/similar", None, 200),
+    "/{model}/{source}/{index}/hypothesis": ("GET", f"/{M}/{S}/3/hypothesis?regex=def", None, 200),
+    "/{model}/{source}/{index}/explain": ("GET", f"/{M}/{S}/3/explain?seq=0&pos=5", None, 200),
+    "/{model}/{source}/{index}/minimal": ("GET", f"/{M}/{S}/3/minimal", None, 200),
 }
 # Errors and cached answers take other paths through the app: they carry the headers too.
 EXTRA = [
@@ -49,6 +55,7 @@ EXTRA = [
     ("GET", f"/embed/{M}/{S}/100000", None, 404),
     ("GET", f"/api/{M}/{S}/abc", None, 422),
     ("POST", f"/api/{M}/activations", {"text": ""}, 422),
+    ("GET", f"/api/{M}/{S}/3/hypothesis?regex=(", None, 422),
     ("GET", f"/{M}/{S}/3", None, 200),  # the second time, from the response cache
     ("GET", f"/api/{M}/{S}/3", None, 200),
 ]

@@ -157,8 +157,12 @@ def test_try_page_and_search_by_inference(client):
     # Tokens are coloured by the source asked for; every source lists its units.
     mlp = next(b for b in twin["sources"] if b["source"] == "1-mlp")
     assert [float(t["data-act"]) for t in toks] == pytest.approx(mlp["max_per_token"], abs=1e-4)
-    token_units = [a["href"].split("?")[0] for a in soup.select(".token-units a")]
+    token_units = [a["href"].split("?")[0] for a in soup.select(".token-units a.unit-link")]
     assert token_units == [u["url"] for b in twin["sources"] for u in b["top"][2]]
+    # Each unit also links to what mattered to it at this token (issue 18).
+    why = [a["href"].split("?") for a in soup.select(".token-units a.why-link")]
+    assert [w[0] for w in why] == [u["url"] + "/explain" for b in twin["sources"] for u in b["top"][2]]
+    assert all("pos=2" in w[1] and "text=" in w[1] for w in why)
     overall = [a["href"].split("?")[0] for a in soup.select(".overall-units a")]
     assert overall == [u["url"] for b in twin["sources"] for u in b["overall"]]
     search = client.get(f"/api/{M}/search", params={"text": TEXT, "text_source": "1-mlp"}).json()

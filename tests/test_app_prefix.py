@@ -20,6 +20,7 @@ from fixtures_web import PREFIX
 
 M, S = "tiny", "0-mlp"
 TEXT = "def wrap(text, width):\n    return text"
+PATTERN = r"\bdef\b"  # what a visitor types in the regex box of the hypothesis form
 # Attributes holding a URL the browser (or htmx) requests.
 URL_ATTRS = ("href", "src", "action", "hx-get", "hx-post", "hx-put", "hx-patch", "hx-delete")
 PER_SHAPE = 3  # pages crawled per URL shape (path with numbers as N, parameter names)
@@ -54,7 +55,7 @@ def _form_url(form, action: str) -> str:
             chosen = el.find("option", selected=True) or el.find("option")
             value = chosen.get("value", chosen.get_text()) if chosen else ""
         else:
-            value = el.get("value", "")
+            value = el.get("value", "") or (PATTERN if name == "regex" else "")
         fields.append((name, value))
     return action + ("&" if "?" in action else "?") + urlencode(fields) if fields else action
 
@@ -175,6 +176,8 @@ def test_every_url_carries_the_prefix_and_answers(crawled):
         f"{PREFIX}/{M}/N-mlp/N",  # unit pages
         f"{PREFIX}/api/{M}/N-mlp/N",
         f"{PREFIX}/{M}/N-mlp/N/live",  # the live block (htmx)
+        f"{PREFIX}/{M}/N-mlp/N/hypothesis",  # the regex box's page, and its JSON twin
+        f"{PREFIX}/api/{M}/N-mlp/N/hypothesis",
         f"{PREFIX}/{M}/sequences/N",  # "show full sequence"
         f"{PREFIX}/api/{M}/sequences/N",
     ]:

@@ -256,3 +256,18 @@ def test_one_file_rebuilt_is_reloaded_alone(server, served_dir, tiny_topk_index,
     _wait(lambda: served_dir / "solu-tiny.duckdb" in reloading._failed, "the clashing file was not tried")
     assert reloading.reloads == 1 and reloading.catalog is after
     assert httpx.get(solu_page).status_code == 200 and solu_file.holders == 1
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_home_of_several_indexes_fits_a_phone(browser, server, scheme):
+    from contrast import contrast_of
+
+    context = browser.new_context(viewport={"width": 390, "height": 800}, color_scheme=scheme)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    assert page.locator("section.model p.corpus").count() == 2
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for selector in ("section.model p.corpus", "section.model .index-file", "details.run summary"):
+        assert contrast_of(page.locator(selector).first) >= 4.5, (scheme, selector)
+    context.close()

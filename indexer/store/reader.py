@@ -8,6 +8,7 @@ tables (the vocabulary, a source's unit table) are cached in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -17,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.store import export, fingerprints
-from actscope.indexer.store.resident import ResidentTables
+from actscope.indexer.store import export, fingerprints, unit_sql
+from actscope.indexer.store.budget import ResidentBudget
+from actscope.indexer.store.loader import SourceLoader
+from actscope.indexer.store.resident import SequenceTable, SourceTables
+from actscope.indexer.store.row_index import RowIndex
 from actscope.indexer.store.schema import SCHEMA_VERSION
-from actscope.indexer.store.token_search import FocusTable, TokenVariants
+from actscope.indexer.store.token_search import FocusTable, SqlFocus, TokenVariants
 from actscope.indexer.store.unit_table import UnitTable
 
 
@@ -130,9 +134,11 @@ class Liveness:
 class Store:
     """A read-only actscope index. Safe to use from many threads."""
 
-    def __init__(self, path: str | Path, resident_mb: int = 1024):
-        """Open `path` read-only. Models whose examples fit in `resident_mb` MB are
-        loaded into memory (see store_resident); others are read with SQL per request."""
+    def __init__(self, path: str | Path, resident_mb: float = 1024):
+        """Open `path` read-only. What the store keeps in memory stays within `resident_mb`
+        MB (store/budget.py): a model that fits whole is loaded now; otherwise each
+        source's unit data is loaded in the background on its first visit while it fits,
+        and whatever does not fit is read with SQL per request."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ActscopeError(f"{path}: no such index file (build one with `actscope index`)")
@@ -141,7 +147,9 @@ class Store:
         # Attached to a database instance of its own: duckdb.connect(path) would hand back
         # the instance already open on that path, which still reads the file the path
         # named before an index was rebuilt in place over it.
-        self._con = duckdb.connect()
+        # DuckDB's own cache of the file's blocks is bounded too: by default it may grow to
+        # most of the machine's memory (a full read of a 2 GB index left 6 GB resident).
+        self._con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT})
         quoted = str(self.path).replace("'", "''")
         try:
             self._con.execute(f"ATTACH '{quoted}' AS {_ALIAS} (READ_ONLY)")
@@ -159,7 +167,7 @@ class Store:
             self._con.close()
             raise
 
-    def _open(self, resident_mb: int) -> None:
+    def _open(self, resident_mb: float) -> None:
         self._check_version()
         self._vocab: dict[str, tuple[list[str], list[bytes]]] = {}
         self._hex: dict[str, tuple[list[str | None], frozenset[int]]] = {}
@@ -167,23 +175,109 @@ class Store:
         self.meta = self._read_meta()
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
-        self._unit_tables: dict[tuple[str, str], UnitTable] = {}
-        self._liveness: dict[tuple[str, str], Liveness] = {}
-        self._resident: dict[str, ResidentTables] = {}
         self._variants: dict[str, TokenVariants] = {}
         self._focus: dict[str, FocusTable] = {}
         self._derived: dict[tuple, Any] = {}  # fingerprints, reservoirs, decoders: read on first use
+        self._loader = SourceLoader(self._load_source)
+        self._loading_cursor = None
+        self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
+        self._rows_lock = threading.Lock()
+        self.budget = ResidentBudget(int(resident_mb * 2**20), on_evict=self._evicted)
         for m in self._models:
-            if ResidentTables.size_estimate(self._cur(), m) <= resident_mb * 2**20:
-                self._resident[m] = ResidentTables.load(self._cur(), m)
-        for m, slug in self._sources:
-            if m in self._resident:
-                self.liveness(m, slug)  # read now: pages served from memory query nothing
+            estimate = self._model_estimate(m)
+            if estimate * 1.1 > self.budget.limit:
+                continue  # each source loaded on its first visit, while it fits
+            slugs = [slug for model, slug in self._sources if model == m]
+            if estimate <= EAGER_BYTES:  # a small index: all of it now, so no page ever queries
+                for slug in slugs:
+                    self._load_source(m, slug)
+                for slug in slugs:
+                    self.liveness(m, slug)
+            else:  # a large one that fits: loaded in the background, pages answered meanwhile
+                for slug in slugs:
+                    self._loader.request(m, slug)
+
+    def _model_estimate(self, model: str) -> int:
+        """Bytes of the model's unit data in memory, estimated from row counts and a
+        sample of list lengths (no full scan)."""
+        if self.budget.limit <= 0:
+            return 2**62  # nothing is kept: no need to count
+        n_rows = {
+            name: self._all(f"SELECT count(*) FROM {name} WHERE model = ?", [model])[0][0]
+            for name in ("unit_stats", "bands", "logits", "examples")
+        }
+        (acts,) = self._all("SELECT coalesce(avg(len(acts)), 0) FROM (SELECT acts FROM examples LIMIT 2048)")[0]
+        (hist,) = self._all(
+            "SELECT coalesce(avg(len(hist_edges) + len(hist_counts)), 0) FROM (SELECT * FROM unit_stats LIMIT 2048)"
+        )[0]
+        (logit,) = self._all(
+            "SELECT coalesce(avg(len(top_ids) + len(bottom_ids)), 0) FROM (SELECT * FROM logits LIMIT 2048)"
+        )[0]
+        n_units = sum(s.n_units for (m, _), s in self._sources.items() if m == model)
+        estimate = (
+            n_rows["unit_stats"] * (80 + hist * 8)
+            + n_rows["bands"] * 56
+            + n_rows["logits"] * (16 + logit * 8)
+            + n_rows["examples"] * (24 + acts * 4)
+            + n_units * 32
+        )
+        return int(estimate)
+
+    # -- what is held in memory -------------------------------------------------------
+    def _sequences(self, cur, model: str) -> SequenceTable | None:
+        """The model's sequences if they are in memory, loaded now (with `cur`) if they fit."""
+        key = ("sequences", model)
+        found = self.budget.get(key)
+        if found is None and self.budget.could_admit(SequenceTable.size_estimate(cur, model)):
+            found = SequenceTable.load(cur, model)
+            if not self.budget.admit(key, found, found.nbytes):
+                return None
+        return found
+
+    def _load_source(self, model: str, slug: str) -> bool:
+        """A source's unit data into memory, if it fits the budget's free room."""
+        key = ("unit data", model, slug)
+        if key in self.budget:
+            return True
+        info = self._sources[(model, slug)]
+        cur = self.cursor()
+        self._loading_cursor = cur
+        try:
+            if SourceTables.size_estimate(cur, model, slug, info.n_units) > self.budget.room():
+                return False
+            sequences = self._sequences(cur, model)
+            if sequences is None:
+                return False
+            tables = SourceTables.load(cur, model, slug, info.n_units, sequences)
+        finally:
+            self._loading_cursor = None
+            cur.close()
+        return self.budget.admit(key, tables, tables.nbytes, spare=True)
+
+    def _evicted(self, key) -> None:
+        if key[0] == "unit data":
+            self._loader.forget(key[1], key[2])
+
+    def _tables(self, model: str, source: str) -> SourceTables | None:
+        """The source's unit data if in memory; else None, and its loading is asked for."""
+        found = self.budget.get(("unit data", model, source))
+        if found is None and (model, source) in self._sources:
+            self._loader.request(model, source)
+        return found
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the sources asked for so far are loaded (or found not to fit)."""
+        self._loader.wait(timeout)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of index data the store holds in memory (at most the budget)."""
+        return self.budget.used
 
     @property
     def resident(self) -> bool:
-        """True if every model is served from memory."""
-        return set(self._resident) == set(self._models)
+        """True if every unit of every model is served from memory."""
+        return all(("unit data", m, s) in self.budget for m, s in self._sources)
 
     # -- plumbing --------------------------------------------------------------------
     def _cur(self):
@@ -220,6 +314,12 @@ class Store:
         return self._cur().execute(sql, params or []).fetchall()
 
     def close(self) -> None:
+        self._loader.stop()  # no load starts from now on
+        loading = self._loading_cursor
+        if loading is not None:
+            with contextlib.suppress(Exception):
+                loading.interrupt()  # the load in progress fails at once and is dropped
+        self._loader.wait()
         self._con.close()
 
     def _check_version(self) -> None:
@@ -376,39 +476,55 @@ class Store:
                 self._variants[model] = found
         return found
 
-    def focus_table(self, model: str) -> FocusTable:
-        """Which units' top examples focus on which token (built once per model, on the
-        first token search: one pass over the top examples)."""
-        found = self._focus.get(model)
-        if found is None:
-            with self._lock:
-                found = self._focus.get(model)
-                if found is None:
-                    found = FocusTable.load(self._cur(), model)
-                    self._focus[model] = found
-        return found
+    def focus_table(self, model: str) -> FocusTable | SqlFocus:
+        """Which units' top examples focus on which token: in memory if it fits the budget
+        (built once per model, on the first token search: one pass over the top
+        examples), else a search that queries each time."""
+        key = ("search", model)
+        found = self.budget.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self.budget.get(key)
+            if found is not None:
+                return found
+            if self.budget.could_admit(FocusTable.size_estimate(self._cur(), model)):
+                table = FocusTable.load(self._cur(), model)
+                if self.budget.admit(key, table, table.nbytes):
+                    return table
+        return SqlFocus(self.cursor, model)
 
     def top_examples(self, model: str, wanted: list[tuple[str, int, int]]) -> list[Example | None]:
         """The top examples (source, unit, rank) of `wanted`, in that order (None where
         there is none)."""
-        resident = self._resident.get(model)
-        if resident is not None:
-            rows = [resident.top_example_row(source, unit, rank) for source, unit, rank in wanted]
-            return [None if r is None else Example(*r) for r in rows]
-        if not wanted:
-            return []
-        found = {
-            (str(src), int(u), int(r)): Example(int(seq), int(pos), float(act), int(start), list(ids), list(acts))
-            for src, u, r, seq, pos, act, start, acts, ids in self._all(
-                "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
-                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-                "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
-                "JOIN (SELECT unnest(?) AS source, unnest(?) AS unit, unnest(?) AS rank) w "
-                "ON w.source = e.source AND w.unit = e.unit AND w.rank = e.rank "
-                "WHERE e.model = ? AND e.band IS NULL",
-                [[w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted], model],
+        found: dict[tuple[str, int, int], Example | None] = {}
+        for source, unit, rank in wanted:
+            tables = self._tables(model, source)
+            if tables is not None:
+                row = tables.top_example_row(unit, rank)
+                found[(source, unit, rank)] = None if row is None else Example(*row)
+        rest = [w for w in wanted if w not in found]
+        if rest:
+            by_rowid = unit_sql.top_examples(self._all, model, rest, lambda source: self._row_index(model, source))
+            found.update({w: None if row is None else Example(*row) for w, row in by_rowid.items()})
+            rest = [w for w in rest if w not in found]
+        if rest:
+            found.update(
+                {
+                    (str(src), int(u), int(r)): Example(
+                        int(seq), int(pos), float(act), int(start), list(ids), list(acts)
+                    )
+                    for src, u, r, seq, pos, act, start, acts, ids in self._all(
+                        "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
+                        "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+                        "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+                        "JOIN (SELECT unnest(?) AS source, unnest(?) AS unit, unnest(?) AS rank) w "
+                        "ON w.source = e.source AND w.unit = e.unit AND w.rank = e.rank "
+                        "WHERE e.model = ? AND e.band IS NULL",
+                        [[w[0] for w in rest], [w[1] for w in rest], [w[2] for w in rest], model],
+                    )
+                }
             )
-        }
         return [found.get(w) for w in wanted]
 
     # -- units -----------------------------------------------------------------------
@@ -416,20 +532,22 @@ class Store:
         """A unit's record: its statistics, top examples, bands and logit effects. With
         `bands`, only those bands carry their examples (the others their number, `stored`):
         a page shows one set of examples."""
-        resident = self._resident.get(model)
-        if resident is not None:
-            st = resident.stats_row(source, unit)
+        tables = self._tables(model, source)
+        if tables is not None:
+            st = tables.stats_row(unit)
             if st is None:
                 return None
-            example_rows = resident.example_rows(source, unit, bands)
-            sizes = resident.band_sizes(source, unit)
-            band_rows = resident.band_rows(source, unit)
-            logit_row = resident.logit_row(source, unit)
+            example_rows = tables.example_rows(unit, bands)
+            sizes = tables.band_sizes(unit)
+            band_rows = tables.band_rows(unit)
+            logit_row = tables.logit_row(unit)
         else:
-            st = self._stats_sql(model, source, unit)
+            rows_at = self._row_index(model, source)
+            st = unit_sql.stats(self._all, model, source, unit, rows_at)
             if st is None:
                 return None
-            example_rows, band_rows, logit_row = self._unit_rows_sql(model, source, unit)
+            sequences = self.budget.get(("sequences", model))
+            example_rows, band_rows, logit_row = unit_sql.unit_rows(self._all, model, source, unit, rows_at, sequences)
             sizes = Counter(row[0] for row in example_rows if row[0] is not None)
             if bands is not None:
                 example_rows = [row for row in example_rows if row[0] is None or row[0] in bands]
@@ -446,72 +564,31 @@ class Store:
         logits = Logits(*logit_row) if logit_row is not None else None
         return UnitRecord(model, source, unit, stats, top, band_list, logits)
 
-    def _stats_sql(self, model: str, source: str, unit: int) -> dict[str, Any] | None:
-        rows = self._all(
-            "SELECT max, min, mean, std, density, n_tokens, n_fired, cos_in_out, hist_edges, "
-            "hist_counts FROM unit_stats WHERE model = ? AND source = ? AND unit = ?",
-            [model, source, unit],
-        )
-        if not rows:
+    def _row_index(self, model: str, source: str) -> RowIndex | None:
+        """Where the source's units' rows are, by rowid (kept if it fits; None: filter by unit)."""
+        key = ("rows", model, source)
+        found = self.budget.get(key)
+        info = self._sources.get((model, source))
+        if found is not None or info is None or (model, source) in self._unordered:
+            return found
+        if not self.budget.could_admit(RowIndex.size_estimate(info.n_units)):
             return None
-        r = rows[0]
-        return {
-            "max": float(r[0]),
-            "min": float(r[1]),
-            "mean": float(r[2]),
-            "std": float(r[3]),
-            "density": float(r[4]),
-            "n_tokens": int(r[5]),
-            "n_fired": int(r[6]),
-            "cos_in_out": None if r[7] is None else float(r[7]),
-            "hist_edges": [float(x) for x in r[8]],
-            "hist_counts": [int(x) for x in r[9]],
-        }
-
-    def _unit_rows_sql(self, model: str, source: str, unit: int):
-        params = [model, source, unit]
-        example_rows = [
-            (
-                None if band is None else int(band),
-                int(seq),
-                int(pos),
-                float(act),
-                int(start),
-                [float(a) for a in acts],
-                list(ids),
-            )
-            for band, seq, pos, act, start, acts, ids in self._all(
-                "SELECT e.band, e.seq, e.pos, e.act, e.start, e.acts, "
-                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-                "FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
-                "WHERE e.model = ? AND e.source = ? AND e.unit = ? "
-                "ORDER BY e.band NULLS FIRST, e.rank",
-                params,
-            )
-        ]
-        band_rows = [
-            (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
-            for b, ql, qh, lo, hi, c, sh in self._all(
-                "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                "WHERE model = ? AND source = ? AND unit = ? ORDER BY band",
-                params,
-            )
-        ]
-        rows = self._all(
-            "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
-            "WHERE model = ? AND source = ? AND unit = ?",
-            params,
-        )
-        logit_row = None
-        if rows:
-            t_ids, t_vals, b_ids, b_vals = rows[0]
-            logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
-        return example_rows, band_rows, logit_row
+        with self._rows_lock:  # not the store's lock: the first search holds that for seconds
+            found = self.budget.get(key)
+            if found is None and (model, source) not in self._unordered:
+                found = RowIndex.load(self._cur(), model, source, info.n_units)
+                if found is None:
+                    self._unordered.add((model, source))
+                elif not self.budget.admit(key, found, found.nbytes):
+                    found = None
+        return found
 
     def unit_table(self, model: str, source: str) -> UnitTable:
-        """Every unit of a source with its headline numbers and sort orders (built once)."""
-        key = (model, source)
-        table = self._unit_tables.get(key)
+        """Every unit of a source with its headline numbers and sort orders: kept in
+        memory if it fits the budget, else read for this request (its sort order then
+        computed for the request too)."""
+        key = ("table", model, source)
+        table = self.budget.get(key)
         if table is not None:
             return table
         rows = self._all(
@@ -525,27 +602,27 @@ class Store:
             [model, source, model, source],
         )
         table = UnitTable.from_rows(rows)
-        with self._lock:
-            self._unit_tables[key] = table
+        if self.budget.could_admit(table.nbytes_sorted):
+            table.sort_all()
+            self.budget.admit(key, table, table.nbytes)
         return table
 
     def liveness(self, model: str, source: str) -> Liveness:
-        """The fired and dead units of a source (read once, cached)."""
-        key = (model, source)
-        found = self._liveness.get(key)
+        """The fired and dead units of a source (kept if it fits the budget)."""
+        key = ("liveness", model, source)
+        found = self.budget.get(key)
         if found is not None:
             return found
         import numpy as np
 
-        info = self._sources.get(key)
+        info = self._sources.get((model, source))
         n = info.n_units if info else 0
         rows = self._all(
             "SELECT unit FROM unit_stats WHERE model = ? AND source = ? AND n_fired > 0 ORDER BY unit", [model, source]
         )
         fired = np.array([r[0] for r in rows], dtype=np.int64)
         found = Liveness(fired, np.setdiff1d(np.arange(n, dtype=np.int64), fired))
-        with self._lock:
-            self._liveness[key] = found
+        self.budget.admit(key, found, found.fired.nbytes + found.dead.nbytes)
         return found
 
     def unit_vectors(self, model: str, source: str):
@@ -588,9 +665,9 @@ class Store:
         return self._once(("decoders", model, source), lambda cur: fingerprints.read_decoders(cur, model, source))
 
     def sequence(self, model: str, seq: int) -> list[int] | None:
-        resident = self._resident.get(model)
-        if resident is not None:
-            return resident.sequence(seq)
+        sequences = self.budget.get(("sequences", model))
+        if sequences is not None:
+            return sequences.sequence(seq)
         rows = self._all("SELECT token_ids FROM sequences WHERE model = ? AND seq = ?", [model, seq])
         return list(rows[0][0]) if rows else None
 
@@ -604,6 +681,8 @@ class Store:
 
 
 _ALIAS = "actscope_index"
+EAGER_BYTES = 256 * 2**20  # a model whose unit data fits and is smaller is loaded at start (~1 s)
+DUCKDB_MEMORY_LIMIT = "512MB"  # DuckDB's buffer cache, beside the resident budget
 
 
 def _first_line(exc: BaseException) -> str:

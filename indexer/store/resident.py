@@ -1,20 +1,31 @@
-"""An index's per-unit tables held in memory as flat numpy arrays, for fast unit pages.
+"""A source's per-unit tables held in memory as flat numpy arrays, for fast unit pages.
 
 A DuckDB query costs about a millisecond however small it is, and a unit page needs
-four. The index never changes while it is served, so when it fits a memory budget the
-store loads unit_stats, bands, logits, examples and sequences once (columnar, through
-Arrow) and answers `unit()` by slicing arrays. Larger indexes fall back to SQL.
+four. The index never changes while it is served, so the store loads a source's
+unit_stats, bands, logits and examples once (columnar, through Arrow), and a model's
+sequences, when they fit its memory budget (store/budget.py), and answers `unit()` by
+slicing arrays. What does not fit is read with SQL.
 
-Layout: each table is sorted by (source, unit, ...); `rows[(source, unit)] = (lo, hi)`
-gives a unit's row range. List columns are stored as (values, offsets) pairs.
+Layout: each table is sorted by (unit, ...); `offsets[u] .. offsets[u + 1]` are unit u's
+rows (one int64 array per table: 8 bytes a unit, where a dict of row ranges cost about
+200). List columns are stored as (values, offsets) pairs.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection
 from typing import Any
 
 import numpy as np
+
+# Bytes a row of each table takes in memory besides its lists: the numpy columns `load`
+# keeps (4 or 8 bytes each) and each list column's offset; a list value takes its
+# element size (4 bytes: REAL, INTEGER; 8: DOUBLE, BIGINT).
+_STATS_ROW = 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 2 * 4
+_BANDS_ROW = 4 + 6 * 8
+_LOGITS_ROW = 4 * 4
+_EXAMPLES_ROW = 5 * 4 + 4
 
 
 def _lists(column) -> tuple[np.ndarray, np.ndarray]:
@@ -25,26 +36,23 @@ def _lists(column) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets
 
 
-def _row_ranges(sources: list[str], units: np.ndarray) -> dict[tuple[str, int], tuple[int, int]]:
-    n = len(units)
-    if n == 0:
-        return {}
-    src = np.asarray(sources, dtype=object)
-    change = np.ones(n, dtype=bool)
-    change[1:] = (src[1:] != src[:-1]) | (units[1:] != units[:-1])
-    starts = np.flatnonzero(change)
-    ends = np.append(starts[1:], n)
-    return {(src[s], int(units[s])): (int(s), int(e)) for s, e in zip(starts, ends)}
+def _offsets(units: np.ndarray, n_units: int) -> np.ndarray:
+    """[n_units + 1] int64: unit u's rows are offsets[u] .. offsets[u + 1] of rows sorted by unit."""
+    return np.searchsorted(units, np.arange(n_units + 1), side="left").astype(np.int64)
 
 
-class ResidentTables:
-    """Every unit of one model, in memory. Build with `load`; read-only afterwards."""
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+class SequenceTable:
+    """A model's sequences (token ids), in memory."""
 
     def __init__(self) -> None:
-        self.stats: dict[str, Any] = {}
-        self.bands: dict[str, Any] = {}
-        self.logits: dict[str, Any] = {}
-        self.examples: dict[str, Any] = {}
         self.seq_values = np.zeros(0, dtype=np.int64)
         self.seq_offsets = np.zeros(1, dtype=np.int64)
         self.seq_row: dict[int, int] = {}
@@ -53,27 +61,107 @@ class ResidentTables:
         # list slice, not a numpy gather and a conversion.
         self.seq_tokens: list[int] = []
         self.seq_start: dict[int, int] = {}
+        self.nbytes = 0
 
     @staticmethod
     def size_estimate(cur, model: str) -> int:
-        """Approximate bytes needed: dominated by example activations and token ids."""
-        n_acts = cur.execute("SELECT coalesce(sum(len(acts)), 0) FROM examples WHERE model = ?", [model]).fetchall()[0][
-            0
-        ]
-        n_toks = cur.execute(
-            "SELECT coalesce(sum(len(token_ids)), 0) FROM sequences WHERE model = ?", [model]
-        ).fetchall()[0][0]
-        n_rows = cur.execute("SELECT count(*) FROM examples WHERE model = ?", [model]).fetchall()[0][0]
-        return int(n_acts) * 4 + int(n_toks) * 12 + int(n_rows) * 40
+        """Bytes `load` will hold: token ids as numpy and as a list, and two dicts by sequence."""
+        n_toks, n_seqs, top = cur.execute(
+            "SELECT coalesce(sum(len(token_ids)), 0), count(*), coalesce(max(list_max(token_ids)), 0) "
+            "FROM sequences WHERE model = ?",
+            [model],
+        ).fetchall()[0]
+        return int(n_toks) * 12 + int(n_seqs) * 240 + (int(top) + 1) * 36
 
     @classmethod
-    def load(cls, cur, model: str) -> ResidentTables:
+    def load(cls, cur, model: str) -> SequenceTable:
         self = cls()
-        p = {"m": model}
+        t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq", params={"m": model})
+        t = t.to_arrow_table()
+        self.seq_values, self.seq_offsets = _lists(t.column("token_ids"))
+        self.seq_row = {int(q): i for i, q in enumerate(t.column("seq").to_numpy())}
+        tokens = self.seq_values.tolist()
+        n_ints = 0
+        if tokens and min(tokens) >= 0:
+            ints = list(range(max(tokens) + 1))
+            n_ints = len(ints)
+            tokens = list(map(ints.__getitem__, tokens))
+        self.seq_tokens = tokens
+        starts = self.seq_offsets.tolist()
+        self.seq_start = {q: starts[row] for q, row in self.seq_row.items()}
+        self.nbytes = (
+            self.seq_values.nbytes
+            + self.seq_offsets.nbytes
+            + sys.getsizeof(self.seq_tokens)
+            + n_ints * 36
+            + sys.getsizeof(self.seq_row)
+            + sys.getsizeof(self.seq_start)
+            + len(self.seq_row) * 2 * 28
+        )
+        return self
+
+    def sequence(self, seq: int) -> list[int] | None:
+        row = self.seq_row.get(seq)
+        if row is None:
+            return None
+        return self.seq_values[self.seq_offsets[row] : self.seq_offsets[row + 1]].tolist()
+
+    def window(self, seq: int, start: int, n: int) -> list[int]:
+        """The token ids of sequence `seq` at positions start .. start + n - 1."""
+        base = int(self.seq_offsets[self.seq_row[seq]]) + start
+        return self.seq_values[base : base + n].tolist()
+
+
+class SourceTables:
+    """Every unit of one source, in memory. Build with `load`; read-only afterwards."""
+
+    def __init__(self, n_units: int, sequences: SequenceTable) -> None:
+        self.n_units = n_units
+        self.sequences = sequences
+        self.stats: dict[str, Any] = {}
+        self.bands: dict[str, Any] = {}
+        self.logits: dict[str, Any] = {}
+        self.examples: dict[str, Any] = {}
+        self.nbytes = 0
+
+    @staticmethod
+    def size_estimate(cur, model: str, source: str, n_units: int) -> int:
+        """Bytes `load` will hold for the source, from its row and list-value counts."""
+        p = [model, source]
+        n_stats, n_hist = cur.execute(
+            "SELECT count(*), coalesce(sum(len(hist_edges) + len(hist_counts)), 0) FROM unit_stats "
+            "WHERE model = ? AND source = ?",
+            p,
+        ).fetchall()[0]
+        (n_bands,) = cur.execute("SELECT count(*) FROM bands WHERE model = ? AND source = ?", p).fetchall()[0]
+        n_logits, n_logit_values = cur.execute(
+            "SELECT count(*), coalesce(sum(len(top_ids) + len(bottom_ids)), 0) FROM logits "
+            "WHERE model = ? AND source = ?",
+            p,
+        ).fetchall()[0]
+        n_examples, n_acts = cur.execute(
+            "SELECT count(*), coalesce(sum(len(acts)), 0) FROM examples WHERE model = ? AND source = ?", p
+        ).fetchall()[0]
+        return (
+            int(n_stats) * _STATS_ROW
+            + int(n_hist) * 8
+            + int(n_bands) * _BANDS_ROW
+            + int(n_logits) * _LOGITS_ROW
+            + int(n_logit_values) * 8
+            + int(n_examples) * _EXAMPLES_ROW
+            + int(n_acts) * 4
+            + 4 * 8 * (n_units + 1)
+            + 4 * 8  # the lists' final offsets
+        )
+
+    @classmethod
+    def load(cls, cur, model: str, source: str, n_units: int, sequences: SequenceTable) -> SourceTables:
+        self = cls(n_units, sequences)
+        p = {"m": model, "s": source}
 
         t = cur.sql(
-            "SELECT source, unit, max, min, mean, std, density, n_tokens, n_fired, cos_in_out, "
-            "hist_edges, hist_counts FROM unit_stats WHERE model = $m ORDER BY source, unit",
+            "SELECT unit, max, min, mean, std, density, n_tokens, n_fired, cos_in_out, "
+            "hist_edges, hist_counts FROM unit_stats WHERE model = $m AND source = $s ORDER BY unit",
             params=p,
         ).to_arrow_table()
         s = {
@@ -82,64 +170,56 @@ class ResidentTables:
         }
         s["edges"], s["edges_off"] = _lists(t.column("hist_edges"))
         s["counts"], s["counts_off"] = _lists(t.column("hist_counts"))
-        s["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
+        s["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.stats = s
 
         t = cur.sql(
-            "SELECT source, unit, band, q_lo, q_hi, lo, hi, count, share FROM bands "
-            "WHERE model = $m ORDER BY source, unit, band",
+            "SELECT unit, band, q_lo, q_hi, lo, hi, count, share FROM bands "
+            "WHERE model = $m AND source = $s ORDER BY unit, band",
             params=p,
         ).to_arrow_table()
         b = {
             name: t.column(name).to_numpy(zero_copy_only=False)
             for name in ("band", "q_lo", "q_hi", "lo", "hi", "count", "share")
         }
-        b["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
+        b["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.bands = b
 
         t = cur.sql(
-            "SELECT source, unit, top_ids, top_values, bottom_ids, bottom_values FROM logits "
-            "WHERE model = $m ORDER BY source, unit",
+            "SELECT unit, top_ids, top_values, bottom_ids, bottom_values FROM logits "
+            "WHERE model = $m AND source = $s ORDER BY unit",
             params=p,
         ).to_arrow_table()
         lg: dict[str, Any] = {
             name: _lists(t.column(name)) for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")
         }
-        lg["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
+        lg["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.logits = lg
 
         t = cur.sql(
-            "SELECT source, unit, coalesce(band, -1) AS band, seq, pos, act, start, acts "
-            "FROM examples WHERE model = $m ORDER BY source, unit, band NULLS FIRST, rank",
+            "SELECT unit, coalesce(band, -1) AS band, seq, pos, act, start, acts "
+            "FROM examples WHERE model = $m AND source = $s ORDER BY unit, band NULLS FIRST, rank",
             params=p,
         ).to_arrow_table()
         e = {name: t.column(name).to_numpy(zero_copy_only=False) for name in ("band", "seq", "pos", "act", "start")}
         e["acts"], e["acts_off"] = _lists(t.column("acts"))
-        e["rows"] = _row_ranges(t.column("source").to_pylist(), t.column("unit").to_numpy())
+        e["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.examples = e
-
-        t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq", params=p).to_arrow_table()
-        self.seq_values, self.seq_offsets = _lists(t.column("token_ids"))
-        self.seq_row = {int(q): i for i, q in enumerate(t.column("seq").to_numpy())}
-        tokens = self.seq_values.tolist()
-        if tokens and min(tokens) >= 0:
-            ints = list(range(max(tokens) + 1))
-            tokens = list(map(ints.__getitem__, tokens))
-        self.seq_tokens = tokens
-        starts = self.seq_offsets.tolist()
-        self.seq_start = {q: starts[row] for q, row in self.seq_row.items()}
+        self.nbytes = sum(_nbytes(v) for part in (s, b, lg, e) for v in part.values())
         return self
 
-    # -- reads -------------------------------------------------------------------------
-    def has_unit(self, source: str, unit: int) -> bool:
-        return (source, unit) in self.stats["rows"]
+    def _rows(self, table: dict[str, Any], unit: int) -> tuple[int, int]:
+        if not 0 <= unit < self.n_units:
+            return 0, 0
+        off = table["rows"]
+        return int(off[unit]), int(off[unit + 1])
 
-    def stats_row(self, source: str, unit: int) -> dict[str, Any] | None:
+    # -- reads -------------------------------------------------------------------------
+    def stats_row(self, unit: int) -> dict[str, Any] | None:
         s = self.stats
-        rng = s["rows"].get((source, unit))
-        if rng is None:
+        i, end = self._rows(s, unit)
+        if i == end:
             return None
-        i = rng[0]
         cos = s["cos_in_out"][i]
         return {
             "max": float(s["max"][i]),
@@ -154,9 +234,9 @@ class ResidentTables:
             "hist_counts": s["counts"][s["counts_off"][i] : s["counts_off"][i + 1]].tolist(),
         }
 
-    def band_rows(self, source: str, unit: int) -> list[tuple]:
+    def band_rows(self, unit: int) -> list[tuple]:
         b = self.bands
-        lo, hi = b["rows"].get((source, unit), (0, 0))
+        lo, hi = self._rows(b, unit)
         return [
             (
                 int(b["band"][i]),
@@ -170,23 +250,22 @@ class ResidentTables:
             for i in range(lo, hi)
         ]
 
-    def logit_row(self, source: str, unit: int) -> tuple[list, list, list, list] | None:
+    def logit_row(self, unit: int) -> tuple[list, list, list, list] | None:
         lg = self.logits
-        rng = lg["rows"].get((source, unit))
-        if rng is None:
+        i, end = self._rows(lg, unit)
+        if i == end:
             return None
-        i = rng[0]
         out = []
         for name in ("top_ids", "top_values", "bottom_ids", "bottom_values"):
             values, off = lg[name]
             out.append(values[off[i] : off[i + 1]].tolist())
         return tuple(out)
 
-    def example_rows(self, source: str, unit: int, bands: Collection[int] | None = None) -> list[tuple]:
+    def example_rows(self, unit: int, bands: Collection[int] | None = None) -> list[tuple]:
         """(band or None, seq, pos, act, start, acts, token_ids) in (band, rank) order: the
         top examples and those of `bands` (None: of every band)."""
         e = self.examples
-        lo, hi = e["rows"].get((source, unit), (0, 0))
+        lo, hi = self._rows(e, unit)
         if lo == hi:
             return []
         # Whole columns of the rows at once, then cut per row: numpy scalar reads per row
@@ -211,7 +290,7 @@ class ResidentTables:
             cuts = [0, *ends_in.tolist()]
         seqs, starts_in_seq = e["seq"][rows].tolist(), e["start"][rows].tolist()
         # Each window's token ids: a slice of its sequence's Python ints (shared objects).
-        tokens, seq_start = self.seq_tokens, self.seq_start
+        tokens, seq_start = self.sequences.seq_tokens, self.sequences.seq_start
         ids = [
             tokens[seq_start[q] + a : seq_start[q] + a + (b - c)]
             for q, a, c, b in zip(seqs, starts_in_seq, cuts, cuts[1:])
@@ -230,28 +309,21 @@ class ResidentTables:
             )
         ]
 
-    def band_sizes(self, source: str, unit: int) -> dict[int, int]:
+    def band_sizes(self, unit: int) -> dict[int, int]:
         """How many examples each band of a unit has stored (bands with none left out)."""
         e = self.examples
-        lo, hi = e["rows"].get((source, unit), (0, 0))
+        lo, hi = self._rows(e, unit)
         found, counts = np.unique(e["band"][lo:hi], return_counts=True)
         return {b: c for b, c in zip(found.tolist(), counts.tolist()) if b >= 0}
 
-    def top_example_row(self, source: str, unit: int, rank: int) -> tuple | None:
+    def top_example_row(self, unit: int, rank: int) -> tuple | None:
         """(seq, pos, act, start, token_ids, acts) of a unit's top example of `rank`."""
         e = self.examples
-        lo, hi = e["rows"].get((source, unit), (0, 0))
+        lo, hi = self._rows(e, unit)
         i = lo + rank  # top examples come first, in rank order
         if rank < 0 or i >= hi or e["band"][i] >= 0:
             return None
         a = e["acts"][e["acts_off"][i] : e["acts_off"][i + 1]]
         seq, start = int(e["seq"][i]), int(e["start"][i])
-        base = int(self.seq_offsets[self.seq_row[seq]]) + start
-        ids = self.seq_values[base : base + len(a)]
-        return (seq, int(e["pos"][i]), float(e["act"][i]), start, ids.tolist(), a.tolist())
-
-    def sequence(self, seq: int) -> list[int] | None:
-        row = self.seq_row.get(seq)
-        if row is None:
-            return None
-        return self.seq_values[self.seq_offsets[row] : self.seq_offsets[row + 1]].tolist()
+        ids = self.sequences.window(seq, start, len(a))
+        return (seq, int(e["pos"][i]), float(e["act"][i]), start, ids, a.tolist())

@@ -14,6 +14,7 @@ them, in milliseconds whatever the index's size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,22 @@ class FocusTable:
             top[self.units[mask]] = self.tokens[mask]
             self._top.append(top)
 
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.tokens, self.codes, self.units, self.counts, self.best_acts, self.best_ranks, *self._top)
+        return sum(a.nbytes for a in arrays)
+
+    @staticmethod
+    def size_estimate(cur, model: str) -> int:
+        """At most the bytes `load` holds: 24 a top example (one row per unit and focus
+        token), 4 a unit."""
+        n_top, n_units = cur.execute(
+            "SELECT (SELECT count(*) FROM examples WHERE model = $m AND band IS NULL), "
+            "(SELECT coalesce(sum(n_units), 0) FROM sources WHERE model = $m)",
+            {"m": model},
+        ).fetchall()[0]
+        return int(n_top) * 24 + int(n_units) * 4
+
     @classmethod
     def load(cls, cur, model: str) -> FocusTable:
         """One pass over the model's top examples (band NULL)."""
@@ -176,6 +193,11 @@ class FocusTable:
             "WHERE e.model = $m AND e.band IS NULL GROUP BY e.source, e.unit, tok",
             params={"m": model},
         ).to_arrow_table()
+        return cls.from_arrow(t)
+
+    @classmethod
+    def from_arrow(cls, t) -> FocusTable:
+        """From (source, unit, tok, n, best, best_rank) rows."""
         source_col = t.column("source").combine_chunks().dictionary_encode()
         names = [str(s) for s in source_col.dictionary.to_pylist()]
         sources = sorted(names)  # codes in source order: ties rank by source, then unit
@@ -198,8 +220,11 @@ class FocusTable:
     def search(self, token_ids: list[int], source: str | None = None) -> FocusResult:
         """The units whose top examples focus on any of `token_ids` (of `source` only,
         if given), their counts summed over those tokens, ranked."""
-        lo = np.searchsorted(self.tokens, token_ids, side="left")
-        hi = np.searchsorted(self.tokens, token_ids, side="right")
+        # In the table's dtype: Python ints would make numpy cast the whole column (tens of ms at 5M rows).
+        ids = np.asarray(token_ids, dtype=np.int64)
+        ids = ids[(ids >= np.iinfo(np.int32).min) & (ids <= np.iinfo(np.int32).max)].astype(self.tokens.dtype)
+        lo = np.searchsorted(self.tokens, ids, side="left")
+        hi = np.searchsorted(self.tokens, ids, side="right")
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)] or [np.zeros(0, dtype=np.intp)])
         if source is not None:
             if source not in self.sources:
@@ -220,3 +245,31 @@ class FocusTable:
             counts = summed
         rank = np.lexsort((units, codes, -acts, -counts))
         return FocusResult(self, codes[rank], units[rank], counts[rank], acts[rank], ranks[rank], tokens[rank])
+
+
+class SqlFocus:
+    """Token search of a model whose FocusTable does not fit the store's memory budget:
+    each search reads the rows of the units it finds (every focus token of their top
+    examples, so their top token is known too) and ranks them as FocusTable does."""
+
+    def __init__(self, cursor: Callable, model: str) -> None:
+        self._cursor = cursor  # a new cursor for each search (the caller's thread's)
+        self.model = model
+
+    def search(self, token_ids: list[int], source: str | None = None) -> FocusResult:
+        cur = self._cursor()
+        try:
+            t = cur.sql(
+                "WITH top AS ("
+                "  SELECT e.source, e.unit, e.rank, e.act, s.token_ids[e.pos + 1] AS tok "
+                "  FROM examples e JOIN sequences s ON s.model = e.model AND s.seq = e.seq "
+                "  WHERE e.model = $m AND e.band IS NULL AND ($s IS NULL OR e.source = $s)), "
+                "hit AS (SELECT DISTINCT source, unit FROM top WHERE list_contains($ids, tok)) "
+                "SELECT t.source, t.unit, t.tok, count(*) AS n, max(t.act) AS best, min(t.rank) AS best_rank "
+                "FROM top t SEMI JOIN hit h ON h.source = t.source AND h.unit = t.unit "
+                "GROUP BY t.source, t.unit, t.tok",
+                params={"m": self.model, "s": source, "ids": [int(i) for i in token_ids]},
+            ).to_arrow_table()
+        finally:
+            cur.close()
+        return FocusTable.from_arrow(t).search(token_ids, source)

@@ -1,0 +1,54 @@
+"""A unit page's `explain` parameter: which attribution (or minimal-example summary) the
+page shows, loaded into it after the page by htmx (a plain link without JavaScript)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actscope.app.errors import bad_input
+from actscope.app.urls import URLs
+
+
+@dataclass(frozen=True)
+class UnitExplain:
+    """What a unit page's `explain` parameter asks to show: the attribution of one example
+    (`SEQ:POS`), of the visitor's text (`text`, or `text:POS`), or the minimal-example
+    line of the top examples (`top`)."""
+
+    key: str
+    seq: int | None = None
+    pos: int | None = None
+    text: bool = False
+    top: bool = False
+
+
+def unit_explain(value: str | None) -> UnitExplain | None:
+    if value is None or value == "":
+        return None
+    if value == "top":
+        return UnitExplain(value, top=True)
+    head, sep, pos = value.partition(":")
+    if head == "text" and (not sep or (pos.isascii() and pos.isdigit())):
+        return UnitExplain(value, pos=int(pos) if sep else None, text=True)
+    if sep and head.isascii() and head.isdigit() and pos.isascii() and pos.isdigit():
+        return UnitExplain(value, seq=int(head), pos=int(pos))
+    raise bad_input(f"explain must be SEQ:POS (an example), text, text:POS or top, not {value!r}.")
+
+
+def unit_page_part(
+    urls: URLs, model: str, source: str, index: int, value: str | None, text: str | None
+) -> dict[str, Any] | None:
+    """The unit page's `explain` data: what it asks, and the URL its block loads from
+    (`url`: the explanation's page, whose htmx fragment the block swaps in)."""
+    asked = unit_explain(value)
+    if asked is None:
+        return None
+    url: str | None
+    if asked.top:
+        url = urls.minimal(model, source, index)
+    elif asked.text:
+        url = urls.explain(model, source, index, text=text, pos=asked.pos) if text else None
+    else:
+        url = urls.explain(model, source, index, seq=asked.seq, pos=asked.pos)
+    return {"key": asked.key, "seq": asked.seq, "pos": asked.pos, "text": asked.text, "top": asked.top, "url": url}
