@@ -230,3 +230,32 @@ def test_the_server_of_both_files_lists_the_twin_in_the_other_model(tiny_index, 
         page = BeautifulSoup(client.get("/tiny/0-mlp/7/similar").text, "html.parser")
         assert page.select_one(".similar-table a.neighbour").get_text() == "tiny-b:0-mlp/7"
         assert "Units of tiny-dup are not compared: a reservoir at other positions" in page.get_text(" ")
+
+
+def test_controls_and_the_same_neuron_at_other_hooks_are_never_neighbours(solu_served_index):
+    """A SoLU neuron indexed at hook_pre, hook_mid and hook_post: its neighbours over the
+    model leave out the same neuron at the other hooks (nearly r = 1 with it) and the
+    random directions (a control); in its own source only, every unit but itself counts."""
+    from actscope.indexer.store.reader import Store
+
+    store = Store(solu_served_index)
+    served = _served(("solu-tiny", solu_served_index), ("tiny", solu_served_index))
+    hooks = {"1-mlp-pre", "1-mlp-mid", "1-mlp"}
+    prints = store.fingerprints("solu-tiny", "1-mlp")
+    units = [int(u) for u in np.flatnonzero(prints.eligible)][:12]
+    assert units
+    mid = store.fingerprints("solu-tiny", "1-mlp-mid")
+    would_be_listed = 0
+    for unit in units:
+        got = _similar(served, "solu-tiny", "1-mlp", unit, scope="all", k=100)
+        listed = {(n["model"], n["source"], n["index"]) for n in got["similar"]}
+        assert not {("solu-tiny", h, unit) for h in hooks} & listed
+        assert not any(n["source"] == "1-res-pre-rand" for n in got["similar"])
+        assert len(got["similar"]) == 100
+        # Left out, not missed: the same neuron at hook_mid correlates more than the 100th listed.
+        if mid.eligible[unit]:
+            would_be_listed += float(mid.correlate(prints.standardised(unit))[unit]) > got["similar"][-1]["r"]
+    assert would_be_listed > 0
+    # Both models of the file share the corpus, the tokenizer and the reservoir: compared.
+    assert got["models"] == [{"model": "tiny", "reason": None}]
+    assert "tiny" in {n["model"] for n in _similar(served, "solu-tiny", "1-mlp", units[0], k=100)["similar"]}
