@@ -128,7 +128,17 @@ def main() -> None:
     callback=parse_window,
     help="Tokens kept before,after the focus token of each example.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for band sampling and --directions.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for band sampling, --directions and the reservoir."
+)
+@click.option(
+    "--reservoir",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Token positions, drawn from --seed, where every unit's activation is stored as its fingerprint "
+    "(neighbours by correlation); at most 65536, 0 for none.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option(
     "--checkpoint-every", type=int, default=200, show_default=True, help="Batches between checkpoints (0: never)."

@@ -1,5 +1,6 @@
 """The compare view's data: two or more units side by side (their statistics, histograms
-and top examples) and the overlap of their top examples' focus tokens.
+and top examples), the overlap of their top examples' focus tokens, and the correlation
+of every pair's fingerprints.
 
 Units are written `source/index`, or `model:source/index` for a unit of another model
 the server holds, from any of its index files (app/unit_refs.py). Focus tokens are (seq, pos) pairs of one model's
@@ -16,6 +17,7 @@ from typing import Any
 from actscope.app.errors import not_found
 from actscope.app.pages import example_dicts, source_dict, stats_dict
 from actscope.app.params import FieldError
+from actscope.app.similar_data import pair_correlations, served_models
 from actscope.app.unit_refs import UnitRef, compare_text
 from actscope.app.unit_view import scale_of
 from actscope.app.urls import URLs
@@ -144,7 +146,14 @@ def compare_data(
     (the page) the error is returned under "error", with no units, and the text kept."""
     if model not in stores:
         raise not_found(f"No model {model!r} on this server (it serves: {', '.join(stores)}).")
-    data: dict[str, Any] = {"model": model, "units_text": units or "", "units": [], "overlap": None, "error": None}
+    data: dict[str, Any] = {
+        "model": model,
+        "units_text": units or "",
+        "units": [],
+        "overlap": None,
+        "correlations": None,
+        "error": None,
+    }
     outside_schema = strict and re.fullmatch(UNITS_PATTERN, units or "") is None
     try:
         refs = parse_units(stores, model, units)
@@ -161,4 +170,5 @@ def compare_data(
     data["units_text"] = compare_text(refs, model)
     data["units"] = columns
     data["overlap"] = overlap(urls, columns)
+    data["correlations"] = pair_correlations(served_models(stores.items()), refs)
     return data

@@ -10,7 +10,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import compare_data, explain_data, limits, live_data, pages, params, schemas, search_data, try_data
+from actscope.app import (
+    compare_data,
+    explain_data,
+    limits,
+    live_data,
+    pages,
+    params,
+    schemas,
+    search_data,
+    similar_data,
+    try_data,
+)
 from actscope.app import urls as site_urls
 from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import not_found
@@ -167,6 +178,29 @@ def api_compare(
     examples' focus tokens (seq, pos): per pair of units of one model, and in all."""
     stores = dict(catalog.stores())
     return JSON(compare_data.compare_data(stores, site_urls.for_request(request), model, units, strict=True))
+
+
+@router.get(
+    "/{model}/reservoir", summary="The positions every unit's fingerprint is taken at", **_doc(schemas.ReservoirOut)
+)
+def api_reservoir(store: StoreDep, model: params.ModelName):
+    """The reservoir: `n` corpus positions (seq, pos) drawn from `seed`, the same for every
+    source; slot i of a fingerprint is the unit's activation at positions[i]. With the
+    stored fingerprints (the index's `fingerprints` table) a script can recompute every
+    correlation."""
+    info = pages.get_model(store, model)
+    reservoir = store.reservoir(info.model)
+    if reservoir is None:
+        raise not_found(f"The index of {model} has no fingerprints (it was built with --reservoir 0).")
+    return JSON(
+        {
+            "model": model,
+            "n": reservoir.n,
+            "capacity": reservoir.capacity,
+            "seed": reservoir.seed,
+            "positions": reservoir.positions(),
+        }
+    )
 
 
 @router.get(
@@ -375,3 +409,41 @@ def _api_unit(request, store, live, model, source, index, text, band, page, per_
         as_json=corpus.example_sets if corpus is not None else None,
     )
     return request.app.state.response_cache.put_for(request, JSON(data))
+
+
+Scope = Annotated[
+    str,
+    Query(
+        description="Where neighbours are looked for: this source, every source of the model, or also the other "
+        "models served here whose reservoirs line up (all)",
+        json_schema_extra={"enum": list(similar_data.SCOPES)},
+    ),
+]
+SimilarK = Annotated[
+    int, Query(description="Neighbours per list", json_schema_extra={"minimum": 1, "maximum": similar_data.MAX_K})
+]
+
+
+@router.get(
+    "/{model}/{source}/{index}/similar",
+    summary="Units like this one: neighbours by fingerprint correlation (and decoder cosine)",
+    **_doc(schemas.SimilarOut),
+)
+def api_similar(
+    request: Request,
+    catalog: CatalogDep,
+    model: params.ModelName,
+    source: params.SourceSlug,
+    index: params.UnitIndex,
+    scope: Scope = "all",
+    k: SimilarK = 20,
+):
+    """The `k` units whose fingerprints (activations on the reservoir) correlate most
+    with this unit's (Pearson r), largest first: only units active on at least 8 of the
+    reservoir's positions and not constant there have one (else `note` says why and
+    `similar` is empty). The unit's direct-effect twin, the same unit at other hooks and
+    control sources are left out. Other models served here are compared with `scope=all`
+    when their reservoirs line up (`models` says why one does not). SAE features also
+    list `decoder_cosine`."""
+    served = similar_data.served_models(catalog.stores())
+    return JSON(similar_data.similar_data(served, site_urls.for_request(request), model, source, index, scope, k))

@@ -10,7 +10,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from actscope.app import compare_data, explain_data, head_view, pages, params, search_data, try_data, unit_view
+from actscope.app import (
+    compare_data,
+    explain_data,
+    head_view,
+    pages,
+    params,
+    search_data,
+    similar_data,
+    try_data,
+    unit_view,
+)
 from actscope.app import urls as site_urls
 from actscope.app.deps import CatalogDep, LiveDep, StoreDep
 from actscope.app.errors import AppError
@@ -384,6 +394,33 @@ def _jump(request, store, live, model, source, index, state: UnitState, goto: st
         return _unit_page(request, store, live, model, source, index, state, jump=(goto, exc.message))
     url = site_urls.for_request(request).unit(model, source, target, text=state.text)
     return RedirectResponse(url, status_code=303)
+
+
+@router.get("/{model}/{source}/{index}/similar", response_class=HTMLResponse)
+def similar_page(
+    request: Request, catalog: CatalogDep, model: str, source: str, index: int, scope: str = "all", k: str = "20"
+):
+    """A unit's neighbours; a bad scope or k is shown next to the form, the default list
+    below it. An htmx request (the unit page's panel) gets the list's block only."""
+    urls = site_urls.for_request(request)
+    served = similar_data.served_models(catalog.stores())
+
+    def view() -> dict[str, Any]:
+        count = params.parse_int("k", k, "a whole number")
+        return similar_data.similar_data(served, urls, model, source, index, scope, 20 if count is None else count)
+
+    data, status = _or_shown_error(view, lambda: similar_data.similar_data(served, urls, model, source, index))
+    data["form"] = {"scope": scope, "k": k}
+    return render(
+        request,
+        "similar.html",
+        data,
+        page_url=_here(request),
+        json_url=urls.api(urls.similar(model, source, index, scope=data["scope"], k=data["k"])),
+        title=f"like {source}/{index} · {model}",
+        blocks={"neighbours": "neighbours"},
+        status=200 if request.headers.get("hx-request") else status,
+    )
 
 
 @router.get("/{model}/{source}/{index}/live", response_class=HTMLResponse)

@@ -312,12 +312,85 @@ class OverlapOut(BaseModel):
     )
 
 
+class CorrelationOut(BaseModel):
+    a: int = Field(description="A unit, by its place in `units`")
+    b: int
+    r: float | None = Field(description="Pearson r of the two units' fingerprints (activations on the reservoir)")
+    reason: str | None = Field(
+        description="Why r is null: a unit too sparse or constant on the reservoir, or two "
+        "models whose reservoirs do not line up"
+    )
+
+
 class CompareOut(BaseModel):
     model: str
     units_text: str = Field(description="The units, as the page's URL writes them")
     units: list[CompareUnitOut]
     overlap: OverlapOut | None
+    correlations: list[CorrelationOut] | None = Field(description="Every pair's correlation over the reservoir")
     error: str | None = Field(description="Always null here (bad units are a 422)")
+
+
+class NeighbourOut(BaseModel):
+    model: str
+    source: str
+    index: int
+    r: float = Field(description="Pearson r of its fingerprint with the unit's, over the reservoir")
+    url: str = Field(description="Its page")
+    compare: str = Field(description="The compare view of the two units")
+
+
+class DecoderNeighbourOut(BaseModel):
+    source: str
+    index: int
+    cos: float = Field(description="Cosine of the two units' decoder directions in the residual stream")
+    url: str
+    compare: str
+
+
+class ReservoirRefOut(BaseModel):
+    n: int = Field(description="Positions in the reservoir")
+    seed: int = Field(description="The --seed they were drawn with")
+    url: str = Field(description="The positions (GET /api/{model}/reservoir)")
+
+
+class OtherModelOut(BaseModel):
+    model: str
+    reason: str | None = Field(
+        description="Why its units are not neighbours of this model's (null: they are, with scope=all)"
+    )
+
+
+class SimilarOut(BaseModel):
+    model: str
+    source: str
+    index: int
+    scope: str = Field(description="source, model or all")
+    k: int
+    url: str = Field(description="The unit's page")
+    scopes: dict[str, str] = Field(description="This list in each scope")
+    reservoir: ReservoirRefOut | None = Field(description="Null: the index has no fingerprints")
+    note: str | None = Field(description="Why `similar` is empty: too sparse or constant on the reservoir")
+    similar: list[NeighbourOut] = Field(description="Units whose fingerprints correlate most, largest r first")
+    decoder_cosine: list[DecoderNeighbourOut] | None = Field(
+        description="SAE features: the features with the closest decoder directions (null for other kinds)"
+    )
+    models: list[OtherModelOut] = Field(description="The other models served, and whether their units are compared")
+
+
+class ReservoirPositionOut(BaseModel):
+    slot: int
+    seq: int
+    pos: int
+    token_id: int
+
+
+class ReservoirOut(BaseModel):
+    model: str
+    n: int
+    capacity: int = Field(description="--reservoir (n is smaller when the corpus has fewer eligible positions)")
+    seed: int
+    positions: list[ReservoirPositionOut] = Field(description="Slot i of every fingerprint is the activation here")
 
 
 class RandomOut(BaseModel):

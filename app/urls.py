@@ -107,6 +107,14 @@ class URLs:
     def unit_live(self, model: str, source: str, index: int, **params: object) -> str:
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/live", params)
 
+    def similar(self, model: str, source: str, index: int, **params: object) -> str:
+        """The unit's neighbours (by fingerprint correlation)."""
+        return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/similar", params)
+
+    def reservoir(self, model: str) -> str:
+        """The positions a model's fingerprints are taken at (JSON only)."""
+        return f"{self.base}/api/{_q(model)}/reservoir"
+
     def unit_hypothesis(self, model: str, source: str, index: int, **params: object) -> str:
         """A unit's regex hypothesis test (regex, threshold, sequences, seed)."""
         return _with_query(f"{self.base}/{_q(model)}/{_q(source)}/{int(index)}/hypothesis", params)

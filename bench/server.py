@@ -19,6 +19,10 @@ requests:
                                                      run live; a new unit and seed each time
                                                      (nothing cached), one client
   export      GET  /api/{model}/{source}/export.FMT  time to the first byte, one client
+  similar     GET  /api/{model}/{source}/{index}/similar?scope=all&k=20
+                                                     random units of every source (fingerprint
+                                                     correlations over all sources), one client
+                                                     and N clients
   explain     GET  /api/{model}/{source}/{index}/explain?seq=S&pos=P
                                                      a top example of a random unit of
                                                      every source, one client (no two
@@ -38,6 +42,7 @@ was asked for is in memory (or found not to fit), and the server's resident set 
 
 Usage:
   .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16] [--units-only]
+      [--only-similar]
   .venv/bin/python bench/server.py --million million.duckdb --resident-mb 4096,1024
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
@@ -65,6 +70,7 @@ from pathlib import Path
 TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}  # cached passes too
 TABLE_MS = 50.0  # a source table page, sorted by any column
 SEARCH_MS = 50.0  # token search
+SIMILAR_MS = 50.0  # a unit's 20 neighbours over every source
 EXPORT_FIRST_BYTE_MS = 1000.0
 REGEX_MS = 4000.0  # a regex hypothesis over 256 sequences (issue 18)
 REGEXES = [r"\bdef\b", r"\bthe\b", r"[.,;:]", r"\n", r"[A-Z]{2,}", r"\bself\b", r"\(", r"\b(if|for|while)\b"]
@@ -353,6 +359,23 @@ def table_scenarios(base: str, model: dict, rng: random.Random, n_requests: int)
     return out
 
 
+def similar_scenarios(base: str, model: dict, rng: random.Random, n_requests: int, clients: int) -> list:
+    """A random unit's 20 neighbours over every source (scope=all): after a first call,
+    which reads the fingerprints into memory. Not cached: each is a product with every
+    unit's fingerprint."""
+    m = model["model"]
+    urllib.request.urlopen(f"{base}/api/{m}/{model['sources'][0]['slug']}/0/similar?scope=all&k=20").read()
+    units = [(s["slug"], u) for s in model["sources"] for u in range(s["n_units"])]
+
+    def make(i: int) -> tuple[str, str, None]:
+        slug, u = units[rng.randrange(len(units))]
+        return "GET", f"/api/{m}/{slug}/{u}/similar?scope=all&k=20", None
+
+    return [("similar k=20 all sources, 1 client", make, n_requests, SIMILAR_MS, 1)] + (
+        [(f"similar k=20 all sources, {clients} clients", make, n_requests, SIMILAR_MS, clients)] if clients > 1 else []
+    )
+
+
 def export_first_bytes(port: int, model: dict, rounds: int) -> bool:
     """Time to the first body bytes of each export of the largest source and of the
     first, one client; the connection is closed after them."""
@@ -407,6 +430,7 @@ def explain_scenario(base: str, model: dict, rng: random.Random, n_requests: int
 
 
 def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
+    live = live and not args.only_similar
     server, port, home = start_server(index)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -467,15 +491,23 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
         header(index, model, args.clients, extra)
         if live and args.only_explain:
             return report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
-        ok = report(port, scenarios, args.clients)
-        if single:
-            ok &= report(port, [single], 1)
-        if regex_scenario:
-            ok &= report(port, [regex_scenario], 1)
-        if live:
-            ok &= report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
+        ok = True
+        if not args.only_similar:
+            ok &= report(port, scenarios, args.clients)
+            if single:
+                ok &= report(port, [single], 1)
+            if regex_scenario:
+                ok &= report(port, [regex_scenario], 1)
+            if live:
+                ok &= report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
+            if not args.units_only:
+                ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
         if not args.units_only:
-            ok &= report(port, table_scenarios(base, model, rng, args.table_requests), args.clients)
+            for name, make, n, target, clients in similar_scenarios(
+                base, model, rng, args.table_requests, args.clients
+            ):
+                ok &= report(port, [(name, make, n, target)], clients)
+        if not (args.only_similar or args.units_only):
             ok &= export_first_bytes(port, model, args.export_rounds)
         return ok
     finally:
@@ -584,6 +616,7 @@ def main() -> int:
         "--units-only", action="store_true", help="Only the unit page scenarios (no live, table, search, export)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only-similar", action="store_true", help="Only the neighbours (similar) scenarios")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)

@@ -9,6 +9,8 @@ from typing import Any
 
 from actscope.indexer.errors import ActscopeError
 
+MAX_RESERVOIR = 1 << 16
+
 
 @dataclass
 class IndexConfig:
@@ -32,6 +34,7 @@ class IndexConfig:
     band_size: int = 8
     window: tuple[int, int] = (24, 8)
     seed: int = 0
+    reservoir: int = 4096  # fingerprint positions (indexer/accumulate/reservoir.py); 0: no fingerprints
     resume: bool = False
     checkpoint_every: int = 200
     quiet: bool = False
@@ -52,6 +55,10 @@ class IndexConfig:
         for name in ("ctx", "batch_size", "top_k", "band_size", "hist_bins", "calibration_tokens"):
             if getattr(self, name) < 1:
                 raise ActscopeError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.reservoir <= MAX_RESERVOIR:
+            raise ActscopeError(
+                f"--reservoir must be between 0 and {MAX_RESERVOIR} (slots are stored as 16-bit numbers)"
+            )
         if self.ctx < 2:
             raise ActscopeError("--ctx must be at least 2 (BOS plus one token)")
         if self.max_tokens is not None and self.max_tokens < self.ctx:

@@ -81,6 +81,26 @@ def direction_table(model_slug: str, sources: list) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
+def decoder_table(model_slug: str, sources: list, model: Any) -> pa.Table | None:
+    """The output directions of the sources whose kind lists decoder-cosine neighbours
+    (SAE features: their decoder rows), for the app's neighbours (the decoders table)."""
+    from actscope.indexer.store.writer import fixed_width_lists, repeated
+
+    tables = [
+        pa.table(
+            {
+                "model": repeated(model_slug, source.n_units),
+                "source": repeated(source.slug, source.n_units),
+                "unit": pa.array(np.arange(source.n_units, dtype=np.int32)),
+                "direction": fixed_width_lists(vectors.detach().float().cpu().numpy()),
+            }
+        )
+        for source in sources
+        if source.kind.decoder_neighbours and (vectors := source.kind.output_directions(model, source)) is not None
+    ]
+    return pa.concat_tables(tables) if tables else None
+
+
 def vocab_table(loaded: Any) -> pa.Table:
     """Every token of the model's vocabulary: its id, decoded text and raw bytes."""
     from actscope.indexer.model.token_bytes import vocab_bytes

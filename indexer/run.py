@@ -79,9 +79,9 @@ def run_index(config: IndexConfig) -> str:
     try:
         if plan is not None and plan.passes > 1:
             remove_checkpoint(config.checkpoint_path)
-            band_levels, n_sequences = run_groups(run, plan, writer, clock)
+            band_levels, n_sequences, reservoir = run_groups(run, plan, writer, clock)
             last_batch = time.perf_counter()
-            finalize(writer, run, {}, n_sequences, clock, band_levels)
+            finalize(writer, run, {}, n_sequences, clock, band_levels, reservoir)
         else:
             done, accumulators = _run_whole(run, state, writer, clock)
             last_batch = time.perf_counter()
@@ -168,13 +168,15 @@ class _SequencesWritten:
         pass
 
 
-def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int]:
-    """Each group of `plan` in its own pass over the corpus, its unit tables written (and
-    its state dropped) before the next starts; ({slug: band levels}, sequences)."""
+def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int, dict | None]:
+    """Each group of `plan` in its own pass over the corpus, its unit tables and
+    fingerprints written (and its state dropped) before the next starts; ({slug: band
+    levels}, sequences, the reservoir's description)."""
     from actscope.indexer.final_tables import write_unit_tables
 
     levels: dict[str, list] = {}
     n_sequences = None
+    reservoir: dict | None = None
     for number, group in enumerate(plan.groups):
         if not run.config.quiet:
             print(f"group {number + 1} of {plan.passes}: {group.n_units:,} units", file=sys.stderr)
@@ -190,10 +192,12 @@ def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int]
             write_unit_tables(
                 writer, run.model.spec.slug, group.sources, result.accumulators, run.model.model, run.config.ctx
             )
+            described = _write_fingerprints(writer, run, group.sources, result.accumulators, positions=number == 0)
+            reservoir = described if number == 0 else reservoir
         levels.update({slug: list(acc.grid.levels) for slug, acc in result.accumulators.items()})
         del result  # the next group's state takes its place
     assert n_sequences is not None
-    return levels, n_sequences
+    return levels, n_sequences, reservoir
 
 
 def run_group(run: Loaded, group, sequences, clock: PhaseClock | None = None) -> GroupResult:
@@ -388,7 +392,9 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
     from actscope.indexer.accumulate.dense import DenseAccumulator
     from actscope.indexer.accumulate.sparse import SparseAccumulator
 
-    common = dict(top_k=config.top_k, band_size=config.band_size, window=config.window, device=device)
+    common = dict(
+        top_k=config.top_k, band_size=config.band_size, window=config.window, device=device, reservoir=config.reservoir
+    )
     return {
         source.slug: (SparseAccumulator if source.kind.sparse else DenseAccumulator)(
             source.n_units, grids[source.slug], tail=source.kind.tail, **common
@@ -413,11 +419,15 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
     [batch, ctx]; `top_k` as ActivationRunner passes it to `consume`."""
     import torch
 
+    from actscope.indexer.accumulate.reservoir import ReservoirBatch
     from actscope.indexer.accumulate.sampling import token_keys
 
     batch, ctx = tokens.shape
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
+    # The step's positions as the fingerprint reservoirs see them, once for all sources.
+    with_fingerprints = any(acc.fingerprints is not None for acc in accumulators.values())
+    positions = ReservoirBatch.of(tokens, first_seq, seed) if with_fingerprints else None
 
     # The row order the compiled (CPU) passes visit, computed once for all sources (once
     # more for sources that leave the last positions out).
@@ -439,12 +449,21 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
             accumulator.update(acts, first_seq, keys, order=order)
         else:
             accumulator.update(acts, first_seq, keys, top_k=top_k, order=order)
+        if accumulator.fingerprints is not None:
+            assert positions is not None, "made when any accumulator keeps fingerprints"
+            accumulator.fingerprints.update(acts, positions)
 
     return update
 
 
 def finalize(
-    writer, run: Loaded, accumulators: dict, n_sequences: int, clock: PhaseClock, band_levels: dict | None = None
+    writer,
+    run: Loaded,
+    accumulators: dict,
+    n_sequences: int,
+    clock: PhaseClock,
+    band_levels: dict | None = None,
+    reservoir_of_groups: dict | None = None,
 ) -> None:
     """Everything but the sequences, into the file: the unit tables of `accumulators` (a
     grouped run wrote its groups' already and passes none, with each source's
@@ -453,10 +472,17 @@ def finalize(
     from concurrent.futures import ThreadPoolExecutor
 
     from actscope.indexer.corpus.documents import describe_corpus
-    from actscope.indexer.final_tables import direction_table, vocab_table, write_logit_tables, write_unit_tables
+    from actscope.indexer.final_tables import (
+        decoder_table,
+        direction_table,
+        vocab_table,
+        write_logit_tables,
+        write_unit_tables,
+    )
 
     config, loaded, sources = run.config, run.model, run.sources
     model, slug = loaded.model, loaded.spec.slug
+    reservoir = reservoir_of_groups
     levels = dict(band_levels or {})
     levels.update({name: list(acc.grid.levels) for name, acc in accumulators.items()})
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="actscope-vocab") as helper:
@@ -464,11 +490,16 @@ def finalize(
         if accumulators:
             with clock.phase("unit tables"):
                 write_unit_tables(writer, slug, sources, accumulators, model, config.ctx)
+            with clock.phase("fingerprints"):
+                reservoir = _write_fingerprints(writer, run, sources, accumulators, positions=True)
         with clock.phase("logit tables"):
             write_logit_tables(writer, slug, sources, model)
         directions = direction_table(slug, sources)
         if directions is not None:
             writer.write_table("directions", directions)
+        decoders = decoder_table(slug, sources, model)
+        if decoders is not None:
+            writer.write_table("decoders", decoders)
         writer.write_rows(
             "sources", [{**source.row(), "model": slug, "band_levels": levels[source.slug]} for source in sources]
         )
@@ -506,4 +537,28 @@ def finalize(
         corpus=describe_corpus(config.dataset, config.text_column, config.split).to_dict(),
         elapsed_seconds=round(time.perf_counter() - clock.started, 2),
         phase_seconds=clock.rounded(),
+        reservoir=reservoir,
     )
+
+
+def _write_fingerprints(writer, run: Loaded, sources, accumulators: dict, positions: bool) -> dict[str, Any] | None:
+    """The fingerprints of `sources` (and, with `positions`, the reservoir's positions)
+    into the file; returns the reservoir's description for the meta table (None without
+    fingerprints). A run in groups writes each group's, the positions with the first."""
+    import pyarrow as pa
+
+    from actscope.indexer.accumulate.finalize import fingerprint_rows, reservoir_rows
+    from actscope.indexer.accumulate.reservoir import RESERVOIR_TAIL
+
+    config, slug = run.config, run.model.spec.slug
+    kept = [(source, accumulators[source.slug]) for source in sources if source.slug in accumulators]
+    if not kept or kept[0][1].fingerprints is None:
+        return None
+    rows = reservoir_rows(slug, kept[0][1], config.ctx)
+    if positions:
+        writer.write_table("reservoir", rows)
+    writer.write_table(
+        "fingerprints",
+        pa.concat_tables([fingerprint_rows(slug, source.slug, acc, source.kind.sparse) for source, acc in kept]),
+    )
+    return {"n": rows.num_rows, "capacity": config.reservoir, "seed": config.seed, "tail": RESERVOIR_TAIL}

@@ -37,6 +37,7 @@ TINY_INDEX_OPTIONS = dict(
     window=(6, 3),
     calibration_tokens=600,
     hist_bins=128,
+    reservoir=1024,  # of the 2,880 eligible positions: a real draw
     quiet=True,
     device="cpu",
 )

@@ -250,6 +250,7 @@ def test_vocab_and_run_record(con, reference):
         "corpus",
         "elapsed_seconds",
         "phase_seconds",
+        "reservoir",
     }
     phases = json.loads(meta["phase_seconds"])
     assert {"load", "calibration", "batches", "logit tables"} <= set(phases)
@@ -282,3 +283,57 @@ def test_topk_index_covers_tokens_with_fewer_than_k_firing(indexed, reference):
         pytest.skip("standard SAE")
     firing = (reference[0]["1-res-sae"][:, 1:, :] > 0).sum(-1)
     assert firing.max() <= k and (firing < k).sum() >= 20 and firing.mean() > 1
+
+
+def _fingerprints(con, slug, n):
+    """{unit: float64 [n]} of the stored fingerprints of a source, zeros filled in."""
+    out = {}
+    for unit, slots, acts in con.execute(
+        "SELECT unit, slots, acts FROM fingerprints WHERE source = ? ORDER BY unit", [slug]
+    ).fetchall():
+        values = np.frombuffer(acts, dtype="<f2").astype(np.float64)
+        row = np.zeros(n)
+        if slots is None:
+            row[:] = values
+        else:
+            row[np.frombuffer(slots, dtype="<u2")] = values
+        out[unit] = row
+    return out
+
+
+def test_fingerprints_are_the_activations_at_the_seeded_reservoir(con, reference, indexed):
+    """The reservoir is the `reservoir` eligible positions (not BOS, not a sequence's last)
+    of smallest seeded priority; each unit's fingerprint is its activation there, as a
+    full TransformerLens forward gives it, in float16; SAE features store their nonzero
+    values only."""
+    import torch
+
+    from actscope.indexer.accumulate.reservoir import position_priority
+
+    acts, tokens, _ = reference
+    n_seq, ctx = tokens.shape
+    meta = json.loads(con.execute("SELECT value FROM meta WHERE key = 'reservoir'").fetchone()[0])
+    capacity = TINY_INDEX_OPTIONS["reservoir"]
+    assert meta == {"n": capacity, "capacity": capacity, "seed": 0, "tail": 1}
+    seqs, positions = np.meshgrid(np.arange(n_seq), np.arange(1, ctx - 1), indexing="ij")
+    ids = (seqs * ctx + positions).reshape(-1)
+    priority = position_priority(torch.from_numpy(ids), 0).numpy()
+    chosen = np.sort(ids[np.lexsort((ids, priority))[:capacity]])
+    rows = con.execute("SELECT slot, seq, pos, token_id FROM reservoir ORDER BY slot").fetchall()
+    assert [r[0] for r in rows] == list(range(capacity))
+    seq, pos = chosen // ctx, chosen % ctx
+    assert [(r[1], r[2]) for r in rows] == list(zip(seq.tolist(), pos.tolist()))
+    assert [r[3] for r in rows] == tokens[seq, pos].tolist()
+    for slug in SOURCES:
+        expected = acts[slug][seq, pos, :].T  # [units, n]
+        stored = _fingerprints(con, slug, capacity)
+        assert sorted(stored) == list(range(expected.shape[0]))
+        for unit, row in stored.items():
+            np.testing.assert_array_equal(row, expected[unit].astype(np.float16).astype(np.float64), err_msg=slug)
+        n_slot_lists = con.execute(
+            "SELECT count(slots), sum(octet_length(acts)) FROM fingerprints WHERE source = ?", [slug]
+        ).fetchone()
+        if slug.endswith("sae"):  # only the nonzero values
+            assert n_slot_lists == (expected.shape[0], 2 * int((expected != 0).sum()))
+        else:
+            assert n_slot_lists == (0, 2 * expected.size)

@@ -25,6 +25,9 @@ TABLE_ORDER = {
     "vocab": "token_id",
     "sources": "slug",
     "models": "model",
+    "reservoir": "slot",
+    "fingerprints": "source, unit",
+    "decoders": "source, unit",
 }
 
 
@@ -79,6 +82,7 @@ def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corp
         top_k=6,
         band_size=3,
         window=(4, 2),
+        reservoir=300,  # of 1,200 eligible positions: the shards' draws overlap
     )
 
     def index(part):
@@ -104,6 +108,13 @@ def test_two_shards_merged_equal_one_run(tiny_model_dir, tiny_sae_dir, tiny_corp
         torch.testing.assert_close(one.stats.sum, merged.stats.sum)
         # A real merge, not a copy: the second shard contributed examples.
         assert (merged.top.token >= 6 * 4 * TINY_CTX).any()
+        # The fingerprint reservoir: a union of the shards' cut back to its size.
+        ids, tokens, acts = one.fingerprints.final()
+        merged_ids, merged_tokens, merged_acts = merged.fingerprints.final()
+        assert ids.numel() == 300 and torch.equal(ids, merged_ids) and torch.equal(tokens, merged_tokens)
+        assert torch.equal(acts, merged_acts)
+        assert (ids >= 6 * 4 * TINY_CTX).any() and (ids < 6 * 4 * TINY_CTX).any()
+        assert int(second[slug].fingerprints.filled) == 300  # the second shard had its own full draw
 
 
 def _index_command(model, sae, corpus, out, *extra):

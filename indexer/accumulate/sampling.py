@@ -15,6 +15,7 @@ import torch
 
 from actscope.indexer.accumulate.grid import Grid
 from actscope.indexer.accumulate.grouped_topk import GroupedTopK
+from actscope.indexer.accumulate.reservoir import FingerprintReservoir
 
 if TYPE_CHECKING:  # the kernels (numba) are imported on the compiled path only
     from actscope.indexer.accumulate.kernels_cpu import (
@@ -224,9 +225,11 @@ class MergeableAccumulator:
         device,
         fused: bool | None = None,
         tail: int = 0,
+        reservoir: int = 0,
     ) -> None:
         """`tail`: positions at the end of every sequence that are not indexed (a kind
-        whose activation needs the next token has none at the last one)."""
+        whose activation needs the next token has none at the last one); `reservoir`: the
+        positions of the fingerprint reservoir (0: no fingerprints)."""
         self.n_units = n_units
         self.tail = tail
         # On a CPU one fused kernel replaces the chain of tensor operations.
@@ -237,6 +240,7 @@ class MergeableAccumulator:
         self.stats = RunningStats(n_units, grid.n_bins, device)  # a sparse source bins its firing values only
         self.top = new_examples(n_units, top_k, True, width, device)
         self.samples = new_examples(n_units * grid.n_bands, band_size, False, width, device)
+        self.fingerprints = FingerprintReservoir(n_units, reservoir, device) if reservoir else None
 
     def _run_pass(
         self, kernel, inputs: tuple[torch.Tensor, ...], keys: torch.Tensor, top_threshold: torch.Tensor, order=None
@@ -315,11 +319,18 @@ class MergeableAccumulator:
         self.stats.merge(other.stats)
         self.top.merge(other.top)
         self.samples.merge(other.samples)
+        if self.fingerprints is not None and other.fingerprints is not None:
+            self.fingerprints.merge(other.fingerprints)
 
     def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "top": self.top.state_dict(), "samples": self.samples.state_dict()}
+        state = {"stats": self.stats.state_dict(), "top": self.top.state_dict(), "samples": self.samples.state_dict()}
+        if self.fingerprints is not None:
+            state["fingerprints"] = self.fingerprints.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state["stats"])
         self.top.load_state_dict(state["top"])
         self.samples.load_state_dict(state["samples"])
+        if self.fingerprints is not None:
+            self.fingerprints.load_state_dict(state["fingerprints"])

@@ -89,6 +89,9 @@ class UnitKind:
     tail: ClassVar[int] = 0
     dla_twin: ClassVar[bool] = False  # --dla adds a direct-effect twin of each of its sources
     examples_by: ClassVar[str] = "activation"  # what its examples are ranked by, for links between twins
+    # Its output directions are learned decoder rows: the index stores them and unit pages
+    # list the units whose decoder rows are closest (decoder cosine).
+    decoder_neighbours: ClassVar[bool] = False
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """The sources of this kind that `request` asks for, checked against the model

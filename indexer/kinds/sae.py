@@ -66,6 +66,7 @@ class SaeKind(UnitKind):
     # Quantiles over the tokens where the feature fires.
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
     dla_twin = True
+    decoder_neighbours = True
 
     def sources(self, model, request: SourceRequest, taken: set[str]) -> list[Source]:
         """Check each loaded SAE against the model and describe it as a source."""

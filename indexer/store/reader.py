@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from actscope.indexer.errors import ActscopeError
-from actscope.indexer.store import export, unit_sql
+from actscope.indexer.store import export, fingerprints, unit_sql
 from actscope.indexer.store.budget import ResidentBudget
 from actscope.indexer.store.loader import SourceLoader
 from actscope.indexer.store.resident import SequenceTable, SourceTables
@@ -176,6 +176,8 @@ class Store:
         self._models = {m.model: m for m in self._read_models()}
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
         self._variants: dict[str, TokenVariants] = {}
+        self._focus: dict[str, FocusTable] = {}
+        self._derived: dict[tuple, Any] = {}  # fingerprints, reservoirs, decoders: read on first use
         self._loader = SourceLoader(self._load_source)
         self._loading_cursor = None
         self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
@@ -634,6 +636,33 @@ class Store:
         if not rows:
             return None
         return np.array([r[0] for r in rows], dtype=np.float32)
+
+    def _once(self, key: tuple, read) -> Any:
+        """read(cursor), kept under `key` (None results too): read once, however many threads ask."""
+        if key in self._derived:
+            return self._derived[key]
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = read(self._cur())
+            return self._derived[key]
+
+    def reservoir(self, model: str) -> fingerprints.Reservoir | None:
+        """The positions the model's fingerprints are taken at (None: the index has none)."""
+        return self._once(("reservoir", model), lambda cur: fingerprints.read_reservoir(cur, model, self.meta))
+
+    def fingerprints(self, model: str, source: str) -> fingerprints.SourcePrints | None:
+        """A source's fingerprints, standardised for correlations (None: none stored)."""
+        reservoir = self.reservoir(model)
+        if reservoir is None:
+            return None
+        return self._once(
+            ("fingerprints", model, source), lambda cur: fingerprints.read_source(cur, model, source, reservoir.n)
+        )
+
+    def decoders(self, model: str, source: str):
+        """[n_units, d_model] float32 unit-norm decoder directions of a source (SAE
+        features), or None."""
+        return self._once(("decoders", model, source), lambda cur: fingerprints.read_decoders(cur, model, source))
 
     def sequence(self, model: str, seq: int) -> list[int] | None:
         sequences = self.budget.get(("sequences", model))

@@ -14,9 +14,12 @@ Conventions:
   `rank` orders examples inside their group (top: by activation, descending; band: by
   sampling key, i.e. in random order).
 - `examples.acts` holds the unit's activation at positions start .. start+len(acts)-1.
+- Fingerprints: every unit's activation at the `reservoir` positions (slot i = row i),
+  float16 little-endian bytes (numpy dtype '<f2'); sparse kinds keep the nonzero values
+  only, with their slots ('<u2'). meta['reservoir'] has its size and seed.
 """
 
-SCHEMA_VERSION = 5  # 5: the directions table; 4: models.loader, bundled model specs by name; 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
+SCHEMA_VERSION = 6  # 6: fingerprints, the reservoir, decoders; 5: the directions table; 4: models.loader, bundled model specs by name; 3: vocab.token_bytes; 2: no primary keys on the tables written at the end of a run
 
 TABLES = {
     "meta": """
@@ -134,10 +137,35 @@ TABLES = {
                                             -- for kinds whose units are stored vectors (random
                                             -- directions: unit norm; activation = act . direction)
         )""",
+    "reservoir": """
+        CREATE TABLE reservoir (
+            model VARCHAR NOT NULL,
+            slot INTEGER NOT NULL,          -- 0 .. n-1, in corpus order
+            seq INTEGER NOT NULL,
+            pos INTEGER NOT NULL,           -- never BOS, never a sequence's last position
+            token_id INTEGER NOT NULL       -- the token there (what cross-model neighbours check)
+        )""",
+    "fingerprints": """
+        CREATE TABLE fingerprints (
+            model VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            unit INTEGER NOT NULL,
+            slots BLOB,                     -- NULL: a value at every slot; else the slots ('<u2') of
+                                            -- the nonzero values (sparse kinds), the others are 0
+            acts BLOB NOT NULL              -- float16 ('<f2') activations at those slots
+        )""",
+    "decoders": """
+        CREATE TABLE decoders (
+            model VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            unit INTEGER NOT NULL,
+            direction REAL[] NOT NULL       -- the direction the unit's decoder row writes into the
+                                            -- residual stream (SAE features): decoder cosine neighbours
+        )""",
 }
 
-# The tables written once at the end of a run (unit_stats, bands, logits, directions, vocab) have no
-# primary key: each is one insert of rows unique by construction, in key order, where a
+# The tables written once at the end of a run (unit_stats, bands, logits, directions, vocab,
+# reservoir, fingerprints, decoders) have no primary key: each is one insert of rows unique by construction, in key order, where a
 # key's index would be a large share of the insert. No secondary indexes either: rows are
 # written in unit order, so DuckDB's zone maps already skip to a unit's rows.
 
