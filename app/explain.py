@@ -81,7 +81,9 @@ class Explained:
 
 def keeps(value: float, full: float, threshold: float) -> bool:
     """Whether `value` keeps `threshold` of `full`: same side of 0, at least that share."""
-    return value >= threshold * full if full >= 0 else value <= threshold * full
+    if full == 0:  # nothing fired: no suffix "keeps" it
+        return False
+    return value >= threshold * full if full > 0 else value <= threshold * full
 
 
 def explain(live: LiveModel, target: Target, ablation: Ablation, threshold: float) -> Explained:

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     max_body_bytes: int | None = None
     # Live inference each client (IP address) may ask for, in model tokens per minute
     # (0: no limit). Over it: 429 with Retry-After. Per worker process.
-    live_tokens_per_minute: int = 30_000
+    live_tokens_per_minute: int = 120_000  # a default regex hypothesis (256 sequences) is ~33k
     # Proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the
     # client; from any other peer the header is ignored.
     trusted_proxies: Annotated[list[str], NoDecode] = []

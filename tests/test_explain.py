@@ -292,3 +292,12 @@ def test_what_mattered_links_keep_the_page_state(client):
         query = parse_qs(urlsplit(li.select_one("a.why-link")["href"]).query)
         key = li.select_one("a.full-link")["data-open"]
         assert query == {"per_page": ["3"], "text": ["abc"], "open": ["1:16"], "explain": [key]}
+
+
+def test_nothing_fired_has_no_minimal_example():
+    """A focus where the unit is at 0 keeps nothing: every suffix would 'keep 100% of 0'."""
+    from actscope.app.explain import keeps
+
+    assert not keeps(0.0, 0.0, 0.9) and not keeps(1.0, 0.0, 0.9)
+    assert keeps(2.0, 2.0, 0.9) and not keeps(1.7, 2.0, 0.9)
+    assert keeps(-1.9, -2.0, 0.9) and not keeps(-1.0, -2.0, 0.9)
