@@ -229,22 +229,9 @@ class LiveService:
                     found[key] = hit
         missing = list(dict.fromkeys(key for key in keys if key not in found))
         if missing:
-            self.load()
-            if not self._waiting.acquire(blocking=False):
-                raise unavailable("The server is busy with other live requests; try again in a moment.")
-            try:
-                job = _Job("", "", None)
-                job.task = lambda live: live.attention_rows(hook, [list(key[2]) for key in missing])
-                self._submit(job)
-                if not job.done.wait(self.timeout_s):
-                    job.cancelled = True
-                    raise unavailable("Timed out waiting for the model; try again in a moment.")
-            finally:
-                self._waiting.release()
-            if job.error is not None:
-                raise job.error
+            rows = self.run_task(lambda live: live.attention_rows(hook, [list(key[2]) for key in missing]))
             with self._cache_lock:
-                for key, row in zip(missing, job.result):
+                for key, row in zip(missing, rows):
                     found[key] = self._cache[key] = row
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
