@@ -367,10 +367,20 @@ def _out_of_space(exc: BaseException) -> str | None:
     import os
 
     reasons = [os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)]
-    if isinstance(exc, OSError):
-        return os.strerror(exc.errno) if exc.errno is not None and os.strerror(exc.errno) in reasons else None
-    if "duckdb" in type(exc).__module__:
-        return next((reason for reason in reasons if reason in str(exc)), None)
+    # torch.save's zip writer answers a full disk with a RuntimeError of its own while
+    # closing, the OSError as its context: look down the chain.
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never follow a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError):
+            if seen.errno is not None and os.strerror(seen.errno) in reasons:
+                return os.strerror(seen.errno)
+        elif "duckdb" in type(seen).__module__:
+            found = next((reason for reason in reasons if reason in str(seen)), None)
+            if found:
+                return found
+        seen = seen.__cause__ or seen.__context__
     return None
 
 

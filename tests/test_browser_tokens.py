@@ -150,7 +150,13 @@ def test_tokens_are_not_tab_stops(page, live_server):
              && e.getClientRects().length).map(e => e.className)"""
     )
     assert not [c for c in stops if re.search(r"\bt\b", str(c))]
-    assert len(stops) < 40  # links, tabs and the forms: not one per token
+    # Only links, form controls and disclosure summaries take focus: no token, span or div.
+    kinds = page.evaluate(
+        """() => [...document.querySelectorAll('*')].filter(e => e.tabIndex >= 0 && !e.disabled
+             && e.getClientRects().length).map(e => e.tagName)"""
+    )
+    assert len(kinds) == len(stops) > 0
+    assert set(kinds) <= {"A", "INPUT", "TEXTAREA", "SELECT", "BUTTON", "SUMMARY"}, set(kinds)
     # Tabbing from the text box reaches the examples' links without stopping on tokens.
     page.focus("#live-text")
     for _ in range(3):

@@ -44,7 +44,7 @@ def _run_options(model, sae, corpus) -> dict:
 
 # The run's checkpoint takes 0.5 MB, its partial file 1.8 MB while streaming, the index
 # 4.7 MB: 3 MB hold the checkpoints but not the finished index.
-SMALL_DISK = "3m"
+SMALL_DISK = "4500k"  # room for the first checkpoints, not for the index
 
 
 @contextlib.contextmanager
@@ -72,7 +72,7 @@ def fault_runs(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir) 
     disk_dir = work / "disk"
     with _small_disk(disk_dir) as grow:
         disk = {"out": str(disk_dir / "index.duckdb")}
-        disk.update({"grow": grow} if grow else {"fsize_limit": 1_500_000})
+        disk.update({"grow": grow} if grow else {"fsize_limit": 2_500_000})
         spec = work / "spec.json"
         options = _run_options(tiny_model_dir, tiny_sae_dir, tiny_corpus_dir)
         spec.write_text(
