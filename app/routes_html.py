@@ -471,28 +471,15 @@ async def explain_page(request: Request, store: StoreDep, live: LiveDep, model: 
     (htmx) the result block a unit page loads after itself. Computed in the live worker."""
     urls = site_urls.for_request(request)
     query = request.query_params
-    try:
-        data = await explain_data.explain_data(
-            store, live, urls, model, source, index, **explain_data.parse_form(query)
-        )
-        error, status = None, 200
-    except AppError as exc:
-        if exc.status == 404 and not isinstance(exc, params.FieldError):
-            raise
-        data = explain_data.unit_frame(store, urls, model, source, index)
-        error, status = exc.message, _shown_status(exc)
-    data.update(form=explain_data.form_values(query), error=error)
-    fragment = bool(request.headers.get("hx-request"))
-    return render(
-        request,
-        "explain.html",
-        data,
-        page_url=_here(request),
-        title=f"What mattered · {source}/{index} · {model}",
-        block="explained" if fragment else None,
-        # htmx swaps 2xx answers only: an error is shown inside the block.
-        status=200 if fragment and status < 500 else status,
-        headers={"X-Live-Status": str(status)} if fragment else None,
+
+    async def compute() -> dict:
+        asked = explain_data.parse_form(query)
+        return await explain_data.explain_data(store, live, urls, model, source, index, **asked)
+
+    data, status = await _live_result(compute, lambda: explain_data.unit_frame(store, urls, model, source, index))
+    data.update(form=explain_data.form_values(query))
+    return _render_live(
+        request, "explain.html", data, f"What mattered · {source}/{index} · {model}", "explained", status
     )
 
 
@@ -503,24 +490,44 @@ async def minimal_page(
     """The minimal examples of a unit's top examples and the line summing them up; htmx
     gets the line alone (a unit page loads it after itself)."""
     urls = site_urls.for_request(request)
-    try:
+
+    async def compute() -> dict:
         asked = explain_data.parse_form({"threshold": threshold or ""}).get("threshold")
-        data = await explain_data.minimal_data(store, live, urls, model, source, index, asked)
-        error, status = None, 200
+        return await explain_data.minimal_data(store, live, urls, model, source, index, asked)
+
+    data, status = await _live_result(compute, lambda: explain_data.unit_frame(store, urls, model, source, index))
+    data.update(threshold_text=threshold or "")
+    return _render_live(
+        request, "minimal.html", data, f"Minimal examples · {source}/{index} · {model}", "summary", status
+    )
+
+
+async def _live_result(compute, frame) -> tuple[dict, int]:
+    """(data with `error`, status) of a live page: what `compute` returns, or on bad input
+    the unit's `frame` with the message (a missing unit or model stays a 404 page)."""
+    try:
+        data = await compute()
+        data["error"] = None
+        return data, 200
     except AppError as exc:
         if exc.status == 404 and not isinstance(exc, params.FieldError):
             raise
-        data = explain_data.unit_frame(store, urls, model, source, index)
-        error, status = exc.message, _shown_status(exc)
-    data.update(threshold_text=threshold or "", error=error)
+        data = frame()
+        data["error"] = exc.message
+        return data, _shown_status(exc)
+
+
+def _render_live(request: Request, template: str, data: dict, title: str, block: str, status: int):
+    """A live page, or (htmx) its result block alone: htmx swaps 2xx answers only, so an
+    error is shown inside the block and its status sent as X-Live-Status."""
     fragment = bool(request.headers.get("hx-request"))
     return render(
         request,
-        "minimal.html",
+        template,
         data,
         page_url=_here(request),
-        title=f"Minimal examples · {source}/{index} · {model}",
-        block="summary" if fragment else None,
+        title=title,
+        block=block if fragment else None,
         status=200 if fragment and status < 500 else status,
         headers={"X-Live-Status": str(status)} if fragment else None,
     )
