@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actscope.app.errors import not_found
+from actscope.app.example_json import CorpusJSON
 from actscope.app.live_service import LiveService
 from actscope.app.settings import Settings
 from actscope.app.token_html import TokenTable
@@ -74,6 +75,7 @@ class ServedModel:
     index: IndexFile
     live: LiveService
     tokens: TokenTable  # how the pages show its tokens
+    corpus_json: CorpusJSON | None  # its corpus tokens as JSON for the API's example sets (None: not resident)
 
     @property
     def model(self) -> str:
@@ -185,7 +187,13 @@ def _open_file(path: Path, resident_mb: float) -> IndexFile:
 def _serve_models(index: IndexFile, settings: Settings) -> list[ServedModel]:
     store = index.store
     served = [
-        ServedModel(info, index, _live_service(store, info, settings), TokenTable(store.vocab_bytes(info.model)))
+        ServedModel(
+            info,
+            index,
+            _live_service(store, info, settings),
+            TokenTable(store.vocab_bytes(info.model)),
+            CorpusJSON.build(store, info.model),
+        )
         for info in store.models()
     ]
     index.lives.extend(m.live for m in served)

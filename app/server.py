@@ -19,7 +19,6 @@ from actscope import __version__
 from actscope.app import errors, limits, routes_api, routes_embed, routes_html, routes_hypothesis
 from actscope.app import urls as site_urls
 from actscope.app.catalog import Catalog, check_files, open_catalog
-from actscope.app.example_json import CorpusJSON
 from actscope.app.fast_route import HotRoutes, PlainParamsRoute
 from actscope.app.head import HeadAsGet
 from actscope.app.hypothesis_jobs import HypothesisJobs
@@ -82,8 +81,8 @@ def create_app(settings: Settings, reload_of: FastAPI | None = None, changed: Co
         kept = {m.model for m in catalog.models() if m.index not in catalog.opened}
         app.state.response_cache.adopt(reload_of.state.response_cache, kept)
     app.state.hypotheses = HypothesisJobs()  # regex hypothesis tests: running, and their results
-    # Each model's corpus tokens as JSON, for the API's example sets (None: not held in memory).
-    app.state.corpus_json = {m.model: CorpusJSON.build(catalog.store(m.model), m.model) for m in catalog.models()}
+    # Built with each served model, so a reload carries it over for files that did not change.
+    app.state.corpus_json = {m.model: m.corpus_json for m in catalog.models()}
     hot = [r for r in (*routes_api.router.routes, *routes_html.router.routes) if isinstance(r, PlainParamsRoute)]
     app.add_middleware(HotRoutes, routes=hot)  # inside the cache: a cached page never gets here
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
