@@ -193,7 +193,8 @@ def run_groups(run: Loaded, plan, writer, clock: PhaseClock) -> tuple[dict, int,
                 writer, run.model.spec.slug, group.sources, result.accumulators, run.model.model, run.config.ctx
             )
             described = _write_fingerprints(writer, run, group.sources, result.accumulators, positions=number == 0)
-            reservoir = described if number == 0 else reservoir
+            if number == 0:
+                reservoir = described
         levels.update({slug: list(acc.grid.levels) for slug, acc in result.accumulators.items()})
         del result  # the next group's state takes its place
     assert n_sequences is not None
