@@ -49,13 +49,55 @@ def _wants_json(path: str) -> bool:
     return path == "/api" or path.startswith("/api/") or path.endswith(".json")
 
 
+# What a parameter must be, by pydantic's error type: our words, not pydantic's.
+_MUST_BE = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text",
+}
+
+
+def _field_message(err: dict) -> str:
+    """One failed parameter, said as the app's own checks say it: `k must be a whole
+    number, not 'abc'.`"""
+    loc = [str(x) for x in err.get("loc", ()) if x not in ("path", "query", "body")]
+    name = ".".join(loc)
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    given = f", not {value!r}" if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
+    if not name:
+        return "The request body must be a JSON object." if "body" in err.get("loc", ()) else "Invalid request."
+    if kind == "missing":
+        return f"{name} is required."
+    if kind in _MUST_BE:
+        return f"{name} must be {_MUST_BE[kind]}{given}."
+    if kind == "string_too_short":
+        least = ctx.get("min_length", 1)
+        return f"{name} must not be empty." if least == 1 else f"{name} must be at least {least} characters long."
+    if kind == "string_too_long":
+        return f"{name} must be at most {ctx.get('max_length')} characters long."
+    bounds = {
+        "greater_than_equal": "at least",
+        "greater_than": "above",
+        "less_than_equal": "at most",
+        "less_than": "below",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "")
+        return f"{name} must be {bounds[kind]} {limit}{given}."
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{name}: {message[:1].lower()}{message[1:]}"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x not in ("path", "query", "body")]
-        where = ".".join(loc) or "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid value')}")
-    return "; ".join(parts) or "invalid request"
+    return " ".join(_field_message(err) for err in exc.errors()) or "Invalid request."
 
 
 def shown_path(path: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from actscope.app import pages
-from actscope.app.errors import bad_input
+from actscope.app.errors import AppError
 from actscope.app.explain import METHODS, Ablation, Explained, Target, Truncation, explain, truncate
 from actscope.app.live_service import LiveService, clean_text
 from actscope.app.params import FieldError, missing, visitor_text
@@ -25,6 +25,11 @@ DEFAULT_WINDOW = (24, 8)  # the indexer's default, for an index that does not re
 MAX_DRAWS = 32
 MAX_SIGMA = 100.0
 SUMMARY_EXAMPLES = 20  # top examples the unit-level line sums up
+NAME_WHAT = "Name what to explain: seq and pos (a stored example), or text (your own)."
+BOTH_GIVEN = (
+    "Give either seq and pos (a stored example) or text, not both: clear the sequence to explain your text, "
+    "or the text to explain the stored example."
+)
 
 
 @dataclass(frozen=True)
@@ -106,10 +111,11 @@ class Where:
 def stored_where(store: Store, model: str, tail: int, seq: int | None, pos: int | None) -> Where:
     info = pages.get_model(store, model)
     if seq is None or pos is None:
-        # Well formed, naming no example: a 404 (the schema cannot say "one of").
-        raise missing(
-            "pos" if seq is not None else "seq", "Name what to explain: seq and pos (a stored example), or text."
-        )
+        # Nothing named to explain: a 422 on the page and the API alike.
+        if seq is None and pos is None:
+            raise FieldError("seq", NAME_WHAT)
+        lacking = "pos" if seq is not None else "seq"
+        raise FieldError(lacking, f"{lacking} is missing: give seq and pos (a stored example), or text (your own).")
     if seq < 0 or pos < 0:
         raise FieldError("seq" if seq < 0 else "pos", "seq and pos must be 0 or more.")
     if seq >= info.n_sequences:
@@ -124,11 +130,16 @@ def stored_where(store: Store, model: str, tail: int, seq: int | None, pos: int 
 
 
 def text_where(store: Store, live: LiveService, tail: int, text: str, pos: int | None) -> Where:
-    text, _ = clean_text(text, live.max_chars)
+    try:
+        text, _ = clean_text(text, live.max_chars)
+    except AppError as exc:  # said at the text box
+        raise FieldError("text", exc.message) from None
     ids, _ = live.load().tokenize(text)
     last = len(ids) - 1 - tail
     if last < 1:
-        raise bad_input("The text is too short: it needs a token to explain" + (" and one after it." if tail else "."))
+        raise FieldError(
+            "text", "The text is too short: it needs a token to explain" + (" and one after it." if tail else ".")
+        )
     if pos is None:
         pos = last
     elif pos < 0:
@@ -172,7 +183,7 @@ async def explain_data(
     tail = kinds.get(src.kind).tail
     settings = check_settings(method, baseline, sigma, draws, seed, threshold, info.d_vocab, info.bos_token_id)
     if text is not None and seq is not None:
-        raise missing("text", "Name one thing to explain: seq and pos (a stored example) or text, not both.")
+        raise FieldError("text", BOTH_GIVEN)
     if text is not None:
         where = await run_in_threadpool(text_where, store, live, tail, text, pos)
     else:
@@ -261,11 +272,15 @@ async def minimal_data(
     examples: list[dict[str, Any]] = []
     for ex, where, cut in zip(top, wheres, found):
         ids = where.ids[cut.start : where.focus + 1] if cut.start is not None else []
+        window = where.ids[where.start : where.end + 1]
         examples.append(
             {
                 "seq": ex.seq,
                 "pos": ex.pos,
                 "act": cut.full,
+                "start": where.start,
+                "token_ids": window,
+                "focus": where.focus - where.start,
                 "truncation": None
                 if cut.start is None
                 else {

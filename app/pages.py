@@ -77,6 +77,7 @@ def source_dict(s: SourceInfo) -> dict[str, Any]:
         "slug": s.slug,
         "hook_name": s.hook_name,
         "kind": s.kind,
+        "label": kinds.get(s.kind).label,
         "layer": s.layer,
         "n_units": s.n_units,
         "band_basis": s.band_basis,
@@ -409,7 +410,9 @@ def unit_data(
     }
 
     def set_url(p: int) -> str:
-        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None, "explain": None})
+        # A page of the same set keeps the explanation that still applies to it.
+        kept = explain_state.kept(explained, shown == "top")
+        return urls.unit(model, source, index, **{**state, "page": p if p > 1 else None, "open": None, "explain": kept})
 
     shown_set["prev_page"] = set_url(page_no - 1) if page_no > 1 else None
     shown_set["next_page"] = set_url(page_no + 1) if page_no < shown_set["n_pages"] else None
@@ -488,6 +491,9 @@ def unit_data(
         "params": state,
         "live": live_part,
         "explain": explained,
+        "explain_note": explain_state.unapplied(
+            explained, text is not None, shown == "top", {(ex.seq, ex.pos) for ex in on_page}
+        ),
     }
     data["attention"] = None
     if attention_hook is not None:

@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 
 from actscope.app import urls as site_urls
+from actscope.app.explain_state import kept
 from actscope.app.histogram import histogram_markup
 from actscope.app.resources import resource_dir
 from actscope.app.token_html import TokenTable, Window, append_spans, ascii_html, tokens_html, windows_html
@@ -170,16 +171,18 @@ def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
     """The links to a unit page's example sets: Top, then every band that holds tokens
     from the highest (an empty band has no link; band numbers stay those of the index),
     each named by its quantile range and labelled with its activation range and share
-    of tokens; each keeps the page's text and examples per page. Plain links (the current one aria-current) that htmx turns into a swap of
+    of tokens; each keeps the page's text, examples per page and the explanation that
+    still applies (explain_state.kept). Plain links (the current one aria-current) that htmx turns into a swap of
     #examples. (Built here for the same reason as example_items.)"""
     model, slug, index, text, current = d["model"], d["source"]["slug"], d["index"], d["text"], d["band"]
     per_page = d.get("params", {}).get("per_page")
+    explain = d.get("explain")
     firing = d["source"]["band_basis"] == "firing"
     basis = basis_words(d["source"]["band_basis"])
     named = f' <span class="basis">{basis}</span>' if firing else ""  # SAE bands: not of all tokens
     out = []
     if d["top"]:
-        url = escape(urls.unit(model, slug, index, per_page=per_page, text=text))
+        url = escape(urls.unit(model, slug, index, per_page=per_page, text=text, explain=kept(explain, True)))
         on = current == "top"
         out.append(
             _TAB.format(
@@ -195,7 +198,9 @@ def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
     for b in reversed(d["bands"]):
         if b["count"] == 0:
             continue
-        url = escape(urls.unit(model, slug, index, band=b["band"], per_page=per_page, text=text))
+        url = escape(
+            urls.unit(model, slug, index, band=b["band"], per_page=per_page, text=text, explain=kept(explain, False))
+        )
         on = current == str(b["band"])
         name = escape(b.get("name") or f"B{b['band']}")
         out.append(

@@ -291,7 +291,12 @@ EXPLAIN_ERRORS: Responses = {
     404: {
         "model": schemas.ErrorOut,
         "description": "Unknown model, source, unit or sequence; a position that is BOS or past the last measured "
-        "one; a baseline past the vocabulary; or no example named (seq and pos, or text)",
+        "one; or a baseline past the vocabulary",
+    },
+    422: {
+        "model": schemas.ErrorOut,
+        "description": "Invalid input: a parameter outside what the schema allows, nothing named to explain "
+        "(seq and pos, or text), or both a stored example and a text",
     },
 }
 

@@ -371,6 +371,8 @@ def _unit_page(request, store, live, model, source, index, state: UnitState, jum
     # A cached page never gets here: CacheMiddleware serves it before routing.
     data, status = _unit_with_text(request, store, live, model, source, index, state)
     data["goto"], data["jump_error"] = jump or (None, None)
+    if data["explain"] and data["explain"]["error"] and status == 200 and not request.headers.get("hx-request"):
+        status = 422  # an explain= value the page cannot read: shown by the examples
     page = render(
         request,
         "unit.html",
@@ -404,12 +406,15 @@ def similar_page(
     below it. An htmx request (the unit page's panel) gets the list's block only."""
     urls = site_urls.for_request(request)
     served = similar_data.served_models(catalog.stores())
-
-    def view() -> dict[str, Any]:
+    try:
         count = params.parse_int("k", k, "a whole number")
-        return similar_data.similar_data(served, urls, model, source, index, scope, 20 if count is None else count)
-
-    data, status = _or_shown_error(view, lambda: similar_data.similar_data(served, urls, model, source, index))
+        data = similar_data.similar_data(served, urls, model, source, index, scope, 20 if count is None else count)
+        data["error"], data["error_field"], status = None, None, 200
+    except params.FieldError as exc:
+        # The list as the visitor asked for it, but for the bad field (their scope kept).
+        kept = scope if scope in similar_data.SCOPES else "all"
+        data = similar_data.similar_data(served, urls, model, source, index, kept)
+        data["error"], data["error_field"], status = exc.message, exc.field, 422
     data["form"] = {"scope": scope, "k": k}
     return render(
         request,
@@ -507,13 +512,14 @@ async def _live_result(compute, frame) -> tuple[dict, int]:
     the unit's `frame` with the message (a missing unit or model stays a 404 page)."""
     try:
         data = await compute()
-        data["error"] = None
+        data["error"], data["error_field"] = None, None
         return data, 200
     except AppError as exc:
         if exc.status == 404 and not isinstance(exc, params.FieldError):
             raise
         data = frame()
-        data["error"] = exc.message
+        # The field the error is about: its box is marked invalid, described by the message.
+        data["error"], data["error_field"] = exc.message, getattr(exc, "field", None)
         return data, _shown_status(exc)
 
 

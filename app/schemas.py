@@ -33,6 +33,7 @@ class SourceOut(BaseModel):
     slug: str
     hook_name: str = Field(description="TransformerLens hook name, e.g. blocks.1.mlp.hook_post")
     kind: str = Field(description="The unit kind: its name in the kind registry, e.g. neuron, sae or direction")
+    label: str = Field(description="What one of its units is called, e.g. neuron, SAE feature, attention head")
     layer: int
     n_units: int
     band_basis: str
@@ -491,7 +492,12 @@ class MinimalExampleOut(BaseModel):
     seq: int
     pos: int
     act: float = Field(description="The focus activation on the whole prefix, computed live")
-    truncation: TruncationOut | None
+    start: int = Field(description="The sequence position of the example's window's first token")
+    token_ids: list[int] = Field(description="The example's window, where its minimal example is looked for")
+    focus: int = Field(description="The focus token's index in the window")
+    truncation: TruncationOut | None = Field(
+        description="The minimal example; null when no suffix within the window keeps `threshold` of `act`"
+    )
     url: str = Field(description="This example's explanation page")
 
 
@@ -503,7 +509,8 @@ class MinimalOut(BaseModel):
     n_examples: int = Field(description="Top examples summed up (the first 20 at most)")
     n_found: int = Field(description="Of them, those with a minimal example within their window")
     max_tokens: int | None = Field(
-        description="The longest of those minimal examples, in tokens (BOS not counted); null when none"
+        description="The longest of those minimal examples, in tokens (BOS not counted): every one of the "
+        "`n_found` keeps `threshold` within this many tokens; null when none"
     )
     examples: list[MinimalExampleOut]
     url: str

@@ -90,19 +90,44 @@ def same_unit_sources(store: Store, src: SourceInfo) -> set[str]:
 
 def line_up(home: Served, other: Served) -> str | None:
     """Why the fingerprints of `other`'s model cannot be compared with `home`'s, or None
-    when they can (the same tokenizer, the same tokens at the same reservoir positions)."""
-    a, b = home.store.reservoir(home.model), other.store.reservoir(other.model)
+    when they can (the same tokenizer, the same tokens at the same reservoir positions):
+    what differs, with both sides' figures."""
+    here, there = home.model, other.model
+    a, b = home.store.reservoir(here), other.store.reservoir(there)
     if a is None or b is None:
-        return f"the index of {(home if a is None else other).model} has no fingerprints"
-    if home.store.vocab_bytes(home.model) != other.store.vocab_bytes(other.model):
-        return "another tokenizer"
-    ctx_a, ctx_b = home.store.model(home.model), other.store.model(other.model)
-    if ctx_a is not None and ctx_b is not None and ctx_a.ctx != ctx_b.ctx:
-        return f"sequences of another length (--ctx {ctx_b.ctx}, here {ctx_a.ctx})"
-    if a.n != b.n or not (np.array_equal(a.seq, b.seq) and np.array_equal(a.pos, b.pos)):
-        return "a reservoir at other positions (another --seed, --reservoir or corpus length)"
+        return f"the index of {there if b is None else here} has no fingerprints (it was built with --reservoir 0)"
+    vocab_a, vocab_b = home.store.vocab_bytes(here), other.store.vocab_bytes(there)
+    if len(vocab_a) != len(vocab_b):
+        return f"another tokenizer: {there}'s has {len(vocab_b):,} tokens, {here}'s {len(vocab_a):,}"
+    if vocab_a != vocab_b:
+        differ = [i for i, (x, y) in enumerate(zip(vocab_a, vocab_b)) if x != y]
+        return (
+            f"another tokenizer: both have {len(vocab_a):,} tokens, but {len(differ):,} of them differ "
+            f"(token {differ[0]} is {vocab_b[differ[0]]!r} in {there}, {vocab_a[differ[0]]!r} in {here})"
+        )
+    info_a, info_b = home.store.model(here), other.store.model(there)
+    if info_a is not None and info_b is not None and info_a.ctx != info_b.ctx:
+        return f"sequences of another length: {there}'s are {info_b.ctx} tokens long (--ctx), {here}'s {info_a.ctx}"
+    if a.n != b.n:
+        return f"reservoirs of other sizes: {there}'s has {b.n:,} positions, {here}'s {a.n:,} (--reservoir)"
+    if a.seed != b.seed:
+        return f"reservoirs drawn with other seeds: {there}'s with --seed {b.seed}, {here}'s with --seed {a.seed}"
+    if not (np.array_equal(a.seq, b.seq) and np.array_equal(a.pos, b.pos)):
+        moved = int(np.count_nonzero((a.seq != b.seq) | (a.pos != b.pos)))
+        tokens = (
+            ""
+            if info_a is None or info_b is None or info_a.n_tokens == info_b.n_tokens
+            else (
+                f"; {there} indexed {info_b.n_tokens:,} tokens, {here} {info_a.n_tokens:,} (--max-tokens or the corpus)"
+            )
+        )
+        return f"reservoirs at other positions: {moved:,} of their {a.n:,} positions differ{tokens}"
     if not np.array_equal(a.token_id, b.token_id):
-        return "other tokens at the reservoir's positions (another corpus)"
+        other_tokens = int(np.count_nonzero(a.token_id != b.token_id))
+        return (
+            f"other tokens at {other_tokens:,} of the reservoir's {a.n:,} positions: the two indexes read "
+            "another corpus"
+        )
     return None
 
 

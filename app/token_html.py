@@ -438,11 +438,13 @@ def _draw_clusters(
         quoted = ascii_html(json.dumps(cluster.text, ensure_ascii=False))
         for k, weight in zip(range(cluster.first, cluster.last + 1), cluster.weights):
             geometry = f"width:{weight * 100:.2f}%"
+            span = out[first + k]
             if values[k] == "":
-                cls = "t focus" if k == focus else "t"
-                cell = f'<span class="{cls}" style="{geometry}" title="{table.title(ids[k])} in {quoted}"></span>'
+                # No value: an untinted span, or one not measured (dotted), as outside a group.
+                cls = span[len('<span class="') : span.index('"', len('<span class="'))]
+                note = ": not measured" if "unmeasured" in cls.split() else ""
+                cell = f'<span class="{cls}" style="{geometry}" title="{table.title(ids[k])} in {quoted}{note}"></span>'
             else:  # the token's own span, emptied and placed under its share of the text
-                span = out[first + k]
                 head = span[: span.index('" title=')]
                 cell = (
                     f'{head};{geometry}" title="{table.title(ids[k])} in {quoted}: {values[k]}" '

@@ -315,3 +315,50 @@ def test_live_budget_pays_for_the_tokens_run(web_index):
         assert again.status_code == 200  # the same unit and sequences: nothing to run, nothing to pay
         other = c.get(f"/api/{M}/0-mlp/2/hypothesis", params={"regex": "a", "sequences": 10})
         assert other.status_code == 429 and "retry-after" in other.headers
+
+
+PYDANTIC_WORDS = ("Input should", "Field required", "valid integer", "unable to parse", "String should")
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ({"regex": "a", "sequences": "abc"}, "sequences", "sequences must be a whole number, not 'abc'."),
+        ({"regex": "a", "seed": "1.5"}, "seed", "seed must be a whole number, not '1.5'."),
+        ({"regex": "a", "threshold": "high"}, "threshold", "threshold must be a number, not 'high'."),
+    ],
+)
+def test_unparsable_numbers_are_said_in_our_words_alike_on_the_page_and_the_api(client, query, field, message):
+    api = client.get(f"/api/{M}/0-mlp/3/hypothesis", params=query)
+    assert api.status_code == 422 and api.json()["error"]["message"] == message
+    page = client.get(f"/{M}/0-mlp/3/hypothesis", params=query)
+    assert page.status_code == 422
+    soup = BeautifulSoup(page.text, "html.parser")
+    assert soup.select_one(f"#hyp-{field}-error").get_text() == message
+    assert soup.select_one(f"#hyp-{field}")["aria-invalid"] == "true"
+    assert not any(w in page.text for w in PYDANTIC_WORDS)
+
+
+def test_a_missing_regex_is_said_in_our_words(client):
+    r = client.get(f"/api/{M}/0-mlp/3/hypothesis", params={"sequences": "8"})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "regex is required."
+    r = client.get(f"/api/{M}/0-mlp/3/hypothesis", params={"regex": ""})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "regex must not be empty."
+    both = client.get(f"/api/{M}/0-mlp/3/hypothesis", params={"sequences": "x"}).json()["error"]["message"]
+    assert both == "regex is required. sequences must be a whole number, not 'x'."
+
+
+def test_the_heading_names_the_kind_as_people_do(client):
+    """The kind registry's label ("SAE feature"), not its slug ("sae")."""
+    from actscope.indexer import kinds
+
+    for source, index in (("1-res-sae", 3), ("0-mlp", 3)):
+        kind = client.get(f"/api/{M}/{source}/{index}").json()["source"]["kind"]
+        label = kinds.get(kind).label
+        for url in (f"/{M}/{source}/{index}/hypothesis", f"/{M}/{source}/{index}"):
+            h1 = BeautifulSoup(client.get(url).text, "html.parser").select_one("h1").get_text(" ")
+            assert label in h1, (url, h1)
+    assert kinds.get("sae").label == "SAE feature"
+    assert "sae" not in BeautifulSoup(client.get(f"/{M}/1-res-sae/3/hypothesis").text, "html.parser").select_one(
+        "h1"
+    ).get_text(" ").replace("1-res-sae", "")

@@ -163,7 +163,7 @@ def test_try_page_and_search_by_inference(client):
     why = [a["href"].split("?") for a in soup.select(".token-units a.why-link")]
     assert [w[0] for w in why] == [u["url"] + "/explain" for b in twin["sources"] for u in b["top"][2]]
     assert all("pos=2" in w[1] and "text=" in w[1] for w in why)
-    overall = [a["href"].split("?")[0] for a in soup.select(".overall-units a")]
+    overall = [a["href"].split("?")[0] for a in soup.select(".overall-units a.unit-link")]
     assert overall == [u["url"] for b in twin["sources"] for u in b["overall"]]
     search = client.get(f"/api/{M}/search", params={"text": TEXT, "text_source": "1-mlp"}).json()
     acts = [u["act"] for u in search["live"]["overall"]]

@@ -72,3 +72,21 @@ def test_minimal_summary_line_loads_on_request(page, live_server):
     else:
         assert "No suffix within the window" in text
     assert "explain=top" in page.url
+
+
+def test_a_band_tab_keeps_what_mattered_in_the_visitors_text(page, live_server):
+    from urllib.parse import parse_qs, urlsplit
+
+    page.goto(live_server.url + UNIT + "?text=def+f%28x%29%3A&explain=text")
+    page.locator("#live-result .why .why-row").wait_for()
+    page.locator("nav.tabs a.band-tab").first.click()
+    page.wait_for_url(re.compile(r"band=\d+"))
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["explain"] == ["text"] and query["text"] == ["def f(x):"]
+    # Back to the top examples by their tab: still there, and the explanation too.
+    page.locator("nav.tabs a.tab").first.click()
+    page.wait_for_url(lambda url: "band=" not in url)
+    assert parse_qs(urlsplit(page.url).query)["explain"] == ["text"]
+    page.reload()
+    page.locator("#live-result .why .why-row").wait_for()
+    assert page.errors == []

@@ -172,9 +172,9 @@ def test_text_focus_is_the_last_token_or_pos(client, tl):
         ("seq=100000&pos=3", 404, "No sequence 100000"),
         ("seq=0&pos=0", 404, "0 is BOS"),
         ("seq=0&pos=32", 404, "1 to 31"),
-        ("seq=0", 404, "seq and pos"),
-        ("", 404, "seq and pos"),
-        ("seq=0&pos=3&text=abc", 404, "not both"),
+        ("seq=0", 422, "seq and pos"),
+        ("", 422, "seq and pos"),
+        ("seq=0&pos=3&text=abc", 422, "not both"),
         ("seq=0&pos=3&method=zero", 422, "replace or noise"),
         ("seq=0&pos=3&method=noise&draws=0", 422, "draws"),
         ("seq=0&pos=3&threshold=1.5", 422, "threshold"),
@@ -301,3 +301,38 @@ def test_nothing_fired_has_no_minimal_example():
     assert not keeps(0.0, 0.0, 0.9) and not keeps(1.0, 0.0, 0.9)
     assert keeps(2.0, 2.0, 0.9) and not keeps(1.7, 2.0, 0.9)
     assert keeps(-1.9, -2.0, 0.9) and not keeps(-1.0, -2.0, 0.9)
+
+
+def test_the_summary_lines_figures_are_a_brute_force_count(client, db, tl):
+    """ "≤ L tokens keep ≥ 90% for n of N top examples": n counts the top examples that
+    some suffix of at most L tokens keeps (one run per suffix here), and L is the least
+    length for which that count is n (the longest of their minimal examples)."""
+    from bs4 import BeautifulSoup
+
+    source, hook, unit = "0-mlp", "blocks.0.mlp.hook_post", 7
+    d = client.get(f"/api/{M}/{source}/{unit}/minimal").json()
+    shortest: list[int | None] = []
+    for rank in range(d["n_examples"]):
+        seq, pos, _, ids = top_example(db, source, unit, rank)
+        full = run_focus(tl, ids[: pos + 1], hook, unit, pos)
+        cut = shortest_by_hand(tl, ids, hook, unit, pos, max(1, pos - WINDOW[0]), full, 0.9)
+        shortest.append(None if cut is None else pos - cut[0] + 1)
+    found = [n for n in shortest if n is not None]
+    assert found, "no top example has a minimal example: nothing to count"
+
+    def kept_within(length: int) -> int:
+        return sum(1 for n in found if n <= length)
+
+    L = d["max_tokens"]
+    assert d["n_found"] == len(found) == kept_within(L)
+    assert max(found) == L and kept_within(L - 1) < d["n_found"]  # no shorter L counts as many
+    line = BeautifulSoup(client.get(f"/{M}/{source}/{unit}/minimal").text, "html.parser").select_one(
+        "#minimal-summary strong"
+    )
+    words = "token keeps" if L == 1 else "tokens keep"
+    assert (
+        line.get_text(" ").split()
+        == (
+            f"≤ {L} {words} ≥ 90% for {len(found)} of {len(shortest)} top example{'s' if len(shortest) != 1 else ''}"
+        ).split()
+    )

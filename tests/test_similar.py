@@ -171,7 +171,7 @@ def test_two_identical_sae_features_are_each_others_top_neighbour(duplicated_ind
     got = _similar(served, "tiny-dup", "1-res-sae", feature, scope="all")
     assert {n["model"] for n in got["similar"]} == {"tiny-dup"}
     assert got["models"] == [
-        {"model": "tiny", "reason": "a reservoir at other positions (another --seed, --reservoir or corpus length)"}
+        {"model": "tiny", "reason": "reservoirs drawn with other seeds: tiny's with --seed 0, tiny-dup's with --seed 1"}
     ]
 
 
@@ -224,12 +224,12 @@ def test_the_server_of_both_files_lists_the_twin_in_the_other_model(tiny_index, 
         assert top["r"] == pytest.approx(1.0, abs=1e-5)
         assert top["compare"] == "/tiny/compare?units=0-mlp/7,tiny-b:0-mlp/7"
         reasons = {m["model"]: m["reason"] for m in data["models"]}
-        assert reasons["tiny-b"] is None and "another --seed" in reasons["tiny-dup"]
+        assert reasons["tiny-b"] is None and "tiny-dup's with --seed 1, tiny's with --seed 0" in reasons["tiny-dup"]
         compared = client.get(top["compare"].replace("/tiny/", "/api/tiny/", 1)).json()
         assert compared["correlations"][0]["r"] == pytest.approx(1.0, abs=1e-5)
         page = BeautifulSoup(client.get("/tiny/0-mlp/7/similar").text, "html.parser")
         assert page.select_one(".similar-table a.neighbour").get_text() == "tiny-b:0-mlp/7"
-        assert "Units of tiny-dup are not compared: a reservoir at other positions" in page.get_text(" ")
+        assert "Units of tiny-dup are not compared: reservoirs drawn with other seeds" in page.get_text(" ")
 
 
 def test_controls_and_the_same_neuron_at_other_hooks_are_never_neighbours(solu_served_index):
@@ -259,3 +259,95 @@ def test_controls_and_the_same_neuron_at_other_hooks_are_never_neighbours(solu_s
     # Both models of the file share the corpus, the tokenizer and the reservoir: compared.
     assert got["models"] == [{"model": "tiny", "reason": None}]
     assert "tiny" in {n["model"] for n in _similar(served, "solu-tiny", "1-mlp", units[0], k=100)["similar"]}
+
+
+def test_a_bad_k_is_said_in_our_words_and_keeps_the_visitors_scope(client):
+    api = client.get("/api/tiny/1-mlp/3/similar", params={"scope": "source", "k": "abc"})
+    assert api.status_code == 422
+    message = api.json()["error"]["message"]
+    assert message == "k must be a whole number, not 'abc'."
+    page = client.get("/tiny/1-mlp/3/similar", params={"scope": "source", "k": "abc"})
+    assert page.status_code == 422
+    soup = BeautifulSoup(page.text, "html.parser")
+    assert soup.select_one("#similar-error").get_text() == message
+    assert soup.select_one("#k")["aria-invalid"] == "true" and soup.select_one("#k")["value"] == "abc"
+    assert soup.select_one("#scope").get("aria-invalid") is None
+    assert soup.select_one("#scope option[selected]")["value"] == "source"
+    # The list below is the visitor's scope (with the default k), not every model's.
+    want = client.get("/api/tiny/1-mlp/3/similar", params={"scope": "source"}).json()["similar"]
+    assert [a["href"] for a in soup.select(".similar-table a.neighbour")] == [n["url"] for n in want]
+    assert soup.select_one(".scope-links strong").get_text() == "this source"
+    # A bad scope: marked on its box, the list of the default scope below.
+    page = client.get("/tiny/1-mlp/3/similar", params={"scope": "layer", "k": "5"})
+    soup = BeautifulSoup(page.text, "html.parser")
+    assert page.status_code == 422 and "scope is one of source, model, all" in soup.select_one("#similar-error").text
+    assert soup.select_one("#scope")["aria-invalid"] == "true" and soup.select_one("#k").get("aria-invalid") is None
+
+
+class _FakeStore:
+    """What line_up reads of an index: its reservoir, vocabulary and model facts."""
+
+    def __init__(self, reservoir, vocab, ctx=32, n_tokens=4096):
+        from types import SimpleNamespace
+
+        self._reservoir, self._vocab = reservoir, vocab
+        self._info = SimpleNamespace(ctx=ctx, n_tokens=n_tokens)
+
+    def reservoir(self, model):
+        return self._reservoir
+
+    def vocab_bytes(self, model):
+        return self._vocab
+
+    def model(self, model):
+        return self._info
+
+
+def _reservoir(n=4, seed=0, shift=0, tokens=(5, 6, 7, 8)):
+    from actscope.indexer.store.fingerprints import Reservoir
+
+    seq = np.arange(n)
+    return Reservoir(n, 8, seed, seq, (seq + 1 + shift) % 30, np.array(tokens[:n]))
+
+
+VOCAB = [b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"i"]
+
+
+@pytest.mark.parametrize(
+    "other,reason",
+    [
+        (_FakeStore(_reservoir(), VOCAB), None),
+        (_FakeStore(None, VOCAB), "the index of there has no fingerprints (it was built with --reservoir 0)"),
+        (_FakeStore(_reservoir(), VOCAB + [b"j"]), "another tokenizer: there's has 10 tokens, here's 9"),
+        (
+            _FakeStore(_reservoir(), VOCAB[:3] + [b"X", b"Y"] + VOCAB[5:]),
+            "another tokenizer: both have 9 tokens, but 2 of them differ (token 3 is b'X' in there, b'd' in here)",
+        ),
+        (
+            _FakeStore(_reservoir(), VOCAB, ctx=64),
+            "sequences of another length: there's are 64 tokens long (--ctx), here's 32",
+        ),
+        (
+            _FakeStore(_reservoir(n=3), VOCAB),
+            "reservoirs of other sizes: there's has 3 positions, here's 4 (--reservoir)",
+        ),
+        (
+            _FakeStore(_reservoir(seed=7), VOCAB),
+            "reservoirs drawn with other seeds: there's with --seed 7, here's with --seed 0",
+        ),
+        (
+            _FakeStore(_reservoir(shift=1), VOCAB, n_tokens=8192),
+            "reservoirs at other positions: 4 of their 4 positions differ; there indexed 8,192 tokens, here 4,096 "
+            "(--max-tokens or the corpus)",
+        ),
+        (
+            _FakeStore(_reservoir(tokens=(5, 6, 1, 2)), VOCAB),
+            "other tokens at 2 of the reservoir's 4 positions: the two indexes read another corpus",
+        ),
+    ],
+)
+def test_each_reason_models_are_not_compared_says_what_differs(other, reason):
+    from actscope.app.similar_data import Served, line_up
+
+    home = Served("here", _FakeStore(_reservoir(), VOCAB))
+    assert line_up(home, Served("there", other)) == reason

@@ -76,6 +76,7 @@ class UnitKind:
     """A kind of unit. Subclasses set the class attributes and override what differs."""
 
     name: ClassVar[str]  # as stored in the index's sources.kind
+    label: ClassVar[str] = "unit"  # what pages call one of its units ("SAE feature"), where `name` is a slug
     sparse: ClassVar[bool]  # True: most activations are exactly 0, only firing entries are accumulated
     band_basis: ClassVar[str]  # the tokens bands are quantiles of: "all" or "firing"
     band_levels: ClassVar[tuple[float, ...]]  # nominal quantile levels of the band edges

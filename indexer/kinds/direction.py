@@ -69,6 +69,7 @@ def draw(n: int, width: int, generator: torch.Generator) -> torch.Tensor:
 
 class DirectionKind(UnitKind):
     name = "direction"
+    label = "random direction"
     sparse = False
     band_basis = "all"
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)  # as neurons: the two are set side by side

@@ -61,6 +61,7 @@ def effect_directions(model, directions: torch.Tensor) -> torch.Tensor:
 
 class DlaKind(UnitKind):
     name = "dla"
+    label = "direct effect"
     sparse = False  # signed: a unit raises or lowers the next token's logit, on every token
     band_basis = "all"
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)

@@ -63,6 +63,7 @@ def check_metrics(names: list[str]) -> None:
 
 class HeadKind(UnitKind):
     name = "head"
+    label = "attention head"
     sparse = False
     band_basis = "all"
     band_levels = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)

@@ -15,6 +15,7 @@ SLUG_SUFFIX = {"hook_post": "mlp", "hook_pre": "mlp-pre", "hook_mid": "mlp-mid",
 
 class NeuronKind(UnitKind):
     name = "neuron"
+    label = "neuron"
     sparse = False
     band_basis = "all"
     # Quantiles of the activation over all indexed tokens (the seed tools' 50/75/90/95/99/99.9% edges).

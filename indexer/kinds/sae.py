@@ -60,6 +60,7 @@ def sae_slug(hook_name: str) -> str:
 
 class SaeKind(UnitKind):
     name = "sae"
+    label = "SAE feature"
     sparse = True
     band_basis = "firing"
     hide_dead = True  # SAEs often have many dead latents: a table of them reads as noise
