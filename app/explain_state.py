@@ -3,6 +3,7 @@ page shows, loaded into it after the page by htmx (a plain link without JavaScri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +67,9 @@ def unit_page_part(
     }
 
 
-def unapplied(
-    part: dict[str, Any] | None, has_text: bool, shown_top: bool, on_page: set[tuple[int, int]]
-) -> str | None:
+def unapplied(part: dict[str, Any] | None, has_text: bool, shown_top: bool, on_page: Sequence[Any]) -> str | None:
     """Why the page cannot show what its `explain` asks, or None when it does: each case
-    said next to where it would be."""
+    said next to where it would be. `on_page`: the examples shown (with .seq and .pos)."""
     if part is None or part["error"] is not None:
         return None
     key = part["key"]
@@ -78,7 +77,7 @@ def unapplied(
         return f"explain={key} shows what mattered in your own text: type one in the box above first."
     if part["top"] and not shown_top:
         return f"explain={key} sums up the top examples: it shows with the Top examples."
-    if part["seq"] is not None and (part["seq"], part["pos"]) not in on_page:
+    if part["seq"] is not None and not any((ex.seq, ex.pos) == (part["seq"], part["pos"]) for ex in on_page):
         return f"The example asked for (explain={key}) is not among the examples shown here."
     return None
 

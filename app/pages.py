@@ -491,9 +491,7 @@ def unit_data(
         "params": state,
         "live": live_part,
         "explain": explained,
-        "explain_note": explain_state.unapplied(
-            explained, text is not None, shown == "top", {(ex.seq, ex.pos) for ex in on_page}
-        ),
+        "explain_note": explain_state.unapplied(explained, text is not None, shown == "top", on_page),
     }
     data["attention"] = None
     if attention_hook is not None:

@@ -231,3 +231,11 @@ def test_byte_tokens_in_the_attribution_are_drawn_as_on_the_unit_page(client):
     # The unit page draws the same character from the same two tokens.
     live = _soup(client.get(UNIT, params={"text": text})).select("#live-result .live-tokens .chars .t")
     assert [c["title"].split(":")[0] for c in live] == [c["title"].split(":")[0] for c in cells]
+
+
+def test_an_explanation_the_page_shows_has_no_note(client):
+    soup = _soup(client.get(UNIT, params={"per_page": "3"}))
+    key = soup.select("li.example a.full-link")[2]["data-open"]
+    for params in ({"explain": key, "per_page": "3"}, {"explain": "top"}, {"explain": "text", "text": "abc"}):
+        r = client.get(UNIT, params=params)
+        assert r.status_code == 200 and _soup(r).select_one(".explain-note") is None, params
