@@ -139,7 +139,8 @@ def uniform_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], 
         scale=(1.0 / width).float(),
         base=(torch.ceil(lo / width) - 1).float(),
         band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
-        band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long),
+        # A zero broadcast, not [U, n_bins] of fresh zeros: with_bands replaces it.
+        band_of_bin=torch.zeros((), dtype=torch.long).expand(n_units, n_bins),
         levels=tuple(levels),
         n_bins=n_bins,
     )
