@@ -108,8 +108,15 @@ class Grid:
         edge of the highest bin j >= 1 with at least k values in bins j and above. Every
         value in those bins is above that edge (bins are closed on the right; the last one
         also holds the values past the grid), so the k-th largest is too."""
-        at_or_above = counts.flip(1).cumsum(1).flip(1)  # values in bins j, j+1, ...
-        highest = (at_or_above >= k).sum(1) - 1  # -1 where fewer than k values
+        return self._top_floor_of(counts.cumsum(1, dtype=torch.float64), k)
+
+    def _top_floor_of(self, cumulative: torch.Tensor, k: int) -> Grid:
+        """`with_top_floor` from the counts' running sums [U, n_bins] (float64)."""
+        total = cumulative[:, -1]
+        # Bin j has total - cumulative[j - 1] values at or above it: that is >= k for
+        # j = 0 .. highest, and bin 0 only counts when the unit has k values at all.
+        enough = cumulative[:, :-1] <= (total - k)[:, None]
+        highest = enough.sum(1) - (total < k).long()  # -1 where fewer than k values
         edge = self.bin_edge(highest.clamp(min=0)[:, None])[:, 0]
         floor = edge.float()
         floor = torch.where(floor.double() > edge, torch.nextafter(floor, torch.tensor(-torch.inf)), floor)
@@ -132,7 +139,8 @@ def uniform_grid(lo: torch.Tensor, hi: torch.Tensor, levels: tuple[float, ...], 
         scale=(1.0 / width).float(),
         base=(torch.ceil(lo / width) - 1).float(),
         band_start=torch.zeros(n_units, len(levels), dtype=torch.long),
-        band_of_bin=torch.zeros(n_units, n_bins, dtype=torch.long),
+        # A zero broadcast, not [U, n_bins] of fresh zeros: with_bands replaces it.
+        band_of_bin=torch.zeros((), dtype=torch.long).expand(n_units, n_bins),
         levels=tuple(levels),
         n_bins=n_bins,
     )
@@ -159,12 +167,15 @@ def with_bands(grid: Grid, counts: torch.Tensor, top_k: int = 0) -> Grid:
     at the bin edge where the unit's cumulative count is nearest to its quantile level; with
     `top_k`, also its top floor for that k (Grid.with_top_floor)."""
     n_units, n_bins = counts.shape
-    grid.band_start = band_starts(counts, grid.levels)
+    # One running sum serves the bands and the top floor: at a hundred thousand units each
+    # [U, n_bins] temporary is hundreds of MB of fresh pages.
+    cumulative = counts.cumsum(1, dtype=torch.float64)
+    grid.band_start = _band_starts_of(cumulative, grid.levels)
     # Band of bin j = the number of inner band starts <= j: a running sum of start marks.
     marks = torch.zeros(n_units, n_bins, dtype=torch.long)
     marks.scatter_add_(1, grid.band_start[:, 1:-1], torch.ones_like(grid.band_start[:, 1:-1]))
-    grid.band_of_bin = marks.cumsum(1)
-    return grid.with_top_floor(counts, top_k) if top_k else grid
+    grid.band_of_bin = marks.cumsum_(1)
+    return grid._top_floor_of(cumulative, top_k) if top_k else grid
 
 
 def build_grid(
@@ -187,8 +198,12 @@ def build_grid(
 
 def band_starts(counts: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
     """[U, n_bands + 1] first bin of each band, from calibration bin counts [U, n_bins]."""
-    n_units, n_bins = counts.shape
-    cumulative = counts.cumsum(1).double()
+    return _band_starts_of(counts.cumsum(1, dtype=torch.float64), levels)
+
+
+def _band_starts_of(cumulative: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """`band_starts` from the counts' running sums [U, n_bins] (float64)."""
+    n_units, n_bins = cumulative.shape
     targets = torch.tensor(levels[1:-1], dtype=torch.float64)[None, :] * cumulative[:, -1:]
     crossing = torch.searchsorted(cumulative, targets).clamp(max=n_bins - 1)  # first bin reaching it
     reached = cumulative.gather(1, crossing)
