@@ -135,10 +135,13 @@ def unit_rows(
     return examples, band_rows, logit_row
 
 
-def top_examples(query: Query, model: str, wanted: list[tuple[str, int, int]], row_index: Callable) -> dict:
+def top_examples(
+    query: Query, model: str, wanted: list[tuple[str, int, int]], row_index: Callable, sequences: SequenceTable | None
+) -> dict:
     """(seq, pos, act, start, token_ids, acts) or None by (source, unit, rank) of the top
     examples of `wanted` whose source has a row index (`row_index(source)`): each read
-    at its rowid (the unit's first top row plus its rank), all in one query."""
+    at its rowid (the unit's first top row plus its rank), all in one query (the
+    windows' tokens from `sequences` when in memory)."""
     at: dict[int, tuple[str, int, int]] = {}
     found: dict[tuple[str, int, int], tuple | None] = {}
     for source, unit, rank in wanted:
@@ -157,11 +160,17 @@ def top_examples(query: Query, model: str, wanted: list[tuple[str, int, int]], r
         "WHERE rowid BETWEEN ? AND ? AND model = ? AND band IS NULL"
         for _ in at
     )
+    params = [v for rowid in at for v in (rowid, rowid, model)]
+    if sequences is not None:
+        for src, u, r, seq, pos, act, start, acts in query(picked, params):
+            ids = sequences.window(int(seq), int(start), len(acts))
+            found[(str(src), int(u), int(r))] = (int(seq), int(pos), float(act), int(start), ids, list(acts))
+        return found
     rows = query(
         "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
         "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
         f"FROM ({picked}) e JOIN sequences s ON s.model = ? AND s.seq = e.seq",
-        [v for rowid in at for v in (rowid, rowid, model)] + [model],
+        [*params, model],
     )
     for src, u, r, seq, pos, act, start, acts, ids in rows:
         found[(str(src), int(u), int(r))] = (int(seq), int(pos), float(act), int(start), list(ids), list(acts))
