@@ -150,8 +150,9 @@ def test_neighbours_within_the_budget_equal_those_from_memory(web_index):
     with make_client(web_index, live=False, response_cache_mb=0) as mem:
         expected = {p: _get(mem, p) for p in paths}
         store = mem.app.state.catalog.store(M)
-        held = [k for k in store.budget.keys() if k[0] in ("fingerprints", "decoders")]
-        assert len(held) >= 3, store.budget.keys()  # every source's fingerprints, and the SAE's decoders
+        keys = store.budget.keys()
+        held = [k for k in keys if k[0] in ("fingerprints", "decoders")]
+        assert len(held) >= 3, keys  # every source's fingerprints, and the SAE's decoders
     assert all(status == 200 and b'"similar":[{' in body for status, body in expected.values())
     with make_client(web_index, live=False, response_cache_mb=0, resident_mb=0) as low:
         store = low.app.state.catalog.store(M)

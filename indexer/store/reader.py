@@ -292,7 +292,9 @@ class Store:
         and the model's sequences are held."""
         held = self.budget
         return (
-            ("unit data", model, source) in held and ("liveness", model, source) in held and ("sequences", model) in held
+            ("unit data", model, source) in held
+            and ("liveness", model, source) in held
+            and ("sequences", model) in held
         )
 
     def sequences_held(self, model: str) -> bool:
