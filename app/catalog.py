@@ -75,7 +75,7 @@ class ServedModel:
     index: IndexFile
     live: LiveService
     tokens: TokenTable  # how the pages show its tokens
-    corpus_json: CorpusJSON | None  # its corpus tokens as JSON for the API's example sets (None: not resident)
+    corpus_json: CorpusJSON | None  # its corpus tokens as JSON for the API's example sets (None: not in the budget)
 
     @property
     def model(self) -> str:

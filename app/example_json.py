@@ -1,8 +1,8 @@
 """A unit's example sets as JSON, serialised from pieces encoded once per model.
 
 An example's `tokens`, `token_ids` and `token_bytes` depend only on its window of the
-corpus. When the index is held in memory, every corpus token's three JSON values are
-encoded once, when the app starts, into one byte string each, in corpus order, with
+corpus. When the corpus fits the store's memory budget, every corpus token's three JSON
+values are encoded once, when the app starts, into one byte string each, in corpus order, with
 each token's offset in it: a window's values are then one slice of each string, and
 only the activations are serialised per request (by orjson). The
 bytes are those orjson writes for pages.example_dicts (tests/test_example_json.py
@@ -50,11 +50,12 @@ class CorpusJSON:
 
     @classmethod
     def build(cls, store: Store, model: str, max_tokens: int = MAX_TOKENS) -> CorpusJSON | None:
-        """The model's corpus encoded, or None when the index is read per request (not
-        resident), the corpus is larger than `max_tokens`, or a token id lies outside
-        the vocabulary (such sets are serialised per request)."""
+        """The model's corpus encoded and held within the store's memory budget, or None
+        when its sequences or the encoding do not fit the budget, the corpus is larger
+        than `max_tokens`, or a token id lies outside the vocabulary (such sets are
+        serialised per request)."""
         info = store.model(model)
-        if info is None or not store.resident:
+        if info is None or not store.sequences_held(model):
             return None
         vocab = store.vocab(model)
         n_vocab = len(vocab)
@@ -84,7 +85,12 @@ class CorpusJSON:
             texts.append(b"".join(map(pieces.__getitem__, flat)))
             lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=n_vocab)
             offsets.append(np.concatenate(([0], np.cumsum(lengths[ids_np]))))
-        return cls(texts, offsets, seq_first, seq_stop)
+        corpus = cls(texts, offsets, seq_first, seq_stop)
+        return corpus if store.hold(("corpus json", model), corpus, corpus.nbytes) else None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(len, self.texts)) + sum(o.nbytes for o in self.offsets) + self.seq_first.nbytes * 2
 
     def example_sets(self, sets: list[list[Example]]) -> list[orjson.Fragment] | None:
         """Each set of examples as a JSON list (the bytes orjson writes for its

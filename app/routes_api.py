@@ -380,7 +380,7 @@ async def api_unit(
     served = request.app.state.catalog.served(model)
     store, live = served.store, served.live
     args = (request, store, live, model, source, index, text, band, page, per_page, open)
-    if store.resident and text is None:  # from memory: pure CPU, no hop to the threadpool
+    if text is None and store.in_memory(model, source):  # from memory: pure CPU, no hop to the threadpool
         return _api_unit(*args)
     return await run_in_threadpool(_api_unit, *args)
 

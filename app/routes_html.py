@@ -319,7 +319,7 @@ async def unit_page(
         return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
     # From memory, a unit page is pure CPU work: render it on the loop. Anything that
     # may query DuckDB or wait for the model goes to the threadpool.
-    if store.resident and text is None and open is None:
+    if text is None and open is None and store.in_memory(model, source):
         return _unit_page(request, store, live, model, source, index, state)
     return await run_in_threadpool(_unit_page, request, store, live, model, source, index, state)
 

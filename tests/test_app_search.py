@@ -203,3 +203,32 @@ def test_token_spellings_with_each_leading_space_marker():
     }
     assert labels(" ") == {" ": "exact", "  ": "with leading space"}  # a space alone is a word
     assert [v.token for v in TokenVariants(vocab).match("A")][0] == "A" and labels("zz") == {}
+
+
+def test_a_page_of_the_ranking_is_that_page_of_the_full_sort():
+    """FocusResult ranks only as far as a page needs (one integer key, then the ties):
+    every page equals the same slice of the full sort by count, activation, source and
+    unit, with ties, negative activations and -0.0 among them."""
+    import numpy as np
+
+    from actscope.indexer.store.token_search import FocusTable
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    acts = rng.choice(np.array([-1.5, -0.0, 0.0, 0.25, 2.0, 7.5], dtype=np.float32), n)
+    acts[::7] = rng.normal(size=len(acts[::7])).astype(np.float32)
+    table = FocusTable(
+        ["a", "b", "c"],
+        rng.integers(0, 4, n).astype(np.int32),  # focus tokens
+        rng.integers(0, 3, n).astype(np.int32),
+        rng.permutation(n).astype(np.int32),  # units, each on one token
+        rng.integers(1, 4, n).astype(np.int32),
+        acts,
+        rng.integers(0, 5, n).astype(np.int32),
+    )
+    found = table.search([0, 1, 2, 3])
+    full = np.lexsort((found.units, found.codes, -found.best_acts, -found.counts))
+    expected = [(int(found.codes[i]), int(found.units[i])) for i in full]
+    for start, stop in ((0, 20), (20, 40), (1000, 1020), (2990, 3010), (0, n)):
+        got = [(table.sources.index(h.source), h.unit) for h in found.page(start, stop)]
+        assert got == expected[start:stop], (start, stop)

@@ -81,13 +81,14 @@ def test_resident_bytes_stay_within_the_budget(web_index, full_size, db):
     source, and counts at least the raw bytes of each source it keeps (from the file)."""
     from actscope.indexer.store.reader import Store
 
+    # What no column's narrowing (integers in their smallest type) can shrink: the floats.
     raw = {
         slug: sum(
             db.execute(sql, [M, slug]).fetchone()[0]
             for sql in (
-                "SELECT sum(len(acts)) * 4 + count(*) * 20 FROM examples WHERE model = ? AND source = ?",
-                "SELECT sum(len(hist_edges) + len(hist_counts)) * 8 FROM unit_stats WHERE model = ? AND source = ?",
-                "SELECT count(*) * 52 FROM bands WHERE model = ? AND source = ?",
+                "SELECT sum(len(acts)) * 4 + count(*) * 4 FROM examples WHERE model = ? AND source = ?",
+                "SELECT sum(len(hist_edges)) * 8 + count(*) * 28 FROM unit_stats WHERE model = ? AND source = ?",
+                "SELECT count(*) * 40 FROM bands WHERE model = ? AND source = ?",
             )
         )
         for (slug,) in db.execute("SELECT slug FROM sources WHERE model = ?", [M]).fetchall()
@@ -135,3 +136,26 @@ def test_budget_keeps_tables_before_unit_data():
     assert not budget.admit("search", "S", 70)  # would need the table evicted too: refused
     assert budget.used == 90 and evicted == ["b"] and budget.get("search") is None
     assert budget.admit("search", "S", 50) and evicted == ["b", "a"] and budget.used == 100
+
+
+def test_neighbours_within_the_budget_equal_those_from_memory(web_index):
+    """Fingerprints and decoders are parts of the budget: with none, each neighbours
+    request reads them for itself and drops them; the answers are the same."""
+    paths = [
+        f"/api/{M}/{slug}/{unit}/similar?scope={scope}&k=7"
+        for slug in ("0-mlp", "1-res-sae")
+        for unit in (0, 3)
+        for scope in ("source", "model")
+    ]
+    with make_client(web_index, live=False, response_cache_mb=0) as mem:
+        expected = {p: _get(mem, p) for p in paths}
+        store = mem.app.state.catalog.store(M)
+        keys = store.budget.keys()
+        held = [k for k in keys if k[0] in ("fingerprints", "decoders")]
+        assert len(held) >= 3, keys  # every source's fingerprints, and the SAE's decoders
+    assert all(status == 200 and b'"similar":[{' in body for status, body in expected.values())
+    with make_client(web_index, live=False, response_cache_mb=0, resident_mb=0) as low:
+        store = low.app.state.catalog.store(M)
+        for path in paths:
+            assert _get(low, path) == expected[path], path
+        assert store.resident_bytes == 0

@@ -65,6 +65,14 @@ class SourcePrints:
         return int(self.n_active.shape[0])
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (a sparse source's unit of each value included, built now)."""
+        if self.dense is None and self._rows is None and self.start is not None:
+            self._rows = np.repeat(np.arange(self.n_units), np.diff(self.start))
+        parts = (self.n_active, self.constant, self.dense, self.start, self.slots, self.values, self.factor, self._rows)
+        return sum(a.nbytes for a in parts if a is not None)
+
+    @property
     def eligible(self) -> np.ndarray:
         return (self.n_active >= MIN_ACTIVE) & ~self.constant
 

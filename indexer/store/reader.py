@@ -177,10 +177,12 @@ class Store:
         self._sources = {(s.model, s.slug): s for s in self._read_sources()}
         self._variants: dict[str, TokenVariants] = {}
         self._focus: dict[str, FocusTable] = {}
-        self._derived: dict[tuple, Any] = {}  # fingerprints, reservoirs, decoders: read on first use
+        self._derived: dict[tuple, Any] = {}  # reservoirs, and what an index lacks (None): read on first use
+        self._derived_lock = threading.Lock()  # not the store's lock: reading fingerprints takes seconds
         self._loader = SourceLoader(self._load_source)
         self._loading_cursor = None
         self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
+        self._narrowed: dict[str, float] = {}  # per model: the largest bytes held / estimate of a source loaded
         self._rows_lock = threading.Lock()
         self.budget = ResidentBudget(int(resident_mb * 2**20), on_evict=self._evicted)
         for m in self._models:
@@ -243,7 +245,10 @@ class Store:
         cur = self.cursor()
         self._loading_cursor = cur
         try:
-            if SourceTables.size_estimate(cur, model, slug, info.n_units) > self.budget.room():
+            estimate = SourceTables.size_estimate(cur, model, slug, info.n_units)
+            # The estimate is at full width; narrowed columns make a source smaller, by
+            # about the share the model's sources loaded so far took.
+            if estimate * self._narrowed.get(model, 1.0) > self.budget.room():
                 return False
             sequences = self._sequences(cur, model)
             if sequences is None:
@@ -252,6 +257,9 @@ class Store:
         finally:
             self._loading_cursor = None
             cur.close()
+        if estimate > 0:
+            share = min(1.0, tables.nbytes / estimate)
+            self._narrowed[model] = max(share, self._narrowed[model]) if model in self._narrowed else share
         return self.budget.admit(key, tables, tables.nbytes, spare=True)
 
     def _evicted(self, key) -> None:
@@ -278,6 +286,25 @@ class Store:
     def resident(self) -> bool:
         """True if every unit of every model is served from memory."""
         return all(("unit data", m, s) in self.budget for m, s in self._sources)
+
+    def in_memory(self, model: str, source: str) -> bool:
+        """True if a unit page of the source needs no query: its unit data, its liveness
+        and the model's sequences are held."""
+        held = self.budget
+        return (
+            ("unit data", model, source) in held
+            and ("liveness", model, source) in held
+            and ("sequences", model) in held
+        )
+
+    def sequences_held(self, model: str) -> bool:
+        """Whether the model's sequences are in memory (loaded now if they fit)."""
+        return self._sequences(self._cur(), model) is not None
+
+    def hold(self, key: tuple, value: Any, nbytes: int) -> bool:
+        """Keep a part derived from the index (e.g. the app's encoded corpus) within the
+        budget, as a kept part under ("derived", *key); False if it does not fit."""
+        return self.budget.admit(("derived", *key), value, nbytes)
 
     # -- plumbing --------------------------------------------------------------------
     def _cur(self):
@@ -505,7 +532,13 @@ class Store:
                 found[(source, unit, rank)] = None if row is None else Example(*row)
         rest = [w for w in wanted if w not in found]
         if rest:
-            by_rowid = unit_sql.top_examples(self._all, model, rest, lambda source: self._row_index(model, source))
+            by_rowid = unit_sql.top_examples(
+                self._all,
+                model,
+                rest,
+                lambda source: self._row_index(model, source),
+                self.budget.get(("sequences", model)),
+            )
             found.update({w: None if row is None else Example(*row) for w, row in by_rowid.items()})
             rest = [w for w in rest if w not in found]
         if rest:
@@ -646,6 +679,25 @@ class Store:
                 self._derived[key] = read(self._cur())
             return self._derived[key]
 
+    def _within_budget(self, key: tuple, read, nbytes) -> Any:
+        """read(cursor) kept in the budget under `key` (a spare part: it only takes free
+        room) if it fits, else read for this call and dropped after it. None results are
+        remembered. One read at a time: what does not fit is in memory once."""
+        if key in self._derived:
+            return None
+        found = self.budget.get(key)
+        if found is not None:
+            return found
+        with self._derived_lock:
+            found = self.budget.get(key)
+            if found is None and key not in self._derived:
+                found = read(self._cur())
+                if found is None:
+                    self._derived[key] = None
+                else:
+                    self.budget.admit(key, found, nbytes(found), spare=True)
+            return found
+
     def reservoir(self, model: str) -> fingerprints.Reservoir | None:
         """The positions the model's fingerprints are taken at (None: the index has none)."""
         return self._once(("reservoir", model), lambda cur: fingerprints.read_reservoir(cur, model, self.meta))
@@ -655,14 +707,20 @@ class Store:
         reservoir = self.reservoir(model)
         if reservoir is None:
             return None
-        return self._once(
-            ("fingerprints", model, source), lambda cur: fingerprints.read_source(cur, model, source, reservoir.n)
+        return self._within_budget(
+            ("fingerprints", model, source),
+            lambda cur: fingerprints.read_source(cur, model, source, reservoir.n),
+            lambda prints: prints.nbytes,
         )
 
     def decoders(self, model: str, source: str):
         """[n_units, d_model] float32 unit-norm decoder directions of a source (SAE
         features), or None."""
-        return self._once(("decoders", model, source), lambda cur: fingerprints.read_decoders(cur, model, source))
+        return self._within_budget(
+            ("decoders", model, source),
+            lambda cur: fingerprints.read_decoders(cur, model, source),
+            lambda vectors: vectors.nbytes,
+        )
 
     def sequence(self, model: str, seq: int) -> list[int] | None:
         sequences = self.budget.get(("sequences", model))

@@ -29,16 +29,33 @@ _EXAMPLES_ROW = 5 * 4 + 4
 
 
 def _lists(column) -> tuple[np.ndarray, np.ndarray]:
-    """A pyarrow list column -> (flat values, offsets) numpy arrays."""
+    """A pyarrow list column -> (flat values, offsets) numpy arrays, integers narrowed."""
     col = column.combine_chunks()
     offsets = col.offsets.to_numpy()
     values = col.values.to_numpy(zero_copy_only=False)
-    return values, offsets
+    return narrow(values), offsets
+
+
+def _columns(t, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Columns of an Arrow table as numpy arrays, integers narrowed."""
+    return {name: narrow(t.column(name).to_numpy(zero_copy_only=False)) for name in names}
 
 
 def _offsets(units: np.ndarray, n_units: int) -> np.ndarray:
-    """[n_units + 1] int64: unit u's rows are offsets[u] .. offsets[u + 1] of rows sorted by unit."""
-    return np.searchsorted(units, np.arange(n_units + 1), side="left").astype(np.int64)
+    """[n_units + 1]: unit u's rows are offsets[u] .. offsets[u + 1] of rows sorted by unit."""
+    return narrow(np.searchsorted(units, np.arange(n_units + 1), side="left"))
+
+
+def narrow(values: np.ndarray) -> np.ndarray:
+    """`values` in the smallest integer type that holds every one of them (the readers
+    turn each into a Python int, so the type changes no result); other arrays as they are."""
+    if values.dtype.kind not in "iu" or values.dtype.itemsize == 1 or not len(values):
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dtype in (np.int8, np.int16, np.int32):
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values
 
 
 def _nbytes(value: Any) -> int:
@@ -164,10 +181,7 @@ class SourceTables:
             "hist_edges, hist_counts FROM unit_stats WHERE model = $m AND source = $s ORDER BY unit",
             params=p,
         ).to_arrow_table()
-        s = {
-            name: t.column(name).to_numpy(zero_copy_only=False)
-            for name in ("max", "min", "mean", "std", "density", "n_tokens", "n_fired", "cos_in_out")
-        }
+        s = _columns(t, ("max", "min", "mean", "std", "density", "n_tokens", "n_fired", "cos_in_out"))
         s["edges"], s["edges_off"] = _lists(t.column("hist_edges"))
         s["counts"], s["counts_off"] = _lists(t.column("hist_counts"))
         s["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
@@ -178,10 +192,7 @@ class SourceTables:
             "WHERE model = $m AND source = $s ORDER BY unit, band",
             params=p,
         ).to_arrow_table()
-        b = {
-            name: t.column(name).to_numpy(zero_copy_only=False)
-            for name in ("band", "q_lo", "q_hi", "lo", "hi", "count", "share")
-        }
+        b = _columns(t, ("band", "q_lo", "q_hi", "lo", "hi", "count", "share"))
         b["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.bands = b
 
@@ -201,7 +212,7 @@ class SourceTables:
             "FROM examples WHERE model = $m AND source = $s ORDER BY unit, band NULLS FIRST, rank",
             params=p,
         ).to_arrow_table()
-        e = {name: t.column(name).to_numpy(zero_copy_only=False) for name in ("band", "seq", "pos", "act", "start")}
+        e = _columns(t, ("band", "seq", "pos", "act", "start"))
         e["acts"], e["acts_off"] = _lists(t.column("acts"))
         e["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.examples = e

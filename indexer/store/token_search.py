@@ -104,8 +104,9 @@ class FocusHit:
 
 @dataclass(frozen=True)
 class FocusResult:
-    """Every unit matching a search, ranked: by count, then best activation, then
-    source and unit. Arrays are aligned; `page` turns a slice into FocusHits."""
+    """Every unit matching a search, ranked by count, then best activation, then source
+    and unit. Arrays are aligned, in no order: `page` ranks only as far as a page needs
+    (a search may match thousands of units and show twenty)."""
 
     table: FocusTable
     codes: np.ndarray  # source code
@@ -124,8 +125,22 @@ class FocusResult:
         ids, n = np.unique(self.best_tokens, return_counts=True)
         return {int(i): int(c) for i, c in zip(ids, n)}
 
+    def ranked(self, stop: int) -> np.ndarray:
+        """Positions of the first `stop` units in rank order."""
+        codes, units, counts, acts = self.codes, self.units, self.counts, self.best_acts
+        n = len(units)
+        first = _first_key(counts, acts) if 0 < stop < n else None
+        if first is None:  # every unit (or a key that does not fit one integer): sort all
+            return np.lexsort((units, codes, -acts, -counts))[:stop]
+        # The units ranked before the stop-th, and those tied with it, by count and
+        # activation (one integer key); then only those sorted, ties by source and unit.
+        kth = np.partition(first, stop - 1)[stop - 1]
+        maybe = np.flatnonzero(first <= kth)
+        return maybe[np.lexsort((units[maybe], codes[maybe], first[maybe]))][:stop]
+
     def page(self, start: int, stop: int) -> list[FocusHit]:
         t = self.table
+        stop = min(stop, self.total)
         return [
             FocusHit(
                 source=t.sources[int(self.codes[i])],
@@ -136,8 +151,18 @@ class FocusResult:
                 best_token_id=int(self.best_tokens[i]),
                 top_token_id=t.top_token(int(self.codes[i]), int(self.units[i])),
             )
-            for i in range(start, min(stop, self.total))
+            for i in (self.ranked(stop)[start:stop].tolist() if start < stop else [])
         ]
+
+
+def _first_key(counts: np.ndarray, acts: np.ndarray) -> np.ndarray | None:
+    """An int64 per unit that orders as (count descending, activation descending) and
+    ties exactly where both do; None if the values do not allow one (NaN, huge counts)."""
+    if not len(counts) or counts.min() < 0 or counts.max() >= 2**30 or np.isnan(acts).any():
+        return None
+    bits = (acts.astype(np.float32) + np.float32(0)).view(np.int32).astype(np.int64)  # -0.0 + 0 is 0.0
+    ordered = np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)  # the float's order, as integers
+    return (int(counts.max()) - counts.astype(np.int64)) << 32 | (2**31 - 1 - ordered)
 
 
 class FocusTable:
@@ -236,15 +261,22 @@ class FocusTable:
         if len(token_ids) > 1 and len(rows):
             # One unit may match several spellings: sum its counts, keep its best example.
             key = codes.astype(np.int64) << 32 | units.astype(np.int64)
-            order = np.lexsort((ranks, key))  # per unit, its strongest example (lowest rank) first
+            if (
+                codes.max() < 2**15
+                and 0 <= ranks.min() <= ranks.max() < 2**16
+                and 0 <= units.min() <= units.max() < 2**31
+            ):
+                # (source, unit, rank) in one integer, unique (a rank's example has one focus token).
+                order = np.argsort(codes.astype(np.int64) << 47 | units.astype(np.int64) << 16 | ranks)
+            else:
+                order = np.lexsort((ranks, key))  # per unit, its strongest example (lowest rank) first
             key, counts = key[order], counts[order]
             starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
             summed = np.add.reduceat(counts, starts)
             pick = order[starts]
             codes, units, acts, ranks, tokens = codes[pick], units[pick], acts[pick], ranks[pick], tokens[pick]
             counts = summed
-        rank = np.lexsort((units, codes, -acts, -counts))
-        return FocusResult(self, codes[rank], units[rank], counts[rank], acts[rank], ranks[rank], tokens[rank])
+        return FocusResult(self, codes, units, counts, acts, ranks, tokens)
 
 
 class SqlFocus:

@@ -17,25 +17,34 @@ from actscope.indexer.store.row_index import RowIndex
 Query = Callable[..., list[tuple]]  # (sql, params) -> rows
 
 
-def where_rows(rows_at: RowIndex | None, run: str, unit: int) -> tuple[str, list[Any]] | None:
-    """The filter on a unit's rows of `run` beyond (model, source, unit): its rowid
-    range ("" without a row index); None if it has no rows there."""
+def where_rows(rows_at: RowIndex | None, run: str, model: str, source: str, unit: int) -> tuple[str, list[Any]] | None:
+    """The filter picking a unit's rows of `run` (a WHERE clause and its parameters):
+    its rowid range, which holds its rows and no other (RowIndex.load checks that), so
+    DuckDB reads no model, source or unit column; without a row index, those columns.
+    None if it has no rows there."""
     if rows_at is None:
-        return "", []
+        return "model = ? AND source = ? AND unit = ?", [model, source, unit]
     rng = rows_at.of(run, unit)
     if rng is None:
         return None
-    return "rowid BETWEEN ? AND ? AND ", list(rng)
+    return "rowid BETWEEN ? AND ?", list(rng)
+
+
+def _at_rowids(columns: str, rowids: list[int]) -> tuple[str, list[Any]]:
+    """A query of `columns` of the example rows at `rowids`: a semi-join, which DuckDB
+    turns into a filter on the scan (about three times quicker than a UNION ALL of
+    one `rowid BETWEEN` scan per range, and a plain IN list is a full scan)."""
+    return f"SELECT {columns} FROM examples WHERE rowid IN (SELECT unnest(?::BIGINT[]))", [rowids]
 
 
 def stats(query: Query, model: str, source: str, unit: int, rows_at: RowIndex | None) -> dict[str, Any] | None:
-    where = where_rows(rows_at, "unit_stats", unit)
+    where = where_rows(rows_at, "unit_stats", model, source, unit)
     if where is None:
         return None
     rows = query(
         "SELECT max, min, mean, std, density, n_tokens, n_fired, cos_in_out, hist_edges, "
-        f"hist_counts FROM unit_stats WHERE {where[0]}model = ? AND source = ? AND unit = ?",
-        [*where[1], model, source, unit],
+        f"hist_counts FROM unit_stats WHERE {where[0]}",
+        where[1],
     )
     if not rows:
         return None
@@ -59,17 +68,18 @@ def example_rows(
 ) -> list[tuple]:
     """(band, seq, pos, act, start, acts, token_ids) rows of a unit, by band (top
     first) and rank."""
-    key = [model, source, unit]
-    runs = ("examples top", "examples bands") if rows_at is not None else ("examples",)
-    found = [p for p in (where_rows(rows_at, run, unit) for run in runs) if p is not None]
-    if not found:
-        return []
-    picked = " UNION ALL ".join(
-        "SELECT band, rank, seq, pos, act, start, acts FROM examples "
-        f"WHERE {where}model = ? AND source = ? AND unit = ?"
-        for where, _ in found
-    )
-    params = [v for _, values in found for v in [*values, *key]]
+    if rows_at is None:
+        picked = (
+            "SELECT band, rank, seq, pos, act, start, acts FROM examples WHERE model = ? AND source = ? AND unit = ?"
+        )
+        params: list[Any] = [model, source, unit]
+    else:
+        ranges = [r for r in (rows_at.of("examples top", unit), rows_at.of("examples bands", unit)) if r is not None]
+        if not ranges:
+            return []
+        picked, params = _at_rowids(
+            "band, rank, seq, pos, act, start, acts", [i for a, b in ranges for i in range(a, b + 1)]
+        )
     if sequences is not None:  # the windows' tokens from memory: no join
         rows = query(f"SELECT band, seq, pos, act, start, acts FROM ({picked}) ORDER BY band NULLS FIRST, rank", params)
         return [
@@ -108,37 +118,33 @@ def unit_rows(
     query: Query, model: str, source: str, unit: int, rows_at: RowIndex | None, sequences: SequenceTable | None
 ):
     """(example rows, band rows, logit row) of a unit, as SourceTables gives them."""
-    params = [model, source, unit]
     examples = example_rows(query, model, source, unit, rows_at, sequences)
     band_rows = []
-    where = where_rows(rows_at, "bands", unit)
+    where = where_rows(rows_at, "bands", model, source, unit)
     if where is not None:
         band_rows = [
             (int(b), float(ql), float(qh), float(lo), float(hi), int(c), float(sh))
             for b, ql, qh, lo, hi, c, sh in query(
-                "SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands "
-                f"WHERE {where[0]}model = ? AND source = ? AND unit = ? ORDER BY band",
-                [*where[1], *params],
+                f"SELECT band, q_lo, q_hi, lo, hi, count, share FROM bands WHERE {where[0]} ORDER BY band", where[1]
             )
         ]
     logit_row = None
-    where = where_rows(rows_at, "logits", unit)
+    where = where_rows(rows_at, "logits", model, source, unit)
     if where is not None:
-        rows = query(
-            "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
-            f"WHERE {where[0]}model = ? AND source = ? AND unit = ?",
-            [*where[1], *params],
-        )
+        rows = query(f"SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits WHERE {where[0]}", where[1])
         if rows:
             t_ids, t_vals, b_ids, b_vals = rows[0]
             logit_row = (list(t_ids), [float(v) for v in t_vals], list(b_ids), [float(v) for v in b_vals])
     return examples, band_rows, logit_row
 
 
-def top_examples(query: Query, model: str, wanted: list[tuple[str, int, int]], row_index: Callable) -> dict:
+def top_examples(
+    query: Query, model: str, wanted: list[tuple[str, int, int]], row_index: Callable, sequences: SequenceTable | None
+) -> dict:
     """(seq, pos, act, start, token_ids, acts) or None by (source, unit, rank) of the top
     examples of `wanted` whose source has a row index (`row_index(source)`): each read
-    at its rowid (the unit's first top row plus its rank), all in one query."""
+    at its rowid (the unit's first top row plus its rank), all in one query (the
+    windows' tokens from `sequences` when in memory)."""
     at: dict[int, tuple[str, int, int]] = {}
     found: dict[tuple[str, int, int], tuple | None] = {}
     for source, unit, rank in wanted:
@@ -152,17 +158,19 @@ def top_examples(query: Query, model: str, wanted: list[tuple[str, int, int]], r
             at[rng[0] + rank] = (source, unit, rank)
     if not at:
         return found
-    picked = " UNION ALL ".join(
-        "SELECT source, unit, rank, seq, pos, act, start, acts FROM examples "
-        "WHERE rowid BETWEEN ? AND ? AND model = ? AND band IS NULL"
-        for _ in at
-    )
+    # Keyed by rowid: no source, unit or rank column to read.
+    picked, params = _at_rowids("rowid AS at, seq, pos, act, start, acts", list(at))
+    if sequences is not None:
+        for rowid, seq, pos, act, start, acts in query(picked, params):
+            ids = sequences.window(int(seq), int(start), len(acts))
+            found[at[int(rowid)]] = (int(seq), int(pos), float(act), int(start), ids, list(acts))
+        return found
     rows = query(
-        "SELECT e.source, e.unit, e.rank, e.seq, e.pos, e.act, e.start, e.acts, "
+        "SELECT e.at, e.seq, e.pos, e.act, e.start, e.acts, "
         "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
         f"FROM ({picked}) e JOIN sequences s ON s.model = ? AND s.seq = e.seq",
-        [v for rowid in at for v in (rowid, rowid, model)] + [model],
+        [*params, model],
     )
-    for src, u, r, seq, pos, act, start, acts, ids in rows:
-        found[(str(src), int(u), int(r))] = (int(seq), int(pos), float(act), int(start), list(ids), list(acts))
+    for rowid, seq, pos, act, start, acts, ids in rows:
+        found[at[int(rowid)]] = (int(seq), int(pos), float(act), int(start), list(ids), list(acts))
     return found
