@@ -352,7 +352,8 @@ def unit_data(
     src = get_source(store, model, source)
     check_index(src, index)
     # The page reads the examples of the band it shows only (band_choice checks it below).
-    asked = {int(band)} if band is not None and band.isascii() and band.isdigit() else set()
+    number = params.whole_number(band) if band is not None else None
+    asked = {number} if number is not None else set()
     rec = store.unit(model, source, index, bands=asked if shown_only else None)
     if rec is None:
         raise not_found(f"Unit {index} of {source} has no statistics in this index.")

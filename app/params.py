@@ -217,13 +217,23 @@ def visitor_text(text: str | None) -> str | None:
     return None if text is None else text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def whole_number(text: str) -> int | None:
+    """The number `text` writes in digits, a zero fraction allowed ("5", "5.0"), as the
+    schema's integer type and FastAPI's own int parameters take it; else None."""
+    digits, dot, fraction = text.partition(".")
+    if digits.isascii() and digits.isdigit() and (not dot or (fraction.isascii() and fraction != "" and fraction.strip("0") == "")):
+        return int(digits)
+    return None
+
+
 def band_choice(band: str | None, n_bands: int) -> str:
     """The example set a unit page shows: "top" (the default) or a band number."""
     if band is None or band in ("", "top"):
         return "top"
-    if band.isascii() and band.isdigit():
-        if int(band) < n_bands:
-            return str(int(band))  # "01" shows band 1
+    number = whole_number(band)
+    if number is not None:
+        if number < n_bands:
+            return str(number)  # "01" shows band 1
         raise missing("band", f"band must be 'top' or a band number from 0 to {n_bands - 1}, not {band!r}.")
     raise bad_input(f"band must be 'top' or a band number from 0 to {n_bands - 1}, not {band!r}.")
 
@@ -235,9 +245,9 @@ EXAMPLES_PER_PAGE_MAX = 200
 def _count(value: str | None, name: str, default: int, low: int, high: int | None = None) -> int:
     if value is None or value == "":
         return default
-    text = value  # digits only, as the schema says: no sign, no spaces
-    if text.isascii() and text.isdigit() and int(text) >= low and (high is None or int(text) <= high):
-        return int(text)
+    number = whole_number(value)  # no sign, no spaces
+    if number is not None and number >= low and (high is None or number <= high):
+        return number
     bound = f"between {low} and {high}" if high is not None else f"a whole number >= {low}"
     raise bad_input(f"{name} must be {bound}, not {value!r}.")
 

@@ -201,6 +201,13 @@ def test_band_pages_walk_the_stored_sample(client, db):
     r = client.get(f"/api/{M}/{source}/{unit}?band={band}&per_page={per}&page={n_pages + 1}")
     assert r.status_code == 404 and "past the last page" in r.json()["error"]["message"]
     assert client.get(f"/api/{M}/{source}/{unit}?per_page=0").status_code == 422
+    # Integers written with a zero fraction are the same integers (the schema's integer
+    # type admits them, as FastAPI's int parameters do); any other fraction is refused.
+    plain = client.get(f"/api/{M}/{source}/{unit}?band={band}&per_page={per}&page=2").json()
+    assert client.get(f"/api/{M}/{source}/{unit}?band={band}.0&per_page={per}.00&page=2.0").json() == plain
+    for bad in (f"band={band}.5", "page=1.5", "per_page=2.25", "page=1.", "per_page=.0"):
+        r = client.get(f"/api/{M}/{source}/{unit}?{bad}")
+        assert r.status_code == 422, bad
 
 
 # -- URL state ----------------------------------------------------------------------------
