@@ -221,7 +221,11 @@ def whole_number(text: str) -> int | None:
     """The number `text` writes in digits, a zero fraction allowed ("5", "5.0"), as the
     schema's integer type and FastAPI's own int parameters take it; else None."""
     digits, dot, fraction = text.partition(".")
-    if digits.isascii() and digits.isdigit() and (not dot or (fraction.isascii() and fraction != "" and fraction.strip("0") == "")):
+    if (
+        digits.isascii()
+        and digits.isdigit()
+        and (not dot or (fraction.isascii() and fraction != "" and fraction.strip("0") == ""))
+    ):
         return int(digits)
     return None
 
