@@ -21,12 +21,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from operator import add
 from typing import cast
 
 import numpy as np
 from markupsafe import Markup, escape
 
+from actscope.app.number_text import fixed
 from actscope.indexer.store.reader import is_utf8
 
 
@@ -255,29 +255,6 @@ _OPEN = tuple(f'<span class="t" style="--a:{t}' for t in _TINT)
 _OPEN_NEG = tuple(f'<span class="t neg" style="--a:{t}' for t in _TINT)
 
 
-# "%.4f" of a value below 1,000 in magnitude, in two pieces picked by index: its sign and
-# whole part with the point ("-12."), and its four decimals ("0345").
-_WHOLE_LIMIT = 1000
-_WHOLES = np.array([f"{i}." for i in range(_WHOLE_LIMIT)] + [f"-{i}." for i in range(_WHOLE_LIMIT)], dtype=object)
-_DECIMALS = np.array([f"{i:04d}" for i in range(10000)], dtype=object)
-
-
-def values_text(a: np.ndarray) -> list[str]:
-    """["%.4f" % v for v in a], the same strings, for a float64 array: picked from tables
-    when every value is a float32 below 1,000 (a float32 times 10^4 is exact in a float64,
-    so rounding it to an integer rounds as "%.4f" does), else formatted one by one."""
-    k = len(a)
-    if not k:
-        return []
-    scaled = np.rint(np.abs(a) * 10000.0)
-    if not (scaled.max() < _WHOLE_LIMIT * 10000) or not (a.astype(np.float32) == a).all():  # NaN fails both
-        return ("%.4f\n" * k % tuple(a.tolist())).split("\n")[:-1]
-    whole, decimals = np.divmod(scaled.astype(np.intp), 10000)
-    # The sign from the sign bit: "%.4f" writes -0.0 and -0.00001 as "-0.0000".
-    heads = _WHOLES[whole + np.signbit(a) * _WHOLE_LIMIT].tolist()
-    return list(map(add, heads, _DECIMALS[decimals].tolist()))
-
-
 def _strength(a: float) -> str:
     """`a` (tint strength in thousandths) as --a, clipped to 1."""
     return _TINT[int(a + 0.5)] if a < 999.5 else "1.000"
@@ -395,7 +372,7 @@ def windows_html(table: TokenTable, windows: list[Window], scale: float) -> list
     if not acts:
         return [str(tokens_html(table, w.ids, w.acts, scale, w.focus, w.bos)) for w in windows]
     a = np.array(acts, dtype=np.float64)
-    values = values_text(a)
+    values = fixed(a, 4)
     inv = 1000.0 / scale if scale > 0 else 0.0
     # Tint strength in thousandths, rounded; NaN and inf at full strength (as in
     # append_spans); negative values take the negative openings.
