@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from itertools import count
 from typing import Any
@@ -315,4 +316,20 @@ def make_templates(token_tables: dict[str, TokenTable]) -> Jinja2Blocks:
     # The search box of every page, a global rather than imported by each page (an
     # import costs a set difference over all globals on every render).
     env.globals["search_form"] = env.get_template("_tokens.html").module.__dict__["search_form"]
+    form = env.get_template("_hypothesis.html").module.__dict__["hypothesis_form"]
+    env.globals["hypothesis_form"] = form
+    env.globals["unit_hypothesis_form"] = _filled_in(str(form(_ACTION)), _ACTION)
     return templates
+
+
+# Where the action URL goes in the unit page's hypothesis form, rendered once.
+_ACTION = "ACTSCOPE-ACTION-URL"
+
+
+def _filled_in(html: str, hole: str) -> Callable[[str], Markup]:
+    """A fragment rendered once with `hole` in the place of one value, as a function of
+    that value (escaped): a unit page's hypothesis form without a macro call per page."""
+    head, found, tail = html.partition(hole)
+    if not found or hole in tail:
+        raise ValueError(f"the fragment must hold {hole!r} exactly once")
+    return lambda value: Markup(head + str(escape(value)) + tail)

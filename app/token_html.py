@@ -26,6 +26,7 @@ from typing import cast
 import numpy as np
 from markupsafe import Markup, escape
 
+from actscope.app.number_text import fixed
 from actscope.indexer.store.reader import is_utf8
 
 
@@ -370,11 +371,11 @@ def windows_html(table: TokenTable, windows: list[Window], scale: float) -> list
     acts = list(chain.from_iterable(w.acts for w in windows))
     if not acts:
         return [str(tokens_html(table, w.ids, w.acts, scale, w.focus, w.bos)) for w in windows]
-    values = ("%.4f\n" * len(acts) % tuple(acts)).split("\n")
+    a = np.array(acts, dtype=np.float64)
+    values = fixed(a, 4)
     inv = 1000.0 / scale if scale > 0 else 0.0
     # Tint strength in thousandths, rounded; NaN and inf at full strength (as in
     # append_spans); negative values take the negative openings.
-    a = np.array(acts, dtype=np.float64)
     strength = np.abs(a) * inv + 0.5
     opening = np.where(strength < 1000, strength, 1000).astype(np.intp) + (a < 0) * len(_OPEN)
     heads = _OPENINGS_ARRAY[opening].tolist()

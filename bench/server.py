@@ -1,9 +1,9 @@
 """Load test of `actscope serve`: p50/p99 latency and requests/s under concurrent clients.
 
 Starts `actscope serve INDEX` in a subprocess on 127.0.0.1, warms it up (the live model
-loads, each source's table is built), then runs each scenario with N concurrent
-keep-alive clients (asyncio, raw HTTP/1.1, in this process) for a fixed number of
-requests:
+loads, each source's table is built) and waits until it is idle, then runs each scenario
+with N concurrent keep-alive clients (asyncio, raw HTTP/1.1, in this process) for a fixed
+number of requests:
 
   unit JSON   GET  /api/{model}/{source}/{index}     random units of every source
   unit HTML   GET  /{model}/{source}/{index}         random units of every source
@@ -449,6 +449,10 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
             urllib.request.urlopen(f"{base}/{model['model']}/{sources[0][0]}/{i % sources[0][1]}?band=0").read()
         for s in model["sources"]:  # each source's table is built once, on its first view
             urllib.request.urlopen(f"{base}/{model['model']}/{s['slug']}").read()
+        # No scenario may overlap a load in the background: the server loads its live model
+        # at start (a few seconds of CPU), which only the live warm-up above waits for.
+        settle = wait_idle(server.pid)
+        extra += f"; server idle {settle:.0f} s after the warm-up"
         scenarios = unit_scenarios(model, rng, args.requests)
         if live:
             texts = [long_text(rng) for _ in range(args.live_requests)]

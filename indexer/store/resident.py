@@ -279,26 +279,29 @@ class SourceTables:
         lo, hi = self._rows(e, unit)
         if lo == hi:
             return []
-        # Whole columns of the rows at once, then cut per row: numpy scalar reads per row
-        # and field cost more than all of these together.
-        rows: slice | np.ndarray = slice(lo, hi)
-        off = e["acts_off"]
         if bands is None:
-            first, last = int(off[lo]), int(off[hi])
-            acts = e["acts"][first:last].tolist()
-            cuts = (off[lo : hi + 1] - first).tolist()
-        else:
-            band = e["band"][lo:hi]
-            kept = lo + np.flatnonzero((band < 0) | np.isin(band, list(bands)))
-            if not len(kept):
-                return []
-            rows = kept
-            starts, ends = off[kept], off[kept + 1]
-            ends_in = np.cumsum(ends - starts)
-            # The kept rows' activations, gathered in one take.
-            take = np.repeat(starts - (ends_in - (ends - starts)), ends - starts) + np.arange(ends_in[-1])
-            acts = e["acts"][take].tolist()
-            cuts = [0, *ends_in.tolist()]
+            return self._run_rows(lo, hi)
+        # A unit's rows are in (band, rank) order, its top examples (band -1) first: the
+        # top examples and each band asked for are runs of rows.
+        band = e["band"][lo:hi]
+        wanted = sorted({-1, *bands})
+        firsts = np.searchsorted(band, wanted, "left").tolist()
+        stops = np.searchsorted(band, wanted, "right").tolist()
+        out: list[tuple] = []
+        for a, b in zip(firsts, stops):
+            if a < b:
+                out += self._run_rows(lo + a, lo + b)
+        return out
+
+    def _run_rows(self, lo: int, hi: int) -> list[tuple]:
+        """example_rows() of the rows lo .. hi - 1: whole columns of the rows at once, then
+        cut per row (numpy scalar reads per row and field cost more than all of these)."""
+        e = self.examples
+        rows = slice(lo, hi)
+        off = e["acts_off"]
+        first = int(off[lo])
+        acts = e["acts"][first : int(off[hi])].tolist()
+        cuts = (off[lo : hi + 1] - first).tolist()
         seqs, starts_in_seq = e["seq"][rows].tolist(), e["start"][rows].tolist()
         # Each window's token ids: a slice of its sequence's Python ints (shared objects).
         tokens, seq_start = self.sequences.seq_tokens, self.sequences.seq_start
@@ -324,8 +327,9 @@ class SourceTables:
         """How many examples each band of a unit has stored (bands with none left out)."""
         e = self.examples
         lo, hi = self._rows(e, unit)
-        found, counts = np.unique(e["band"][lo:hi], return_counts=True)
-        return {b: c for b, c in zip(found.tolist(), counts.tolist()) if b >= 0}
+        band = e["band"][lo:hi]
+        counts = np.bincount(band[band >= 0]).tolist()
+        return {b: c for b, c in enumerate(counts) if c}
 
     def top_example_row(self, unit: int, rank: int) -> tuple | None:
         """(seq, pos, act, start, token_ids, acts) of a unit's top example of `rank`."""
