@@ -11,8 +11,13 @@ which the median of several rounds keeps out.
 Each build also reports where its time went (the run's phase clock): the batches, and the
 fingerprints' own phase at the end (packing the values and handing them to the writer).
 
+`--updates BATCHES` instead times the reservoirs' per-batch work alone, in this process:
+the demo's shape (3 sources of 1,024 units, batches of 32 x 128, fresh positions in each)
+with random activations, every source's update of every batch, wall and CPU seconds.
+
 Usage (from outside the checkout):
   .venv/bin/python bench/fingerprint_cost.py [--rounds 6] [--reservoir 4096] [--max-tokens N] [--dir /tmp]
+  .venv/bin/python bench/fingerprint_cost.py --updates 195
 """
 
 from __future__ import annotations
@@ -61,13 +66,43 @@ def build(out: Path, reservoir: int, max_tokens: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def time_updates(n_batches: int, capacity: int, rounds: int) -> None:
+    """The reservoirs' per-batch updates alone, on demo-shaped random batches."""
+    import time
+
+    import torch
+
+    from actscope.indexer.accumulate.reservoir import FingerprintReservoir, ReservoirBatch
+
+    batch, ctx, units, sources = 32, 128, 1024, 3
+    gen = torch.Generator().manual_seed(0)
+    acts = [torch.relu(torch.randn(batch, ctx, units, generator=gen)) for _ in range(sources)]
+    tokens = torch.randint(0, 8192, (batch, ctx), generator=gen)
+    for r in range(rounds):
+        reservoirs = [FingerprintReservoir(units, capacity, "cpu") for _ in range(sources)]
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(n_batches):
+            step = ReservoirBatch.of(tokens, i * batch, 0)
+            for reservoir, values in zip(reservoirs, acts):
+                reservoir.update(values, step)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(
+            f"round {r + 1}: {n_batches} batches x {sources} sources of {units} units: "
+            f"{wall:.2f} s wall, {cpu:.2f} s cpu ({1e3 * cpu / n_batches:.2f} ms cpu per batch)"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=6, help="pairs of builds (default 6)")
     ap.add_argument("--reservoir", type=int, default=4096, help="the side with fingerprints (default 4096)")
     ap.add_argument("--max-tokens", type=int, default=0, help="default: the demo's")
     ap.add_argument("--dir", default="/tmp")
+    ap.add_argument("--updates", type=int, default=0, metavar="BATCHES", help="time the per-batch updates alone")
     args = ap.parse_args()
+    if args.updates:
+        time_updates(args.updates, args.reservoir, args.rounds)
+        return 0
     paths = {n: Path(args.dir) / f"fingerprint-cost-{n}.duckdb" for n in (args.reservoir, 0)}
     ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
     batch_ratios: list[float] = []
