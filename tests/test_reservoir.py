@@ -85,3 +85,9 @@ def test_merged_halves_and_a_state_round_trip_give_the_same_reservoir():
     copy.load_state_dict(first.state_dict())
     _check(copy, expected)
     assert isinstance(first.state_dict()["ids"], torch.Tensor)  # a checkpoint holds tensors, as torch.save wants
+
+
+def test_float64_activations_go_through_torch_operations():
+    """float64 activations (like bfloat16 ones, or any on a GPU) are copied by torch operations."""
+    tokens, acts = _stream(30, seed=2)
+    _check(_fed(tokens, acts.double(), 4), _expected(tokens, acts))
