@@ -6,11 +6,17 @@ run is compared with the floor runs just before and after it, and the median of 
 `--rounds` ratios is printed (with the ratio of the fastest runs of each side).
 
     .venv/bin/python bench/index_overhead.py [--max-tokens 262144] [--rounds 3] [--interleaved 3] [--fresh-processes]
-        [--heads METRIC ...] [--dla]
+        [--heads METRIC ...] [--dla] [--reservoir N] [--fingerprint-cost]
 
 `--heads METRIC` (repeatable, `all` for every metric) also indexes those attention-head
 metrics, and `--dla` the direct-effect twins; the floor stays the same, so the ratio is
 their cost on top of it.
+
+`--reservoir N` sets the indexer's fingerprint reservoir (default: the indexer's, 4096;
+0: no fingerprints). `--fingerprint-cost` makes each interleaved round a pair of indexer
+runs, one with the reservoir and one with none (which goes first alternates), and prints
+both overheads and the median of the pairs' ratios (with / without): what fingerprints
+add to the index time, each side measured against the floor beside it.
 
 The machine's speed also drifts from one run to the next (floors of the same tokens have
 ranged from 12 to 21 s within minutes), so `--interleaved ROUNDS` (default 3) then also
@@ -91,7 +97,7 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dataset", default="stdlib")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="classic rounds (0: none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--fresh-processes",
@@ -116,10 +122,24 @@ def main() -> None:
     parser.add_argument(
         "--dla", action="store_true", help="the indexer also indexes the --dla twins (the floor stays the same)"
     )
+    parser.add_argument(
+        "--reservoir",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the indexer's fingerprint positions (default: the indexer's; 0: no fingerprints)",
+    )
+    parser.add_argument(
+        "--fingerprint-cost",
+        action="store_true",
+        help="each interleaved round runs the indexer with --reservoir and with none, and compares them",
+    )
     parser.add_argument("--worker", choices=["floor", "indexer"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fingerprint_cost and (args.fresh_processes or args.interleaved < 1):
+        parser.error("--fingerprint-cost compares interleaved rounds: not with --fresh-processes or --interleaved 0")
     if "all" in args.heads:
         from actscope.indexer.kinds.head import METRICS
 
@@ -141,6 +161,8 @@ def main() -> None:
     from actscope.indexer.model.runner import ActivationRunner
     from actscope.indexer.model.saes import load_sae, resolve_sae_spec
     from actscope.indexer.run import run_index
+
+    reservoir = IndexConfig.reservoir if args.reservoir is None else args.reservoir
 
     work = Path(tempfile.mkdtemp(prefix="actscope-bench-"))
     model_arg, sae_arg = (args.model, args.sae) if args.worker else bench_model(work)
@@ -168,6 +190,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
         + (f"; the indexer also indexes head metrics {', '.join(args.heads)}" if args.heads else "")
         + ("; the indexer adds the --dla twins" if args.dla else "")
+        + f"; fingerprint reservoir {reservoir}"
     )
 
     def timed(work) -> tuple[float, float, float, int]:
@@ -190,7 +213,9 @@ def main() -> None:
 
         return timed(forward_all)
 
-    def indexer(round_: int, max_tokens: int = args.max_tokens) -> tuple[float, float, float, int]:
+    def indexer(
+        round_: int, max_tokens: int = args.max_tokens, reservoir: int = reservoir
+    ) -> tuple[float, float, float, int]:
         out = work / f"bench-{round_}.duckdb"
         config = IndexConfig(
             model=model_arg,
@@ -205,6 +230,7 @@ def main() -> None:
             quiet=True,
             checkpoint_every=0,
             dla=args.dla,
+            reservoir=reservoir,
         )
         elapsed = timed(lambda: run_index(config))
         out.unlink()
@@ -240,11 +266,12 @@ def main() -> None:
             str(args.threads),
             *(f"--heads={metric}" for metric in args.heads),
             *(["--dla"] if args.dla else []),
+            f"--reservoir={reservoir}",
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
-    def interleaved(round_: int) -> tuple[float, float]:
+    def interleaved(round_: int, reservoir: int = reservoir) -> tuple[float, float]:
         """(floor s, indexer s) of one indexer run with a floor forward pass of each batch's
         tokens run beside the indexer's own: just before it on even batches, just after it
         on odd ones. The indexer's time is the run's minus those floor passes, so both sides
@@ -269,7 +296,7 @@ def main() -> None:
 
         ActivationRunner.__call__ = beside
         try:
-            wall = indexer(round_)[0]
+            wall = indexer(round_, reservoir=reservoir)[0]
         finally:
             ActivationRunner.__call__ = original_call
         # The calibration batches are accumulated from kept activations, without a forward
@@ -281,34 +308,56 @@ def main() -> None:
         floor()  # warm-up: first-call allocations and thread pools
         # Warm-up: the compiled kernels loaded (or compiled, on the first run after an install).
         indexer(-1, 16 * args.ctx * args.batch_size)
-    # floor, indexer, floor, indexer, ..., floor: each indexer run is compared with the mean
-    # of the floors just before and after it, so a machine that speeds up or slows down
-    # (shared cores) moves both sides of each ratio alike.
-    floors, indexers, ratios = [measure("floor", -1)], [], []
-    for round_ in range(args.rounds):
-        indexers.append(measure("indexer", round_))
-        floors.append(measure("floor", round_))
-        around = [(floors[-2][k] + floors[-1][k]) / 2 for k in (0, 1)]
-        ratios.append(tuple(indexers[-1][k] / around[k] for k in (0, 1)))
+
+    def classic_rounds() -> None:
+        # floor, indexer, floor, indexer, ..., floor: each indexer run is compared with the mean
+        # of the floors just before and after it, so a machine that speeds up or slows down
+        # (shared cores) moves both sides of each ratio alike.
+        floors, indexers, ratios = [measure("floor", -1)], [], []
+        for round_ in range(args.rounds):
+            indexers.append(measure("indexer", round_))
+            floors.append(measure("floor", round_))
+            around = [(floors[-2][k] + floors[-1][k]) / 2 for k in (0, 1)]
+            ratios.append(tuple(indexers[-1][k] / around[k] for k in (0, 1)))
+            print(
+                f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
+                f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
+                f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu"
+            )
+            print(
+                f"         system time (page faults): floors {floors[-2][2]:.2f}s ({floors[-2][3]:,}) and "
+                f"{floors[-1][2]:.2f}s ({floors[-1][3]:,}), indexer {indexers[-1][2]:.2f}s ({indexers[-1][3]:,})"
+            )
+        for label, which in (("wall", 0), ("cpu", 1)):
+            best_floor = min(f[which] for f in floors)
+            best_indexer = min(i[which] for i in indexers)
+            print(
+                f"{label}: floor (forward + SAE encode) {best_floor:.2f}s = {n_tokens / best_floor:,.0f} tokens/s; "
+                f"indexer (everything, incl. calibration and writing) {best_indexer:.2f}s = "
+                f"{n_tokens / best_indexer:,.0f} tokens/s; fastest / fastest = {best_indexer / best_floor:.3f}; "
+                f"median of the rounds' ratios = {statistics.median(r[which] for r in ratios):.3f}"
+            )
+
+    if args.rounds:
+        classic_rounds()
+    if args.fingerprint_cost:
+        pairs: list[float] = []
+        for round_ in range(args.interleaved):
+            # With first in odd rounds, without first in even ones: neither always gets the warmer machine.
+            order = (reservoir, 0) if round_ % 2 == 0 else (0, reservoir)
+            overhead = {}
+            for n in order:
+                floor_s, indexer_s = interleaved(round_, n)
+                overhead[n] = indexer_s / floor_s
+            pairs.append(overhead[reservoir] / overhead[0])
+            print(
+                f"fingerprint round {round_ + 1}: overhead {overhead[reservoir]:.3f} with a reservoir of {reservoir}, "
+                f"{overhead[0]:.3f} without; index time with / without {pairs[-1]:.3f}"
+            )
         print(
-            f"round {round_ + 1}: floors around {around[0]:.2f}s wall / {around[1]:.2f}s cpu, "
-            f"indexer {indexers[-1][0]:.2f}s wall / {indexers[-1][1]:.2f}s cpu, "
-            f"ratio {ratios[-1][0]:.3f} wall / {ratios[-1][1]:.3f} cpu"
+            f"fingerprints: median of the rounds' index time ratios (with / without) = {statistics.median(pairs):.3f}"
         )
-        print(
-            f"         system time (page faults): floors {floors[-2][2]:.2f}s ({floors[-2][3]:,}) and "
-            f"{floors[-1][2]:.2f}s ({floors[-1][3]:,}), indexer {indexers[-1][2]:.2f}s ({indexers[-1][3]:,})"
-        )
-    for label, which in (("wall", 0), ("cpu", 1)):
-        best_floor = min(f[which] for f in floors)
-        best_indexer = min(i[which] for i in indexers)
-        print(
-            f"{label}: floor (forward + SAE encode) {best_floor:.2f}s = {n_tokens / best_floor:,.0f} tokens/s; "
-            f"indexer (everything, incl. calibration and writing) {best_indexer:.2f}s = "
-            f"{n_tokens / best_indexer:,.0f} tokens/s; fastest / fastest = {best_indexer / best_floor:.3f}; "
-            f"median of the rounds' ratios = {statistics.median(r[which] for r in ratios):.3f}"
-        )
-    if args.interleaved and not args.fresh_processes:
+    elif args.interleaved and not args.fresh_processes:
         side_by_side = []
         for round_ in range(args.interleaved):
             floor_s, indexer_s = interleaved(round_)

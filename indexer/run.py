@@ -333,9 +333,12 @@ def stream_all(run: Loaded, all_steps: Iterator, accumulators: dict, grids: dict
                 continue  # already in the checkpoint
             tokens = step.tokens.to(run.device)
             if step.acts is None:  # each source accumulated as soon as the forward pass yields it
-                run.runner(tokens, consume=accumulate_each(accumulators, tokens, step.first_seq, config.seed))
+                consume = accumulate_each(accumulators, tokens, step.first_seq, config.seed, step.tokens)
+                run.runner(tokens, consume=consume)
             else:
-                accumulate(accumulators, run.sources, step.acts, tokens, step.first_seq, config.seed, step.top_ks)
+                accumulate(
+                    accumulators, run.sources, step.acts, tokens, step.first_seq, config.seed, step.top_ks, step.tokens
+                )
             if not step.batches:
                 continue
             for batch in step.batches:
@@ -415,19 +418,27 @@ def new_accumulators(sources, grids, config: IndexConfig, device) -> dict:
 
 
 def accumulate(
-    accumulators: dict, sources, acts: dict, tokens, first_seq: int, seed: int, top_ks: dict | None = None
+    accumulators: dict,
+    sources,
+    acts: dict,
+    tokens,
+    first_seq: int,
+    seed: int,
+    top_ks: dict | None = None,
+    host_tokens=None,
 ) -> None:
     """The accumulator of every source in `acts` updated with its activations of `tokens`
     [batch, ctx] (and, for TopK SAEs, their top-k in `top_ks`, as ActivationRunner passes it)."""
-    update = accumulate_each(accumulators, tokens, first_seq, seed)
+    update = accumulate_each(accumulators, tokens, first_seq, seed, host_tokens)
     for source in sources:
         if source.slug in acts:
             update(source.slug, acts[source.slug], (top_ks or {}).get(source.slug))
 
 
-def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Callable[..., None]:
+def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int, host_tokens=None) -> Callable[..., None]:
     """update(slug, activations, top_k=None): one source's accumulator updated for `tokens`
-    [batch, ctx]; `top_k` as ActivationRunner passes it to `consume`."""
+    [batch, ctx] (`host_tokens`: the same on the host, if `tokens` are on a GPU); `top_k` as
+    ActivationRunner passes it to `consume`."""
     import torch
 
     from actscope.indexer.accumulate.reservoir import ReservoirBatch
@@ -436,9 +447,13 @@ def accumulate_each(accumulators: dict, tokens, first_seq: int, seed: int) -> Ca
     batch, ctx = tokens.shape
     seq_ids = first_seq + torch.arange(batch, device=tokens.device)
     keys = token_keys(seq_ids[:, None] * ctx + torch.arange(ctx, device=tokens.device)[None, :], seed)
-    # The step's positions as the fingerprint reservoirs see them, once for all sources.
+    # The step's positions as the fingerprint reservoirs see them (on the host), once for all sources.
     with_fingerprints = any(acc.fingerprints is not None for acc in accumulators.values())
-    positions = ReservoirBatch.of(tokens, first_seq, seed) if with_fingerprints else None
+    positions = (
+        ReservoirBatch.of(tokens if host_tokens is None else host_tokens, first_seq, seed)
+        if with_fingerprints
+        else None
+    )
 
     # The row order the compiled (CPU) passes visit, computed once for all sources (once
     # more for sources that leave the last positions out).

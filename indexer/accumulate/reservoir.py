@@ -15,12 +15,21 @@ Values are kept as float16 (two bytes each, as stored): a value depends on nothi
 own position, so the state is what the index holds and a merge is exact. float16 keeps
 about three significant digits, far finer than a correlation over a few thousand
 positions can tell; magnitudes past its range (65504) are clamped to it.
+
+Cheap per batch: the positions' bookkeeping (ids, priorities, tokens: a few thousand
+integers) lives on the host in numpy, and which positions enter and into which slots is
+decided once per batch for all sources whose reservoirs are alike (all of a run's are):
+each source then only copies those rows of its activations, in one gather. On a CPU the
+gather and the float16 conversion are numpy's too: a few small torch operations per source
+and batch each wake torch's thread pool, which on a busy machine waits for a free core.
+Only the values [capacity, units] live on the device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from actscope.indexer import kinds
@@ -53,92 +62,157 @@ def position_priority(ids: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 @dataclass
-class ReservoirBatch:
-    """What every source's reservoir reads of one step: the global ids [B, P] of its
-    positions, their token ids, and their priorities (_NONE where not eligible)."""
+class Offer:
+    """What one reservoir state takes of some candidates: candidate `entering[i]` goes to
+    slot `slots[i]`; `filled` is the state's size after."""
 
-    ids: torch.Tensor
-    tokens: torch.Tensor
-    priority: torch.Tensor
+    slots: np.ndarray
+    entering: np.ndarray
+    filled: int
+
+
+@dataclass
+class _Decided:
+    """An offer made to a reservoir state, kept by the batch for the other sources: the
+    state it was made to (capacity, filled, ids, priority; tokens follow from the ids) and
+    the candidates' rows in the batch."""
+
+    capacity: int
+    filled: int
+    ids: np.ndarray
+    priority: np.ndarray
+    rows: np.ndarray
+    offer: Offer
+
+
+@dataclass
+class ReservoirBatch:
+    """What every source's reservoir reads of one step, on the host: the global ids [B*P]
+    of its positions (row-major, as the rows of its activations), their token ids and
+    priorities (_NONE where not eligible). The offer made to one source's state is kept
+    and given to every other source in the same state: decided once per batch."""
+
+    ids: np.ndarray
+    tokens: np.ndarray
+    priority: np.ndarray
+    _decided: list[_Decided] = field(default_factory=list)
 
     @classmethod
     def of(cls, tokens: torch.Tensor, first_seq: int, seed: int) -> ReservoirBatch:
+        """`tokens` [B, P]: the step's tokens (on the host, or copied there)."""
+        tokens = tokens.cpu()
         batch, ctx = tokens.shape
-        device = tokens.device
-        ids = (first_seq + torch.arange(batch, device=device))[:, None] * ctx + torch.arange(ctx, device=device)[
-            None, :
-        ]
+        ids = (first_seq + torch.arange(batch))[:, None] * ctx + torch.arange(ctx)[None, :]
         priority = position_priority(ids, seed)
         priority[:, 0] = _NONE  # BOS
         if RESERVOIR_TAIL:
             priority[:, ctx - RESERVOIR_TAIL :] = _NONE
-        return cls(ids, tokens, priority)
+        return cls(ids.reshape(-1).numpy(), tokens.reshape(-1).numpy().astype(np.int64), priority.reshape(-1).numpy())
+
+    def decide(self, state: FingerprintReservoir) -> tuple[np.ndarray, Offer]:
+        """(rows of the candidates in the batch, the offer) for `state`, as decided for an
+        earlier source in the same state, else now."""
+        n = state.filled
+        for d in self._decided:
+            if (
+                d.capacity == state.capacity
+                and d.filled == n
+                and np.array_equal(d.ids, state.ids[:n])
+                and np.array_equal(d.priority, state.priority[:n])
+            ):
+                return d.rows, d.offer
+        rows = np.flatnonzero(self.priority <= state.threshold())
+        offer = state.plan(self.priority[rows], self.ids[rows])
+        self._decided.append(_Decided(state.capacity, n, state.ids[:n].copy(), state.priority[:n].copy(), rows, offer))
+        return rows, offer
 
 
 class FingerprintReservoir:
     """One source's units' values at the reservoir's positions, kept in `capacity` slots
-    in no particular order (`final` sorts them by position)."""
+    in no particular order (`final` sorts them by position). The positions' ids,
+    priorities and tokens are host (numpy) arrays; the values [capacity, U] float16 are
+    on the device."""
 
     def __init__(self, n_units: int, capacity: int, device) -> None:
         self.n_units = n_units
         self.capacity = capacity
         self.filled = 0
-        self.ids = torch.full((capacity,), -1, dtype=torch.int64, device=device)
-        self.priority = torch.full((capacity,), _NONE, dtype=torch.int64, device=device)
-        self.tokens = torch.full((capacity,), -1, dtype=torch.int64, device=device)
+        self.ids = np.full(capacity, -1, dtype=np.int64)
+        self.priority = np.full(capacity, _NONE, dtype=np.int64)
+        self.tokens = np.full(capacity, -1, dtype=np.int64)
         self.acts = torch.zeros((capacity, n_units), dtype=torch.float16, device=device)
 
-    def threshold(self) -> torch.Tensor:
-        """The priority a position must not exceed to be offered (ties go by id), as a
-        0-d tensor on the state's device (no host sync)."""
+    def threshold(self) -> int:
+        """The priority a position must not exceed to be offered (ties go by id)."""
         if self.filled == self.capacity:
-            return self.priority.max()
-        return torch.tensor(_NONE - 1, dtype=torch.int64, device=self.priority.device)
+            return int(self.priority.max())
+        return _NONE - 1
 
     def update(self, acts: torch.Tensor, batch: ReservoirBatch) -> None:
         """acts [B, P, U]: offer the step's eligible positions under the threshold."""
-        b, p = (batch.priority <= self.threshold()).nonzero(as_tuple=True)
-        if b.numel() == 0:
+        rows, offer = batch.decide(self)
+        if offer.entering.size == 0:
             return
-        rows = acts.view(-1, acts.shape[-1]) if acts.is_contiguous() else acts.reshape(-1, acts.shape[-1])
-        flat = b * acts.shape[1] + p
-        self._offer(batch.priority[b, p], batch.ids[b, p], batch.tokens[b, p], lambda i: rows.index_select(0, flat[i]))
+        entering = rows[offer.entering]
+        self._take(offer, batch.priority[entering], batch.ids[entering], batch.tokens[entering])
+        self._store(offer.slots, acts, entering)
 
     def merge(self, other: FingerprintReservoir) -> None:
         n = other.filled
-        self._offer(other.priority[:n], other.ids[:n], other.tokens[:n], lambda i: other.acts[i])
-
-    def _offer(self, priority, ids, tokens, values_of) -> None:
-        """Keep the `capacity` smallest (priority, id) of the state and the candidates;
-        `values_of(indices)` gives the [k, U] values of the candidates that enter."""
-        filled = self.filled
-        all_priority = torch.cat([self.priority[:filled], priority])
-        all_ids = torch.cat([self.ids[:filled], ids])
-        by_id = torch.argsort(all_ids, stable=True)
-        order = by_id[torch.argsort(all_priority[by_id], stable=True)]
-        keep = order[: self.capacity]
-        kept_old = keep[keep < filled]
-        entering = keep[keep >= filled] - filled
-        if entering.numel() == 0:
+        offer = self.plan(other.priority[:n], other.ids[:n])
+        if offer.entering.size == 0:
             return
-        free = torch.ones(self.capacity, dtype=torch.bool, device=self.ids.device)
-        free[kept_old] = False
-        slots = free.nonzero().squeeze(1)[: entering.numel()]
-        self.priority[slots] = priority[entering]
-        self.ids[slots] = ids[entering]
-        self.tokens[slots] = tokens[entering].to(torch.int64)
-        values = values_of(entering).to(torch.float16)  # one pass; past float16's range: inf, clamped below
-        self.acts.index_copy_(0, slots, torch.nan_to_num_(values, nan=0.0, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX))
-        self.filled = int(keep.numel())
+        entering = offer.entering
+        self._take(offer, other.priority[entering], other.ids[entering], other.tokens[entering])
+        self._store(offer.slots, other.acts, entering)
+
+    def plan(self, priority: np.ndarray, ids: np.ndarray) -> Offer:
+        """Which candidates enter (those among the `capacity` smallest (priority, id) of the
+        state and the candidates) and the free slots they take, in increasing order."""
+        filled = self.filled
+        order = np.lexsort(
+            (np.concatenate([self.ids[:filled], ids]), np.concatenate([self.priority[:filled], priority]))
+        )
+        keep = order[: self.capacity]
+        entering = keep[keep >= filled] - filled
+        free = np.ones(self.capacity, dtype=bool)
+        free[keep[keep < filled]] = False
+        return Offer(np.flatnonzero(free)[: entering.size], entering, int(keep.size))
+
+    def _take(self, offer: Offer, priority: np.ndarray, ids: np.ndarray, tokens: np.ndarray) -> None:
+        self.priority[offer.slots] = priority
+        self.ids[offer.slots] = ids
+        self.tokens[offer.slots] = tokens
+        self.filled = offer.filled
+
+    def _store(self, slots: np.ndarray, values: torch.Tensor, which: np.ndarray) -> None:
+        """The rows `which` of values [..., U] (flat indices over its leading dimensions) into
+        `slots`, as float16 (past its range: clamped), in one gather."""
+        if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float16):
+            array = values.numpy()  # a strided view: a non-contiguous tensor is not copied whole
+            taken = array[np.unravel_index(which, array.shape[:-1])]  # a copy
+            if taken.dtype != np.float16:
+                # Clamped before the cast, as clamping its inf after would: float16 math is slow in numpy.
+                np.clip(taken, -FLOAT16_MAX, FLOAT16_MAX, out=taken)
+                taken[np.isnan(taken)] = 0.0
+            self.acts.numpy()[slots] = taken  # cast to float16 here
+            return
+        rows = values.reshape(-1, values.shape[-1]).index_select(0, torch.from_numpy(which).to(values.device))
+        rows = torch.nan_to_num_(rows.to(torch.float16), nan=0.0, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX)
+        self.acts.index_copy_(0, torch.from_numpy(slots).to(self.acts.device), rows.to(self.acts.device))
 
     def final(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids [n], token ids [n], acts [n, U] float16) of the filled slots, by position."""
-        order = torch.argsort(self.ids[: self.filled])
-        return self.ids[order].cpu(), self.tokens[order].cpu(), self.acts[order].cpu()
+        order = np.argsort(self.ids[: self.filled], kind="stable")
+        acts = self.acts.cpu()
+        return torch.from_numpy(self.ids[order]), torch.from_numpy(self.tokens[order]), acts[torch.from_numpy(order)]
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("filled", "ids", "priority", "tokens", "acts")}
+        state: dict = {k: torch.from_numpy(getattr(self, k).copy()) for k in ("ids", "priority", "tokens")}
+        return {"filled": self.filled, **state, "acts": self.acts}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        self.filled = int(state["filled"])
+        for key in ("ids", "priority", "tokens"):
+            setattr(self, key, state[key].cpu().numpy().astype(np.int64))
+        self.acts = state["acts"]
