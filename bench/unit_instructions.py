@@ -20,6 +20,8 @@ import random
 import subprocess
 import sys
 
+from unit_pages import get_scope  # a sibling script: bench/ is first on the path
+
 
 def main() -> None:
     from actscope.app.server import create_app
@@ -33,19 +35,7 @@ def main() -> None:
     prefix = "/api" if fmt == "json" else ""
 
     async def call(path: str) -> None:
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": [(b"host", b"127.0.0.1")],
-            "root_path": "",
-            "scheme": "http",
-            "server": ("127.0.0.1", 80),
-            "client": ("127.0.0.1", 1),
-            "http_version": "1.1",
-        }
+        scope = get_scope(path)
 
         async def receive():
             return {"type": "http.request", "body": b"", "more_body": False}

@@ -27,6 +27,23 @@ import sys
 import time
 
 
+def get_scope(path: str, query: str = "") -> dict:
+    """The ASGI scope of a plain GET of `path` from 127.0.0.1 (the app called without HTTP)."""
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(b"host", b"127.0.0.1")],
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "http_version": "1.1",
+    }
+
+
 def serve(index: str) -> None:
     """The worker: on each stdin line "KIND START COUNT" serve COUNT units' first views
     (KIND json or html) and print the CPU seconds; "hash KIND START COUNT" prints a
@@ -41,19 +58,7 @@ def serve(index: str) -> None:
     random.Random(0).shuffle(units)
 
     async def call(path: str, query: str = "") -> bytes:
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "headers": [(b"host", b"127.0.0.1")],
-            "root_path": "",
-            "scheme": "http",
-            "server": ("127.0.0.1", 80),
-            "client": ("127.0.0.1", 1),
-            "http_version": "1.1",
-        }
+        scope = get_scope(path, query)
         body: list[bytes] = []
 
         async def receive():
