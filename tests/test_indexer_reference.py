@@ -254,7 +254,8 @@ def test_vocab_and_run_record(con, reference):
     }
     phases = json.loads(meta["phase_seconds"])
     assert {"load", "calibration", "batches", "logit tables"} <= set(phases)
-    assert sum(phases.values()) <= json.loads(meta["elapsed_seconds"])
+    # Each figure is rounded to 0.01 s: the phases' sum may pass the rounded total by half a step each.
+    assert sum(phases.values()) <= json.loads(meta["elapsed_seconds"]) + 0.005 * (len(phases) + 1)
     corpus = json.loads(meta["corpus"])
     assert corpus["source"] == "local files" and corpus["name"] == Path(meta["dataset"]).name
     assert json.loads(meta["elapsed_seconds"]) > 0 and meta["created_at"].startswith("20")
