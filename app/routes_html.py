@@ -86,18 +86,29 @@ def _or_shown_error(
     view: Callable[[], dict[str, Any]], fallback: Callable[[], dict[str, Any]], key: str = "error"
 ) -> tuple[dict[str, Any], int]:
     """(view(), 200); if the visitor's input fails it (any error but a 404: empty text,
-    busy model, bad position), the page without that input, fallback(), with the error's
-    message under data[key] and the error's status. A missing model, source or unit
-    stays a 404 page; a field's error, such as a position past the text, is shown, as a
-    422 like every form error of the pages (the API answers 404 to a well-formed miss)."""
+    busy model, bad position), the page without that input, fallback(), with the error
+    (see _shown_error). A missing model, source or unit stays a 404 page; a field's
+    error, such as a position past the text, is shown, as a 422 like every form error of
+    the pages (the API answers 404 to a well-formed miss)."""
     try:
-        data, status, message = view(), 200, None
+        data = view()
     except AppError as exc:
-        if exc.status == 404 and not isinstance(exc, params.FieldError):
-            raise
-        data, status, message = fallback(), _shown_status(exc), exc.message
-    data[key] = message
-    return data, status
+        return _shown_error(exc, fallback, key)
+    data[key], data[f"{key}_field"] = None, None
+    return data, 200
+
+
+def _shown_error(
+    exc: AppError, fallback: Callable[[], dict[str, Any]], key: str = "error"
+) -> tuple[dict[str, Any], int]:
+    """(fallback() with the error's message under data[key] and the field it is about
+    under data[key + "_field"], whose box is then marked invalid; the page's status). A
+    404 that is not a field's (a missing model, source or unit) is raised again."""
+    if exc.status == 404 and not isinstance(exc, params.FieldError):
+        raise exc
+    data = fallback()
+    data[key], data[f"{key}_field"] = exc.message, getattr(exc, "field", None)
+    return data, _shown_status(exc)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -406,15 +417,16 @@ def similar_page(
     below it. An htmx request (the unit page's panel) gets the list's block only."""
     urls = site_urls.for_request(request)
     served = similar_data.served_models(catalog.stores())
-    try:
+
+    def view() -> dict[str, Any]:
         count = params.parse_int("k", k, "a whole number")
-        data = similar_data.similar_data(served, urls, model, source, index, scope, 20 if count is None else count)
-        data["error"], data["error_field"], status = None, None, 200
-    except params.FieldError as exc:
-        # The list as the visitor asked for it, but for the bad field (their scope kept).
+        return similar_data.similar_data(served, urls, model, source, index, scope, 20 if count is None else count)
+
+    def fallback() -> dict[str, Any]:  # the list as the visitor asked for it, but for the bad field
         kept = scope if scope in similar_data.SCOPES else "all"
-        data = similar_data.similar_data(served, urls, model, source, index, kept)
-        data["error"], data["error_field"], status = exc.message, exc.field, 422
+        return similar_data.similar_data(served, urls, model, source, index, kept)
+
+    data, status = _or_shown_error(view, fallback)
     data["form"] = {"scope": scope, "k": k}
     return render(
         request,
@@ -509,18 +521,13 @@ async def minimal_page(
 
 async def _live_result(compute, frame) -> tuple[dict, int]:
     """(data with `error`, status) of a live page: what `compute` returns, or on bad input
-    the unit's `frame` with the message (a missing unit or model stays a 404 page)."""
+    the unit's `frame` with the error (as _or_shown_error, for a computation awaited)."""
     try:
         data = await compute()
-        data["error"], data["error_field"] = None, None
-        return data, 200
     except AppError as exc:
-        if exc.status == 404 and not isinstance(exc, params.FieldError):
-            raise
-        data = frame()
-        # The field the error is about: its box is marked invalid, described by the message.
-        data["error"], data["error_field"] = exc.message, getattr(exc, "field", None)
-        return data, _shown_status(exc)
+        return _shown_error(exc, frame)
+    data["error"], data["error_field"] = None, None
+    return data, 200
 
 
 def _render_live(request: Request, template: str, data: dict, title: str, block: str, status: int):
