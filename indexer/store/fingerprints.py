@@ -67,10 +67,16 @@ class SourcePrints:
     @property
     def nbytes(self) -> int:
         """Bytes of its arrays (a sparse source's unit of each value included, built now)."""
-        if self.dense is None and self._rows is None and self.start is not None:
-            self._rows = np.repeat(np.arange(self.n_units), np.diff(self.start))
-        parts = (self.n_active, self.constant, self.dense, self.start, self.slots, self.values, self.factor, self._rows)
+        rows = self._value_units() if self.dense is None and self.start is not None else None
+        parts = (self.n_active, self.constant, self.dense, self.start, self.slots, self.values, self.factor, rows)
         return sum(a.nbytes for a in parts if a is not None)
+
+    def _value_units(self) -> np.ndarray:
+        """The unit of each nonzero value of a sparse source, built on first use."""
+        if self._rows is None:
+            assert self.start is not None
+            self._rows = np.repeat(np.arange(self.n_units), np.diff(self.start))
+        return self._rows
 
     @property
     def eligible(self) -> np.ndarray:
@@ -99,10 +105,7 @@ class SourcePrints:
         if self.dense is not None:
             return self.dense @ z
         assert self.slots is not None and self.values is not None and self.factor is not None
-        if self._rows is None:
-            assert self.start is not None
-            self._rows = np.repeat(np.arange(self.n_units), np.diff(self.start))
-        sums = np.bincount(self._rows, weights=self.values * z[self.slots], minlength=self.n_units)
+        sums = np.bincount(self._value_units(), weights=self.values * z[self.slots], minlength=self.n_units)
         return (sums * self.factor).astype(np.float32)
 
 
