@@ -31,9 +31,14 @@ class LiveModel:
 
     def tokenize(self, text: str) -> tuple[list[int], bool]:
         """(BOS + token ids of `text`, truncated?) with at most ctx tokens in all."""
-        ids = self.loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        truncated = len(ids) > self.ctx - 1
-        return [self.loaded.bos_token_id] + list(ids[: self.ctx - 1]), truncated
+        return self.tokenize_batch([text])[0]
+
+    def tokenize_batch(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        """tokenize() of each text, in one call to the tokenizer: the live worker's
+        batch pays the wrapper's Python once, not once per text."""
+        encoded = self.loaded.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        keep = self.ctx - 1
+        return [([self.loaded.bos_token_id] + list(ids[:keep]), len(ids) > keep) for ids in encoded]
 
     def token_strings(self, ids: list[int]) -> list[str]:
         return self.loaded.tokenizer.batch_decode([[i] for i in ids])

@@ -176,8 +176,8 @@ class SlowLive:
     def __init__(self, delay: float):
         self.delay = delay
 
-    def tokenize(self, text):
-        return [0, 1, 2], False
+    def tokenize_batch(self, texts):
+        return [([0, 1, 2], False) for _ in texts]
 
     def token_strings(self, ids):
         return ["<bos>", "a", "b"]
