@@ -225,11 +225,13 @@ def test_live_requests_are_bounded(web_index):
     assert time.monotonic() - start < 0.4
 
 
-def test_concurrent_live_requests_are_batched_and_exact(client, web_index):
-    """Requests queued together run as one padded batch; results equal single runs."""
+def test_concurrent_live_requests_are_batched_and_exact(client, web_index, reference):
+    """Requests queued together run as one padded batch, tokenized together; results
+    equal single runs, and each text's tokens are the tokenizer's own for that text."""
     from concurrent.futures import ThreadPoolExecutor
 
-    texts = [f"return {'x' * i} + value{i}" for i in range(1, 13)]
+    ctx = client.get(f"/api/{M}").json()["ctx"]
+    texts = [f"return {'x' * i} + value{i}" for i in range(1, 12)] + [" café <|endoftext|> " * ctx]
     live = client.app.state.catalog.live(M)
     singles = [live.run_ids(live.run(t, "1-res-sae").token_ids, "1-res-sae").acts for t in texts]
     live._cache.clear()
@@ -237,7 +239,10 @@ def test_concurrent_live_requests_are_batched_and_exact(client, web_index):
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda t: live.run(t, "1-res-sae"), texts))
     assert live.forward_passes - passes < len(texts)  # some requests shared a pass
-    for res, single in zip(results, singles):
+    for text, res, single in zip(texts, results, singles):
+        own = reference.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert res.token_ids == [reference.bos] + own[: ctx - 1]
+        assert res.truncated == (len(own) > ctx - 1)
         assert res.acts.shape == single.shape
         np.testing.assert_allclose(res.acts, single, atol=1e-4)
 
