@@ -175,6 +175,25 @@ def test_two_identical_sae_features_are_each_others_top_neighbour(duplicated_ind
     ]
 
 
+def test_decoder_neighbours_are_numpys_cosines_of_the_stored_directions(tiny_index):
+    con = duckdb.connect(str(tiny_index), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT direction FROM decoders WHERE model = 'tiny' AND source = '1-res-sae' ORDER BY unit"
+        ).fetchall()
+    finally:
+        con.close()
+    directions = np.array([r[0] for r in rows], dtype=np.float64)
+    unit = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    served = _served(("tiny", tiny_index))
+    for feature in range(0, len(rows), max(1, len(rows) // 12)):
+        got = _similar(served, "tiny", "1-res-sae", feature, scope="source", k=5)["decoder_cosine"]
+        order = sorted((j for j in range(len(rows)) if j != feature), key=lambda j: (-cos[feature, j], j))[:5]
+        assert [n["index"] for n in got] == order
+        np.testing.assert_allclose([n["cos"] for n in got], cos[feature, order], atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def renamed_index(tmp_path_factory, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
     """The tiny index's model, SAE, corpus and options under another name, 'tiny-b'."""
