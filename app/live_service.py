@@ -344,12 +344,11 @@ class LiveService:
                 batch[0].result = batch[0].task(live)
                 return
             untokenized = [job for job in batch if job.ids is None]
-            if untokenized:
-                encoded = live.tokenize_batch([job.text for job in untokenized])
-                for job, (job_ids, truncated) in zip(untokenized, encoded):
-                    job.ids, job.truncated = job_ids, truncated
+            encoded = iter(live.tokenize_batch([job.text for job in untokenized]) if untokenized else ())
             ids: list[list[int]] = []
             for job in batch:
+                if job.ids is None:
+                    job.ids, job.truncated = next(encoded)
                 job.ids = [int(i) for i in job.ids]
                 ids.append(job.ids)
             source = batch[0].source
