@@ -46,3 +46,17 @@ def test_the_compare_view_opens_from_a_neighbour_and_its_url_reproduces_it(conte
     again.goto(page.url)
     assert again.locator(".correlations .correlation .r").inner_text() == shown
     assert [again.locator(".compare-unit").nth(i).get_attribute("data-ref") for i in range(2)] == ["1-mlp/3", neighbour]
+
+
+def test_a_number_box_shows_what_the_visitor_typed_next_to_its_error(context, live_server):
+    """A number the server refused stays in its box as typed (a type=number box would
+    show it empty), beside the error."""
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.goto(f"{live_server.url}/tiny/1-mlp/3/similar?scope=source&k=abc")
+    assert page.input_value("#k") == "abc"
+    assert "whole number" in page.locator("#similar-error").inner_text()
+    page.goto(f"{live_server.url}/tiny/1-mlp/3?goto=x")
+    assert page.input_value("#goto") == "x"
+    assert "from 0 to" in page.locator("form.jump .jump-error").inner_text()
+    _no_sideways_scroll(page)
