@@ -64,6 +64,7 @@ def create_app(settings: Settings, reload_of: FastAPI | None = None, changed: Co
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        limit_blas_threads(settings)
         if settings.live and settings.preload_live:
             # Load in the background: pages answer at once, live requests wait for it.
             threading.Thread(target=_preload, args=(first,), daemon=True).start()
@@ -148,6 +149,14 @@ def app_from_env() -> ReloadingApp:
     return ReloadingApp(settings_from_env(), create_app)
 
 
+def limit_blas_threads(settings: Settings) -> None:
+    """Cap this process's BLAS threads at settings.blas_threads (if set), for good."""
+    if settings.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=settings.blas_threads, user_api="blas")
+
+
 def serve(
     index_files: str | list[str],
     host: str = "127.0.0.1",
@@ -162,7 +171,8 @@ def serve(
     live model and keep their own response cache: on a machine with idle cores, more
     workers serve more pages per second (on the shared 2-core test machine they did
     not: bench/server.py measured no gain and a colder cache). ACTSCOPE_LIVE_THREADS
-    (default 1) torch threads per process. `root_path` (default: ACTSCOPE_ROOT_PATH, or
+    (default 1) torch threads and ACTSCOPE_BLAS_THREADS (default 1) BLAS threads per
+    process. `root_path` (default: ACTSCOPE_ROOT_PATH, or
     none) is the path prefix the site is served under behind a reverse proxy that strips
     it; uvicorn passes it to the app as the ASGI root_path.
 
@@ -187,6 +197,7 @@ def serve(
     os.environ["ACTSCOPE_DEVICE"] = device
     os.environ.setdefault("ACTSCOPE_PRELOAD_LIVE", "true")
     os.environ.setdefault("ACTSCOPE_LIVE_THREADS", "1")
+    os.environ.setdefault("ACTSCOPE_BLAS_THREADS", "1")
     if root_path is not None:
         os.environ["ACTSCOPE_ROOT_PATH"] = root_path
     if reload_on_change:

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # `actscope serve` uses 1: with the web server on the same cores, more threads
     # oversubscribe the CPU and one forward pass can get 50x slower.
     live_threads: int | None = None
+    # BLAS threads for numpy's matrix products (None: the library's default). `actscope
+    # serve` uses 1: requests run side by side, and products that each spin up every core
+    # oversubscribed the CPU (similar lists at 16 clients took seconds).
+    blas_threads: int | None = None
     # Text longer than this (characters) is cut before tokenizing; the visitor is told.
     max_text_chars: int = 20_000
     # Cached live results (text, source) -> activations.

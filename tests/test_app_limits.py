@@ -289,9 +289,40 @@ def test_serve_turns_uvicorns_forwarded_for_off(web_index, monkeypatch, restored
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "WORKERS"):
+    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "BLAS_THREADS", "WORKERS"):
         os.environ.pop(f"ACTSCOPE_{var}", None)
     os.environ["ACTSCOPE_LIVE"] = "false"
     result = CliRunner().invoke(main, ["serve", str(web_index)])
     assert result.exit_code == 0, result.output
     assert calls[-1]["proxy_headers"] is False
+    assert os.environ["ACTSCOPE_BLAS_THREADS"] == "1"  # serve's default, read by every worker process
+
+
+def test_the_served_app_runs_numpy_products_on_one_blas_thread(web_index, tmp_path):
+    """Requests run side by side in threads; a matrix product that spun up every core in
+    each of them oversubscribed the CPU. The app's start-up caps BLAS at blas_threads (in
+    a process of its own: the cap holds for the whole process)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import json
+from threadpoolctl import threadpool_info
+from fastapi.testclient import TestClient
+from actscope.app.server import create_app
+from actscope.app.settings import Settings
+
+def blas():
+    return sorted({{p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}})
+
+import numpy
+before = blas()
+with TestClient(create_app(Settings(index_file={str(web_index)!r}, live=False, blas_threads=1))) as client:
+    assert client.get("/api").status_code == 200
+    print(json.dumps({{"before": before, "after": blas()}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["after"] == [1]
+    assert seen["before"] and seen["before"] != [1]  # the library's default here is every core (2)

@@ -343,7 +343,7 @@ def test_serve_passes_the_root_path_to_uvicorn(web_index, monkeypatch, restored_
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
     # The environment is set directly (serve writes it too): restored_environ puts it back.
     env = os.environ
-    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "WORKERS"):
+    for var in ("ROOT_PATH", "INDEX_FILE", "DEVICE", "PRELOAD_LIVE", "LIVE_THREADS", "BLAS_THREADS", "WORKERS"):
         env.pop(f"ACTSCOPE_{var}", None)
     env["ACTSCOPE_LIVE"] = "false"
     result = CliRunner().invoke(main, ["serve", str(web_index), "--root-path", "/actscope/"])
