@@ -191,15 +191,14 @@ def _examples(examples, ctx: int, tail: int, window: tuple[int, int], split_grou
 def reservoir_rows(model: str, acc, ctx: int) -> pa.Table:
     """The reservoir's positions (any source's: they are the same for all), in corpus
     order: slot i of every fingerprint is the activation at row i."""
-    ids, tokens, _ = acc.fingerprints.final()
-    ids_np = ids.numpy()
+    ids_np, tokens = acc.fingerprints.positions()
     return pa.table(
         {
             "model": repeated(model, ids_np.size),
             "slot": pa.array(np.arange(ids_np.size, dtype=np.int32)),
             "seq": pa.array((ids_np // ctx).astype(np.int32)),
             "pos": pa.array((ids_np % ctx).astype(np.int32)),
-            "token_id": pa.array(tokens.numpy().astype(np.int32)),
+            "token_id": pa.array(tokens.astype(np.int32)),
         }
     )
 
@@ -207,31 +206,23 @@ def reservoir_rows(model: str, acc, ctx: int) -> pa.Table:
 def fingerprint_rows(model: str, slug: str, acc, sparse: bool) -> pa.Table:
     """One row per unit: its float16 values at the reservoir's slots (little-endian
     bytes); for a sparse kind only the nonzero ones, with their slot numbers (uint16)."""
-    _, _, acts = acc.fingerprints.final()
-    by_unit = np.ascontiguousarray(acts.numpy().T.astype("<f2"))  # [U, n]
-    n_units, n = by_unit.shape
-    if not sparse:
-        offsets = np.arange(n_units + 1, dtype=np.int64) * (2 * n)
-        values, slots = _blobs(by_unit.reshape(-1), offsets), pa.nulls(n_units, pa.large_binary())
-    else:
-        units, where = np.nonzero(by_unit)  # by unit, then slot
-        counts = np.bincount(units, minlength=n_units)
-        offsets = np.zeros(n_units + 1, dtype=np.int64)
-        np.cumsum(counts * 2, out=offsets[1:])
-        values = _blobs(by_unit[units, where], offsets)
-        slots = _blobs(where.astype("<u2"), offsets)
+    from actscope.indexer.accumulate.kernels_fingerprints import fingerprint_blobs
+
+    reservoir = acc.fingerprints
+    offsets, values, slots = fingerprint_blobs(reservoir.acts.cpu().numpy(), reservoir.by_position(), sparse)
+    n_units = reservoir.n_units
     return pa.table(
         {
             "model": repeated(model, n_units),
             "source": repeated(slug, n_units),
             "unit": pa.array(np.arange(n_units, dtype=np.int32)),
-            "slots": slots,
-            "acts": values,
+            "slots": pa.nulls(n_units, pa.large_binary()) if slots is None else _blobs(slots, offsets),
+            "acts": _blobs(values, offsets),
         }
     )
 
 
 def _blobs(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """A binary column whose row i is the bytes offsets[i]..offsets[i+1] of `values`."""
-    data = pa.py_buffer(np.ascontiguousarray(values).tobytes())
+    """A binary column whose row i is the bytes offsets[i]..offsets[i+1] of `values` (no copy)."""
+    data = pa.py_buffer(np.ascontiguousarray(values))
     return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), data])

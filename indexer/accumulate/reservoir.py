@@ -203,9 +203,18 @@ class FingerprintReservoir:
 
     def final(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids [n], token ids [n], acts [n, U] float16) of the filled slots, by position."""
-        order = np.argsort(self.ids[: self.filled], kind="stable")
+        order = self.by_position()
         acts = self.acts.cpu()
         return torch.from_numpy(self.ids[order]), torch.from_numpy(self.tokens[order]), acts[torch.from_numpy(order)]
+
+    def by_position(self) -> np.ndarray:
+        """The filled slots in the order `final` gives them (by position)."""
+        return np.argsort(self.ids[: self.filled], kind="stable")
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [n], token ids [n]) of `final`, without its copy of the values."""
+        order = self.by_position()
+        return self.ids[order], self.tokens[order]
 
     def state_dict(self) -> dict:
         state: dict = {k: torch.from_numpy(getattr(self, k).copy()) for k in ("ids", "priority", "tokens")}
