@@ -19,7 +19,7 @@ positions can tell; magnitudes past its range (65504) are clamped to it.
 Cheap per batch: the positions' bookkeeping (ids, priorities, tokens: a few thousand
 integers) lives on the host in numpy, and which positions enter and into which slots is
 decided once per batch for all sources whose reservoirs are alike (all of a run's are):
-each source then only copies those rows of its activations, in one gather. On a CPU the
+each source then only copies those rows of its activations, a block at a time. On a CPU the
 gather and the float16 conversion are numpy's too: a few small torch operations per source
 and batch each wake torch's thread pool, which on a busy machine waits for a free core.
 Only the values [capacity, units] live on the device.
