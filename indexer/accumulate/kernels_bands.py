@@ -1,6 +1,7 @@
-"""A compiled kernel placing calibration's bands on each unit's fine bins, on every core.
+"""Compiled kernels over each unit's fine-bin counts, a unit at a time on every core:
+calibration's bands, and the running sums the unit tables read.
 
-The same arithmetic as grid._band_starts_of and Grid._top_floor_of (float64 running
+bands_of_counts does the same arithmetic as grid._band_starts_of and Grid._top_floor_of (float64 running
 sums of the bin counts, the same comparisons), one unit at a time: the torch version
 made several [units x bins] temporaries, hundreds of MB each at a hundred thousand units.
 """
@@ -57,3 +58,20 @@ def bands_of_counts(counts, inner_levels, top_k, band_start, band_of_bin, highes
                     if cumulative[j] <= total - top_k:
                         enough += 1
                 highest[u] = enough - (1 if total < top_k else 0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def counts_below(hist, points, out):
+    """out[u, i] = the sum of hist[u, :points[u, i]] (hist [U, n_bins] int64, points
+    [U, m] in 0..n_bins): the running sums the unit tables read, without [U, n_bins + 1]
+    of them."""
+    n_units, n_bins = hist.shape
+    n_parts = min(n_units, 64)
+    for part in prange(n_parts):
+        cumulative = np.empty(n_bins + 1, np.int64)
+        for u in range(part, n_units, n_parts):
+            cumulative[0] = 0
+            for j in range(n_bins):
+                cumulative[j + 1] = cumulative[j] + hist[u, j]
+            for i in range(points.shape[1]):
+                out[u, i] = cumulative[points[u, i]]
