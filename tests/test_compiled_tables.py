@@ -34,9 +34,7 @@ def test_bands_and_top_floor_match_the_tensor_reference(kind, levels):
     hi = torch.rand(n_units, generator=generator) * 5
     counts = _counts(kind, n_units, hist_bins + 3, generator)
     expected_start = band_starts(counts, levels)
-    marks = torch.zeros_like(counts).scatter_add_(
-        1, expected_start[:, 1:-1], torch.ones_like(expected_start[:, 1:-1])
-    )
+    marks = torch.zeros_like(counts).scatter_add_(1, expected_start[:, 1:-1], torch.ones_like(expected_start[:, 1:-1]))
     for top_k in (0, 1, 20):
         grid = with_bands(uniform_grid(lo, hi, levels, hist_bins), counts, top_k)
         assert torch.equal(grid.band_start, expected_start)
