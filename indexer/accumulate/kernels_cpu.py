@@ -564,56 +564,37 @@ def insert_candidates(acts, keys, found, top, samples, first_seq, window, n_band
                 )
 
 
-EXTREMES_CHUNK = 32  # columns row_extremes tests at once before it looks at them one by one
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def row_extremes(values, top_index, top_value, bottom_index, bottom_value):
     """The n largest and n smallest entries of each row of values [R, C], best first (ties:
-    smaller column first); n = top_index.shape[1] <= C. One read of each row: once both
-    lists are full, a chunk of columns none of which beats either list's last entry (most
-    of them) is passed over after one vectorised test."""
+    smaller column first); n = top_index.shape[1] <= C. One read of each row."""
     n_rows, n_cols = values.shape
     n = top_index.shape[1]
     for r in prange(n_rows):
         row = values[r]
-        for k in range(n):
+        for k in range(n):  # the first n columns, sorted, start both lists
             top_value[r, k] = -np.inf
             bottom_value[r, k] = np.inf
-        for c in range(min(n, n_cols)):  # the first n columns, sorted, start both lists
-            _extremes_take(row[c], c, r, c, top_index, top_value, bottom_index, bottom_value)
-        for first in range(n, n_cols, EXTREMES_CHUNK):
-            stop = min(n_cols, first + EXTREMES_CHUNK)
-            high = top_value[r, n - 1]
-            low = bottom_value[r, n - 1]
-            hits = 0
-            for c in range(first, stop):
-                hits += (row[c] > high) | (row[c] < low)
-            if hits:
-                for c in range(first, stop):
-                    _extremes_take(row[c], c, r, n, top_index, top_value, bottom_index, bottom_value)
-
-
-@njit(inline="always")
-def _extremes_take(x, c, r, filled, top_index, top_value, bottom_index, bottom_value):
-    """Column c's value x into row r's top and bottom lists, `filled` columns in them so far."""
-    n = top_index.shape[1]
-    if filled < n or x > top_value[r, n - 1]:
-        k = min(filled, n - 1)
-        while k > 0 and x > top_value[r, k - 1]:
-            top_value[r, k] = top_value[r, k - 1]
-            top_index[r, k] = top_index[r, k - 1]
-            k -= 1
-        top_value[r, k] = x
-        top_index[r, k] = c
-    if filled < n or x < bottom_value[r, n - 1]:
-        k = min(filled, n - 1)
-        while k > 0 and x < bottom_value[r, k - 1]:
-            bottom_value[r, k] = bottom_value[r, k - 1]
-            bottom_index[r, k] = bottom_index[r, k - 1]
-            k -= 1
-        bottom_value[r, k] = x
-        bottom_index[r, k] = c
+        filled = 0
+        for c in range(n_cols):
+            x = row[c]
+            if filled < n or x > top_value[r, n - 1]:
+                k = min(filled, n - 1)
+                while k > 0 and x > top_value[r, k - 1]:
+                    top_value[r, k] = top_value[r, k - 1]
+                    top_index[r, k] = top_index[r, k - 1]
+                    k -= 1
+                top_value[r, k] = x
+                top_index[r, k] = c
+            if filled < n or x < bottom_value[r, n - 1]:
+                k = min(filled, n - 1)
+                while k > 0 and x < bottom_value[r, k - 1]:
+                    bottom_value[r, k] = bottom_value[r, k - 1]
+                    bottom_index[r, k] = bottom_index[r, k - 1]
+                    k -= 1
+                bottom_value[r, k] = x
+                bottom_index[r, k] = c
+            filled += 1  # noqa: SIM113 (numba compiles this loop; enumerate would not help it)
 
 
 @njit(inline="always")
