@@ -1,9 +1,10 @@
 """Compiled kernels over each unit's fine-bin counts, a unit at a time on every core:
 calibration's bands, and the running sums the unit tables read.
 
-bands_of_counts does the same arithmetic as grid._band_starts_of and Grid._top_floor_of (float64 running
-sums of the bin counts, the same comparisons), one unit at a time: the torch version
-made several [units x bins] temporaries, hundreds of MB each at a hundred thousand units.
+bands_of_counts does the arithmetic of grid._band_starts_of and Grid._top_floor_of
+(float64 running sums of the bin counts, the same comparisons) one unit at a time: the
+torch version made several [units x bins] temporaries, hundreds of MB each at a hundred
+thousand units.
 """
 
 from __future__ import annotations
