@@ -29,7 +29,7 @@ def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.
     units = torch.arange(acc.n_units)
     first_bin = grid.bins_of(summary.lo, units)
     last_bin = grid.bins_of(summary.hi, units)
-    hist_edges, hist_counts = _display_histograms(
+    hist_edges, hist_counts, below_bands = _display_histograms(
         hist, grid, first_bin, last_bin, summary.lo, summary.hi, summary.silent
     )
     stats_table = pa.table(
@@ -49,12 +49,16 @@ def unit_rows(model: str, slug: str, acc, cos: torch.Tensor | None) -> tuple[pa.
             "hist_counts": hist_counts,
         }
     )
-    return stats_table, _band_rows(model, slug, acc, hist, grid, summary.lo, summary.hi)
+    return stats_table, _band_rows(model, slug, acc, below_bands, grid, summary.lo, summary.hi)
 
 
-def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros) -> tuple[pa.ListArray, pa.ListArray]:
+def _display_histograms(
+    hist, grid, first_bin, last_bin, lo, hi, zeros
+) -> tuple[pa.ListArray, pa.ListArray, np.ndarray]:
     """(edges, counts) list columns: each unit's fine bins first_bin..last_bin merged, in
     runs of equal length, into at most DISPLAY_BINS bins; the outer edges are lo and hi.
+    Third, for the bands: the counts below each band start [U, n_bands + 1] (one compiled
+    pass over the fine bins gives both).
 
     For a unit of a sparse source (`zeros` given: tokens where it is silent) a first bin
     [0, 0] holds those tokens; a unit that never fired has only that bin. All units at once: a
@@ -66,11 +70,10 @@ def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros) -> tuple
     n_fine = f1 - f0 + 1
     group = np.maximum(1, -(-n_fine // DISPLAY_BINS))
     n_counts = -(-n_fine // group)  # bins of each unit, at most DISPLAY_BINS
-    cumulative = np.zeros((n_units, hist_np.shape[1] + 1), dtype=np.int64)
-    np.cumsum(hist_np, axis=1, out=cumulative[:, 1:])
     k = np.arange(DISPLAY_BINS + 1)[None, :]
     bounds = np.minimum(f0[:, None] + group[:, None] * k, (f1 + 1)[:, None])  # fine-bin edges of the runs
-    run_counts = np.diff(np.take_along_axis(cumulative, bounds, axis=1), axis=1)  # [U, DISPLAY_BINS]
+    below = _counts_below(hist_np, np.concatenate([bounds, grid.band_start.numpy()], axis=1))
+    run_counts = np.diff(below[:, : DISPLAY_BINS + 1], axis=1)  # [U, DISPLAY_BINS]
     base, width = grid.base.double().numpy(), grid.width.numpy()
     edges = (base[:, None] + f0[:, None] + group[:, None] * k) * width[:, None]
     edges[:, 0] = lo.double().numpy()
@@ -83,7 +86,16 @@ def _display_histograms(hist, grid, first_bin, last_bin, lo, hi, zeros) -> tuple
         run_counts = np.concatenate([zeros.numpy().astype(np.int64)[:, None], run_counts], axis=1)
         n_counts = np.where(silent, 1, n_counts + 1)
         n_edges = n_counts + 1
-    return (_ragged(edges, n_edges), _ragged(run_counts, n_counts))
+    return (_ragged(edges, n_edges), _ragged(run_counts, n_counts), below[:, DISPLAY_BINS + 1 :])
+
+
+def _counts_below(hist: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """[U, m]: each unit's count in its fine bins below each of points [U, m]."""
+    from actscope.indexer.accumulate.kernels_bands import counts_below
+
+    out = np.empty(points.shape, dtype=np.int64)
+    counts_below(np.ascontiguousarray(hist, dtype=np.int64), np.ascontiguousarray(points, dtype=np.int64), out)
+    return out
 
 
 def _ragged(rows: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
@@ -99,11 +111,12 @@ def _list_column(values: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def _band_rows(model, slug, acc, hist, grid, lo, hi) -> pa.Table:
+def _band_rows(model, slug, acc, below_bands: np.ndarray, grid, lo, hi) -> pa.Table:
+    """below_bands [U, n_bands + 1]: each unit's count below each band start."""
     n_units, n_bands = acc.n_units, grid.n_bands
-    cumulative = torch.cat([torch.zeros(n_units, 1, dtype=torch.long), hist.cumsum(1)], 1)
     start = grid.band_start
-    counts = cumulative.gather(1, start[:, 1:]) - cumulative.gather(1, start[:, :-1])
+    below = torch.from_numpy(below_bands)
+    counts = below[:, 1:] - below[:, :-1]
     edges = grid.bin_edge(start)
     edges[:, 0] = lo.double()
     edges[:, -1] = hi.double()
@@ -140,7 +153,7 @@ def example_rows(model: str, slug: str, acc, ctx: int) -> pa.Table:
     parts.append(_examples(acc.samples, ctx, acc.tail, acc.window, lambda g: (g // n_bands, g % n_bands)))
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "acts"}
     lengths = np.concatenate([p["lengths"] for p in parts])
-    values = np.concatenate([p["acts"] for p in parts]).astype(np.float32)
+    values = np.concatenate([p["acts"] for p in parts]).astype(np.float32, copy=False)  # hundreds of MB: no second copy
     n_rows = columns["unit"].size
     band = columns["band"]
     return pa.table(
@@ -191,15 +204,14 @@ def _examples(examples, ctx: int, tail: int, window: tuple[int, int], split_grou
 def reservoir_rows(model: str, acc, ctx: int) -> pa.Table:
     """The reservoir's positions (any source's: they are the same for all), in corpus
     order: slot i of every fingerprint is the activation at row i."""
-    ids, tokens, _ = acc.fingerprints.final()
-    ids_np = ids.numpy()
+    ids_np, tokens = acc.fingerprints.positions()
     return pa.table(
         {
             "model": repeated(model, ids_np.size),
             "slot": pa.array(np.arange(ids_np.size, dtype=np.int32)),
             "seq": pa.array((ids_np // ctx).astype(np.int32)),
             "pos": pa.array((ids_np % ctx).astype(np.int32)),
-            "token_id": pa.array(tokens.numpy().astype(np.int32)),
+            "token_id": pa.array(tokens.astype(np.int32)),
         }
     )
 
@@ -207,31 +219,23 @@ def reservoir_rows(model: str, acc, ctx: int) -> pa.Table:
 def fingerprint_rows(model: str, slug: str, acc, sparse: bool) -> pa.Table:
     """One row per unit: its float16 values at the reservoir's slots (little-endian
     bytes); for a sparse kind only the nonzero ones, with their slot numbers (uint16)."""
-    _, _, acts = acc.fingerprints.final()
-    by_unit = np.ascontiguousarray(acts.numpy().T.astype("<f2"))  # [U, n]
-    n_units, n = by_unit.shape
-    if not sparse:
-        offsets = np.arange(n_units + 1, dtype=np.int64) * (2 * n)
-        values, slots = _blobs(by_unit.reshape(-1), offsets), pa.nulls(n_units, pa.large_binary())
-    else:
-        units, where = np.nonzero(by_unit)  # by unit, then slot
-        counts = np.bincount(units, minlength=n_units)
-        offsets = np.zeros(n_units + 1, dtype=np.int64)
-        np.cumsum(counts * 2, out=offsets[1:])
-        values = _blobs(by_unit[units, where], offsets)
-        slots = _blobs(where.astype("<u2"), offsets)
+    from actscope.indexer.accumulate.kernels_fingerprints import fingerprint_blobs
+
+    reservoir = acc.fingerprints
+    offsets, values, slots = fingerprint_blobs(reservoir.acts.cpu().numpy(), reservoir.by_position(), sparse)
+    n_units = reservoir.n_units
     return pa.table(
         {
             "model": repeated(model, n_units),
             "source": repeated(slug, n_units),
             "unit": pa.array(np.arange(n_units, dtype=np.int32)),
-            "slots": slots,
-            "acts": values,
+            "slots": pa.nulls(n_units, pa.large_binary()) if slots is None else _blobs(slots, offsets),
+            "acts": _blobs(values, offsets),
         }
     )
 
 
 def _blobs(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """A binary column whose row i is the bytes offsets[i]..offsets[i+1] of `values`."""
-    data = pa.py_buffer(np.ascontiguousarray(values).tobytes())
+    """A binary column whose row i is the bytes offsets[i]..offsets[i+1] of `values` (no copy)."""
+    data = pa.py_buffer(np.ascontiguousarray(values))
     return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), data])

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:  # the kernels (numba) are imported on the compiled path only
@@ -116,7 +117,10 @@ class Grid:
         # Bin j has total - cumulative[j - 1] values at or above it: that is >= k for
         # j = 0 .. highest, and bin 0 only counts when the unit has k values at all.
         enough = cumulative[:, :-1] <= (total - k)[:, None]
-        highest = enough.sum(1) - (total < k).long()  # -1 where fewer than k values
+        return self._top_floor_at(enough.sum(1) - (total < k).long())
+
+    def _top_floor_at(self, highest: torch.Tensor) -> Grid:
+        """The grid with `top_floor` the lower edge of bin highest [U] (-1: none known)."""
         edge = self.bin_edge(highest.clamp(min=0)[:, None])[:, 0]
         floor = edge.float()
         floor = torch.where(floor.double() > edge, torch.nextafter(floor, torch.tensor(-torch.inf)), floor)
@@ -163,19 +167,27 @@ def add_dense_bin_counts(grid: Grid, acts: torch.Tensor, counts: torch.Tensor) -
 
 
 def with_bands(grid: Grid, counts: torch.Tensor, top_k: int = 0) -> Grid:
-    """The grid with its bands placed from calibration bin counts [U, n_bins]: each band edge
-    at the bin edge where the unit's cumulative count is nearest to its quantile level; with
-    `top_k`, also its top floor for that k (Grid.with_top_floor)."""
+    """The grid with its bands placed from calibration bin counts [U, n_bins] (CPU): each
+    band edge at the bin edge where the unit's cumulative count is nearest to its quantile
+    level; with `top_k`, also its top floor for that k (Grid.with_top_floor)."""
+    from actscope.indexer.accumulate.kernels_bands import bands_of_counts
+
     n_units, n_bins = counts.shape
-    # One running sum serves the bands and the top floor: at a hundred thousand units each
-    # [U, n_bins] temporary is hundreds of MB of fresh pages.
-    cumulative = counts.cumsum(1, dtype=torch.float64)
-    grid.band_start = _band_starts_of(cumulative, grid.levels)
-    # Band of bin j = the number of inner band starts <= j: a running sum of start marks.
-    marks = torch.zeros(n_units, n_bins, dtype=torch.long)
-    marks.scatter_add_(1, grid.band_start[:, 1:-1], torch.ones_like(grid.band_start[:, 1:-1]))
-    grid.band_of_bin = marks.cumsum_(1)
-    return grid._top_floor_of(cumulative, top_k) if top_k else grid
+    # One compiled pass per unit on every core (see kernels_bands): band_starts and
+    # with_top_floor are the same arithmetic in torch.
+    band_start = torch.empty(n_units, len(grid.levels), dtype=torch.long)
+    band_of_bin = torch.empty(n_units, n_bins, dtype=torch.long)
+    highest = torch.empty(n_units, dtype=torch.long)
+    bands_of_counts(
+        counts.to(torch.long).contiguous().numpy(),
+        np.asarray(grid.levels[1:-1], dtype=np.float64),
+        top_k,
+        band_start.numpy(),
+        band_of_bin.numpy(),
+        highest.numpy(),
+    )
+    grid.band_start, grid.band_of_bin = band_start, band_of_bin
+    return grid._top_floor_at(highest) if top_k else grid
 
 
 def build_grid(

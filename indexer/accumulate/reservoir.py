@@ -19,7 +19,7 @@ positions can tell; magnitudes past its range (65504) are clamped to it.
 Cheap per batch: the positions' bookkeeping (ids, priorities, tokens: a few thousand
 integers) lives on the host in numpy, and which positions enter and into which slots is
 decided once per batch for all sources whose reservoirs are alike (all of a run's are):
-each source then only copies those rows of its activations, in one gather. On a CPU the
+each source then only copies those rows of its activations, a block at a time. On a CPU the
 gather and the float16 conversion are numpy's too: a few small torch operations per source
 and batch each wake torch's thread pool, which on a busy machine waits for a free core.
 Only the values [capacity, units] live on the device.
@@ -37,6 +37,7 @@ from actscope.indexer import kinds
 # The last positions of a sequence no reservoir takes: the most any kind leaves unindexed.
 RESERVOIR_TAIL = max(kind.tail for kind in kinds.KINDS.values())
 FLOAT16_MAX = 65504.0
+STORE_BLOCK_BYTES = 1 << 20  # rows of activations gathered at a time for the reservoir: they stay in cache
 _NONE = torch.iinfo(torch.int64).max  # the priority of a position no reservoir takes
 _MASK64 = (1 << 64) - 1
 _SALT = 0x6A09E667F3BCC909  # keeps the reservoir's hash apart from the band-sampling keys'
@@ -187,15 +188,21 @@ class FingerprintReservoir:
 
     def _store(self, slots: np.ndarray, values: torch.Tensor, which: np.ndarray) -> None:
         """The rows `which` of values [..., U] (flat indices over its leading dimensions) into
-        `slots`, as float16 (past its range: clamped), in one gather."""
+        `slots`, as float16 (past its range: clamped), a block of rows at a time."""
         if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float16):
             array = values.numpy()  # a strided view: a non-contiguous tensor is not copied whole
-            taken = array[np.unravel_index(which, array.shape[:-1])]  # a copy
-            if taken.dtype != np.float16:
-                # Clamped before the cast, as clamping its inf after would: float16 math is slow in numpy.
-                np.clip(taken, -FLOAT16_MAX, FLOAT16_MAX, out=taken)
-                taken[np.isnan(taken)] = 0.0
-            self.acts.numpy()[slots] = taken  # cast to float16 here
+            index = np.unravel_index(which, array.shape[:-1])
+            # A few rows at a time: all of them at once (thousands of rows of 65,536 SAE
+            # features in the first batches) were hundreds of MB of fresh pages per batch.
+            step = max(1, STORE_BLOCK_BYTES // (array.itemsize * max(1, array.shape[-1])))
+            stored = self.acts.numpy()
+            for first in range(0, which.size, step):
+                taken = array[tuple(part[first : first + step] for part in index)]  # a copy
+                if taken.dtype != np.float16:
+                    # Clamped before the cast, as clamping its inf after would: float16 math is slow in numpy.
+                    np.clip(taken, -FLOAT16_MAX, FLOAT16_MAX, out=taken)
+                    taken[np.isnan(taken)] = 0.0
+                stored[slots[first : first + step]] = taken  # cast to float16 here
             return
         rows = values.reshape(-1, values.shape[-1]).index_select(0, torch.from_numpy(which).to(values.device))
         rows = torch.nan_to_num_(rows.to(torch.float16), nan=0.0, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX)
@@ -203,9 +210,18 @@ class FingerprintReservoir:
 
     def final(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids [n], token ids [n], acts [n, U] float16) of the filled slots, by position."""
-        order = np.argsort(self.ids[: self.filled], kind="stable")
+        order = self.by_position()
         acts = self.acts.cpu()
         return torch.from_numpy(self.ids[order]), torch.from_numpy(self.tokens[order]), acts[torch.from_numpy(order)]
+
+    def by_position(self) -> np.ndarray:
+        """The filled slots in the order `final` gives them (by position)."""
+        return np.argsort(self.ids[: self.filled], kind="stable")
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [n], token ids [n]) of `final`, without its copy of the values."""
+        order = self.by_position()
+        return self.ids[order], self.tokens[order]
 
     def state_dict(self) -> dict:
         state: dict = {k: torch.from_numpy(getattr(self, k).copy()) for k in ("ids", "priority", "tokens")}
