@@ -506,20 +506,23 @@ class Store:
     def focus_table(self, model: str) -> FocusTable | SqlFocus:
         """Which units' top examples focus on which token: in memory if it fits the budget
         (built once per model, on the first token search: one pass over the top
-        examples), else a search that queries each time."""
+        examples, each group of spellings ranked), else a search that queries each time."""
         key = ("search", model)
         found = self.budget.get(key)
         if found is not None:
             return found
+        sql = SqlFocus(self.cursor, model)
+        groups = self.token_variants(model).group_of()  # before the lock: the vocabulary takes it
         with self._lock:
             found = self.budget.get(key)
             if found is not None:
                 return found
             if self.budget.could_admit(FocusTable.size_estimate(self._cur(), model)):
-                table = FocusTable.load(self._cur(), model)
+                # Rows merged per group of spellings: a search for some of a group's tokens only goes to SQL.
+                table = FocusTable.load(self._cur(), model, groups, partial=sql.search)
                 if self.budget.admit(key, table, table.nbytes):
                     return table
-        return SqlFocus(self.cursor, model)
+        return sql
 
     def top_examples(self, model: str, wanted: list[tuple[str, int, int]]) -> list[Example | None]:
         """The top examples (source, unit, rank) of `wanted`, in that order (None where
