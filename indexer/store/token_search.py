@@ -199,7 +199,11 @@ def _per_unit(
     """(order, starts) of rows of one example focus each: the rows by group, source, unit
     and rank (a unit's strongest example first), and where each group's unit starts in
     that order. Needs at least one row."""
-    if 0 <= codes.min() <= codes.max() < 2**15 and 0 <= ranks.min() <= ranks.max() < 2**16 and 0 <= units.min() <= units.max() < 2**31:
+    if (
+        0 <= codes.min() <= codes.max() < 2**15
+        and 0 <= ranks.min() <= ranks.max() < 2**16
+        and 0 <= units.min() <= units.max() < 2**31
+    ):
         # (source, unit, rank) in one integer, unique (a rank's example has one focus token).
         key = codes.astype(np.int64) << 47 | units.astype(np.int64) << 16 | ranks
         order = np.argsort(key) if groups is None else np.lexsort((key, groups))
