@@ -297,6 +297,15 @@ class Store:
             and ("sequences", model) in held
         )
 
+    def search_in_memory(self, model: str) -> bool:
+        """True if a token search of the model needs no query: its focus table and
+        vocabulary are held, and every source's unit data (the snippets' examples)."""
+        return (
+            ("search", model) in self.budget
+            and model in self._vocab
+            and all(("unit data", m, s) in self.budget for m, s in self._sources if m == model)
+        )
+
     def sequences_held(self, model: str) -> bool:
         """Whether the model's sequences are in memory (loaded now if they fit)."""
         return self._sequences(self._cur(), model) is not None
