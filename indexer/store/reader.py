@@ -537,8 +537,9 @@ class Store:
         """The top examples (source, unit, rank) of `wanted`, in that order (None where
         there is none)."""
         found: dict[tuple[str, int, int], Example | None] = {}
+        held: dict[str, SourceTables | None] = {}
         for source, unit, rank in wanted:
-            tables = self._tables(model, source)
+            tables = held[source] if source in held else held.setdefault(source, self._tables(model, source))
             if tables is not None:
                 row = tables.top_example_row(unit, rank)
                 found[(source, unit, rank)] = None if row is None else Example(*row)
