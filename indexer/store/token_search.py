@@ -193,20 +193,32 @@ def _first_key(counts: np.ndarray, acts: np.ndarray) -> np.ndarray | None:
     return (int(counts.max()) - counts.astype(np.int64)) << 32 | (2**31 - 1 - ordered)
 
 
+def _packed(columns: list[np.ndarray]) -> np.ndarray | None:
+    """The columns (non-negative integers, most significant first) in one int64 that
+    orders as they do together; None if they need more than 63 bits or one is negative."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    bits = 0
+    for col in columns:
+        if len(col) and col.min() < 0:
+            return None
+        width = int(col.max()).bit_length() if len(col) else 0
+        bits += width
+        if bits > 63:
+            return None
+        key = key << width | col.astype(np.int64)
+    return key
+
+
 def _per_unit(
     codes: np.ndarray, units: np.ndarray, ranks: np.ndarray, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(order, starts) of rows of one example focus each: the rows by group, source, unit
     and rank (a unit's strongest example first), and where each group's unit starts in
     that order. Needs at least one row."""
-    if (
-        0 <= codes.min() <= codes.max() < 2**15
-        and 0 <= ranks.min() <= ranks.max() < 2**16
-        and 0 <= units.min() <= units.max() < 2**31
-    ):
-        # (source, unit, rank) in one integer, unique (a rank's example has one focus token).
-        key = codes.astype(np.int64) << 47 | units.astype(np.int64) << 16 | ranks
-        order = np.argsort(key) if groups is None else np.lexsort((key, groups))
+    # (group, source, unit, rank) in one integer, unique (a rank's example has one focus token).
+    key = _packed([codes, units, ranks] if groups is None else [groups, codes, units, ranks])
+    if key is not None:
+        order = np.argsort(key)
     else:
         order = np.lexsort((ranks, units, codes) if groups is None else (ranks, units, codes, groups))
     c, u = codes[order], units[order]
@@ -256,13 +268,16 @@ class FocusTable:
             groups = known[tokens]
         if len(tokens):  # one row per (group, source, unit): counts summed, its strongest example kept
             order, starts = _per_unit(codes, units, best_ranks, groups)
-            counts = np.add.reduceat(counts[order], starts)
+            counts = np.add.reduceat(counts[order], starts, dtype=counts.dtype)  # at most a unit's top-k
             pick = order[starts]
             groups, tokens, codes, units = groups[pick], tokens[pick], codes[pick], units[pick]
             best_acts, best_ranks = best_acts[pick], best_ranks[pick]
         # Each group's rows in rank order; stable, so ties keep (source, unit) order.
         first = _first_key(counts, best_acts)
-        if first is not None:
+        key = None if first is None else _packed([groups, first])
+        if key is not None:
+            order = np.argsort(key, kind="stable")
+        elif first is not None:
             order = np.lexsort((first, groups))
         else:
             order = np.lexsort((units, codes, -best_acts, -counts, groups))
@@ -272,10 +287,12 @@ class FocusTable:
         self._starts = np.searchsorted(groups[order], np.arange(n_groups + 1))  # group g: rows _starts[g] ..
         # A unit's top token: the focus of its rank-0 example, i.e. the row with best rank 0.
         self._top: list[np.ndarray] = []
+        zero = np.flatnonzero(self.best_ranks == 0)
+        zero_codes, zero_units, zero_tokens = self.codes[zero], self.units[zero], self.tokens[zero]
         for code in range(len(sources)):
-            mask = (self.codes == code) & (self.best_ranks == 0)
-            top = np.full(int(self.units[self.codes == code].max(initial=-1)) + 1, -1, dtype=np.int32)
-            top[self.units[mask]] = self.tokens[mask]
+            mask = zero_codes == code
+            top = np.full(int(zero_units[mask].max(initial=-1)) + 1, -1, dtype=np.int32)
+            top[zero_units[mask]] = zero_tokens[mask]
             self._top.append(top)
 
     @property
