@@ -41,11 +41,11 @@ class PlainParamsRoute(APIRoute):
                 kwargs[name] = query.get(name)
                 continue
             if kind == _QUERY_INT:
-                value = query.get(name)
-                if value is None:
+                given = query.get(name)
+                if given is None:
                     kwargs[name] = self._defaults[name]
-                elif value.isascii() and value.isdigit() and len(value) <= _DIGITS:
-                    kwargs[name] = int(value)
+                elif given.isascii() and given.isdigit() and len(given) <= _DIGITS:
+                    kwargs[name] = int(given)
                 else:
                     return None  # FastAPI's own parsing and 422
                 continue

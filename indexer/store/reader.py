@@ -179,7 +179,7 @@ class Store:
         self._focus: dict[str, FocusTable] = {}
         self._derived: dict[tuple, Any] = {}  # reservoirs, and what an index lacks (None): read on first use
         self._derived_lock = threading.Lock()  # not the store's lock: reading fingerprints takes seconds
-        self._loader = SourceLoader(self._load_source)
+        self._loader = SourceLoader(self._load_part)
         self._loading_cursor = None
         self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
         self._narrowed: dict[str, float] = {}  # per model: the largest bytes held / estimate of a source loaded
@@ -198,6 +198,7 @@ class Store:
             else:  # a large one that fits: loaded in the background, pages answered meanwhile
                 for slug in slugs:
                     self._loader.request(m, slug)
+                self._loader.request(m, None)  # then its token search lookup: no first search waits for it
 
     def _model_estimate(self, model: str) -> int:
         """Bytes of the model's unit data in memory, estimated from row counts and a
@@ -235,6 +236,19 @@ class Store:
             if not self.budget.admit(key, found, found.nbytes):
                 return None
         return found
+
+    def _load_part(self, model: str, slug: str | None) -> bool:
+        """The background loader's job: a source's unit data, or (None) the model's token
+        search lookup."""
+        if slug is not None:
+            return self._load_source(model, slug)
+        cur = self.cursor()
+        self._loading_cursor = cur  # close() interrupts it
+        try:
+            return isinstance(self.focus_table(model, cur), FocusTable)
+        finally:
+            self._loading_cursor = None
+            cur.close()
 
     def _load_source(self, model: str, slug: str) -> bool:
         """A source's unit data into memory, if it fits the budget's free room."""
@@ -512,10 +526,11 @@ class Store:
                 self._variants[model] = found
         return found
 
-    def focus_table(self, model: str) -> FocusTable | SqlFocus:
+    def focus_table(self, model: str, cur=None) -> FocusTable | SqlFocus:
         """Which units' top examples focus on which token: in memory if it fits the budget
-        (built once per model, on the first token search: one pass over the top
-        examples, each group of spellings ranked), else a search that queries each time."""
+        (built once per model, after the sources' background loads or on the first token
+        search: one pass over the top examples, each group of spellings ranked), else a
+        search that queries each time. `cur`: the cursor to build it with."""
         key = ("search", model)
         found = self.budget.get(key)
         if found is not None:
@@ -526,9 +541,10 @@ class Store:
             found = self.budget.get(key)
             if found is not None:
                 return found
-            if self.budget.could_admit(FocusTable.size_estimate(self._cur(), model)):
+            cur = cur or self._cur()
+            if self.budget.could_admit(FocusTable.size_estimate(cur, model)):
                 # Rows merged per group of spellings: a search for some of a group's tokens only goes to SQL.
-                table = FocusTable.load(self._cur(), model, groups, partial=sql.search)
+                table = FocusTable.load(cur, model, groups, partial=sql.search)
                 if self.budget.admit(key, table, table.nbytes):
                     return table
         return sql

@@ -383,17 +383,18 @@ class FocusTable:
                 groups = groups[:0]
         if len(groups) == 1:  # one group: its rows, ranked already
             g = int(groups[0])
-            rows: slice | np.ndarray = slice(int(self._starts[g]), int(self._starts[g + 1]))
+            lo, hi = int(self._starts[g]), int(self._starts[g + 1])
+            part: slice | np.ndarray = slice(lo, hi)
             if code is not None:
-                rows = rows.start + np.flatnonzero(self.codes[rows] == code)
+                part = lo + np.flatnonzero(self.codes[lo:hi] == code)
             return FocusResult(
                 self,
-                self.codes[rows],
-                self.units[rows],
-                self.counts[rows],
-                self.best_acts[rows],
-                self.best_ranks[rows],
-                self.tokens[rows],
+                self.codes[part],
+                self.units[part],
+                self.counts[part],
+                self.best_acts[part],
+                self.best_ranks[part],
+                self.tokens[part],
                 in_order=True,
             )
         rows = np.concatenate(
