@@ -218,6 +218,14 @@ def example_tabs(d: dict[str, Any], *, urls: URLs = site_urls.ROOT) -> Markup:
     return Markup("".join(out))
 
 
+def snippet_html(table: TokenTable, snippet: dict[str, Any]) -> Markup:
+    """A search hit's snippet (search_data.snippet) as tinted tokens, on the scale of its
+    largest activation, its first token untinted if it is the sequence's BOS."""
+    acts = snippet["acts"]
+    scale = max(map(abs, acts), default=0.0) or 1.0
+    return tokens_html(table, snippet["token_ids"], acts, scale, snippet["focus"], snippet["start"] == 0)
+
+
 @lru_cache(maxsize=65536)
 def repr_token(tok: str) -> Markup:
     """Text (e.g. a token typed in a search box) as a quoted string (JSON), escaped for
@@ -300,6 +308,7 @@ def make_templates(token_tables: dict[str, TokenTable]) -> Jinja2Blocks:
         example_items=lambda examples, model, *a, **k: example_items(table(model), examples, model, *a, **k),
         logit_rows=lambda model, *a: logit_rows(table(model), *a),
         attention_tokens=lambda model, *a: attention_tokens(table(model), *a),
+        snippet_html=lambda model, snippet: snippet_html(table(model), snippet),
         token_code=lambda model, token_id: table(model).code(token_id),
         token_title=lambda model, token_id: Markup(table(model).title(token_id)),
         # A token's box, and what follows it (a newline's line break): outside the box.

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,7 +23,7 @@ from actscope.app import (
     try_data,
 )
 from actscope.app import urls as site_urls
-from actscope.app.deps import CatalogDep, LiveDep, StoreDep
+from actscope.app.deps import CatalogDep, LiveDep, StoreDep, get_store
 from actscope.app.errors import not_found
 from actscope.app.fast_route import PlainParamsRoute
 
@@ -125,15 +125,8 @@ def api_try(
     return JSON(data["live"])
 
 
-@router.get(
-    "/{model}/search",
-    summary="Units by focus token, or ranked by activation on a text",
-    **_doc(schemas.SearchOut, LIVE_ERRORS),
-)
-def api_search(
+async def api_search(
     request: Request,
-    store: StoreDep,
-    live: LiveDep,
     model: params.ModelName,
     token: Annotated[
         str | None,
@@ -150,6 +143,27 @@ def api_search(
     """`token`: units whose top examples focus on the token, most such examples first,
     then by activation, one page of them. `text`: the units of `text_source` with the
     largest activation on the text (`live`). Either or both."""
+    served = request.app.state.catalog.served(model)
+    args = (request, served.store, served.live, model, token, text, source, text_source, page, per_page)
+    if text is None and served.store.search_in_memory(model):  # from memory: pure CPU, no hop to the threadpool
+        return _api_search(*args)
+    return await run_in_threadpool(_api_search, *args)
+
+
+router.add_api_route(
+    "/{model}/search",
+    api_search,
+    methods=["GET"],
+    summary="Units by focus token, or ranked by activation on a text",
+    route_class_override=PlainParamsRoute,
+    **_doc(
+        schemas.SearchOut, LIVE_ERRORS
+    ),  # FastAPI's path (a parameter it parses): an unknown model is a 404 before any 422, as before.
+    dependencies=[Depends(get_store)],
+)
+
+
+def _api_search(request, store, live, model, token, text, source, text_source, page, per_page):
     urls = site_urls.for_request(request)
     return JSON(
         search_data.search_data(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +22,7 @@ from actscope.app import (
     unit_view,
 )
 from actscope.app import urls as site_urls
-from actscope.app.deps import CatalogDep, LiveDep, StoreDep
+from actscope.app.deps import CatalogDep, LiveDep, StoreDep, get_store
 from actscope.app.errors import AppError
 from actscope.app.fast_route import PlainParamsRoute
 from actscope.app.live_service import LiveService
@@ -159,11 +159,8 @@ def try_page(
     )
 
 
-@router.get("/{model}/search", response_class=HTMLResponse)
-def search_page(
+async def search_page(
     request: Request,
-    store: StoreDep,
-    live: LiveDep,
     model: str,
     token: str | None = None,
     text: str | None = None,
@@ -172,6 +169,24 @@ def search_page(
     page: params.Page = 1,
     per_page: params.PerPage = search_data.PER_PAGE,
 ):
+    served = request.app.state.catalog.served(model)
+    args = (request, served.store, served.live, model, token, text, source, text_source, page, per_page)
+    if text is None and served.store.search_in_memory(model):  # from memory: pure CPU, no hop to the threadpool
+        return _search_page(*args)
+    return await run_in_threadpool(_search_page, *args)
+
+
+router.add_api_route(
+    "/{model}/search",
+    search_page,
+    methods=["GET"],
+    response_class=HTMLResponse,
+    route_class_override=PlainParamsRoute,  # FastAPI's path (a parameter it parses): an unknown model is a 404 before any 422, as before.
+    dependencies=[Depends(get_store)],
+)
+
+
+def _search_page(request, store, live, model, token, text, source, text_source, page, per_page):
     urls = site_urls.for_request(request)
     errors: dict[str, AppError] = {}
     data = search_data.search_data(

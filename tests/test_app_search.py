@@ -232,3 +232,141 @@ def test_a_page_of_the_ranking_is_that_page_of_the_full_sort():
     for start, stop in ((0, 20), (20, 40), (1000, 1020), (2990, 3010), (0, n)):
         got = [(table.sources.index(h.source), h.unit) for h in found.page(start, stop)]
         assert got == expected[start:stop], (start, stop)
+
+
+def _core(token: str) -> str:
+    """A token's text without one leading-space marker, case folded (written here, apart
+    from the store's TokenVariants)."""
+    if len(token) > 1 and token[0] in (" ", "\u0120", "\u2581"):
+        token = token[1:]
+    return token.casefold()
+
+
+def _ranked(units: dict[tuple[str, int], list]) -> list[tuple[str, int, int, float]]:
+    """(source, unit, count, best activation) by count, activation, source and unit."""
+    return sorted(((s, u, n, b) for (s, u), (n, b) in units.items()), key=lambda h: (-h[2], -h[3], h[0], h[1]))
+
+
+@pytest.fixture(scope="module")
+def focus_rows(db) -> tuple[dict[int, str], list[tuple[str, int, float, int]]]:
+    """The vocabulary, and every top example as (source, unit, activation, focus token id)."""
+    vocab = dict(db.execute("SELECT token_id, token FROM vocab WHERE model = ?", [M]).fetchall())
+    rows = db.execute(
+        "SELECT e.source, e.unit, e.act, s.token_ids[e.pos + 1] FROM examples e "
+        "JOIN sequences s ON s.model = e.model AND s.seq = e.seq WHERE e.model = ? AND e.band IS NULL",
+        [M],
+    ).fetchall()
+    return vocab, rows
+
+
+def test_every_token_search_equals_a_brute_force_ranking(client, focus_rows):
+    """The store ranks each group of spellings once, when it loads its lookup, and a
+    search slices it: every group's search (all sources, each source, a later page)
+    equals a ranking counted here in Python from the file's top examples."""
+    vocab, rows = focus_rows
+    hits: dict[str, dict[tuple[str, int], list]] = {}
+    for source, unit, act, tok in rows:
+        h = hits.setdefault(_core(vocab[tok]), {}).setdefault((source, unit), [0, act])
+        h[0] += 1
+        h[1] = max(h[1], act)
+    spellings: dict[str, list[int]] = {}
+    for token_id, token in sorted(vocab.items()):
+        spellings.setdefault(_core(token), []).append(token_id)
+    store = client.app.state.catalog.store(M)
+    sources = [s.slug for s in store.sources(M)]
+    largest = sorted(hits, key=lambda c: (-len(hits[c]), c))[:8]
+    assert len(hits) > 50 and any(len(spellings[c]) > 1 for c in largest)
+    for core, units in hits.items():
+        expected = _ranked(units)
+        query = vocab[spellings[core][-1]]
+        data = client.get(f"/api/{M}/search", params={"token": query, "per_page": 500}).json()
+        got = [(u["source"], u["index"], u["n_top_examples"], u["best_act"]) for u in data["units"]]
+        assert data["total"] == len(expected) and got == expected[:500], query
+        assert store.focus_table(M).search(spellings[core]).in_order  # the ranked slice, no sort per search
+        if core not in largest:
+            continue
+        for source in sources:
+            mine = [h for h in expected if h[0] == source]
+            data = client.get(f"/api/{M}/search", params={"token": query, "source": source, "per_page": 500}).json()
+            assert [(u["source"], u["index"], u["n_top_examples"]) for u in data["units"]] == [h[:3] for h in mine]
+        data = client.get(f"/api/{M}/search", params={"token": query, "per_page": 3, "page": 2}).json()
+        assert [(u["source"], u["index"]) for u in data["units"]] == [h[:2] for h in expected[3:6]]
+
+
+def test_a_search_of_part_of_a_group_reads_it_from_sql(client, focus_rows):
+    """Rows merged per group cannot answer a search for one of a group's spellings alone:
+    the store's lookup hands it to SQL, which gives that token's own ranking."""
+    vocab, rows = focus_rows
+    spellings: dict[str, list[int]] = {}
+    for token_id, token in sorted(vocab.items()):
+        spellings.setdefault(_core(token), []).append(token_id)
+    on: dict[int, dict[tuple[str, int], list]] = {}
+    for source, unit, act, tok in rows:
+        h = on.setdefault(tok, {}).setdefault((source, unit), [0, act])
+        h[0] += 1
+        h[1] = max(h[1], act)
+    token = max((t for t in on if len(spellings[_core(vocab[t])]) > 1), key=lambda t: (len(on[t]), -t))
+    table = client.app.state.catalog.store(M).focus_table(M)
+    assert type(table).__name__ == "FocusTable"
+    found = table.search([token])
+    got = [(h.source, h.unit, h.count, h.best_act) for h in found.page(0, found.total)]
+    assert len(got) > 1 and got == _ranked(on[token])
+
+
+def test_focus_table_groups_rank_as_a_brute_force_count():
+    """FocusTable with groups of spellings: each group's search (all sources and each),
+    and a search of several groups, against a count written here; some of a group's
+    tokens alone raise without a fallback, and go to it with one."""
+    import numpy as np
+
+    from actscope.indexer.store.token_search import FocusTable
+
+    rng = np.random.default_rng(1)
+    group_of = np.array([0, 0, 1, 1, 1, 2, 3, 3, 4, 5], dtype=np.int32)
+    n_units, sources = 400, ["a", "b", "c"]
+    rows = []  # one top example each: (token, code, unit, rank, act)
+    for code in range(len(sources)):
+        for unit in range(n_units):
+            acts = np.sort(rng.choice(np.array([-1.0, -0.0, 0.0, 0.5, 2.0, 3.25], dtype=np.float32), 6))[::-1]
+            for rank, act in enumerate(acts):
+                rows.append((int(rng.integers(0, len(group_of))), code, unit, rank, float(act)))
+    per_token: dict[tuple[int, int, int], list] = {}  # (token, code, unit) -> [count, best act, best rank]
+    for tok, code, unit, rank, act in rows:
+        h = per_token.setdefault((tok, code, unit), [0, act, rank])
+        h[0] += 1
+        if rank < h[2]:
+            h[1], h[2] = act, rank
+    keys = list(per_token)
+    col = lambda i, dtype: np.array([k[i] for k in keys], dtype=dtype)  # noqa: E731
+    vals = lambda i, dtype: np.array([per_token[k][i] for k in keys], dtype=dtype)  # noqa: E731
+    columns = (col(0, np.int32), col(1, np.int32), col(2, np.int32), vals(0, np.int32))
+    table = FocusTable(sources, *columns, vals(1, np.float32), vals(2, np.int32), group_of)
+
+    def expected(tokens: set[int], code: int | None = None) -> list[tuple[str, int, int, float]]:
+        units: dict[tuple[str, int], list] = {}
+        for tok, c, unit, _, act in rows:
+            if tok in tokens and code in (None, c):
+                h = units.setdefault((sources[c], unit), [0, act])
+                h[0] += 1
+                h[1] = max(h[1], act)
+        return _ranked(units)
+
+    def hits(found) -> list[tuple[str, int, int, float]]:
+        return [(h.source, h.unit, h.count, h.best_act) for h in found.page(0, found.total)]
+
+    for group in range(int(group_of.max()) + 1):
+        tokens = [int(t) for t in np.flatnonzero(group_of == group)]
+        assert hits(table.search(tokens)) == expected(set(tokens)), group
+        for code, source in enumerate(sources):
+            assert hits(table.search(tokens, source)) == expected(set(tokens), code), (group, source)
+        found = table.search(tokens)
+        assert [(h.source, h.unit) for h in found.page(37, 58)] == [h[:2] for h in expected(set(tokens))[37:58]]
+    assert hits(table.search([0, 1, 5, 9])) == expected({0, 1, 5, 9})  # three groups: summed per unit
+    with pytest.raises(ValueError):
+        table.search([2, 3])  # group 1 without token 4
+    asked = []
+    with_sql = FocusTable(
+        sources, *columns, vals(1, np.float32), vals(2, np.int32), group_of, lambda *a: asked.append(a)
+    )
+    with_sql.search([2, 3], "b")
+    assert asked == [([2, 3], "b")]

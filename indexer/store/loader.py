@@ -16,17 +16,18 @@ log = logging.getLogger("actscope.store")
 
 
 class SourceLoader:
-    """Runs `load(model, source) -> bool` (True: now in memory) for each source asked for."""
+    """Runs `load(model, source) -> bool` (True: now in memory) for each source asked for
+    (source None: a part of the model's own, e.g. its token search lookup)."""
 
-    def __init__(self, load: Callable[[str, str], bool]) -> None:
+    def __init__(self, load: Callable[[str, str | None], bool]) -> None:
         self._load = load
-        self._queue: list[tuple[str, str]] = []
-        self._tried: set[tuple[str, str]] = set()  # asked for and not (or no longer) to be loaded again
+        self._queue: list[tuple[str, str | None]] = []
+        self._tried: set[tuple[str, str | None]] = set()  # asked for and not (or no longer) to be loaded again
         self._done = threading.Condition()
         self._stopped = False
         self._running = False  # a loader thread is on it (set and cleared under the lock)
 
-    def request(self, model: str, source: str) -> None:
+    def request(self, model: str, source: str | None) -> None:
         key = (model, source)
         if key in self._tried or self._stopped:
             return

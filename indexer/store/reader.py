@@ -179,7 +179,7 @@ class Store:
         self._focus: dict[str, FocusTable] = {}
         self._derived: dict[tuple, Any] = {}  # reservoirs, and what an index lacks (None): read on first use
         self._derived_lock = threading.Lock()  # not the store's lock: reading fingerprints takes seconds
-        self._loader = SourceLoader(self._load_source)
+        self._loader = SourceLoader(self._load_part)
         self._loading_cursor = None
         self._unordered: set[tuple[str, str]] = set()  # sources whose rows are not in unit order
         self._narrowed: dict[str, float] = {}  # per model: the largest bytes held / estimate of a source loaded
@@ -198,6 +198,7 @@ class Store:
             else:  # a large one that fits: loaded in the background, pages answered meanwhile
                 for slug in slugs:
                     self._loader.request(m, slug)
+                self._loader.request(m, None)  # then its token search lookup: no first search waits for it
 
     def _model_estimate(self, model: str) -> int:
         """Bytes of the model's unit data in memory, estimated from row counts and a
@@ -235,6 +236,19 @@ class Store:
             if not self.budget.admit(key, found, found.nbytes):
                 return None
         return found
+
+    def _load_part(self, model: str, slug: str | None) -> bool:
+        """The background loader's job: a source's unit data, or (None) the model's token
+        search lookup."""
+        if slug is not None:
+            return self._load_source(model, slug)
+        cur = self.cursor()
+        self._loading_cursor = cur  # close() interrupts it
+        try:
+            return isinstance(self.focus_table(model, cur), FocusTable)
+        finally:
+            self._loading_cursor = None
+            cur.close()
 
     def _load_source(self, model: str, slug: str) -> bool:
         """A source's unit data into memory, if it fits the budget's free room."""
@@ -295,6 +309,15 @@ class Store:
             ("unit data", model, source) in held
             and ("liveness", model, source) in held
             and ("sequences", model) in held
+        )
+
+    def search_in_memory(self, model: str) -> bool:
+        """True if a token search of the model needs no query: its focus table and
+        vocabulary are held, and every source's unit data (the snippets' examples)."""
+        return (
+            ("search", model) in self.budget
+            and model in self._vocab
+            and all(("unit data", m, s) in self.budget for m, s in self._sources if m == model)
         )
 
     def sequences_held(self, model: str) -> bool:
@@ -503,30 +526,36 @@ class Store:
                 self._variants[model] = found
         return found
 
-    def focus_table(self, model: str) -> FocusTable | SqlFocus:
+    def focus_table(self, model: str, cur=None) -> FocusTable | SqlFocus:
         """Which units' top examples focus on which token: in memory if it fits the budget
-        (built once per model, on the first token search: one pass over the top
-        examples), else a search that queries each time."""
+        (built once per model, after the sources' background loads or on the first token
+        search: one pass over the top examples, each group of spellings ranked), else a
+        search that queries each time. `cur`: the cursor to build it with."""
         key = ("search", model)
         found = self.budget.get(key)
         if found is not None:
             return found
+        sql = SqlFocus(self.cursor, model)
+        groups = self.token_variants(model).group_of()  # before the lock: the vocabulary takes it
         with self._lock:
             found = self.budget.get(key)
             if found is not None:
                 return found
-            if self.budget.could_admit(FocusTable.size_estimate(self._cur(), model)):
-                table = FocusTable.load(self._cur(), model)
+            cur = cur or self._cur()
+            if self.budget.could_admit(FocusTable.size_estimate(cur, model)):
+                # Rows merged per group of spellings: a search for some of a group's tokens only goes to SQL.
+                table = FocusTable.load(cur, model, groups, partial=sql.search)
                 if self.budget.admit(key, table, table.nbytes):
                     return table
-        return SqlFocus(self.cursor, model)
+        return sql
 
     def top_examples(self, model: str, wanted: list[tuple[str, int, int]]) -> list[Example | None]:
         """The top examples (source, unit, rank) of `wanted`, in that order (None where
         there is none)."""
         found: dict[tuple[str, int, int], Example | None] = {}
+        held: dict[str, SourceTables | None] = {}
         for source, unit, rank in wanted:
-            tables = self._tables(model, source)
+            tables = held[source] if source in held else held.setdefault(source, self._tables(model, source))
             if tables is not None:
                 row = tables.top_example_row(unit, rank)
                 found[(source, unit, rank)] = None if row is None else Example(*row)

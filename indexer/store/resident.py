@@ -338,7 +338,9 @@ class SourceTables:
         i = lo + rank  # top examples come first, in rank order
         if rank < 0 or i >= hi or e["band"][i] >= 0:
             return None
-        a = e["acts"][e["acts_off"][i] : e["acts_off"][i + 1]]
+        off = e["acts_off"]
+        a, b = int(off[i]), int(off[i + 1])
         seq, start = int(e["seq"][i]), int(e["start"][i])
-        ids = self.sequences.window(seq, start, len(a))
-        return (seq, int(e["pos"][i]), float(e["act"][i]), start, ids, a.tolist())
+        at = self.sequences.seq_start[seq] + start  # the window: a slice of the sequence's Python ints
+        ids = self.sequences.seq_tokens[at : at + b - a]
+        return (seq, int(e["pos"][i]), float(e["act"][i]), start, ids, e["acts"][a:b].tolist())

@@ -8,8 +8,9 @@ leading marker, case folded.
 
 Scanning every unit's top examples per request costs seconds on 100,000 units, so
 `FocusTable` reads them once per model (one SQL pass, lazily, on the first search) into
-flat arrays sorted by focus token id: a search slices the rows of its tokens and ranks
-them, in milliseconds whatever the index's size.
+flat arrays, one row per unit and group of spellings (the vocabulary's groups, or each
+token alone), each group's rows already in rank order: a search of one group's
+spellings, which is every search the app makes, is a slice of it, ranked.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ class TokenVariants:
             groups.setdefault(split_marker(token)[1].casefold(), []).append(token_id)
         self._groups = groups
         self._vocab = vocab
+        self._group_of: np.ndarray | None = None
+
+    def group_of(self) -> np.ndarray:
+        """int32 [vocabulary]: each token's group number (the groups `match` returns)."""
+        if self._group_of is None:
+            out = np.zeros(len(self._vocab), dtype=np.int32)
+            for number, ids in enumerate(self._groups.values()):
+                out[ids] = number
+            self._group_of = out
+        return self._group_of
 
     def match(self, query: str) -> list[Variant]:
         """Every token that is `query` with or without a leading-space marker, in any
@@ -105,7 +116,8 @@ class FocusHit:
 @dataclass(frozen=True)
 class FocusResult:
     """Every unit matching a search, ranked by count, then best activation, then source
-    and unit. Arrays are aligned, in no order: `page` ranks only as far as a page needs
+    and unit. Arrays are aligned: in rank order if `in_order` (a group's rows, ranked when
+    the table was built), else in no order, and `page` ranks only as far as a page needs
     (a search may match thousands of units and show twenty)."""
 
     table: FocusTable
@@ -115,6 +127,7 @@ class FocusResult:
     best_acts: np.ndarray
     best_ranks: np.ndarray
     best_tokens: np.ndarray
+    in_order: bool = False
 
     @property
     def total(self) -> int:
@@ -123,12 +136,14 @@ class FocusResult:
     def units_per_token(self) -> dict[int, int]:
         """How many of the units have their strongest matching example on each token."""
         ids, n = np.unique(self.best_tokens, return_counts=True)
-        return {int(i): int(c) for i, c in zip(ids, n)}
+        return dict(zip(ids.tolist(), n.tolist()))
 
     def ranked(self, stop: int) -> np.ndarray:
         """Positions of the first `stop` units in rank order."""
         codes, units, counts, acts = self.codes, self.units, self.counts, self.best_acts
         n = len(units)
+        if self.in_order:
+            return np.arange(min(max(stop, 0), n))
         first = _first_key(counts, acts) if 0 < stop < n else None
         if first is None:  # every unit (or a key that does not fit one integer): sort all
             return np.lexsort((units, codes, -acts, -counts))[:stop]
@@ -141,17 +156,30 @@ class FocusResult:
     def page(self, start: int, stop: int) -> list[FocusHit]:
         t = self.table
         stop = min(stop, self.total)
+        if start >= stop:
+            return []
+        at = self.ranked(stop)[start:stop]
+        # Whole columns to Python at once: a numpy scalar read per hit and field costs more.
+        codes, units = self.codes[at].tolist(), self.units[at].tolist()
         return [
             FocusHit(
-                source=t.sources[int(self.codes[i])],
-                unit=int(self.units[i]),
-                count=int(self.counts[i]),
-                best_act=float(self.best_acts[i]),
-                best_rank=int(self.best_ranks[i]),
-                best_token_id=int(self.best_tokens[i]),
-                top_token_id=t.top_token(int(self.codes[i]), int(self.units[i])),
+                source=t.sources[code],
+                unit=unit,
+                count=count,
+                best_act=act,
+                best_rank=rank,
+                best_token_id=token,
+                top_token_id=top,
             )
-            for i in (self.ranked(stop)[start:stop].tolist() if start < stop else [])
+            for code, unit, count, act, rank, token, top in zip(
+                codes,
+                units,
+                self.counts[at].tolist(),
+                self.best_acts[at].tolist(),
+                self.best_ranks[at].tolist(),
+                self.best_tokens[at].tolist(),
+                t.top_tokens(codes, units),
+            )
         ]
 
 
@@ -165,9 +193,47 @@ def _first_key(counts: np.ndarray, acts: np.ndarray) -> np.ndarray | None:
     return (int(counts.max()) - counts.astype(np.int64)) << 32 | (2**31 - 1 - ordered)
 
 
+def _packed(columns: list[np.ndarray]) -> np.ndarray | None:
+    """The columns (non-negative integers, most significant first) in one int64 that
+    orders as they do together; None if they need more than 63 bits or one is negative."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    bits = 0
+    for col in columns:
+        if len(col) and col.min() < 0:
+            return None
+        width = int(col.max()).bit_length() if len(col) else 0
+        bits += width
+        if bits > 63:
+            return None
+        key = key << width | col.astype(np.int64)
+    return key
+
+
+def _per_unit(
+    codes: np.ndarray, units: np.ndarray, ranks: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts) of rows of one example focus each: the rows by group, source, unit
+    and rank (a unit's strongest example first), and where each group's unit starts in
+    that order. Needs at least one row."""
+    # (group, source, unit, rank) in one integer, unique (a rank's example has one focus token).
+    key = _packed([codes, units, ranks] if groups is None else [groups, codes, units, ranks])
+    if key is not None:
+        order = np.argsort(key)
+    else:
+        order = np.lexsort((ranks, units, codes) if groups is None else (ranks, units, codes, groups))
+    c, u = codes[order], units[order]
+    change = (c[1:] != c[:-1]) | (u[1:] != u[:-1])
+    if groups is not None:
+        g = groups[order]
+        change |= g[1:] != g[:-1]
+    return order, np.flatnonzero(np.r_[True, change])
+
+
 class FocusTable:
-    """Per (focus token, source, unit): the number of the unit's top examples on that
-    token, the best activation and rank among them. Rows sorted by token id."""
+    """Per group of focus tokens (the vocabulary's spellings of one text, or each token
+    alone), source and unit: the number of the unit's top examples focused on the group's
+    tokens, and the best activation, rank and focus token among them. Rows sorted by
+    group, each group's rows in rank order (count, activation, then source and unit)."""
 
     def __init__(
         self,
@@ -178,39 +244,90 @@ class FocusTable:
         counts: np.ndarray,
         best_acts: np.ndarray,
         best_ranks: np.ndarray,
+        group_of: np.ndarray | None = None,
+        partial: Callable[[list[int], str | None], FocusResult] | None = None,
     ) -> None:
-        order = np.argsort(tokens, kind="stable")
+        """From one row per (focus token, source, unit). `group_of`: each token id's
+        group number (`TokenVariants.group_of`); a token it lacks is a group alone.
+        `partial` answers a search of some but not all of a group's tokens, which rows
+        merged per group cannot (without it, such a search raises ValueError)."""
         self.sources = sources
-        self.tokens = tokens[order]
+        self._partial = partial
+        known = np.zeros(0, dtype=np.int32) if group_of is None else np.asarray(group_of, dtype=np.int32)
+        outside = (tokens < 0) | (tokens >= len(known))
+        extra = np.unique(tokens[outside]).astype(np.int64)
+        n_groups = (int(known.max()) + 1 if len(known) else 0) + len(extra)
+        keys = np.concatenate([np.arange(len(known), dtype=np.int64), extra])
+        key_group = np.concatenate([known, np.arange(n_groups - len(extra), n_groups, dtype=np.int32)])
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._key_group = keys[order], key_group[order]  # token id -> group, by searchsorted
+        self._group_size = np.bincount(self._key_group, minlength=n_groups).astype(np.int32)
+        if outside.any():
+            groups = self._key_group[np.searchsorted(self._keys, tokens)]
+        else:
+            groups = known[tokens]
+        if len(tokens):  # one row per (group, source, unit): counts summed, its strongest example kept
+            order, starts = _per_unit(codes, units, best_ranks, groups)
+            counts = np.add.reduceat(counts[order], starts, dtype=counts.dtype)  # at most a unit's top-k
+            pick = order[starts]
+            groups, tokens, codes, units = groups[pick], tokens[pick], codes[pick], units[pick]
+            best_acts, best_ranks = best_acts[pick], best_ranks[pick]
+        # Each group's rows in rank order; stable, so ties keep (source, unit) order.
+        first = _first_key(counts, best_acts)
+        key = None if first is None else _packed([groups, first])
+        if key is not None:
+            order = np.argsort(key, kind="stable")
+        elif first is not None:
+            order = np.lexsort((first, groups))
+        else:
+            order = np.lexsort((units, codes, -best_acts, -counts, groups))
+        self.tokens = tokens[order]  # the focus token of the row's best example
         self.codes, self.units = codes[order], units[order]
         self.counts, self.best_acts, self.best_ranks = counts[order], best_acts[order], best_ranks[order]
+        self._starts = np.searchsorted(groups[order], np.arange(n_groups + 1))  # group g: rows _starts[g] ..
         # A unit's top token: the focus of its rank-0 example, i.e. the row with best rank 0.
         self._top: list[np.ndarray] = []
+        zero = np.flatnonzero(self.best_ranks == 0)
+        zero_codes, zero_units, zero_tokens = self.codes[zero], self.units[zero], self.tokens[zero]
         for code in range(len(sources)):
-            mask = (self.codes == code) & (self.best_ranks == 0)
-            top = np.full(int(self.units[self.codes == code].max(initial=-1)) + 1, -1, dtype=np.int32)
-            top[self.units[mask]] = self.tokens[mask]
+            mask = zero_codes == code
+            top = np.full(int(zero_units[mask].max(initial=-1)) + 1, -1, dtype=np.int32)
+            top[zero_units[mask]] = zero_tokens[mask]
             self._top.append(top)
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.tokens, self.codes, self.units, self.counts, self.best_acts, self.best_ranks, *self._top)
+        arrays = (
+            self.tokens,
+            self.codes,
+            self.units,
+            self.counts,
+            self.best_acts,
+            self.best_ranks,
+            self._keys,
+            self._key_group,
+            self._group_size,
+            self._starts,
+            *self._top,
+        )
         return sum(a.nbytes for a in arrays)
 
     @staticmethod
     def size_estimate(cur, model: str) -> int:
-        """At most the bytes `load` holds: 24 a top example (one row per unit and focus
-        token), 4 a unit."""
-        n_top, n_units = cur.execute(
+        """At most the bytes `load` holds: 24 a top example (at most one row each), 4 a
+        unit, 28 a token of the vocabulary (its group, and where the group's rows are)."""
+        n_top, n_units, n_vocab = cur.execute(
             "SELECT (SELECT count(*) FROM examples WHERE model = $m AND band IS NULL), "
-            "(SELECT coalesce(sum(n_units), 0) FROM sources WHERE model = $m)",
+            "(SELECT coalesce(sum(n_units), 0) FROM sources WHERE model = $m), "
+            "(SELECT coalesce(max(token_id) + 1, 0) FROM vocab WHERE model = $m)",
             {"m": model},
         ).fetchall()[0]
-        return int(n_top) * 24 + int(n_units) * 4
+        return int(n_top) * 24 + int(n_units) * 4 + int(n_vocab) * 28
 
     @classmethod
-    def load(cls, cur, model: str) -> FocusTable:
-        """One pass over the model's top examples (band NULL)."""
+    def load(cls, cur, model: str, group_of=None, partial=None) -> FocusTable:
+        """One pass over the model's top examples (band NULL); `group_of` and `partial`
+        as in the constructor."""
         t = cur.sql(
             "SELECT e.source, e.unit, s.token_ids[e.pos + 1] AS tok, count(*) AS n, "
             "max(e.act) AS best, min(e.rank) AS best_rank "
@@ -218,10 +335,10 @@ class FocusTable:
             "WHERE e.model = $m AND e.band IS NULL GROUP BY e.source, e.unit, tok",
             params={"m": model},
         ).to_arrow_table()
-        return cls.from_arrow(t)
+        return cls.from_arrow(t, group_of, partial)
 
     @classmethod
-    def from_arrow(cls, t) -> FocusTable:
+    def from_arrow(cls, t, group_of=None, partial=None) -> FocusTable:
         """From (source, unit, tok, n, best, best_rank) rows."""
         source_col = t.column("source").combine_chunks().dictionary_encode()
         names = [str(s) for s in source_col.dictionary.to_pylist()]
@@ -236,46 +353,62 @@ class FocusTable:
             t.column("n").to_numpy().astype(np.int32),
             t.column("best").to_numpy().astype(np.float32),  # stored as REAL: exact
             t.column("best_rank").to_numpy().astype(np.int32),
+            group_of,
+            partial,
         )
 
     def top_token(self, code: int, unit: int) -> int | None:
         top = self._top[code]
         return int(top[unit]) if 0 <= unit < len(top) and top[unit] >= 0 else None
 
+    def top_tokens(self, codes: list[int], units: list[int]) -> list[int | None]:
+        return [self.top_token(c, u) for c, u in zip(codes, units)]
+
     def search(self, token_ids: list[int], source: str | None = None) -> FocusResult:
         """The units whose top examples focus on any of `token_ids` (of `source` only,
         if given), their counts summed over those tokens, ranked."""
-        # In the table's dtype: Python ints would make numpy cast the whole column (tens of ms at 5M rows).
-        ids = np.asarray(token_ids, dtype=np.int64)
-        ids = ids[(ids >= np.iinfo(np.int32).min) & (ids <= np.iinfo(np.int32).max)].astype(self.tokens.dtype)
-        lo = np.searchsorted(self.tokens, ids, side="left")
-        hi = np.searchsorted(self.tokens, ids, side="right")
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)] or [np.zeros(0, dtype=np.intp)])
+        ids = np.unique(np.asarray(token_ids, dtype=np.int64))
+        at = np.minimum(np.searchsorted(self._keys, ids), max(len(self._keys) - 1, 0))
+        known = self._keys[at] == ids if len(self._keys) else np.zeros(len(ids), dtype=bool)
+        groups = np.unique(self._key_group[at[known]])
+        if int(self._group_size[groups].sum()) != int(known.sum()):
+            if self._partial is None:
+                raise ValueError("this focus table answers searches of whole groups of spellings only")
+            return self._partial(token_ids, source)
+        code = None
         if source is not None:
-            if source not in self.sources:
-                rows = rows[:0]
+            if source in self.sources:
+                code = self.sources.index(source)
             else:
-                rows = rows[self.codes[rows] == self.sources.index(source)]
+                groups = groups[:0]
+        if len(groups) == 1:  # one group: its rows, ranked already
+            g = int(groups[0])
+            lo, hi = int(self._starts[g]), int(self._starts[g + 1])
+            part: slice | np.ndarray = slice(lo, hi)
+            if code is not None:
+                part = lo + np.flatnonzero(self.codes[lo:hi] == code)
+            return FocusResult(
+                self,
+                self.codes[part],
+                self.units[part],
+                self.counts[part],
+                self.best_acts[part],
+                self.best_ranks[part],
+                self.tokens[part],
+                in_order=True,
+            )
+        rows = np.concatenate(
+            [np.arange(self._starts[g], self._starts[g + 1]) for g in groups.tolist()] or [np.zeros(0, dtype=np.intp)]
+        )
+        if code is not None:
+            rows = rows[self.codes[rows] == code]
         codes, units = self.codes[rows], self.units[rows]
         acts, ranks, tokens, counts = self.best_acts[rows], self.best_ranks[rows], self.tokens[rows], self.counts[rows]
-        if len(token_ids) > 1 and len(rows):
-            # One unit may match several spellings: sum its counts, keep its best example.
-            key = codes.astype(np.int64) << 32 | units.astype(np.int64)
-            if (
-                codes.max() < 2**15
-                and 0 <= ranks.min() <= ranks.max() < 2**16
-                and 0 <= units.min() <= units.max() < 2**31
-            ):
-                # (source, unit, rank) in one integer, unique (a rank's example has one focus token).
-                order = np.argsort(codes.astype(np.int64) << 47 | units.astype(np.int64) << 16 | ranks)
-            else:
-                order = np.lexsort((ranks, key))  # per unit, its strongest example (lowest rank) first
-            key, counts = key[order], counts[order]
-            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-            summed = np.add.reduceat(counts, starts)
+        if len(rows):  # one unit may match several groups: sum its counts, keep its best example
+            order, starts = _per_unit(codes, units, ranks)
+            counts = np.add.reduceat(counts[order], starts)
             pick = order[starts]
             codes, units, acts, ranks, tokens = codes[pick], units[pick], acts[pick], ranks[pick], tokens[pick]
-            counts = summed
         return FocusResult(self, codes, units, counts, acts, ranks, tokens)
 
 
