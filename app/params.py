@@ -194,7 +194,7 @@ def check_page_exists(page: int, n_pages: int) -> None:
 
 def check_k(k: int) -> None:
     if not 1 <= k <= K_MAX:
-        raise bad_input(f"k must be between 1 and {K_MAX}.")
+        raise FieldError("k", f"k must be between 1 and {K_MAX}.")
 
 
 def check_pos(pos: int | None, n_tokens: int) -> None:

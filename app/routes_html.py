@@ -133,9 +133,15 @@ def try_page(
     text: str | None = None,
     source: str | None = None,
     pos: int | None = None,
-    k: params.K = 5,
+    k: str = "5",
 ):
+    """The try page; a bad k, like a bad source or text, is shown next to the form, which
+    keeps what the visitor typed."""
     urls = site_urls.for_request(request)
+
+    def count() -> int:
+        value = params.parse_int("k", k, "a whole number")
+        return 5 if value is None else value
 
     def without_text() -> dict[str, Any]:
         # The form as the visitor sent it: their source, unless the source is the error.
@@ -143,11 +149,12 @@ def try_page(
             data = try_data.try_data(store, live, urls, model, None, source=source)
         except AppError:
             data = try_data.try_data(store, live, urls, model, None)
-        return {**data, "text": params.visitor_text(text), "k": k}
+        return {**data, "text": params.visitor_text(text), "k": 5}
 
     data, status = _or_shown_error(
-        lambda: try_data.try_data(store, live, urls, model, text, pos=pos, k=k, source=source), without_text
+        lambda: try_data.try_data(store, live, urls, model, text, pos=pos, k=count(), source=source), without_text
     )
+    data["k_box"] = k
     return render(
         request,
         "try.html",

@@ -180,6 +180,14 @@ def test_try_page_shows_an_error_next_to_the_form_and_keeps_its_state(client):
     r = client.get(f"/{M}/try", params={"text": TEXT, "pos": 999})
     assert r.status_code == 422 and "pos must be between 0 and" in r.text
     assert BeautifulSoup(r.text, "html.parser").select_one("textarea[name=text]").get_text() == "\n" + TEXT
+    # A bad k: said in our words next to the form, which keeps the text and what was typed.
+    for k, message in (("abc", "k must be a whole number, not 'abc'."), ("0", "k must be between 1 and 100.")):
+        r = client.get(f"/{M}/try", params={"text": TEXT, "source": "1-mlp", "k": k})
+        soup = BeautifulSoup(r.text, "html.parser")
+        assert r.status_code == 422 and soup.select_one("#try-result .error-message").get_text() == message
+        assert soup.select_one("textarea[name=text]").get_text() == "\n" + TEXT
+        assert soup.select_one("input[name=k]")["value"] == k and soup.select_one("input[name=k]")["aria-invalid"] == "true"
+        assert soup.select_one("select[name=source] option[selected]")["value"] == "1-mlp"
 
 
 def test_token_spellings_with_each_leading_space_marker():
