@@ -186,7 +186,10 @@ def test_try_page_shows_an_error_next_to_the_form_and_keeps_its_state(client):
         soup = BeautifulSoup(r.text, "html.parser")
         assert r.status_code == 422 and soup.select_one("#try-result .error-message").get_text() == message
         assert soup.select_one("textarea[name=text]").get_text() == "\n" + TEXT
-        assert soup.select_one("input[name=k]")["value"] == k and soup.select_one("input[name=k]")["aria-invalid"] == "true"
+        assert (
+            soup.select_one("input[name=k]")["value"] == k
+            and soup.select_one("input[name=k]")["aria-invalid"] == "true"
+        )
         assert soup.select_one("select[name=source] option[selected]")["value"] == "1-mlp"
 
 
