@@ -26,13 +26,11 @@ import hashlib
 import json
 import os
 import random
-import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
 
-from unit_pages import get_scope
+from unit_pages import ask, compare_cpu, get_scope, spawn_worker, stop
 
 
 def serve(index: str, mb: float, n_tokens: int) -> None:
@@ -110,25 +108,8 @@ def main() -> int:
         serve(args.index, args.mb, args.tokens)
         return 0
 
-    def spawn(site: str | None) -> subprocess.Popen:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        env.pop("PYTHONPATH", None)
-        if site:
-            env["PYTHONPATH"] = site
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--index", args.index, "--base-site", "-"]
-        cmd += ["--mb", str(args.mb), "--tokens", str(args.tokens)]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        if p.stdout.readline().strip() != "ready":
-            raise SystemExit("a worker did not start")
-        return p
-
-    def ask(p: subprocess.Popen, line: str) -> str:
-        p.stdin.write(line + "\n")
-        p.stdin.flush()
-        return p.stdout.readline().strip()
-
-    base = spawn(args.base_site)
-    new = spawn(None)
+    options = ["--index", args.index, "--base-site", "-", "--mb", str(args.mb), "--tokens", str(args.tokens)]
+    base, new = spawn_worker(__file__, args.base_site, options), spawn_worker(__file__, None, options)
     try:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"{args.index}, ACTSCOPE_RESIDENT_MB={args.mb:g}; load average before the run: {load}")
@@ -138,26 +119,10 @@ def main() -> int:
             f"{'the same bytes' if same else 'DIFFER'}"
         )
         for kind in ("json", "html"):
-            times: dict[str, list[float]] = {"base": [], "new": []}
-            for r in range(args.rounds):
-                order = [("base", base), ("new", new)]
-                if r % 2:
-                    order.reverse()
-                for name, p in order:
-                    times[name].append(float(ask(p, f"{kind} {r * args.batch} {args.batch}")))
-            n = args.rounds * args.batch
-            ratios = [b and a / b for a, b in zip(times["new"], times["base"])]
-            print(
-                f"{kind}: base {1000 * sum(times['base']) / n:.3f} ms CPU per search, "
-                f"new {1000 * sum(times['new']) / n:.3f}; new / base {sum(times['new']) / sum(times['base']):.3f} "
-                f"(median of {args.rounds} batches {statistics.median(ratios):.3f})",
-                flush=True,
-            )
+            compare_cpu(base, new, kind, args.rounds, args.batch, "search")
         return 0 if same else 1
     finally:
-        for p in (base, new):
-            p.stdin.close()
-            p.wait()
+        stop((base, new))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,53 @@ def get_scope(path: str, query: str = "") -> dict:
     }
 
 
+def spawn_worker(script: str, site: str | None, options: list[str]) -> subprocess.Popen:
+    """`script --serve OPTIONS` in a process importing the `actscope` of folder `site`
+    (None: this Python's own), once it says it is ready."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTHONPATH", None)
+    if site:
+        env["PYTHONPATH"] = site
+    cmd = [sys.executable, os.path.abspath(script), "--serve", *options]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    if p.stdout.readline().strip() != "ready":
+        raise SystemExit("a worker did not start")
+    return p
+
+
+def ask(p: subprocess.Popen, line: str) -> str:
+    """A worker's one-line answer to one command."""
+    p.stdin.write(line + "\n")
+    p.stdin.flush()
+    return p.stdout.readline().strip()
+
+
+def compare_cpu(base: subprocess.Popen, new: subprocess.Popen, fmt: str, rounds: int, batch: int, per: str) -> None:
+    """Batches of `fmt` requests on both workers, alternating which goes first; prints
+    each side's CPU per request and their ratio."""
+    times: dict[str, list[float]] = {"base": [], "new": []}
+    for r in range(rounds):
+        order = [("base", base), ("new", new)]
+        if r % 2:
+            order.reverse()
+        for name, p in order:
+            times[name].append(float(ask(p, f"{fmt} {r * batch} {batch}")))
+    n = rounds * batch
+    ratios = [b and a / b for a, b in zip(times["new"], times["base"])]
+    print(
+        f"{fmt}: base {1000 * sum(times['base']) / n:.3f} ms CPU per {per}, "
+        f"new {1000 * sum(times['new']) / n:.3f}; new / base {sum(times['new']) / sum(times['base']):.3f} "
+        f"(median of {rounds} batches {statistics.median(ratios):.3f})",
+        flush=True,
+    )
+
+
+def stop(workers: tuple[subprocess.Popen, ...]) -> None:
+    for p in workers:
+        p.stdin.close()
+        p.wait()
+
+
 def serve(index: str) -> None:
     """The worker: on each stdin line "KIND START COUNT" serve COUNT units' first views
     (KIND json or html) and print the CPU seconds; "hash KIND START COUNT" prints a
@@ -111,23 +158,8 @@ def main() -> int:
         serve(args.index)
         return 0
 
-    def spawn(site: str | None) -> subprocess.Popen:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        env.pop("PYTHONPATH", None)
-        if site:
-            env["PYTHONPATH"] = site
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--index", args.index, "--base-site", "-"]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        if p.stdout.readline().strip() != "ready":
-            raise SystemExit("a worker did not start")
-        return p
-
-    def ask(p: subprocess.Popen, line: str) -> str:
-        p.stdin.write(line + "\n")
-        p.stdin.flush()
-        return p.stdout.readline().strip()
-
-    base, new = spawn(args.base_site), spawn(None)
+    options = ["--index", args.index, "--base-site", "-"]
+    base, new = spawn_worker(__file__, args.base_site, options), spawn_worker(__file__, None, options)
     try:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"load average before the run: {load}")
@@ -137,26 +169,10 @@ def main() -> int:
             print(f"{fmt}: {args.check} units' pages {'the same bytes' if len(digests) == 1 else 'DIFFER'}")
             same &= len(digests) == 1
         for fmt in ("json", "html"):
-            times: dict[str, list[float]] = {"base": [], "new": []}
-            for r in range(args.rounds):
-                order = [("base", base), ("new", new)]
-                if r % 2:
-                    order.reverse()
-                for name, p in order:
-                    times[name].append(float(ask(p, f"{fmt} {r * args.batch} {args.batch}")))
-            n = args.rounds * args.batch
-            ratios = [b and a / b for a, b in zip(times["new"], times["base"])]
-            print(
-                f"{fmt}: base {1000 * sum(times['base']) / n:.3f} ms CPU per request, "
-                f"new {1000 * sum(times['new']) / n:.3f}; new / base {sum(times['new']) / sum(times['base']):.3f} "
-                f"(median of {args.rounds} batches {statistics.median(ratios):.3f})",
-                flush=True,
-            )
+            compare_cpu(base, new, fmt, args.rounds, args.batch, "request")
         return 0 if same else 1
     finally:
-        for p in (base, new):
-            p.stdin.close()
-            p.wait()
+        stop((base, new))
 
 
 if __name__ == "__main__":
