@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -151,3 +152,12 @@ class HotRoutes:
             scope["route"], scope["endpoint"] = route, route.endpoint
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+async def answer(from_memory: bool, endpoint: Callable[..., Response], *args: Any) -> Response:
+    """endpoint(*args): on the event loop when all it reads is in memory (pure CPU: a hop
+    to the threadpool would only add thread switches), else in the threadpool (it may
+    query DuckDB or wait for the model)."""
+    if from_memory:
+        return endpoint(*args)
+    return await run_in_threadpool(endpoint, *args)

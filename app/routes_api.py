@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from actscope.app import (
     compare_data,
     explain_data,
+    fast_route,
     limits,
     live_data,
     pages,
@@ -145,9 +146,7 @@ async def api_search(
     largest activation on the text (`live`). Either or both."""
     served = request.app.state.catalog.served(model)
     args = (request, served.store, served.live, model, token, text, source, text_source, page, per_page)
-    if text is None and served.store.search_in_memory(model):  # from memory: pure CPU, no hop to the threadpool
-        return _api_search(*args)
-    return await run_in_threadpool(_api_search, *args)
+    return await fast_route.answer(text is None and served.store.search_in_memory(model), _api_search, *args)
 
 
 router.add_api_route(
@@ -394,9 +393,7 @@ async def api_unit(
     served = request.app.state.catalog.served(model)
     store, live = served.store, served.live
     args = (request, store, live, model, source, index, text, band, page, per_page, open)
-    if text is None and store.in_memory(model, source):  # from memory: pure CPU, no hop to the threadpool
-        return _api_unit(*args)
-    return await run_in_threadpool(_api_unit, *args)
+    return await fast_route.answer(text is None and store.in_memory(model, source), _api_unit, *args)
 
 
 router.add_api_route(

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from actscope.app import (
     compare_data,
     explain_data,
+    fast_route,
     head_view,
     pages,
     params,
@@ -178,9 +179,7 @@ async def search_page(
 ):
     served = request.app.state.catalog.served(model)
     args = (request, served.store, served.live, model, token, text, source, text_source, page, per_page)
-    if text is None and served.store.search_in_memory(model):  # from memory: pure CPU, no hop to the threadpool
-        return _search_page(*args)
-    return await run_in_threadpool(_search_page, *args)
+    return await fast_route.answer(text is None and served.store.search_in_memory(model), _search_page, *args)
 
 
 router.add_api_route(
@@ -350,11 +349,8 @@ async def unit_page(
     state = UnitState(band, text, page, per_page, open, explain)
     if goto:  # an empty box asks for nothing
         return await run_in_threadpool(_jump, request, store, live, model, source, index, state, goto)
-    # From memory, a unit page is pure CPU work: render it on the loop. Anything that
-    # may query DuckDB or wait for the model goes to the threadpool.
-    if text is None and open is None and store.in_memory(model, source):
-        return _unit_page(request, store, live, model, source, index, state)
-    return await run_in_threadpool(_unit_page, request, store, live, model, source, index, state)
+    from_memory = text is None and open is None and store.in_memory(model, source)
+    return await fast_route.answer(from_memory, _unit_page, request, store, live, model, source, index, state)
 
 
 router.add_api_route(

@@ -49,11 +49,11 @@ def build_app(index: str, mb: float):
     import fastapi.dependencies.utils
     import fastapi.routing
 
-    from actscope.app import routes_api, routes_html
+    from actscope.app import fast_route, routes_api, routes_html
     from actscope.app.server import create_app
     from actscope.app.settings import Settings
 
-    for module in (routes_api, routes_html, fastapi.routing, fastapi.dependencies.utils):
+    for module in (fast_route, routes_api, routes_html, fastapi.routing, fastapi.dependencies.utils):
         module.run_in_threadpool = _inline  # type: ignore[attr-defined]
     return create_app(Settings(index_file=index, resident_mb=mb, live=False, response_cache_mb=0, root_path=""))
 
