@@ -4,9 +4,6 @@ when the machine is shared and wall times are not comparable. Run it against two
 alternately (PYTHONPATH pointing at an older copy of the package) to compare them; the
 random models are built under --work by index_scale.py's code, once.
 
-`new_accumulators` (the accumulators' empty state, between calibration and the batches)
-is in no phase of the run's own log: it is timed here too.
-
 Usage:
   .venv/bin/python bench/index_phases.py --case 100k --tokens 16384 --work /tmp/scale --out /tmp/phases.duckdb
 """
@@ -26,7 +23,7 @@ import index_scale  # noqa: E402 (the bench's own module, beside this one)
 
 
 def main() -> None:
-    from actscope.indexer import phases, run
+    from actscope.indexer import phases
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="100k", choices=sorted(index_scale.CASES))
@@ -45,22 +42,10 @@ def main() -> None:
         cpu[name] = cpu.get(name, 0.0) + time.process_time() - start
 
     phases.PhaseClock.phase = phase
-    new_accumulators = run.new_accumulators
-    extra: dict[str, float] = {}
-
-    def timed_new_accumulators(*a, **k):
-        wall, start = time.perf_counter(), time.process_time()
-        try:
-            return new_accumulators(*a, **k)
-        finally:
-            extra["new_accumulators"] = time.perf_counter() - wall
-            cpu["new_accumulators"] = time.process_time() - start
-
-    run.new_accumulators = timed_new_accumulators
     case = index_scale.CASES[args.case]
     model, saes = index_scale.build(case, Path(args.work))
     result = index_scale.index(model, saes, args.tokens, args.out, case.max_state_gb)
-    wall = {**result["phases"], **extra}
+    wall = result["phases"]
     for name in wall:
         print(f"{name:>22}: {wall[name]:7.2f} s wall {cpu.get(name, float('nan')):7.2f} s CPU")
     print(

@@ -128,7 +128,8 @@ def _run_whole(run: Loaded, state: dict | None, writer, clock: PhaseClock) -> tu
             grids, calibrated = calibrate(
                 run.runner, stream, run.sources, config.calibration_tokens, config.hist_bins, config.top_k
             )
-    accumulators = new_accumulators(run.sources, grids, config, run.device)
+    with clock.phase("accumulators"):  # their empty state: hundreds of MB filled at 100k units
+        accumulators = new_accumulators(run.sources, grids, config, run.device)
     done = Progress()
     if state is not None:
         for slug, acc in accumulators.items():
@@ -220,7 +221,8 @@ def run_group(run: Loaded, group, sequences, clock: PhaseClock | None = None) ->
         grids, calibrated = calibrate(
             runner, stream, part.sources, config.calibration_tokens, config.hist_bins, config.top_k
         )
-    accumulators = new_accumulators(part.sources, grids, config, run.device)
+    with clock.phase("accumulators"):
+        accumulators = new_accumulators(part.sources, grids, config, run.device)
     with clock.phase("batches"):
         done = stream_all(part, steps(part, calibrated, stream), accumulators, grids, sequences, Progress())
     _check_not_empty(config, done.n_sequences)
@@ -229,8 +231,8 @@ def run_group(run: Loaded, group, sequences, clock: PhaseClock | None = None) ->
 
 def _time_outside_batches(clock: PhaseClock) -> str:
     """The log's line of where the time outside the batches went."""
-    before = clock.summary(["load", "open file", "calibration", "between passes"])
-    after = clock.summary(["unit tables", "logit tables", "vocabulary", "writes", "last writes"])
+    before = clock.summary(["load", "open file", "calibration", "accumulators", "between passes"])
+    after = clock.summary(["unit tables", "fingerprints", "logit tables", "vocabulary", "writes", "last writes"])
     last = clock.seconds.get("after the last batch", 0.0)
     return f"time outside the batches: {before}; after the last batch {last:.1f} s ({after})"
 

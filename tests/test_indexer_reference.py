@@ -253,7 +253,7 @@ def test_vocab_and_run_record(con, reference):
         "reservoir",
     }
     phases = json.loads(meta["phase_seconds"])
-    assert {"load", "calibration", "batches", "logit tables"} <= set(phases)
+    assert {"load", "calibration", "accumulators", "batches", "fingerprints", "logit tables"} <= set(phases)
     # Each figure is rounded to 0.01 s: the phases' sum may pass the rounded total by half a step each.
     assert sum(phases.values()) <= json.loads(meta["elapsed_seconds"]) + 0.005 * (len(phases) + 1)
     corpus = json.loads(meta["corpus"])
