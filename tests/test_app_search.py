@@ -194,7 +194,7 @@ def test_try_page_shows_an_error_next_to_the_form_and_keeps_its_state(client):
 
 
 def test_token_spellings_with_each_leading_space_marker():
-    from actscope.indexer.store.token_search import TokenVariants
+    from actscope.indexer.store.token_variants import TokenVariants
 
     vocab = ["a", " a", "A", "\u0120a", "\u2581A", " ", "  ", "ab"]
     labels = lambda q: {v.token: v.label for v in TokenVariants(vocab).match(q)}  # noqa: E731

@@ -24,7 +24,8 @@ from actscope.indexer.store.loader import SourceLoader
 from actscope.indexer.store.resident import SequenceTable, SourceTables
 from actscope.indexer.store.row_index import RowIndex
 from actscope.indexer.store.schema import SCHEMA_VERSION
-from actscope.indexer.store.token_search import FocusTable, SqlFocus, TokenVariants
+from actscope.indexer.store.token_search import FocusTable, SqlFocus
+from actscope.indexer.store.token_variants import TokenVariants
 from actscope.indexer.store.unit_table import UnitTable
 
 
