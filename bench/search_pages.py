@@ -118,8 +118,8 @@ def main() -> int:
             f"{args.tokens} tokens' searches (JSON and page; all sources, one, page 2): "
             f"{'the same bytes' if same else 'DIFFER'}"
         )
-        for kind in ("json", "html"):
-            compare_cpu(base, new, kind, args.rounds, args.batch, "search")
+        for fmt in ("json", "html"):
+            compare_cpu(base, new, fmt, args.rounds, args.batch, "search")
         return 0 if same else 1
     finally:
         stop((base, new))

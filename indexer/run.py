@@ -52,7 +52,7 @@ def run_index(config: IndexConfig) -> str:
     from actscope.indexer.checkpoint import load_checkpoint, remove_checkpoint
     from actscope.indexer.groups import plan_groups
     from actscope.indexer.memory import keep_freed_memory
-    from actscope.indexer.store.writer import StoreWriter
+    from actscope.indexer.store.writer import DamagedPartialIndex, StoreWriter
 
     clock = PhaseClock()
     started = clock.started
@@ -74,8 +74,14 @@ def run_index(config: IndexConfig) -> str:
     # The file is opened before the first forward pass: the first index a process writes
     # starts its DuckDB instance, which trims the C heap (see store/writer.py); done now,
     # that hands back none of the memory the forward passes page in.
+    rewrite = False  # the checkpoint's sequences must be written again (the partial file was lost)
     with clock.phase("open file"):
-        writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
+        try:
+            writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=state is None)
+        except DamagedPartialIndex as exc:
+            print(f"--resume: {exc}; writing it again from the corpus", file=sys.stderr)
+            writer = StoreWriter(config.tmp_path, run.model.spec.slug, fresh=True)
+            rewrite = True
     try:
         if plan is not None and plan.passes > 1:
             remove_checkpoint(config.checkpoint_path)
@@ -83,7 +89,7 @@ def run_index(config: IndexConfig) -> str:
             last_batch = time.perf_counter()
             finalize(writer, run, {}, n_sequences, clock, band_levels, reservoir)
         else:
-            done, accumulators = _run_whole(run, state, writer, clock)
+            done, accumulators = _run_whole(run, state, writer, clock, rewrite)
             last_batch = time.perf_counter()
             finalize(writer, run, accumulators, done.n_sequences, clock)
             n_sequences = done.n_sequences
@@ -113,8 +119,11 @@ def run_index(config: IndexConfig) -> str:
     )
 
 
-def _run_whole(run: Loaded, state: dict | None, writer, clock: PhaseClock) -> tuple[Progress, dict]:
-    """Every source in one pass over the corpus, from the checkpoint `state` if resumed."""
+def _run_whole(
+    run: Loaded, state: dict | None, writer, clock: PhaseClock, rewrite: bool = False
+) -> tuple[Progress, dict]:
+    """Every source in one pass over the corpus, from the checkpoint `state` if resumed
+    (`rewrite`: into a new file, so the sequences the checkpoint covers are written again)."""
     from actscope.indexer.accumulate.calibrate import calibrate
     from actscope.indexer.checkpoint import remove_checkpoint
 
@@ -139,7 +148,7 @@ def _run_whole(run: Loaded, state: dict | None, writer, clock: PhaseClock) -> tu
     else:
         remove_checkpoint(config.checkpoint_path)
     with clock.phase("batches"):
-        done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done)
+        done = stream_all(run, steps(run, calibrated, stream), accumulators, grids, writer, done, rewrite)
     _check_not_empty(config, done.n_sequences)
     return done, accumulators
 
@@ -310,8 +319,12 @@ def steps(run: Loaded, calibrated: list, stream: Iterator) -> Iterator:
     )
 
 
-def stream_all(run: Loaded, all_steps: Iterator, accumulators: dict, grids: dict, writer, done: Progress) -> Progress:
-    """Every step through the accumulators; sequences to the file, checkpoints on the way."""
+def stream_all(
+    run: Loaded, all_steps: Iterator, accumulators: dict, grids: dict, writer, done: Progress, rewrite: bool = False
+) -> Progress:
+    """Every step through the accumulators; sequences to the file, checkpoints on the way.
+    The steps a resumed run's checkpoint already holds are skipped (with `rewrite`, their
+    sequences still go to the file)."""
     import torch
     from tqdm import tqdm
 
@@ -332,6 +345,11 @@ def stream_all(run: Loaded, all_steps: Iterator, accumulators: dict, grids: dict
     with torch.inference_mode():
         for step in all_steps:
             if step.batches and step.batches[-1].index < done.batches_done:
+                if rewrite:
+                    for batch in step.batches:
+                        writer.add_sequences(batch.first_seq, batch.tokens.numpy())
+                        if _passes_multiple(batch.index, batch.index + 1, SEQUENCE_FLUSH_BATCHES):
+                            writer.flush()
                 continue  # already in the checkpoint
             tokens = step.tokens.to(run.device)
             if step.acts is None:  # each source accumulated as soon as the forward pass yields it

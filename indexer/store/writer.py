@@ -86,6 +86,11 @@ def add_meta(path: Path, **values: str) -> None:
         con.close()
 
 
+class DamagedPartialIndex(ActscopeError):
+    """A killed run's partial index file that DuckDB refuses (a write torn by the kill):
+    a resumed run writes it again."""
+
+
 class StoreWriter:
     def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
         import duckdb
@@ -103,6 +108,8 @@ class StoreWriter:
             self.con.execute(f"ATTACH '{quoted}' AS {self._alias}")
         except duckdb.Error as exc:
             self.con.close()
+            if not fresh:
+                raise DamagedPartialIndex(f"the partial index {self.tmp_path} cannot be opened: {exc}") from exc
             raise ActscopeError(f"cannot open {self.tmp_path} for writing: {exc}") from exc
         try:
             self.con.execute(f"USE {self._alias}")
