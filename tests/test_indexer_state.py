@@ -216,6 +216,39 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, tiny_model_dir, tiny_sae
     assert len(whole_tables["sequences"]) == 2 * RESUME_BATCHES
 
 
+def test_a_partial_index_another_process_holds_is_refused_and_kept(tmp_path):
+    """Only a file DuckDB cannot read back counts as torn: a partial index whose lock
+    another process holds (a second run of the same --out) is refused with DuckDB's
+    reason, and neither deleted nor written again."""
+    from actscope.indexer.errors import ActscopeError
+    from actscope.indexer.store.writer import DamagedPartialIndex, StoreWriter
+
+    partial = tmp_path / "x.duckdb.tmp"
+    con = duckdb.connect(str(partial))
+    con.execute("CREATE TABLE kept AS SELECT 42 AS answer")
+    con.close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys, time; c = duckdb.connect({str(partial)!r}); print(1, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(ActscopeError, match="lock") as refused:
+            StoreWriter(partial, "tiny", fresh=False)
+        assert not isinstance(refused.value, DamagedPartialIndex)
+    finally:
+        holder.kill()
+        holder.wait()
+    con = duckdb.connect(str(partial), read_only=True)
+    assert con.execute("SELECT answer FROM kept").fetchall() == [(42,)]
+    con.close()
+
+
 def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, tiny_sae_dir, tiny_corpus_dir):
     """A checkpoint with the identity a real run of these options records is refused when
     the run resumes with another top-k, and the message names the option that changed."""

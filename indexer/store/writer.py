@@ -91,6 +91,12 @@ class DamagedPartialIndex(ActscopeError):
     a resumed run writes it again."""
 
 
+# DuckDB's words for a file it cannot read back (as a torn write leaves one). Any other
+# error (another process holding the file's lock, no permission) is not damage: the
+# file is left as it is.
+_DAMAGE = ("Corrupt database file", "MetadataReader", "metadata pointer")
+
+
 class StoreWriter:
     def __init__(self, tmp_path: Path, model: str, fresh: bool) -> None:
         import duckdb
@@ -108,7 +114,7 @@ class StoreWriter:
             self.con.execute(f"ATTACH '{quoted}' AS {self._alias}")
         except duckdb.Error as exc:
             self.con.close()
-            if not fresh:
+            if not fresh and any(words in str(exc) for words in _DAMAGE):
                 raise DamagedPartialIndex(f"the partial index {self.tmp_path} cannot be opened: {exc}") from exc
             raise ActscopeError(f"cannot open {self.tmp_path} for writing: {exc}") from exc
         try:
