@@ -155,9 +155,8 @@ router.add_api_route(
     methods=["GET"],
     summary="Units by focus token, or ranked by activation on a text",
     route_class_override=PlainParamsRoute,
-    **_doc(
-        schemas.SearchOut, LIVE_ERRORS
-    ),  # FastAPI's path (a parameter it parses): an unknown model is a 404 before any 422, as before.
+    **_doc(schemas.SearchOut, LIVE_ERRORS),
+    # FastAPI's path (a parameter it parses): an unknown model is a 404 before any 422, as before.
     dependencies=[Depends(get_store)],
 )
 

@@ -187,7 +187,8 @@ router.add_api_route(
     search_page,
     methods=["GET"],
     response_class=HTMLResponse,
-    route_class_override=PlainParamsRoute,  # FastAPI's path (a parameter it parses): an unknown model is a 404 before any 422, as before.
+    route_class_override=PlainParamsRoute,
+    # FastAPI's path (a parameter it parses): an unknown model is a 404 before any 422, as before.
     dependencies=[Depends(get_store)],
 )
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from actscope.indexer.store.resident import list_arrays
+
 MIN_ACTIVE = 8  # positions a unit must be active on for its correlations to mean anything
 
 
@@ -198,20 +200,16 @@ def _sparse(slug: str, rows: list[tuple[Any, Any]], n: int) -> SourcePrints:
 def read_decoders(cur, model: str, source: str) -> np.ndarray | None:
     """[U, d_model] float32 unit-norm decoder directions of a source, or None."""
     # Through Arrow: a list of Python floats per unit took seconds for 65,536 features.
-    column = (
-        cur.sql(
-            "SELECT direction FROM decoders WHERE model = $m AND source = $s ORDER BY unit",
-            params={"m": model, "s": source},
-        )
-        .to_arrow_table()
-        .column("direction")
-        .combine_chunks()
-    )
-    if not len(column):
+    table = cur.sql(
+        "SELECT direction FROM decoders WHERE model = $m AND source = $s ORDER BY unit",
+        params={"m": model, "s": source},
+    ).to_arrow_table()
+    if not table.num_rows:
         return None
-    widths = np.diff(column.offsets.to_numpy())
+    values, offsets = list_arrays(table.column("direction"))
+    widths = np.diff(offsets)
     if widths.min() != widths.max():
         raise ValueError(f"decoders of {source}: directions of different lengths")
-    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), int(widths[0]))
+    vectors = values.astype(np.float32).reshape(table.num_rows, int(widths[0]))
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)

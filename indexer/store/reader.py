@@ -243,10 +243,16 @@ class Store:
         search lookup."""
         if slug is not None:
             return self._load_source(model, slug)
-        cur = self.cursor()
-        self._loading_cursor = cur  # close() interrupts it
-        try:
+        with self._background_cursor() as cur:
             return isinstance(self.focus_table(model, cur), FocusTable)
+
+    @contextlib.contextmanager
+    def _background_cursor(self) -> Iterator[Any]:
+        """A cursor of its own for a background load, which close() interrupts."""
+        cur = self.cursor()
+        self._loading_cursor = cur
+        try:
+            yield cur
         finally:
             self._loading_cursor = None
             cur.close()
@@ -257,9 +263,7 @@ class Store:
         if key in self.budget:
             return True
         info = self._sources[(model, slug)]
-        cur = self.cursor()
-        self._loading_cursor = cur
-        try:
+        with self._background_cursor() as cur:
             estimate = SourceTables.size_estimate(cur, model, slug, info.n_units)
             # The estimate is at full width; narrowed columns make a source smaller, by
             # about the share the model's sources loaded so far took.
@@ -269,9 +273,6 @@ class Store:
             if sequences is None:
                 return False
             tables = SourceTables.load(cur, model, slug, info.n_units, sequences)
-        finally:
-            self._loading_cursor = None
-            cur.close()
         if estimate > 0:
             share = min(1.0, tables.nbytes / estimate)
             self._narrowed[model] = max(share, self._narrowed[model]) if model in self._narrowed else share
@@ -556,7 +557,9 @@ class Store:
         found: dict[tuple[str, int, int], Example | None] = {}
         held: dict[str, SourceTables | None] = {}
         for source, unit, rank in wanted:
-            tables = held[source] if source in held else held.setdefault(source, self._tables(model, source))
+            if source not in held:  # each source's tables looked up once (each lookup takes a lock)
+                held[source] = self._tables(model, source)
+            tables = held[source]
             if tables is not None:
                 row = tables.top_example_row(unit, rank)
                 found[(source, unit, rank)] = None if row is None else Example(*row)

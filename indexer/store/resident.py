@@ -28,7 +28,7 @@ _LOGITS_ROW = 4 * 4
 _EXAMPLES_ROW = 5 * 4 + 4
 
 
-def _lists(column) -> tuple[np.ndarray, np.ndarray]:
+def list_arrays(column) -> tuple[np.ndarray, np.ndarray]:
     """A pyarrow list column -> (flat values, offsets) numpy arrays, integers narrowed."""
     col = column.combine_chunks()
     offsets = col.offsets.to_numpy()
@@ -95,7 +95,7 @@ class SequenceTable:
         self = cls()
         t = cur.sql("SELECT seq, token_ids FROM sequences WHERE model = $m ORDER BY seq", params={"m": model})
         t = t.to_arrow_table()
-        self.seq_values, self.seq_offsets = _lists(t.column("token_ids"))
+        self.seq_values, self.seq_offsets = list_arrays(t.column("token_ids"))
         self.seq_row = {int(q): i for i, q in enumerate(t.column("seq").to_numpy())}
         tokens = self.seq_values.tolist()
         n_ints = 0
@@ -182,8 +182,8 @@ class SourceTables:
             params=p,
         ).to_arrow_table()
         s = _columns(t, ("max", "min", "mean", "std", "density", "n_tokens", "n_fired", "cos_in_out"))
-        s["edges"], s["edges_off"] = _lists(t.column("hist_edges"))
-        s["counts"], s["counts_off"] = _lists(t.column("hist_counts"))
+        s["edges"], s["edges_off"] = list_arrays(t.column("hist_edges"))
+        s["counts"], s["counts_off"] = list_arrays(t.column("hist_counts"))
         s["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.stats = s
 
@@ -202,7 +202,7 @@ class SourceTables:
             params=p,
         ).to_arrow_table()
         lg: dict[str, Any] = {
-            name: _lists(t.column(name)) for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")
+            name: list_arrays(t.column(name)) for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")
         }
         lg["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.logits = lg
@@ -213,7 +213,7 @@ class SourceTables:
             params=p,
         ).to_arrow_table()
         e = _columns(t, ("band", "seq", "pos", "act", "start"))
-        e["acts"], e["acts_off"] = _lists(t.column("acts"))
+        e["acts"], e["acts_off"] = list_arrays(t.column("acts"))
         e["rows"] = _offsets(t.column("unit").to_numpy(), n_units)
         self.examples = e
         self.nbytes = sum(_nbytes(v) for part in (s, b, lg, e) for v in part.values())
