@@ -157,6 +157,20 @@ def limit_blas_threads(settings: Settings) -> None:
         threadpool_limits(limits=settings.blas_threads, user_api="blas")
 
 
+def worker_count(value: str | None) -> int:
+    """ACTSCOPE_WORKERS as a number of processes: empty for 1, `auto` for one per core
+    this process may run on, or a whole number from 1."""
+    import os
+
+    text = (value or "1").strip().lower()
+    if text == "auto":
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        return max(1, len(cores))
+    if not text.isdigit() or int(text) < 1:
+        raise ActscopeError(f"ACTSCOPE_WORKERS must be a whole number from 1 or 'auto', not {value!r}")
+    return int(text)
+
+
 def serve(
     index_files: str | list[str],
     host: str = "127.0.0.1",
@@ -167,10 +181,10 @@ def serve(
 ) -> None:
     """Run the explorer with uvicorn until interrupted.
 
-    ACTSCOPE_WORKERS (default 1) processes each open the index read-only, load their own
-    live model and keep their own response cache: on a machine with idle cores, more
-    workers serve more pages per second (on the shared 2-core test machine they did
-    not: bench/server.py measured no gain and a colder cache). ACTSCOPE_LIVE_THREADS
+    ACTSCOPE_WORKERS (default 1; `auto`: one per core this process may use) processes
+    each open the index read-only, load their own live model and keep their own response
+    cache: a process renders pages on one core (Python's lock), so one per core serves
+    more pages and live requests a second (bench/server.py). ACTSCOPE_LIVE_THREADS
     (default 1) torch threads and ACTSCOPE_BLAS_THREADS (default 1) BLAS threads per
     process. `root_path` (default: ACTSCOPE_ROOT_PATH, or
     none) is the path prefix the site is served under behind a reverse proxy that strips
@@ -188,6 +202,8 @@ def serve(
 
     import uvicorn
 
+    from actscope.app import worker_processes
+
     try:
         paths = index_paths(index_files)
     except ValueError as exc:
@@ -203,7 +219,7 @@ def serve(
     if reload_on_change:
         os.environ["ACTSCOPE_RELOAD_ON_CHANGE"] = "true"
     settings = settings_from_env()  # the worker processes read the same variables
-    workers = int(os.environ.get("ACTSCOPE_WORKERS") or 1)
+    workers = worker_count(os.environ.get("ACTSCOPE_WORKERS"))
     # Fail here, with one line, on a missing, unreadable, damaged or incompatible file,
     # or on two files holding models of the same name.
     found = check_files(paths)
@@ -229,7 +245,9 @@ def serve(
         access_log=False,
         proxy_headers=False,
     )
-    if workers > 1:
+    if workers > 1 and worker_processes.supported():
+        worker_processes.run_workers(workers, host, port, options)
+    elif workers > 1:  # no SO_REUSEPORT balancing here: uvicorn's workers share one socket
         uvicorn.run("actscope.app.server:app_from_env", factory=True, workers=workers, **options)
     else:
         uvicorn.run(ReloadingApp(settings, create_app, sighup=True), **options)

@@ -2,7 +2,7 @@
 
 Starts `actscope serve INDEX` in a subprocess on 127.0.0.1, warms it up (the live model
 loads, each source's table is built) and waits until it is idle, then runs each scenario
-with N concurrent keep-alive clients (asyncio, raw HTTP/1.1, in this process) for a fixed
+with N concurrent keep-alive clients (asyncio on uvloop, raw HTTP/1.1, in this process) for a fixed
 number of requests:
 
   unit JSON   GET  /api/{model}/{source}/{index}     random units of every source
@@ -42,7 +42,10 @@ was asked for is in memory (or found not to fit), and the server's resident set 
 
 Usage:
   .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16] [--units-only]
-      [--only-similar]
+      [--only-similar] [--workers auto]
+
+The server runs with ACTSCOPE_WORKERS=auto by default (one process per core, as
+docs/cli.md advises for a machine that serves), --workers 1 for a single process.
   .venv/bin/python bench/server.py --million million.duckdb --resident-mb 4096,1024
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
@@ -66,6 +69,8 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from actscope.app.server import worker_count
 
 TARGETS_MS = {"unit JSON": 10.0, "unit HTML": 20.0, "live 128 tokens": 60.0}  # cached passes too
 TABLE_MS = 50.0  # a source table page, sorted by any column
@@ -160,30 +165,27 @@ class Conn:
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write((head + "\r\n").encode() + (body or b""))
-        await self.writer.drain()
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
+        # The whole head in one read, parsed with bytes methods: the load generator shares
+        # the cores with the server, so its own work per response is kept small.
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        lines = raw.lower().split(b"\r\n")
         length, chunked = 0, False
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "transfer-encoding" and "chunked" in value:
+        for line in lines[1:]:
+            if line.startswith(b"content-length:"):
+                length = int(line[15:])
+            elif line.startswith(b"transfer-encoding:") and b"chunked" in line:
                 chunked = True
         if chunked:
-            data = b""
+            parts = []
             while True:
                 size = int((await self.reader.readline()).strip(), 16)
                 if size == 0:
                     await self.reader.readline()
                     break
-                data += await self.reader.readexactly(size)
+                parts.append(await self.reader.readexactly(size))
                 await self.reader.readline()
-            return status, data
+            return status, b"".join(parts)
         return status, await self.reader.readexactly(length)
 
     def close(self):
@@ -219,6 +221,14 @@ async def run_scenario(port: int, make_request, n_requests: int, clients: int):
     await asyncio.gather(*(client(c) for c in range(clients)))
     wall = time.perf_counter() - t0
     return latencies, errors, wall
+
+
+def run_loop(coro):
+    """asyncio.run on uvloop (installed with uvicorn[standard]): about half the load
+    generator's CPU per request of asyncio's own loop."""
+    import uvloop
+
+    return uvloop.run(coro)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -273,7 +283,7 @@ def report(port: int, scenarios, clients: int) -> bool:
     """Run each (name, make_request, n, target ms) with `clients` clients; print a row each."""
     ok = True
     for name, make, n, target in scenarios:
-        lat, errors, wall = asyncio.run(run_scenario(port, make, n, clients))
+        lat, errors, wall = run_loop(run_scenario(port, make, n, clients))
         p50, p99 = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
         good = p50 <= target and not errors
         ok &= good
@@ -287,7 +297,7 @@ def report(port: int, scenarios, clients: int) -> bool:
     return ok
 
 
-def header(index: str, model: dict, clients: int, extra: str = "") -> None:
+def header(index: str, model: dict, clients: int, extra: str = "", workers: str = "1") -> None:
     sources = model["sources"]
     n_units = sum(s["n_units"] for s in sources)
     print(
@@ -296,8 +306,9 @@ def header(index: str, model: dict, clients: int, extra: str = "") -> None:
     )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"{clients} concurrent clients on loopback, {os.cpu_count()} CPUs shared with the "
-        f"load generator; load average before the run: {load}"
+        f"{clients} concurrent clients on loopback, {worker_count(workers)} server process(es) "
+        f"(ACTSCOPE_WORKERS={workers}), {os.cpu_count()} CPUs shared with the load generator; "
+        f"load average before the run: {load}"
     )
     print(f"{'scenario':<34}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  target p50")
 
@@ -431,7 +442,7 @@ def explain_scenario(base: str, model: dict, rng: random.Random, n_requests: int
 
 def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
     live = live and not args.only_similar
-    server, port, home = start_server(index)
+    server, port, home = start_server(index, workers=args.workers)
     base = f"http://127.0.0.1:{port}"
     try:
         model = home["models"][0]
@@ -492,7 +503,7 @@ def bench_index(index: str, args, rng: random.Random, live: bool) -> bool:
                 60,
                 TARGETS_MS["live 128 tokens"],
             )
-        header(index, model, args.clients, extra)
+        header(index, model, args.clients, extra, args.workers)
         if live and args.only_explain:
             return report(port, [explain_scenario(base, model, rng, args.explain_requests)], 1)
         ok = True
@@ -528,9 +539,20 @@ def process_memory(pid: int) -> tuple[float, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process and its children (uvicorn's worker processes
+    under ACTSCOPE_WORKERS) have used so far."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def wait_idle(pid: int, limit_s: float = 600.0) -> float:
@@ -549,7 +571,8 @@ def bench_million(index: str, args, rng: random.Random, resident_mb: str) -> boo
     """The million-unit index under one memory budget: start time, loading, memory and
     every page scenario but live inference and export."""
     t0 = time.perf_counter()
-    server, port, home = start_server(index, live="false", resident_mb=resident_mb)
+    # One process: the memory figures are those of one server process.
+    server, port, home = start_server(index, live="false", resident_mb=resident_mb, workers="1")
     started = time.perf_counter() - t0
     base = f"http://127.0.0.1:{port}"
     try:
@@ -604,6 +627,11 @@ def main() -> int:
         help="ACTSCOPE_RESIDENT_MB budgets of the --million runs (comma-separated)",
     )
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument(
+        "--workers",
+        default="auto",
+        help="ACTSCOPE_WORKERS of the server (default auto: one process per core; the --million runs use 1)",
+    )
     ap.add_argument(
         "--requests",
         type=int,

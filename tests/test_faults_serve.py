@@ -322,9 +322,11 @@ def test_rebuilt_in_place_and_served_on_change_by_every_worker(
 
 
 @pytest.mark.slow
-def test_replaced_file_is_served_after_sighup_only(tmp_path, web_index, tiny_topk_index, two_indexes):
-    """One process, no --reload-on-change: the file renamed over the served one is not
-    read until SIGHUP; then the new one answers, with no failed request in between."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replaced_file_is_served_after_sighup_only(tmp_path, web_index, tiny_topk_index, two_indexes, workers):
+    """No --reload-on-change: the file renamed over the served one is not read until
+    SIGHUP; then the new one answers, with no failed request in between. With two
+    worker processes the supervisor passes SIGHUP on, and each reloads."""
     import os
     import signal
     import time
@@ -332,7 +334,9 @@ def test_replaced_file_is_served_after_sighup_only(tmp_path, web_index, tiny_top
     old, new = two_indexes
     served = tmp_path / "served.duckdb"
     shutil.copyfile(web_index, served)
-    with Server(served, env={}) as server, Hammer(server.port, SWAP_PATHS) as hammer:
+    with Server(served, env={"ACTSCOPE_WORKERS": str(workers)}) as server, Hammer(server.port, SWAP_PATHS) as hammer:
+        if workers > 1:
+            _wait_listening(server, workers)
         shutil.copyfile(tiny_topk_index, tmp_path / "served.duckdb.tmp")
         os.replace(tmp_path / "served.duckdb.tmp", served)  # as the indexer does
         time.sleep(1.5)
@@ -346,4 +350,79 @@ def test_replaced_file_is_served_after_sighup_only(tmp_path, web_index, tiny_top
     _assert_every_answer_old_or_new(hammer, old, new)
     assert len(later) > 10 and all(body == new[path] for _, path, _, body in later)
     assert server.proc.returncode in (0, -signal.SIGTERM), server.err  # uvicorn re-raises the SIGTERM it handled
-    assert "SIGHUP received: now serving the index at" in server.err
+    assert server.err.count("SIGHUP received: now serving the index at") == workers, server.err
+
+
+# -- several worker processes ------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _sockets_on(pid: int, port: int, state: str) -> int:
+    """How many TCP sockets of process `pid` are on local `port` in `state` (the
+    /proc/net/tcp code: 0A listening, 01 established)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state and fields[9] in inodes:
+            n += 1
+    return n
+
+
+def _wait_listening(server: Server, workers: int) -> list[int]:
+    """The worker processes' pids, once `workers` of them listen on the server's port."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        listening = [c for c in _children(server.proc.pid) if _sockets_on(c, server.port, "0A")]
+        if len(listening) == workers:
+            return listening
+        time.sleep(0.2)
+    raise AssertionError(f"{workers} worker processes did not come to listen")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+def test_workers_share_a_burst_of_connections(web_index):
+    """ACTSCOPE_WORKERS=2: each worker listens on its own socket, so 16 keep-alive
+    connections opened at once are spread over both (uvicorn's shared socket gave all
+    16 to one worker in most bursts: the worker that woke first accepted them all)."""
+    import http.client
+
+    with Server(web_index, env={"ACTSCOPE_WORKERS": "2"}) as server:
+        workers = _wait_listening(server, 2)
+        for _burst in range(3):
+            conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(16)]
+            for conn in conns:
+                conn.connect()
+            for conn in conns:
+                conn.request("GET", f"/api/{M}")
+            assert all(conn.getresponse().read() for conn in conns)
+            held = [_sockets_on(w, server.port, "01") for w in workers]
+            for conn in conns:
+                conn.close()
+            # Hashed over two sockets, all 16 on one: once in 2**15 bursts.
+            assert sum(held) == 16 and min(held) >= 1, held
+    assert server.proc.returncode == 0, server.err
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_workers_setting_is_checked():
+    from actscope.app.server import worker_count
+    from actscope.indexer.errors import ActscopeError
+
+    assert worker_count(None) == 1 and worker_count("") == 1 and worker_count(" 3 ") == 3
+    import os
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0)) == worker_count("AUTO")
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ActscopeError, match="ACTSCOPE_WORKERS must be a whole number from 1 or 'auto'"):
+            worker_count(bad)
