@@ -104,8 +104,11 @@ def test_spans_of_plain_windows_are_those_of_each():
         Window([1, 3, 4, 1], [math.nan, -math.inf, math.inf, 1e-9], 0, False),
         Window([0, 5], [0.1, 2.0], 0, True),
         Window([5, 4, 3], [0.5, -1.0, 0.0], None, False),
+        Window([3, 1], [-2.0, 1.0], 0, False),  # a negative focus
+        Window([], [], None, False),
+        Window([2, 2, 1], [2.5, 1999.0, -0.75], 1, False),  # a focus past the scale
     ]
-    for scale in (2.0, 0.0):
+    for scale in (2.0, 0.0, 1.0):
         want = [str(tokens_html(table, w.ids, w.acts, scale, w.focus, w.bos)) for w in windows]
         assert windows_html(table, windows, scale) == want
 
