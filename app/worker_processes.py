@@ -8,7 +8,8 @@ the address with SO_REUSEPORT, and the kernel spreads new connections over the w
 The parent only supervises: it forwards SIGINT and SIGTERM (as SIGTERM, so a worker that
 already got the terminal's SIGINT shuts down gracefully rather than being forced) and
 SIGHUP (each worker reloads its changed index files, as a single process does), and
-starts a worker again if one dies while serving.
+starts a worker again if one dies after it was serving (one that dies before it listens
+stops the server with an error: it would fail again).
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from actscope.indexer.errors import ActscopeError
 
 log = logging.getLogger("actscope.app")
 
-# A worker that dies sooner than this after its start failed to start: it is not started
-# again (its error, e.g. an index it cannot read, would repeat).
-STARTUP_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -53,37 +51,44 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(host: str, port: int, options: dict[str, Any]) -> None:
-    """One worker process: the app of the ACTSCOPE_* variables on its own socket."""
+def _worker(host: str, port: int, options: dict[str, Any], ready: Any) -> None:
+    """One worker process: the app of the ACTSCOPE_* variables on its own socket; sets
+    `ready` once it listens."""
     import uvicorn
 
     from actscope.app.reload import ReloadingApp
     from actscope.app.server import create_app, settings_from_env
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                ready.set()
 
     # Until the app's start-up listens for it, SIGHUP would end this process: a worker
     # still starting opens the files the paths name now anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = listening_socket(host, port)
     app = ReloadingApp(settings_from_env(), create_app, sighup=True)
-    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+    Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
 
 def run_workers(n: int, host: str, port: int, options: dict[str, Any]) -> None:
     """Serve with `n` worker processes until SIGINT or SIGTERM (uvicorn options)."""
     listening_socket(host, port).close()  # a port in use: one clear error, before any worker starts
     context = multiprocessing.get_context("spawn")
-    started: dict[int, float] = {}
+    ready: dict[int, Any] = {}  # slot -> the event its worker sets once it listens
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
 
     def start(slot: int) -> None:
-        proc = context.Process(target=_worker, args=(host, port, options), name=f"actscope-worker-{slot}")
+        ready[slot] = context.Event()
+        proc = context.Process(target=_worker, args=(host, port, options, ready[slot]), name=f"actscope-worker-{slot}")
         proc.start()
         if slot < len(workers):
             workers[slot] = proc
         else:
             workers.append(proc)
-        started[slot] = time.monotonic()
 
     def forward(sig: int, _frame: Any = None) -> None:
         nonlocal stopping
@@ -102,7 +107,7 @@ def run_workers(n: int, host: str, port: int, options: dict[str, Any]) -> None:
             for slot, proc in enumerate(workers):
                 if proc.is_alive() or stopping:
                     continue
-                if time.monotonic() - started[slot] < STARTUP_S:
+                if not ready[slot].is_set():  # its error (e.g. an index it cannot read) would repeat
                     forward(signal.SIGTERM)
                     raise ActscopeError(f"a server worker process failed to start (exit code {proc.exitcode})")
                 log.warning("actscope: worker %s ended (exit code %s); starting another", proc.pid, proc.exitcode)

@@ -426,3 +426,32 @@ def test_workers_setting_is_checked():
     for bad in ("0", "-1", "two", "1.5"):
         with pytest.raises(ActscopeError, match="ACTSCOPE_WORKERS must be a whole number from 1 or 'auto'"):
             worker_count(bad)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+def test_a_worker_that_dies_is_started_again(web_index):
+    """ACTSCOPE_WORKERS=2: a worker killed while serving is replaced, and the server goes
+    on answering; it still stops cleanly."""
+    import http.client
+    import os
+    import signal
+    import time
+
+    with Server(web_index, env={"ACTSCOPE_WORKERS": "2"}) as server:
+        first = _wait_listening(server, 2)
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = [c for c in _children(server.proc.pid) if _sockets_on(c, server.port, "0A")]
+            if len(now) == 2 and first[0] not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and first[0] not in now and first[1] in now, (first, now)
+        for _ in range(8):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("GET", f"/api/{M}")
+            assert conn.getresponse().status == 200
+            conn.close()
+    assert server.proc.returncode == 0, server.err
+    assert f"worker {first[0]} ended (exit code -9); starting another" in server.err
+    assert not any(Path(f"/proc/{w}").exists() for w in now)
