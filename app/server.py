@@ -144,9 +144,10 @@ def settings_from_env() -> Settings:
         raise ActscopeError(f"invalid setting: {problems}") from None
 
 
-def app_from_env() -> ReloadingApp:
-    """The app of one `serve` worker process: settings from ACTSCOPE_* variables."""
-    return ReloadingApp(settings_from_env(), create_app)
+def app_from_env(sighup: bool = False) -> ReloadingApp:
+    """The app of one `serve` worker process: settings from ACTSCOPE_* variables;
+    `sighup`: it reloads its changed index files on SIGHUP."""
+    return ReloadingApp(settings_from_env(), create_app, sighup=sighup)
 
 
 def limit_blas_threads(settings: Settings) -> None:

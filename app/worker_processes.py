@@ -56,8 +56,7 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Any) -> None:
     `ready` once it listens."""
     import uvicorn
 
-    from actscope.app.reload import ReloadingApp
-    from actscope.app.server import create_app, settings_from_env
+    from actscope.app.server import app_from_env
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -69,26 +68,22 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Any) -> None:
     # still starting opens the files the paths name now anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = listening_socket(host, port)
-    app = ReloadingApp(settings_from_env(), create_app, sighup=True)
-    Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+    Server(uvicorn.Config(app_from_env(sighup=True), **options)).run(sockets=[sock])
 
 
 def run_workers(n: int, host: str, port: int, options: dict[str, Any]) -> None:
     """Serve with `n` worker processes until SIGINT or SIGTERM (uvicorn options)."""
     listening_socket(host, port).close()  # a port in use: one clear error, before any worker starts
     context = multiprocessing.get_context("spawn")
-    ready: dict[int, Any] = {}  # slot -> the event its worker sets once it listens
+    ready: list[Any] = [None] * n  # by slot: the event its worker sets once it listens
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
 
-    def start(slot: int) -> None:
+    def start(slot: int) -> multiprocessing.process.BaseProcess:
         ready[slot] = context.Event()
         proc = context.Process(target=_worker, args=(host, port, options, ready[slot]), name=f"actscope-worker-{slot}")
         proc.start()
-        if slot < len(workers):
-            workers[slot] = proc
-        else:
-            workers.append(proc)
+        return proc
 
     def forward(sig: int, _frame: Any = None) -> None:
         nonlocal stopping
@@ -101,7 +96,7 @@ def run_workers(n: int, host: str, port: int, options: dict[str, Any]) -> None:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         for slot in range(n):
-            start(slot)
+            workers.append(start(slot))
         while not stopping:
             wait([proc.sentinel for proc in workers], timeout=1.0)
             for slot, proc in enumerate(workers):
@@ -111,7 +106,7 @@ def run_workers(n: int, host: str, port: int, options: dict[str, Any]) -> None:
                     forward(signal.SIGTERM)
                     raise ActscopeError(f"a server worker process failed to start (exit code {proc.exitcode})")
                 log.warning("actscope: worker %s ended (exit code %s); starting another", proc.pid, proc.exitcode)
-                start(slot)
+                workers[slot] = start(slot)
     finally:
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for proc in workers:

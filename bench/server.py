@@ -43,10 +43,10 @@ was asked for is in memory (or found not to fit), and the server's resident set 
 Usage:
   .venv/bin/python bench/server.py [--index demo.duckdb] [--big-index big.duckdb] [--clients 16] [--units-only]
       [--only-similar] [--workers auto]
+  .venv/bin/python bench/server.py --million million.duckdb --resident-mb 4096,1024
 
 The server runs with ACTSCOPE_WORKERS=auto by default (one process per core, as
 docs/cli.md advises for a machine that serves), --workers 1 for a single process.
-  .venv/bin/python bench/server.py --million million.duckdb --resident-mb 4096,1024
 
 Without --index, the demo index is built (or reused) at demo.duckdb via `actscope demo`'s
 builder. The load generator shares the 2 cores with the server, so the numbers are
@@ -539,7 +539,7 @@ def process_memory(pid: int) -> tuple[float, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process and its children (uvicorn's worker processes
+    """User + system CPU time a process and its children (`serve`'s worker processes
     under ACTSCOPE_WORKERS) have used so far."""
     import psutil
 
